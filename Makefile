@@ -1,0 +1,57 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Everything they need is
+# installed here, so a fresh clone on a machine where nothing was set up by hand works.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch lies on this machine's disk; an open range pulls a multi-GB CUDA
+# build. Override for another platform: make install TORCH_REQ='torch==2.9.1'
+TORCH_REQ ?= torch==2.13.0
+PY := $(VENV)/bin/python
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: install data test-deps test test-all demo bench bench-quick clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_REQ)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist, when missing and apt is usable.
+data:
+	@if [ -d "$(FMNIST_DIR)" ]; then echo "Fashion-MNIST: $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) && \
+	  echo "installed dataset-fashion-mnist"; \
+	else echo "Fashion-MNIST missing at $(FMNIST_DIR): apt-get install dataset-fashion-mnist (as root)"; fi
+
+# The SSH tests start their own sshd on 127.0.0.1; install OpenSSH when missing and apt is usable.
+test-deps:
+	@if command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q openssh-server openssh-client >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q openssh-server openssh-client >/dev/null)) && \
+	  echo "installed openssh-server"; \
+	else echo "sshd not found: the ssh tests will skip"; fi
+
+test: install test-deps
+	$(PY) -m pytest -q -m "not slow and not gpu and not tensorrt" $(PYTEST_ARGS)
+
+test-all: install test-deps
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install data
+	$(PY) -m hwprune.demo
+
+bench: install data
+	$(PY) bench/run.py --full
+
+bench-quick: install data
+	$(PY) bench/run.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info

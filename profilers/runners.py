@@ -1,0 +1,33 @@
+"""Registry of timing backends: ``make_runner(model, config)`` picks one by ``config.backend``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from profilers.config import DeviceConfig
+from profilers.runner import BaseRunner
+from profilers.stats import TimingStats
+
+
+def make_runner(model: str | bytes, config: DeviceConfig, name: str | None = None) -> BaseRunner:
+    """The runner for ``config.backend``; heavy backends are imported only here, lazily."""
+    if config.backend == "onnxruntime":
+        from profilers.onnxrt import OrtRunner
+        return OrtRunner(model, config, name=name)
+    if config.backend == "tensorrt":
+        from profilers.tensorrt import TrtRunner
+        return TrtRunner(model, config, name=name)
+    raise ValueError(f"unknown backend '{config.backend}'")  # config validation prevents this
+
+
+IDENTITY_ONNX = Path(__file__).resolve().parent / "assets" / "identity.onnx"
+
+
+def measure_overhead(config: DeviceConfig) -> TimingStats:
+    """Per-call overhead of this runtime: the timing of a 1-element identity graph.
+
+    Per-layer candidates are each timed as one call, so a sum of N layer times holds N
+    overheads where the deployed model pays one; the LUT subtracts this figure per layer.
+    """
+    with make_runner(str(IDENTITY_ONNX), config, name="identity (overhead)") as r:
+        return r.measure()

@@ -1,0 +1,203 @@
+"""Timing statistics and the adaptive measurement loop (trtexec/MLPerf style, not a bare mean).
+
+``measure`` warms up, then repeats until at least ``min_repeats`` samples are taken and the
+confidence interval of the chosen statistic is within ``±rel_ci`` of it, or ``max_seconds``
+is spent. Raw samples are kept. Percentile intervals are distribution-free (order
+statistics of a binomial), the mean's is Student-t, so a skewed latency distribution does
+not produce an optimistic interval.
+
+Example:
+    >>> import time
+    >>> from profilers.stats import measure
+    >>> stats = measure(lambda: 0.1, warmup=2, min_repeats=10, max_seconds=0.5)
+    >>> stats.p50_ms
+    0.1
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
+from typing import Callable
+
+import numpy as np
+
+_QUANTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
+
+
+def _z(confidence: float, two_sided: bool = True) -> float:
+    tail = (1 - confidence) / 2 if two_sided else (1 - confidence)
+    return NormalDist().inv_cdf(1 - tail)
+
+
+def _t_quantile(p: float, dof: int) -> float:
+    """Student-t quantile without scipy (devices have numpy only): Cornish-Fisher expansion."""
+    z = NormalDist().inv_cdf(p)
+    if dof <= 0:
+        return float("inf")
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    return z + g1 / dof + g2 / dof**2 + g3 / dof**3
+
+
+def quantile_interval(samples: np.ndarray, q: float, confidence: float = 0.95,
+                      two_sided: bool = True) -> tuple[float, float]:
+    """Distribution-free confidence interval of the q-quantile from order statistics.
+
+    The rank of the q-quantile among n samples is Binomial(n, q); its normal approximation
+    gives lower/upper ranks. With too few samples the interval is the whole sample range.
+    For a one-sided upper bound pass ``two_sided=False`` and read the second value.
+    """
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = len(x)
+    if n == 0:
+        return (math.nan, math.nan)
+    z = _z(confidence, two_sided)
+    half = z * math.sqrt(n * q * (1 - q))
+    lo = int(math.floor(n * q - half))
+    hi = int(math.ceil(n * q + half))
+    lo = min(max(lo, 0), n - 1)
+    hi = min(max(hi, 0), n - 1)
+    return (float(x[lo]), float(x[hi]))
+
+
+def mean_interval(samples: np.ndarray, confidence: float = 0.95,
+                  two_sided: bool = True) -> tuple[float, float]:
+    x = np.asarray(samples, dtype=float)
+    n = len(x)
+    if n < 2:
+        m = float(x.mean()) if n else math.nan
+        return (m, m)
+    p = 1 - (1 - confidence) / 2 if two_sided else confidence
+    half = _t_quantile(p, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
+    m = float(x.mean())
+    return (m - half, m + half)
+
+
+def statistic_interval(samples: np.ndarray, statistic: str, confidence: float = 0.95,
+                       two_sided: bool = True) -> tuple[float, float]:
+    if statistic == "mean":
+        return mean_interval(samples, confidence, two_sided)
+    if statistic not in _QUANTILES:
+        raise ValueError(f"unknown statistic '{statistic}' (known: p50, p90, p99, mean)")
+    return quantile_interval(samples, _QUANTILES[statistic], confidence, two_sided)
+
+
+def upper_bound(samples: np.ndarray, statistic: str, confidence: float = 0.95) -> float:
+    """One-sided upper confidence bound of ``statistic`` (used to certify a budget)."""
+    return statistic_interval(samples, statistic, confidence, two_sided=False)[1]
+
+
+@dataclass
+class TimingStats:
+    """Summary of one latency measurement, all times in milliseconds."""
+
+    n: int
+    mean_ms: float
+    std_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    min_ms: float
+    statistic: str
+    ci_low_ms: float
+    ci_high_ms: float
+    confidence: float
+    cv: float
+    converged: bool
+    stable: bool
+    total_s: float
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+    remeasured: bool = False
+
+    def value(self, statistic: str | None = None) -> float:
+        stat = statistic or self.statistic
+        return {"p50": self.p50_ms, "p90": self.p90_ms, "p99": self.p99_ms, "mean": self.mean_ms}[stat]
+
+    @property
+    def rel_ci(self) -> float:
+        v = self.value()
+        return (self.ci_high_ms - self.ci_low_ms) / 2 / v if v > 0 else math.inf
+
+    def to_dict(self, with_samples: bool = True) -> dict:
+        d = asdict(self)
+        if not with_samples:
+            d.pop("samples_ms")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TimingStats":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def summarize(samples_ms, statistic: str = "p50", confidence: float = 0.95,
+              cv_threshold: float = 0.25, rel_ci: float = 0.02, total_s: float = 0.0) -> TimingStats:
+    """Summarise raw samples (ms) into a ``TimingStats``."""
+    x = np.asarray(samples_ms, dtype=float)
+    if len(x) == 0:
+        raise ValueError("no samples to summarise")
+    lo, hi = statistic_interval(x, statistic, confidence)
+    mean = float(x.mean())
+    std = float(x.std(ddof=1)) if len(x) > 1 else 0.0
+    p50, p90, p99 = (float(v) for v in np.percentile(x, [50, 90, 99]))
+    value = {"p50": p50, "p90": p90, "p99": p99, "mean": mean}[statistic]
+    cv = std / mean if mean > 0 else math.inf
+    converged = value > 0 and (hi - lo) / 2 <= rel_ci * value
+    return TimingStats(
+        n=len(x), mean_ms=mean, std_ms=std, p50_ms=p50, p90_ms=p90, p99_ms=p99,
+        min_ms=float(x.min()), statistic=statistic, ci_low_ms=lo, ci_high_ms=hi,
+        confidence=confidence, cv=cv, converged=bool(converged), stable=bool(cv <= cv_threshold),
+        total_s=total_s, samples_ms=[float(v) for v in x],
+    )
+
+
+def measure(time_once_ms: Callable[[], float], *, warmup: int = 20, min_repeats: int = 50,
+            max_repeats: int = 100000, max_seconds: float = 2.0, statistic: str = "p50",
+            rel_ci: float = 0.02, confidence: float = 0.95, cv_threshold: float = 0.25,
+            remeasure_unstable: bool = True) -> TimingStats:
+    """Time ``time_once_ms`` adaptively and return its statistics.
+
+    ``time_once_ms`` runs one inference and returns its duration in milliseconds (the
+    runner decides what is timed: compute only, or end to end). After ``warmup`` untimed
+    calls, samples are taken until ``min_repeats`` are in hand and the ``confidence``
+    interval of ``statistic`` is within ``±rel_ci`` of it, or ``max_seconds`` (wall time of
+    the timed phase) is spent. A measurement whose coefficient of variation exceeds
+    ``cv_threshold`` is flagged unstable and, once, measured again from scratch; the
+    steadier of the two is kept and marked ``remeasured``.
+    """
+
+    def one_pass() -> TimingStats:
+        for _ in range(warmup):
+            time_once_ms()
+        samples: list[float] = []
+        start = time.perf_counter()
+        deadline = start + max_seconds
+        next_check = min_repeats
+        while True:
+            samples.append(float(time_once_ms()))
+            n = len(samples)
+            now = time.perf_counter()
+            if n >= max_repeats or (now >= deadline and n >= 2):
+                break
+            if n >= next_check:
+                # Checking the interval sorts the samples: do it on a geometric schedule so
+                # the loop stays O(n log n) overall instead of O(n^2 log n).
+                s = summarize(samples, statistic, confidence, cv_threshold, rel_ci)
+                if s.converged:
+                    break
+                next_check = max(n + 1, int(n * 1.25))
+        return summarize(samples, statistic, confidence, cv_threshold, rel_ci,
+                         total_s=time.perf_counter() - start)
+
+    first = one_pass()
+    if first.stable or not remeasure_unstable:
+        return first
+    second = one_pass()
+    best = second if second.cv < first.cv else first
+    best.remeasured = True
+    best.total_s = first.total_s + second.total_s
+    return best
