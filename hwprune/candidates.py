@@ -1,0 +1,68 @@
+"""Per-layer latency candidates: every unit of the network at every width on its grid.
+
+A candidate is one unit (see ``hwprune.widthgraph``) at concrete group widths, exported as
+ONNX. Candidates with identical signatures (same ops, attributes and shapes) are profiled
+once, wherever they occur in the network.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from hwprune.export import export_onnx
+from hwprune.groups import PrunableGroup, prune_to_widths, width_grid
+from hwprune.widthgraph import Unit, WidthGraph
+
+DEFAULT_RATIOS = tuple(round(0.1 * k, 2) for k in range(1, 11))
+
+
+def build_width_graph(model: nn.Module, example_input: torch.Tensor,
+                      groups: Sequence[PrunableGroup], progress=None) -> WidthGraph:
+    """Export the dense model and, per group, a one-channel-narrower copy; diff the shapes."""
+    dense = export_onnx(model, example_input)
+    perturbed = []
+    for gi, g in enumerate(groups):
+        if g.channels >= 2:
+            narrower = prune_to_widths(model, example_input, {g.name: g.channels - 1})
+            perturbed.append((gi, 1, export_onnx(narrower, example_input)))
+        if progress is not None:
+            progress(gi + 1, len(groups))
+    return WidthGraph.from_exports(dense, perturbed, [g.channels for g in groups])
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One unit at one grid point of the widths of the groups it depends on."""
+
+    unit: int
+    point: tuple[int, ...]
+    signature: str
+
+
+def grids_for(groups: Sequence[PrunableGroup], channel_multiple: int,
+              ratios: Sequence[float] = DEFAULT_RATIOS) -> list[list[int]]:
+    return [width_grid(g.channels, channel_multiple, ratios) for g in groups]
+
+
+def enumerate_candidates(wg: WidthGraph, units: Sequence[Unit],
+                         grids: Sequence[Sequence[int]]) -> Iterator[Candidate]:
+    """Every (unit, grid point) with its signature; other groups stay dense (irrelevant)."""
+    for u in units:
+        axes = [grids[g] for g in u.groups]
+        for point in itertools.product(*axes):
+            widths = list(wg.dense_widths)
+            for g, w in zip(u.groups, point):
+                widths[g] = w
+            yield Candidate(u.index, tuple(point), wg.signature(u.nodes, widths))
+
+
+def candidate_onnx(wg: WidthGraph, unit: Unit, point: Sequence[int]) -> bytes:
+    widths = list(wg.dense_widths)
+    for g, w in zip(unit.groups, point):
+        widths[g] = w
+    return wg.instantiate(unit.nodes, widths)

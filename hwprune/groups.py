@@ -1,0 +1,231 @@
+"""Dependency groups (via Torch-Pruning) and physical pruning of a model to per-group widths.
+
+A *group* is the set of layers whose channels must be pruned together: residual-coupled
+convs share their output channels, a depthwise conv follows its producer. Torch-Pruning's
+``DependencyGraph`` finds them; a group is named after its root layer (the leading conv or
+linear) and is the unit every agent acts on. The first conv's input and the classifier's
+output are never pruned.
+
+Example:
+    >>> import torch
+    >>> from hwprune.models import create_model
+    >>> from hwprune.groups import find_groups, prune_to_widths
+    >>> model = create_model("resnet20")
+    >>> x = torch.zeros(1, 1, 28, 28)
+    >>> groups = find_groups(model, x)
+    >>> small = prune_to_widths(model, x, {g.name: max(1, g.channels // 2) for g in groups})
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from hwprune.errors import HwpruneError
+
+IMPORTANCE_CRITERIA = ("l1", "l2", "bn-scale", "taylor")
+
+
+@dataclass(frozen=True)
+class PrunableGroup:
+    """One dependency group: its name (root layer), dense channel count and member layers."""
+
+    name: str
+    channels: int
+    members: tuple[str, ...]
+
+
+def _tp():
+    import torch_pruning as tp  # imported lazily: it is slow to import and only needed here
+    return tp
+
+
+def classifier_layer(model: nn.Module) -> nn.Module | None:
+    """The layer whose outputs are the class scores: the last Linear, else the last conv."""
+    last_linear = last_conv = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last_linear = m
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            last_conv = m
+    return last_linear or last_conv
+
+
+def _build_graph(model: nn.Module, example_input: torch.Tensor):
+    tp = _tp()
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    except Exception as err:  # tracing errors come in many types
+        raise HwpruneError(f"cannot trace the model's dependency graph at input shape "
+                           f"{tuple(example_input.shape)}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module]):
+    tp = _tp()
+    names = {id(m): n for n, m in model.named_modules()}
+    for g in dg.get_all_groups(ignored_layers=list(ignored),
+                               root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):
+        root = g[0].dep.target.module
+        handler = g[0].dep.handler
+        if handler not in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
+            continue
+        members = []
+        for item in g:
+            mod = item.dep.target.module
+            n = names.get(id(mod))
+            if n is not None and n not in members and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
+                members.append(n)
+        yield names[id(root)], root, handler, g, tuple(members)
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
+
+
+def find_groups(model: nn.Module, example_input: torch.Tensor,
+                ignored: Sequence[nn.Module] | None = None) -> list[PrunableGroup]:
+    """The prunable dependency groups of ``model``, in network order.
+
+    ``ignored`` layers keep their output channels; the classifier is always ignored.
+    """
+    model = model.eval()
+    clf = classifier_layer(model)
+    ignored_layers = list(ignored or []) + ([clf] if clf is not None else [])
+    dg = _build_graph(model, example_input)
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    groups = [PrunableGroup(name, _out_channels(root), members)
+              for name, root, _, _, members in _iter_groups(model, dg, ignored_layers)]
+    groups.sort(key=lambda g: order[g.name])
+    if not groups:
+        raise HwpruneError("the model has no prunable conv or linear layer groups")
+    return groups
+
+
+def snap_channels(channels: float, dense: int, multiple: int) -> int:
+    """Round a channel count to ``multiple``, never below one multiple nor above ``dense``."""
+    if dense <= multiple:
+        return dense
+    snapped = int(round(channels / multiple)) * multiple
+    return int(min(dense, max(multiple, snapped)))
+
+
+def width_grid(dense: int, multiple: int, ratios: Sequence[float]) -> list[int]:
+    """Distinct snapped channel counts for the keep ratios, always including ``dense``."""
+    widths = {snap_channels(r * dense, dense, multiple) for r in ratios}
+    widths.add(dense)
+    return sorted(widths)
+
+
+def _importance(criterion: str):
+    tp = _tp()
+    if criterion == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1)
+    if criterion == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if criterion == "bn-scale":
+        return tp.importance.BNScaleImportance()
+    if criterion == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    raise HwpruneError(f"unknown importance criterion '{criterion}' (known: {', '.join(IMPORTANCE_CRITERIA)})")
+
+
+def channel_importance(model: nn.Module, example_input: torch.Tensor,
+                       criterion: str = "l1") -> dict[str, torch.Tensor]:
+    """Per-channel importance of every group's output channels, by group name."""
+    model = model.eval()
+    dg = _build_graph(model, example_input)
+    clf = classifier_layer(model)
+    imp = _importance(criterion)
+    scores = {}
+    for name, _, _, g, _ in _iter_groups(model, dg, [clf] if clf is not None else []):
+        s = imp(g)
+        if s is None:
+            raise HwpruneError(f"importance '{criterion}' is undefined for group '{name}'")
+        scores[name] = s.detach().float().cpu()
+    return scores
+
+
+def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mapping[str, int],
+                    criterion: str = "l1", keep: Mapping[str, Sequence[int]] | None = None,
+                    inplace: bool = False) -> nn.Module:
+    """Physically prune ``model`` so each named group keeps ``widths[name]`` output channels.
+
+    Channels are chosen by ``criterion`` (highest importance kept) unless ``keep`` gives the
+    indices to keep for a group (a replayed plan). Groups not named keep all channels.
+    Returns a smaller dense model (a copy unless ``inplace``).
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    model = model.eval()
+    dg = _build_graph(model, example_input)
+    clf = classifier_layer(model)
+    imp = _importance(criterion) if keep is None or set(widths) - set(keep) else None
+    known = set()
+    for name, root, handler, g, _ in list(_iter_groups(model, dg, [clf] if clf is not None else [])):
+        known.add(name)
+        if name not in widths and (keep is None or name not in keep):
+            continue
+        dense = _out_channels(root)
+        if keep is not None and name in keep:
+            kept = sorted(int(i) for i in keep[name])
+            if not kept or kept[-1] >= dense or len(set(kept)) != len(kept):
+                raise HwpruneError(f"group '{name}': kept channel indices do not fit its {dense} channels")
+        else:
+            target = int(widths[name])
+            if not 1 <= target <= dense:
+                raise HwpruneError(f"group '{name}': width {target} outside [1, {dense}]")
+            if target == dense:
+                continue
+            scores = imp(g)
+            kept = sorted(torch.argsort(scores, descending=True)[:target].tolist())
+        if len(kept) == dense:
+            continue
+        drop = sorted(set(range(dense)) - set(kept))
+        dg.get_pruning_group(root, handler, idxs=drop).prune()
+    unknown = (set(widths) | set(keep or {})) - known
+    if unknown:
+        raise HwpruneError(f"unknown group(s) {', '.join(sorted(unknown))} (model groups: {', '.join(sorted(known))})")
+    return model
+
+
+def group_widths(model: nn.Module, groups: Sequence[PrunableGroup]) -> dict[str, int]:
+    """Current output channels of each group's root layer (after pruning)."""
+    mods = dict(model.named_modules())
+    return {g.name: _out_channels(mods[g.name]) for g in groups}
+
+
+def count_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass (conv and linear layers)."""
+    macs = 0
+
+    def conv_hook(m, inp, out):
+        nonlocal macs
+        k = math.prod(m.kernel_size) * (m.in_channels // m.groups)
+        macs += out.numel() * k
+
+    def linear_hook(m, inp, out):
+        nonlocal macs
+        macs += out.numel() * m.in_features
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(macs)

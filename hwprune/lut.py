@@ -1,0 +1,283 @@
+"""The latency lookup table (LUT): measured rows per signature, model structures, prediction.
+
+On disk a LUT is one Parquet file (or CSV plus a ``.meta.json`` sidecar with ``--format
+csv``). Rows are per measured signature on one device (fingerprinted); the file's metadata
+holds, per profiled model, its groups, width grids and units, and the fitted calibration.
+The table only grows: rows are never rewritten, and every save is atomic.
+
+Example:
+    >>> from hwprune.lut import LatencyLUT
+    >>> lut = LatencyLUT.load("lut.parquet")  # doctest: +SKIP
+    >>> pred = lut.predictor("resnet20@1x1x28x28")  # doctest: +SKIP
+    >>> pred.predict({"conv1": 8, "layer1.0.conv1": 12})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from hwprune.errors import HwpruneError
+from profilers.fileio import atomic_write, atomic_write_json
+
+LUT_FORMAT = 1
+META_KEY = b"hwprune.lut"
+
+COLUMNS = [
+    "device_fingerprint", "device", "signature", "op", "cin", "cout", "kernel", "stride",
+    "groups", "in_h", "in_w", "batch", "precision", "n", "mean_ms", "std_ms", "p50_ms",
+    "p90_ms", "p99_ms", "ci_low_ms", "ci_high_ms", "cv", "stable", "overhead_ms",
+    "timed_s", "measured_at", "samples_ms",
+]
+STAT_COLUMNS = {"p50": "p50_ms", "p90": "p90_ms", "p99": "p99_ms", "mean": "mean_ms"}
+
+
+def model_key(model: str, input_shape: Sequence[int]) -> str:
+    """How a model's structure is keyed in a LUT: name and full input shape (batch first)."""
+    return f"{Path(model).name if ':' not in model else model}@{'x'.join(str(d) for d in input_shape)}"
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".meta.json")
+
+
+class LatencyLUT:
+    """Rows of measured latencies on one device plus per-model structure and calibration."""
+
+    def __init__(self, rows: pd.DataFrame | None = None, meta: dict[str, Any] | None = None):
+        self.rows = rows if rows is not None else pd.DataFrame(columns=COLUMNS)
+        self.meta: dict[str, Any] = meta or {"format": LUT_FORMAT, "models": {}}
+        self.meta.setdefault("models", {})
+        self._index: dict[str, int] | None = None
+
+    # -- storage ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "LatencyLUT":
+        path = Path(path)
+        if not path.is_file():
+            raise HwpruneError(f"LUT not found: {path}")
+        try:
+            if path.suffix == ".csv":
+                rows = pd.read_csv(path)
+                if "samples_ms" in rows:
+                    rows["samples_ms"] = rows["samples_ms"].map(lambda s: json.loads(s) if isinstance(s, str) else [])
+                mp = _meta_path(path)
+                meta = json.loads(mp.read_text()) if mp.is_file() else None
+                if meta is None:
+                    raise HwpruneError(f"{path}: the CSV LUT's metadata file {mp.name} is missing")
+            else:
+                import pyarrow.parquet as pq
+
+                table = pq.read_table(path)
+                raw = (table.schema.metadata or {}).get(META_KEY)
+                if raw is None:
+                    raise HwpruneError(f"{path}: not an hwprune LUT (no hwprune metadata)")
+                meta = json.loads(raw)
+                rows = table.to_pandas()
+        except HwpruneError:
+            raise
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise HwpruneError(f"{path}: corrupt or truncated LUT: {first}") from None
+        missing = [c for c in COLUMNS if c not in rows.columns]
+        if missing:
+            raise HwpruneError(f"{path}: corrupt LUT: missing column(s) {', '.join(missing)}")
+        if meta.get("format") != LUT_FORMAT:
+            raise HwpruneError(f"{path}: LUT format {meta.get('format')} is not supported (expected {LUT_FORMAT})")
+        return cls(rows, meta)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically: Parquet with metadata, or CSV with a ``.meta.json`` sidecar."""
+        path = Path(path)
+        rows = self.rows[COLUMNS] if len(self.rows) else pd.DataFrame(columns=COLUMNS)
+        if path.suffix == ".csv":
+            out = rows.copy()
+            out["samples_ms"] = out["samples_ms"].map(lambda s: json.dumps(list(s)) if s is not None else "[]")
+            atomic_write_json(_meta_path(path), self.meta)
+            atomic_write(path, lambda tmp: out.to_csv(tmp, index=False))
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               META_KEY: json.dumps(self.meta).encode()})
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+    # -- rows ---------------------------------------------------------------------------
+    def has(self, signature: str, fingerprint: str, precision: str, batch: int) -> bool:
+        return self._key(signature, fingerprint, precision, batch) in self._lookup()
+
+    @staticmethod
+    def _key(signature: str, fingerprint: str, precision: str, batch: int) -> str:
+        return f"{fingerprint}/{precision}/{int(batch)}/{signature}"
+
+    def _lookup(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = {}
+            for i, r in enumerate(self.rows.itertuples(index=False)):
+                self._index[self._key(r.signature, r.device_fingerprint, r.precision, r.batch)] = i
+        return self._index
+
+    def add_rows(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Append rows whose signature is not in the table yet; returns how many were new."""
+        lookup = self._lookup()
+        new = []
+        for r in rows:
+            k = self._key(r["signature"], r["device_fingerprint"], r["precision"], r["batch"])
+            if k in lookup:
+                continue
+            lookup[k] = len(self.rows) + len(new)
+            new.append({c: r.get(c) for c in COLUMNS})
+        if new:
+            frame = pd.DataFrame(new, columns=COLUMNS)
+            self.rows = frame if not len(self.rows) else pd.concat([self.rows, frame], ignore_index=True)
+        return len(new)
+
+    def latency_ms(self, fingerprint: str, precision: str, batch: int, statistic: str) -> dict[str, float]:
+        """Per-signature latency with the runtime's per-call overhead taken off (≥ 0)."""
+        col = STAT_COLUMNS[statistic]
+        sel = self.rows[(self.rows.device_fingerprint == fingerprint) & (self.rows.precision == precision)
+                        & (self.rows.batch.astype(int) == int(batch))]
+        vals = (sel[col].astype(float) - sel["overhead_ms"].astype(float)).clip(lower=0.0)
+        return dict(zip(sel["signature"], vals))
+
+    # -- models -------------------------------------------------------------------------
+    def check_device(self, fingerprint: str, allow_other_device: bool = False, path: str = "LUT") -> None:
+        mine = self.meta.get("fingerprint")
+        if mine and mine != fingerprint and not allow_other_device:
+            raise HwpruneError(f"{path} was measured on device '{self.meta.get('device')}' (fingerprint {mine}); "
+                               f"this device's fingerprint is {fingerprint}: re-profile, or pass "
+                               "--allow-other-device to use it anyway")
+
+    def model(self, key: str, path: str = "LUT") -> dict[str, Any]:
+        try:
+            return self.meta["models"][key]
+        except KeyError:
+            known = ", ".join(sorted(self.meta["models"])) or "none"
+            raise HwpruneError(f"{path} has no profile of model {key} (profiled: {known})") from None
+
+    def predictor(self, key: str, statistic: str | None = None, path: str = "LUT") -> "Predictor":
+        m = self.model(key, path)
+        stat = statistic or self.meta.get("statistic", "p50")
+        lat = self.latency_ms(self.meta["fingerprint"], m["precision"], m["batch"], stat)
+        return Predictor(m, lat, statistic=stat)
+
+
+def _bracket(grid: Sequence[int], w: float) -> tuple[int, int, float]:
+    """Indices around ``w`` in a sorted grid and the fraction between them."""
+    j = bisect.bisect_left(grid, w)
+    if j < len(grid) and grid[j] == w:
+        return j, j, 0.0
+    lo, hi = j - 1, j
+    return lo, hi, (w - grid[lo]) / (grid[hi] - grid[lo])
+
+
+@dataclass
+class _UnitTable:
+    groups: tuple[int, ...]
+    table: np.ndarray  # latency (ms) indexed by grid position of each group
+
+
+class Predictor:
+    """Predicts a sub-network's latency from a LUT: multilinear interpolation per unit, summed.
+
+    ``predict`` adds the runtime's one per-call overhead and applies the calibration fitted
+    on whole-model measurements (``measured ≈ a + b · raw``). Widths outside a group's
+    profiled grid are refused, never silently extrapolated.
+    """
+
+    def __init__(self, structure: dict[str, Any], latency_by_signature: Mapping[str, float],
+                 statistic: str = "p50"):
+        self.structure = structure
+        self.statistic = statistic
+        self.group_names = [g["name"] for g in structure["groups"]]
+        self.dense = [int(g["channels"]) for g in structure["groups"]]
+        self.grids = [list(map(int, g["grid"])) for g in structure["groups"]]
+        self.overhead_ms = float(structure.get("overhead_ms", 0.0))
+        cal = structure.get("calibration") or {}
+        self.cal_a = float(cal.get("a", 0.0))
+        self.cal_b = float(cal.get("b", 1.0))
+        self.units: list[_UnitTable] = []
+        for u in structure["units"]:
+            gs = tuple(u["groups"])
+            shape = tuple(len(self.grids[g]) for g in gs)
+            table = np.full(shape, np.nan)
+            for point_key, sig in u["table"].items():
+                point = [int(v) for v in point_key.split(",")] if point_key else []
+                idx = tuple(self.grids[g].index(w) for g, w in zip(gs, point))
+                if sig in latency_by_signature:
+                    table[idx] = latency_by_signature[sig]
+            if np.isnan(table).any():
+                raise HwpruneError(f"LUT is incomplete for unit {u['name']}: "
+                                   f"{int(np.isnan(table).sum())} grid point(s) not measured; re-run hwprune profile")
+            self.units.append(_UnitTable(gs, table))
+
+    def _vector(self, widths: Mapping[str, int] | Sequence[int]) -> list[int]:
+        if isinstance(widths, Mapping):
+            unknown = set(widths) - set(self.group_names)
+            if unknown:
+                raise HwpruneError(f"unknown group(s): {', '.join(sorted(unknown))}")
+            return [int(widths.get(n, d)) for n, d in zip(self.group_names, self.dense)]
+        vec = [int(w) for w in widths]
+        if len(vec) != len(self.dense):
+            raise HwpruneError(f"expected {len(self.dense)} group widths, got {len(vec)}")
+        return vec
+
+    def predict_raw(self, widths: Mapping[str, int] | Sequence[int]) -> float:
+        """Overhead + Σ unit latencies, before calibration (ms)."""
+        vec = self._vector(widths)
+        brackets = []
+        for g, w in enumerate(vec):
+            grid = self.grids[g]
+            if not grid[0] <= w <= grid[-1]:
+                raise HwpruneError(f"group '{self.group_names[g]}': width {w} is outside the profiled grid "
+                                   f"[{grid[0]}, {grid[-1]}]; profile a finer --grid rather than extrapolate")
+            brackets.append(_bracket(grid, w))
+        total = self.overhead_ms
+        for u in self.units:
+            if not u.groups:
+                total += float(u.table)
+                continue
+            acc = 0.0
+            # Σ over the corners of the enclosing grid cell, each weighted by its volume; a
+            # width on a grid point contributes one corner, so on-grid lookups are exact.
+            corners = [((lo, 1.0),) if lo == hi else ((lo, 1.0 - f), (hi, f))
+                       for lo, hi, f in (brackets[g] for g in u.groups)]
+            for combo in itertools.product(*corners):
+                wt = 1.0
+                for _, f in combo:
+                    wt *= f
+                acc += wt * u.table[tuple(i for i, _ in combo)]
+            total += acc
+        return total
+
+    def predict(self, widths: Mapping[str, int] | Sequence[int]) -> float:
+        """Calibrated latency prediction (ms) of the sub-network with these group widths."""
+        return self.cal_a + self.cal_b * self.predict_raw(widths)
+
+
+def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> dict[str, float]:
+    """Least-squares ``measured ≈ a + b · raw`` with its fit error; identity with < 3 points."""
+    x = np.asarray(raw_ms, float)
+    y = np.asarray(measured_ms, float)
+    if len(x) < 3 or np.ptp(x) == 0:
+        a, b = 0.0, 1.0
+    else:
+        b, a = np.polyfit(x, y, 1)
+        if b <= 0:  # a degenerate fit would invert the ordering of architectures
+            a, b = 0.0, float(np.median(y / x))
+    pred = a + b * x
+    err = np.abs(pred - y) / y * 100 if len(y) else np.array([math.nan])
+    return {"a": float(a), "b": float(b), "n": int(len(x)),
+            "median_abs_error_pct": float(np.median(err)) if len(err) else math.nan,
+            "raw_median_abs_error_pct": float(np.median(np.abs(x - y) / y * 100)) if len(y) else math.nan}

@@ -1,0 +1,132 @@
+"""``hwprune lut check``: measure random sub-networks end to end and report the LUT's error.
+
+Each sample is a real pruned model (Torch-Pruning surgery on the dense model, exported to
+ONNX as it would be deployed), timed on the device; its LUT prediction is compared with the
+measurement. The samples are drawn with a seed different from the calibration's, so the
+figures are out-of-sample.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwprune.errors import HwpruneError
+from hwprune.export import export_onnx
+from hwprune.groups import PrunableGroup, find_groups, prune_to_widths
+from hwprune.lut import LatencyLUT, model_key
+from hwprune.measure import progress_bar, statistic_ms, time_items
+from hwprune.profile import ModelSpec, random_widths
+from profilers.config import DeviceConfig, load_device_config
+from profilers.fileio import atomic_write_json
+
+# Calibration uses seed s; checks use s + this offset so they never share a sample.
+CHECK_SEED_OFFSET = 1_000_003
+
+
+def predictor_calls_per_s(predictor, groups: list[PrunableGroup], multiple: int, seconds: float = 0.5) -> float:
+    rng = random.Random(7)
+    vecs = [random_widths(groups, multiple, rng) for _ in range(256)]
+    n = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for v in vecs:
+            predictor.predict(v)
+        n += len(vecs)
+    return n / (time.perf_counter() - start)
+
+
+def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, samples: int = 50, seed: int = 0,
+              low: float = 0.2, allow_other_device: bool = False, json_path: str | None = None,
+              show_progress: bool = True) -> dict[str, Any]:
+    """Compare LUT predictions with end-to-end measurements of ``samples`` random sub-networks.
+
+    Example:
+        >>> from hwprune.lutcheck import lut_check
+        >>> r = lut_check(ModelSpec("resnet20"), "x86-cpu-ort", "lut.parquet", samples=20)  # doctest: +SKIP
+        >>> r["median_abs_error_pct"]  # doctest: +SKIP
+    """
+    from scipy.stats import kendalltau
+
+    cfg = device if isinstance(device, DeviceConfig) else load_device_config(device)
+    if samples < 2:
+        raise HwpruneError("--samples must be at least 2")
+    lut = LatencyLUT.load(lut_path)
+    if cfg.remote is None:
+        from profilers.environment import collect_manifest, fingerprint
+
+        lut.check_device(fingerprint(collect_manifest(cfg)), allow_other_device, lut_path)
+    model = spec.build()
+    x = spec.example_input(cfg.batch_size)
+    key = model_key(spec.name, tuple(x.shape))
+    predictor = lut.predictor(key, cfg.statistic, lut_path)
+    groups = find_groups(model, x)
+    if [g.name for g in groups] != predictor.group_names:
+        raise HwpruneError(f"{lut_path}: the LUT's groups for {key} do not match this model's; re-profile it")
+
+    rng = random.Random(seed + CHECK_SEED_OFFSET)
+    widths = [random_widths(groups, cfg.channel_multiple, rng, low=low) for _ in range(samples)]
+    items = []
+    bar = progress_bar(samples, "exporting", show_progress)
+    for i, w in enumerate(widths):
+        pruned = prune_to_widths(model, x, {g.name: wi for g, wi in zip(groups, w)})
+        items.append((f"check:{i}", export_onnx(pruned, x), {"widths": w}))
+        bar.update(1)
+    bar.close()
+
+    measured: dict[str, float] = {}
+    bar = progress_bar(samples, "measuring", show_progress)
+
+    def on_record(rec: dict[str, Any]) -> None:
+        if rec.get("type") == "row":
+            measured[rec["key"]] = statistic_ms(rec["timing"], cfg.statistic)
+            bar.update(1)
+        elif rec.get("type") == "error":
+            raise HwpruneError(f"sub-network {rec['key']} failed to run: {rec['error']}")
+
+    work = Path(tempfile.mkdtemp(prefix="hwprune-lutcheck-"))
+    try:
+        time_items(items, cfg, work, on_record)
+    finally:
+        bar.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows = []
+    for (k, _, meta), w in zip(items, widths):
+        pred = predictor.predict(w)
+        meas = measured[k]
+        rows.append({"sample": k, "widths": w, "predicted_ms": pred, "raw_predicted_ms": predictor.predict_raw(w),
+                     "measured_ms": meas, "error_pct": (pred - meas) / meas * 100})
+    err = np.abs([r["error_pct"] for r in rows])
+    tau = kendalltau([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]).statistic
+    result = {
+        "model": key, "device": cfg.name, "lut": str(lut_path), "statistic": cfg.statistic, "samples": samples,
+        "median_abs_error_pct": float(np.median(err)), "p90_abs_error_pct": float(np.percentile(err, 90)),
+        "max_abs_error_pct": float(err.max()), "kendall_tau": float(tau) if not math.isnan(tau) else None,
+        "predictor_calls_per_s": predictor_calls_per_s(predictor, groups, cfg.channel_multiple),
+        "calibration": {k: v for k, v in (lut.model(key).get("calibration") or {}).items() if k != "points"},
+        "rows": rows,
+    }
+    if json_path:
+        atomic_write_json(json_path, result)
+    return result
+
+
+def format_check_table(r: dict[str, Any]) -> str:
+    """A plain-text table of the per-sample comparison and the summary figures."""
+    lines = [f"{'sample':>10} {'predicted ms':>13} {'measured ms':>12} {'error %':>8}"]
+    for row in r["rows"]:
+        lines.append(f"{row['sample']:>10} {row['predicted_ms']:13.4f} {row['measured_ms']:12.4f} {row['error_pct']:+8.2f}")
+    tau = r["kendall_tau"]
+    lines.append(f"{r['model']} on {r['device']} ({r['statistic']}), {r['samples']} sub-networks: "
+                 f"median |error| {r['median_abs_error_pct']:.2f}%, p90 {r['p90_abs_error_pct']:.2f}%, "
+                 f"max {r['max_abs_error_pct']:.2f}%, Kendall tau {tau if tau is None else round(tau, 3)}, "
+                 f"predictor {r['predictor_calls_per_s']:.0f} calls/s")
+    return "\n".join(lines)

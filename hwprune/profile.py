@@ -1,0 +1,301 @@
+"""``hwprune profile``: build a model's latency LUT on a device, resumably, and calibrate it.
+
+Steps: build the model and its dependency groups; derive the width-parametric ONNX graph
+and its units; enumerate (unit, width) candidates and drop signatures the LUT already has;
+write the rest, plus a few random whole sub-networks for calibration, into a profiling
+bundle; time the bundle locally or over SSH (``profilers``); merge rows into the LUT as they
+arrive. The bundle's results file is the journal: a killed run loses no finished row, and
+the next run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from hwprune.candidates import DEFAULT_RATIOS, build_width_graph, enumerate_candidates, grids_for
+from hwprune.errors import HwpruneError
+from hwprune.export import check_input_shape
+from hwprune.groups import PrunableGroup, find_groups, snap_channels
+from hwprune.lut import LatencyLUT, Predictor, fit_calibration, model_key
+from hwprune.measure import progress_bar, statistic_ms, time_items
+from profilers.config import DeviceConfig, load_device_config
+
+CALIBRATION_KEY = "calib:"
+
+
+@dataclass
+class ModelSpec:
+    """What to build: a model name (or ``file.py:factory``), input shape (C, H, W), weights."""
+
+    name: str
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    num_classes: int = 10
+    weights: str | None = None
+
+    def build(self) -> torch.nn.Module:
+        from hwprune.models import create_model, load_weights
+
+        c, h, w = self.input_shape
+        model = create_model(self.name, in_channels=c, num_classes=self.num_classes, input_size=(h, w))
+        if self.weights:
+            load_weights(model, self.weights)
+        return model.eval()
+
+    def example_input(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, *self.input_shape)
+
+
+@dataclass
+class ProfileResult:
+    lut_path: str
+    model_key: str
+    groups: int
+    units: int
+    signatures_total: int
+    signatures_measured: int
+    calibration: dict[str, Any]
+    wall_s: float
+    timed_s: float
+    overhead_ratio: float
+    resumed_rows: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``C,H,W`` or ``CxHxW`` (batch comes from the device config)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        dims = tuple(int(p) for p in parts if p.strip())
+    except ValueError:
+        raise HwpruneError(f"--input-shape must be C,H,W (integers), got '{text}'") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise HwpruneError(f"--input-shape must be three positive integers C,H,W, got '{text}'")
+    return dims  # type: ignore[return-value]
+
+
+def parse_ratios(text: str) -> tuple[float, ...]:
+    """``--grid 0.25,0.5,0.75,1``: keep ratios in (0, 1]."""
+    try:
+        ratios = tuple(sorted({float(p) for p in text.split(",") if p.strip()}))
+    except ValueError:
+        raise HwpruneError(f"--grid must be comma-separated keep ratios, got '{text}'") from None
+    if not ratios or ratios[0] <= 0 or ratios[-1] > 1:
+        raise HwpruneError(f"--grid ratios must lie in (0, 1], got '{text}'")
+    return ratios
+
+
+def random_widths(groups: Sequence[PrunableGroup], multiple: int, rng: random.Random,
+                  low: float = 0.2, high: float = 1.0) -> list[int]:
+    """A random sub-network: keep ratio uniform in [low, high] per group, snapped."""
+    return [snap_channels(rng.uniform(low, high) * g.channels, g.channels, multiple) for g in groups]
+
+
+def _lut_row(record: dict[str, Any], meta: dict[str, Any], session: dict[str, Any], cfg: DeviceConfig) -> dict[str, Any]:
+    t = record["timing"]
+    return {
+        "device_fingerprint": session["fingerprint"], "device": cfg.name, "signature": record["key"],
+        **{k: meta.get(k) for k in ("op", "cin", "cout", "kernel", "stride", "groups", "in_h", "in_w")},
+        "batch": cfg.batch_size, "precision": cfg.precision,
+        "n": t["n"], "mean_ms": t["mean_ms"], "std_ms": t["std_ms"], "p50_ms": t["p50_ms"],
+        "p90_ms": t["p90_ms"], "p99_ms": t["p99_ms"], "ci_low_ms": t["ci_low_ms"], "ci_high_ms": t["ci_high_ms"],
+        "cv": t["cv"], "stable": t["stable"], "overhead_ms": statistic_ms(session["overhead"], cfg.statistic),
+        "timed_s": t["total_s"], "measured_at": session.get("started_unix_s"), "samples_ms": t.get("samples_ms", []),
+    }
+
+
+def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratios: Sequence[float] = DEFAULT_RATIOS,
+            calibration_samples: int = 10, seed: int = 0, fmt: str | None = None,
+            allow_other_device: bool = False, show_progress: bool = True, log=print) -> ProfileResult:
+    """Profile ``spec`` on ``device`` into the LUT at ``lut_path`` (created or extended).
+
+    Example:
+        >>> from hwprune.profile import ModelSpec, profile
+        >>> r = profile(ModelSpec("resnet20"), "x86-cpu-ort", "lut.parquet")  # doctest: +SKIP
+        >>> r.signatures_measured, r.overhead_ratio  # doctest: +SKIP
+    """
+    t_start = time.perf_counter()
+    cfg = device if isinstance(device, DeviceConfig) else load_device_config(device)
+    path = Path(lut_path)
+    if fmt is not None and path.suffix != f".{fmt}":
+        raise HwpruneError(f"--format {fmt} does not match the LUT file name {path.name}")
+    if path.suffix not in (".parquet", ".csv"):
+        raise HwpruneError(f"LUT path must end in .parquet or .csv, got {path.name}")
+    lut = LatencyLUT.load(path) if path.exists() else LatencyLUT()
+    local_fp = None
+    if cfg.remote is None:
+        from profilers.environment import collect_manifest, fingerprint
+
+        local_fp = fingerprint(collect_manifest(cfg))
+        lut.check_device(local_fp, allow_other_device, str(path))
+
+    torch.manual_seed(seed)
+    model = spec.build()
+    x = spec.example_input(cfg.batch_size)
+    check_input_shape(model, x)
+    groups = find_groups(model, x)
+    log(f"{spec.name}: {len(groups)} prunable groups; exporting the width-parametric graph ...")
+    wg = build_width_graph(model, x, groups)
+    units = wg.units()
+    grids = grids_for(groups, cfg.channel_multiple, ratios)
+    key = model_key(spec.name, tuple(x.shape))
+
+    # The model's structure: which signature each unit has at each grid point.
+    unit_tables: list[dict[str, str]] = [dict() for _ in units]
+    todo: dict[str, tuple[int, tuple[int, ...]]] = {}
+    for cand in enumerate_candidates(wg, units, grids):
+        unit_tables[cand.unit][",".join(map(str, cand.point))] = cand.signature
+        todo.setdefault(cand.signature, (cand.unit, cand.point))
+    signatures_total = len(todo)
+    fp_known = lut.meta.get("fingerprint") or local_fp
+    missing = {s: v for s, v in todo.items()
+               if not (fp_known and lut.has(s, fp_known, cfg.precision, cfg.batch_size))}
+
+    structure = {
+        "model": spec.name, "input_shape": list(x.shape), "batch": cfg.batch_size, "precision": cfg.precision,
+        "weights": spec.weights, "ratios": list(ratios), "channel_multiple": cfg.channel_multiple,
+        "groups": [{"name": g.name, "channels": g.channels, "grid": grid, "members": list(g.members)}
+                   for g, grid in zip(groups, grids)],
+        "units": [{"name": u.name, "label": u.label, "groups": list(u.groups), "table": t}
+                  for u, t in zip(units, unit_tables)],
+    }
+    old = lut.meta["models"].get(key, {})
+    calibration = old.get("calibration") if old.get("units") == structure["units"] else None
+
+    rng = random.Random(seed)
+    calib_widths = [random_widths(groups, cfg.channel_multiple, rng) for _ in range(calibration_samples)]
+    calib_items = []
+    if calibration is None or calibration.get("n", 0) < min(3, calibration_samples):
+        for i, w in enumerate(calib_widths):
+            h = hashlib.sha1(json.dumps(w).encode()).hexdigest()[:10]
+            calib_items.append((f"{CALIBRATION_KEY}{i}:{h}", wg.instantiate(None, w, seed=i), {"widths": w}))
+
+    work = path.with_name(path.name + ".work")
+    results_path = work / "results.jsonl"
+    items = []
+    for sig, (ui, point) in missing.items():
+        u = units[ui]
+        widths = list(wg.dense_widths)
+        for g, w in zip(u.groups, point):
+            widths[g] = w
+        items.append((sig, wg.instantiate(u.nodes, widths), wg.describe(u.nodes, widths)))
+    items.extend(calib_items)
+
+    sessions: dict[str, dict[str, Any]] = {}
+    calib_measured: dict[str, float] = {}
+    errors: list[str] = []
+    timed_s = 0.0
+    resumed = 0
+    measured_now = 0
+    calib_keys = {k for k, _, _ in calib_items}
+    last_save = time.monotonic()
+
+    def save() -> None:
+        lut.meta.update({"format": lut.meta.get("format", 1), "device": cfg.name,
+                         "statistic": cfg.statistic})
+        lut.meta["models"][key] = {**structure, "overhead_ms": _overhead(sessions, cfg, lut, key),
+                                   "calibration": calibration}
+        lut.save(path)
+
+    if items:
+        if work.exists():
+            shutil.rmtree(work / "onnx", ignore_errors=True)
+        log(f"{signatures_total} distinct signatures, {len(missing)} to measure "
+            f"(+{len(calib_items)} calibration sub-networks) on {cfg.name}")
+        bar = progress_bar(len(items), "profiling", show_progress)
+
+        def on_row(rec: dict[str, Any]) -> None:
+            nonlocal timed_s, resumed, last_save, measured_now
+            kind = rec.get("type")
+            if kind == "session":
+                sessions[rec["session"]] = rec
+                if lut.meta.get("fingerprint") is None:
+                    lut.meta["fingerprint"] = rec["fingerprint"]
+                    lut.meta["environment"] = rec["environment"]
+                else:
+                    lut.check_device(rec["fingerprint"], allow_other_device, str(path))
+                return
+            if kind == "error":
+                errors.append(f"{rec['key']}: {rec['error']}")
+                bar.update(1)
+                return
+            session = sessions.get(rec.get("session"), {})
+            if rec.get("session") not in sessions:
+                return
+            if rec["key"] in calib_keys:
+                calib_measured[rec["key"]] = statistic_ms(rec["timing"], cfg.statistic)
+            else:
+                row = _lut_row(rec, rec.get("meta", {}), session, cfg)
+                lut.add_rows([row])
+            if rec["session"] == current_session[0]:
+                timed_s += rec["timing"]["total_s"]
+                measured_now += rec["key"] not in calib_keys
+            else:
+                resumed += 1
+            bar.update(1)
+            if time.monotonic() - last_save > 30:
+                save()
+                last_save = time.monotonic()
+
+        current_session: list[str | None] = [None]
+
+        def on_record(rec: dict[str, Any]) -> None:
+            if rec.get("type") == "session" and rec.get("started_unix_s", 0) >= started_unix:
+                current_session[0] = rec["session"]
+            on_row(rec)
+
+        started_unix = time.time()
+        try:
+            time_items(items, cfg, work, on_record)
+        finally:
+            bar.close()
+            if lut.meta.get("fingerprint"):
+                save()
+        if errors:
+            raise HwpruneError(f"{len(errors)} candidate(s) failed to run on {cfg.name}; first: {errors[0]}")
+
+    # Calibration: a + b * raw prediction ≈ measured, over whole random sub-networks.
+    if calib_items:
+        predictor_structure = {**structure, "overhead_ms": _overhead(sessions, cfg, lut, key), "calibration": None}
+        lat = lut.latency_ms(lut.meta["fingerprint"], cfg.precision, cfg.batch_size, cfg.statistic)
+        pred = Predictor(predictor_structure, lat, cfg.statistic)
+        raws, measured, points = [], [], []
+        for k, _, meta in calib_items:
+            if k in calib_measured:
+                raw = pred.predict_raw(meta["widths"])
+                raws.append(raw)
+                measured.append(calib_measured[k])
+                points.append({"widths": meta["widths"], "raw_ms": raw, "measured_ms": calib_measured[k]})
+        calibration = {**fit_calibration(raws, measured), "statistic": cfg.statistic, "points": points}
+    if lut.meta.get("fingerprint"):
+        save()
+    shutil.rmtree(work, ignore_errors=True)
+    wall_s = time.perf_counter() - t_start
+    result = ProfileResult(str(path), key, len(groups), len(units), signatures_total, measured_now,
+                           calibration or {}, wall_s, timed_s,
+                           wall_s / timed_s if timed_s > 0 else float("nan"), resumed, errors)
+    lut.meta["models"][key].setdefault("profile_runs", []).append(
+        {k: v for k, v in result.to_dict().items() if k not in ("calibration", "errors")})
+    save()
+    return result
+
+
+def _overhead(sessions: dict[str, dict[str, Any]], cfg: DeviceConfig, lut: LatencyLUT, key: str) -> float:
+    """The runtime's per-call overhead: median over sessions that measured this model."""
+    vals = [statistic_ms(s["overhead"], cfg.statistic) for s in sessions.values()]
+    if not vals:
+        return float(lut.meta["models"].get(key, {}).get("overhead_ms", 0.0))
+    vals.sort()
+    return float(vals[len(vals) // 2])
+
