@@ -72,7 +72,10 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module]):
                                root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):
         root = g[0].dep.target.module
         handler = g[0].dep.handler
-        if handler not in (tp.prune_conv_out_channels, tp.prune_linear_out_channels):
+        # Output-channel pruning of a conv, depthwise conv or linear roots a group; Torch-
+        # Pruning roots a depthwise-coupled group at the depthwise conv itself.
+        if getattr(handler, "__name__", "") != "prune_out_channels" and handler not in (
+                tp.prune_conv_out_channels, tp.prune_linear_out_channels):
             continue
         members = []
         for item in g:

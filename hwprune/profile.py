@@ -201,7 +201,12 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     calib_keys = {k for k, _, _ in calib_items}
     last_save = time.monotonic()
 
+    pending_rows: list[dict[str, Any]] = []
+
     def save() -> None:
+        # Rows are merged in batches: one DataFrame concat per row would dominate profiling.
+        lut.add_rows(pending_rows)
+        pending_rows.clear()
         lut.meta.update({"format": lut.meta.get("format", 1), "device": cfg.name,
                          "statistic": cfg.statistic})
         lut.meta["models"][key] = {**structure, "overhead_ms": _overhead(sessions, cfg, lut, key),
@@ -236,8 +241,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
             if rec["key"] in calib_keys:
                 calib_measured[rec["key"]] = statistic_ms(rec["timing"], cfg.statistic)
             else:
-                row = _lut_row(rec, rec.get("meta", {}), session, cfg)
-                lut.add_rows([row])
+                pending_rows.append(_lut_row(rec, rec.get("meta", {}), session, cfg))
             if rec["session"] == current_session[0]:
                 timed_s += rec["timing"]["total_s"]
                 measured_now += rec["key"] not in calib_keys
