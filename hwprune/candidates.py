@@ -25,14 +25,23 @@ def build_width_graph(model: nn.Module, example_input: torch.Tensor,
                       groups: Sequence[PrunableGroup], progress=None) -> WidthGraph:
     """Export the dense model and, per group, a one-channel-narrower copy; diff the shapes."""
     dense = export_onnx(model, example_input)
+    dense_params = {n: list(p.shape) for n, p in model.named_parameters()}
+    param_deps: dict[str, list[dict[int, float]]] = {n: [dict() for _ in s] for n, s in dense_params.items()}
     perturbed = []
     for gi, g in enumerate(groups):
         if g.channels >= 2:
             narrower = prune_to_widths(model, example_input, {g.name: g.channels - 1})
             perturbed.append((gi, 1, export_onnx(narrower, example_input)))
+            # The same diff on the PyTorch parameters gives exact parameter counts at any widths.
+            for n, p in narrower.named_parameters():
+                for axis, (d0, d1) in enumerate(zip(dense_params[n], p.shape)):
+                    if d0 != d1:
+                        param_deps[n][axis][gi] = float(d0 - d1)
         if progress is not None:
             progress(gi + 1, len(groups))
-    return WidthGraph.from_exports(dense, perturbed, [g.channels for g in groups])
+    wg = WidthGraph.from_exports(dense, perturbed, [g.channels for g in groups])
+    wg.torch_param_shapes = {n: (dense_params[n], param_deps[n]) for n in dense_params}
+    return wg
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,149 @@ def lut_check_cmd(device, model, input_shape, num_classes, weights, lut_path, sa
     click.echo(format_check_table(r))
 
 
+@lut_group.command("show")
+@click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False), help="The LUT to show.")
+@click.option("--model", "-m", "key", default=None, help="Model key (name@shape); default: the only model in the LUT.")
+def lut_show_cmd(lut_path, key):
+    """Print a LUT's models and the per-layer latency of the dense model."""
+    from hwprune.lut import LatencyLUT, unit_breakdown
+
+    lut = LatencyLUT.load(lut_path)
+    models = sorted(lut.meta["models"])
+    if key is None:
+        if len(models) != 1:
+            raise click.UsageError(f"the LUT holds {len(models)} models; pick one with --model ({', '.join(models)})")
+        key = models[0]
+    rows = unit_breakdown(lut, key)
+    pred = lut.predictor(key)
+    click.echo(f"{lut_path}: device {lut.meta.get('device')} (fingerprint {lut.meta.get('fingerprint')}), "
+               f"{len(lut.rows)} measured signatures; model {key}, statistic {pred.statistic}")
+    click.echo(f"{'layer (unit)':48s} {'ops':34s} {'channels':>10s} {'ms':>9s}")
+    for r in rows:
+        click.echo(f"{r['unit'][:48]:48s} {r['ops'][:34]:34s} {'x'.join(map(str, r['widths'])) or '-':>10s} "
+                   f"{r['latency_ms']:9.4f}")
+    raw = pred.predict_raw({})
+    click.echo(f"{'sum + per-call overhead':48s} {'':34s} {'':>10s} {raw:9.4f}")
+    click.echo(f"{'calibrated prediction (dense model)':48s} {'':34s} {'':>10s} {pred.predict({}):9.4f}")
+
+
+def _budget_pair(ctx, param, values):
+    pairs = []
+    for v in values:
+        fn, sep, limit = v.rpartition("=")
+        try:
+            pairs.append((fn, float(limit)))
+        except ValueError:
+            raise click.BadParameter(f"expected module:function=LIMIT, got '{v}'") from None
+        if not sep or not fn:
+            raise click.BadParameter(f"expected module:function=LIMIT, got '{v}'")
+    return pairs
+
+
+@cli.command("prune")
+@click.option("--device", "-d", required=True, help="Shipped device name (see `hwprune devices`) or a YAML path.")
+@click.option("--model", "-m", required=True, help="Zoo name or path/to/file.py:factory.")
+@click.option("--data", default="fashion-mnist", show_default=True,
+              help="fashion-mnist[:PATH], cifar10:PATH or imagefolder:PATH.")
+@click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False), help="LUT from `hwprune profile`.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Dense checkpoint (default: the committed one, if any).")
+@click.option("--latency-ms", type=float, help="Latency budget in ms (the device config's statistic).")
+@click.option("--speedup", type=float, help="Budget relative to the dense model measured on the device (2.0 = half).")
+@click.option("--max-params", type=float, help="Parameter budget.")
+@click.option("--max-macs", type=float, help="MACs budget.")
+@click.option("--max-memory", "max_memory_bytes", type=float, help="Peak activation memory budget (bytes).")
+@click.option("--budget", multiple=True, callback=_budget_pair,
+              help="User budget function module:function=LIMIT (called with the widths dict); repeatable.")
+@click.option("--agent", default=None, help="Search agent (default: rl when available, else knapsack).")
+@click.option("--max-evaluations", type=int, default=100, show_default=True, help="Accuracy-proxy evaluations per search.")
+@click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "taylor"]), default="l1", show_default=True,
+              help="Channel importance criterion.")
+@click.option("--finetune-epochs", type=int, default=1, show_default=True, help="Fine-tuning epochs (0 allowed).")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--kd", is_flag=True, help="Distil from the dense model while fine-tuning.")
+@click.option("--kd-temperature", type=float, default=4.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--certify-rounds", type=int, default=3, show_default=True,
+              help="Searches allowed to meet the budget as measured on the device.")
+@click.option("--input-shape", default=None, help="Input C,H,W (default: from the data).")
+@click.option("--allow-other-device", is_flag=True, help="Use a LUT measured on another device.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def prune_cmd(lut_path, input_shape, quiet, **kw):
+    """Prune a model to a budget on DEVICE, fine-tune, export, and certify the measured latency."""
+    from hwprune.profile import parse_input_shape
+    from hwprune.prune import PruneOptions, prune
+
+    opts = PruneOptions(lut=lut_path, input_shape=parse_input_shape(input_shape) if input_shape else None,
+                        show_progress=not quiet, **kw)
+    r = prune(opts, log=lambda m: click.echo(m, err=True))
+    d, p = r["dense"], r["pruned"]
+    click.echo(f"{'':8s} {'accuracy':>9s} {'p50 ms':>9s} {'p90 ms':>9s} {'params':>10s} {'MACs':>12s}")
+    for name, m in (("dense", d), ("pruned", p)):
+        click.echo(f"{name:8s} {m['accuracy'] * 100:8.2f}% {m['latency_ms']['p50']:9.4f} {m['latency_ms']['p90']:9.4f} "
+                   f"{m['params']:10,d} {m['macs']:12,d}")
+    c = r["certificate"]
+    click.echo(f"certified: {'yes' if r['certified'] else 'NO'} (95% upper bound of {c['statistic']} "
+               f"{c['upper_bound_ms']:.4f} ms" + (f" vs budget {c['budget_ms']:.4f} ms)" if c.get("budget_ms") else ")"))
+    click.echo(f"run folder: {opts.out} (report.md, report.json, plan.json, pruned.onnx, pruned.pt, baseline.json)")
+
+
+@cli.command("apply-plan")
+@click.option("--model", "-m", required=True, help="The dense model the plan was made for.")
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="plan.json of a run.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="pruned.pt of the run (pruned weights).")
+@click.option("--dense-weights", type=click.Path(dir_okay=False), help="Dense checkpoint to prune (instead of --weights).")
+@click.option("--input-shape", default="1,28,28", show_default=True, help="Input C,H,W.")
+@click.option("--num-classes", type=int, default=10, show_default=True)
+@click.option("--onnx", "onnx_out", type=click.Path(dir_okay=False), help="Export the pruned model here.")
+def apply_plan_cmd(model, plan_path, weights, dense_weights, input_shape, num_classes, onnx_out):
+    """Rebuild a pruned model from plan.json (no unpickling) and optionally export it."""
+    from hwprune.groups import count_params
+    from hwprune.prune import apply_plan
+
+    spec = _spec(model, input_shape, num_classes, dense_weights)
+    pruned = apply_plan(spec, plan_path, weights)
+    click.echo(f"{model} pruned by {plan_path}: {count_params(pruned):,} parameters")
+    if onnx_out:
+        from hwprune.export import export_onnx
+        from profilers.fileio import atomic_write_bytes
+
+        atomic_write_bytes(onnx_out, export_onnx(pruned, spec.example_input(1)))
+        click.echo(f"wrote {onnx_out}")
+
+
+@cli.command("pretrain")
+@click.option("--model", "-m", required=True, help="Zoo name (resnet20, resnet56, vgg11_bn, ...) or path/to/file.py:factory.")
+@click.option("--data", default="fashion-mnist", show_default=True,
+              help="Dataset: fashion-mnist[:DIR], cifar10:DIR or imagefolder:DIR.")
+@click.option("--epochs", type=int, default=30, show_default=True, help="Training epochs.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint (state_dict) to write; the recipe and accuracies go to OUT.json.")
+@click.option("--lr", type=float, default=0.1, show_default=True,
+              help="Peak learning rate at batch 128 (scaled linearly with --batch-size), cosine to 0.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, data order and augmentation.")
+@click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def pretrain_cmd(model, data, epochs, out, lr, batch_size, seed, threads, quiet):
+    """Train a dense model from scratch and save the checkpoint that pruning starts from.
+
+    Trains on the train split minus the held-out validation split (10%, seed 0) and reports
+    top-1 accuracy on the test split. Data-parallel under torchrun:
+    torchrun --standalone --nproc_per_node=2 -m hwprune.cli pretrain ...
+    """
+    from hwprune.pretrain import pretrain
+
+    r = pretrain(model, data, epochs=epochs, out=out, lr=lr, batch_size=batch_size, seed=seed, threads=threads,
+                 progress=not quiet, log=lambda m: click.echo(m, err=True))
+    if r.is_main:
+        click.echo(f"{r.checkpoint_path}: test accuracy {r.test_accuracy:.4f}"
+                   + (f", val accuracy {r.val_accuracy:.4f}" if r.val_accuracy is not None else "")
+                   + f" ({r.train.epochs} epochs, {r.seconds:.0f} s); recipe in {r.sidecar_path}")
+
+
 def main() -> None:
     cli(prog_name="hwprune")
 

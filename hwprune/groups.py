@@ -118,9 +118,12 @@ def snap_channels(channels: float, dense: int, multiple: int) -> int:
 
 
 def width_grid(dense: int, multiple: int, ratios: Sequence[float]) -> list[int]:
-    """Distinct snapped channel counts for the keep ratios, always including ``dense``."""
+    """Distinct snapped channel counts for the keep ratios, plus one multiple and ``dense``."""
     widths = {snap_channels(r * dense, dense, multiple) for r in ratios}
+    # The smallest width an agent may choose (one multiple) and the dense width are always
+    # profiled, so any architecture in the search space is inside the grid.
     widths.add(dense)
+    widths.add(snap_channels(multiple, dense, multiple))
     return sorted(widths)
 
 
@@ -155,11 +158,12 @@ def channel_importance(model: nn.Module, example_input: torch.Tensor,
 
 def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mapping[str, int],
                     criterion: str = "l1", keep: Mapping[str, Sequence[int]] | None = None,
-                    inplace: bool = False) -> nn.Module:
+                    inplace: bool = False, kept_out: dict[str, list[int]] | None = None) -> nn.Module:
     """Physically prune ``model`` so each named group keeps ``widths[name]`` output channels.
 
     Channels are chosen by ``criterion`` (highest importance kept) unless ``keep`` gives the
     indices to keep for a group (a replayed plan). Groups not named keep all channels.
+    ``kept_out``, when given, receives every group's kept channel indices (a plan).
     Returns a smaller dense model (a copy unless ``inplace``).
     """
     if not inplace:
@@ -171,9 +175,11 @@ def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mappi
     known = set()
     for name, root, handler, g, _ in list(_iter_groups(model, dg, [clf] if clf is not None else [])):
         known.add(name)
-        if name not in widths and (keep is None or name not in keep):
-            continue
         dense = _out_channels(root)
+        if name not in widths and (keep is None or name not in keep):
+            if kept_out is not None:
+                kept_out[name] = list(range(dense))
+            continue
         if keep is not None and name in keep:
             kept = sorted(int(i) for i in keep[name])
             if not kept or kept[-1] >= dense or len(set(kept)) != len(kept):
@@ -183,9 +189,12 @@ def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mappi
             if not 1 <= target <= dense:
                 raise HwpruneError(f"group '{name}': width {target} outside [1, {dense}]")
             if target == dense:
-                continue
-            scores = imp(g)
-            kept = sorted(torch.argsort(scores, descending=True)[:target].tolist())
+                kept = list(range(dense))
+            else:
+                scores = imp(g)
+                kept = sorted(torch.argsort(scores, descending=True)[:target].tolist())
+        if kept_out is not None:
+            kept_out[name] = kept
         if len(kept) == dense:
             continue
         drop = sorted(set(range(dense)) - set(kept))

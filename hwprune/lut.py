@@ -43,7 +43,11 @@ STAT_COLUMNS = {"p50": "p50_ms", "p90": "p90_ms", "p99": "p99_ms", "mean": "mean
 
 def model_key(model: str, input_shape: Sequence[int]) -> str:
     """How a model's structure is keyed in a LUT: name and full input shape (batch first)."""
-    return f"{Path(model).name if ':' not in model else model}@{'x'.join(str(d) for d in input_shape)}"
+    name = model
+    if ":" in model and not model.startswith(("torchvision:", "timm:")):
+        file, factory = model.rsplit(":", 1)
+        name = f"{Path(file).name}:{factory}"  # the same file given by another path is the same model
+    return f"{name}@{'x'.join(str(d) for d in input_shape)}"
 
 
 def _meta_path(path: Path) -> Path:
@@ -102,8 +106,10 @@ class LatencyLUT:
         if path.suffix == ".csv":
             out = rows.copy()
             out["samples_ms"] = out["samples_ms"].map(lambda s: json.dumps(list(s)) if s is not None else "[]")
-            atomic_write_json(_meta_path(path), self.meta)
+            # Rows first: the table only grows, so a crash between the two renames leaves old
+            # metadata over a superset of its rows (consistent), never new metadata over old rows.
             atomic_write(path, lambda tmp: out.to_csv(tmp, index=False))
+            atomic_write_json(_meta_path(path), self.meta)
             return
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -281,3 +287,20 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> di
     return {"a": float(a), "b": float(b), "n": int(len(x)),
             "median_abs_error_pct": float(np.median(err)) if len(err) else math.nan,
             "raw_median_abs_error_pct": float(np.median(np.abs(x - y) / y * 100)) if len(y) else math.nan}
+
+
+def unit_breakdown(lut: "LatencyLUT", key: str, widths: Mapping[str, int] | None = None,
+                   statistic: str | None = None) -> list[dict[str, Any]]:
+    """Per-unit latency (ms) of a model at ``widths`` (dense by default), for tables."""
+    pred = lut.predictor(key, statistic)
+    vec = pred._vector(widths or {})
+    m = lut.model(key)
+    out = []
+    for u, table in zip(m["units"], pred.units):
+        single = Predictor({**m, "units": [u], "overhead_ms": 0.0, "calibration": None},
+                           lut.latency_ms(lut.meta["fingerprint"], m["precision"], m["batch"], pred.statistic),
+                           pred.statistic)
+        out.append({"unit": u["name"], "ops": u["label"],
+                    "groups": [pred.group_names[g] for g in u["groups"]],
+                    "widths": [vec[g] for g in u["groups"]], "latency_ms": single.predict_raw(vec)})
+    return out

@@ -102,10 +102,11 @@ def random_widths(groups: Sequence[PrunableGroup], multiple: int, rng: random.Ra
     return [snap_channels(rng.uniform(low, high) * g.channels, g.channels, multiple) for g in groups]
 
 
-def _lut_row(record: dict[str, Any], meta: dict[str, Any], session: dict[str, Any], cfg: DeviceConfig) -> dict[str, Any]:
+def _lut_row(record: dict[str, Any], meta: dict[str, Any], session: dict[str, Any], cfg: DeviceConfig,
+             fingerprint: str) -> dict[str, Any]:
     t = record["timing"]
     return {
-        "device_fingerprint": session["fingerprint"], "device": cfg.name, "signature": record["key"],
+        "device_fingerprint": fingerprint, "device": cfg.name, "signature": record["key"],
         **{k: meta.get(k) for k in ("op", "cin", "cout", "kernel", "stride", "groups", "in_h", "in_w")},
         "batch": cfg.batch_size, "precision": cfg.precision,
         "n": t["n"], "mean_ms": t["mean_ms"], "std_ms": t["std_ms"], "p50_ms": t["p50_ms"],
@@ -209,8 +210,9 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         pending_rows.clear()
         lut.meta.update({"format": lut.meta.get("format", 1), "device": cfg.name,
                          "statistic": cfg.statistic})
+        runs = lut.meta["models"].get(key, {}).get("profile_runs", [])  # the history survives re-saves
         lut.meta["models"][key] = {**structure, "overhead_ms": _overhead(sessions, cfg, lut, key),
-                                   "calibration": calibration}
+                                   "calibration": calibration, "profile_runs": runs}
         lut.save(path)
 
     if items:
@@ -241,7 +243,9 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
             if rec["key"] in calib_keys:
                 calib_measured[rec["key"]] = statistic_ms(rec["timing"], cfg.statistic)
             else:
-                pending_rows.append(_lut_row(rec, rec.get("meta", {}), session, cfg))
+                # Filed under the LUT's device: the session's own, except with --allow-other-device,
+                # where rows under this device's fingerprint would be invisible to the LUT's lookups.
+                pending_rows.append(_lut_row(rec, rec.get("meta", {}), session, cfg, lut.meta["fingerprint"]))
             if rec["session"] == current_session[0]:
                 timed_s += rec["timing"]["total_s"]
                 measured_now += rec["key"] not in calib_keys

@@ -138,6 +138,8 @@ class WidthGraph:
     int_init_deps: dict[str, list[Deps]]
     shapes: dict[str, list[int]] = field(repr=False, default_factory=dict)
     types: dict[str, int] = field(repr=False, default_factory=dict)
+    # PyTorch parameter name -> (dense shape, per-axis deps), filled by build_width_graph
+    torch_param_shapes: dict[str, tuple[list[int], list[Deps]]] = field(repr=False, default_factory=dict)
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

@@ -84,6 +84,7 @@ class DeviceConfig:
     min_repeats: int = 50
     max_repeats: int = 100000
     max_seconds: float = 2.0
+    min_seconds: float = 0.0
     statistic: str = "p50"
     rel_ci: float = 0.02
     confidence: float = 0.95
@@ -119,7 +120,7 @@ def _type_ok(value: Any, expected: type) -> bool:
 _FIELD_TYPES: dict[str, type] = {
     "name": str, "backend": str, "threads": int, "inter_op_threads": int,
     "graph_optimization": str, "precision": str, "batch_size": int, "warmup": int,
-    "min_repeats": int, "max_repeats": int, "max_seconds": float, "statistic": str,
+    "min_repeats": int, "max_repeats": int, "max_seconds": float, "min_seconds": float, "statistic": str,
     "rel_ci": float, "confidence": float, "cv_threshold": float, "channel_multiple": int,
     "workspace_mb": int, "engine_cache": str, "description": str,
 }
@@ -137,7 +138,7 @@ def from_dict(data: Any, source: str = "<inline>") -> DeviceConfig:
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: unknown field '{key}' (known: {', '.join(sorted(known))})")
-    if "name" not in data:
+    if data.get("name") is None:
         raise ConfigError(f"{source}: missing required field 'name'")
     kwargs: dict[str, Any] = {}
     for key, expected in _FIELD_TYPES.items():
@@ -165,8 +166,10 @@ def from_dict(data: Any, source: str = "<inline>") -> DeviceConfig:
         for key in remote:
             if key not in _REMOTE_TYPES:
                 raise ConfigError(f"{source}: unknown field 'remote.{key}' (known: {', '.join(_REMOTE_TYPES)})")
-            if not _type_ok(remote[key], _REMOTE_TYPES[key]):
+            if remote[key] is not None and not _type_ok(remote[key], _REMOTE_TYPES[key]):
                 raise ConfigError(f"{source}: field 'remote.{key}' must be {_REMOTE_TYPES[key].__name__}, got {remote[key]!r}")
+        # None means "not set", as for top-level fields (to_dict writes unset options as None)
+        remote = {k: v for k, v in remote.items() if v is not None}
         if "host" not in remote:
             raise ConfigError(f"{source}: field 'remote' needs 'host'")
         kwargs["remote"] = RemoteConfig(**remote)
@@ -197,6 +200,8 @@ def _check_values(cfg: DeviceConfig, source: str) -> None:
         raise bad("warmup", f"must be >= 0, got {cfg.warmup}")
     if cfg.max_seconds <= 0:
         raise bad("max_seconds", f"must be > 0, got {cfg.max_seconds}")
+    if not 0 <= cfg.min_seconds <= cfg.max_seconds:
+        raise bad("min_seconds", f"must be in [0, max_seconds], got {cfg.min_seconds}")
     if cfg.max_repeats < cfg.min_repeats:
         raise bad("max_repeats", f"must be >= min_repeats ({cfg.min_repeats}), got {cfg.max_repeats}")
     if not 0 < cfg.rel_ci < 1:
@@ -235,6 +240,8 @@ def load_device_config(name_or_path: str | os.PathLike[str]) -> DeviceConfig:
         raw = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read device config: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: device config is not UTF-8 text") from None
     if path.suffix == ".json":
         try:
             data = json.loads(raw)

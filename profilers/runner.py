@@ -96,13 +96,16 @@ class BaseRunner(abc.ABC):
     def __exit__(self, *exc: Any) -> None:
         self.deactivate()
 
+    def methodology(self) -> dict[str, Any]:
+        """The config's timing methodology as keyword arguments of ``profilers.stats.measure``."""
+        c = self.config
+        return dict(warmup=c.warmup, min_repeats=c.min_repeats, max_repeats=c.max_repeats,
+                    max_seconds=c.max_seconds, min_seconds=c.min_seconds, statistic=c.statistic,
+                    rel_ci=c.rel_ci, confidence=c.confidence, cv_threshold=c.cv_threshold)
+
     def measure(self, **overrides: Any) -> TimingStats:
         """Adaptive timing with the config's methodology; keyword overrides win."""
-        c = self.config
-        kwargs = dict(warmup=c.warmup, min_repeats=c.min_repeats, max_repeats=c.max_repeats,
-                      max_seconds=c.max_seconds, statistic=c.statistic, rel_ci=c.rel_ci,
-                      confidence=c.confidence, cv_threshold=c.cv_threshold)
-        kwargs.update(overrides)
+        kwargs = {**self.methodology(), **overrides}
         if not self.is_active:
             raise RuntimeError("runner is not active: use it as a context manager")
         return measure(self.time_once_ms, **kwargs)

@@ -32,15 +32,55 @@ def _z(confidence: float, two_sided: bool = True) -> float:
     return NormalDist().inv_cdf(1 - tail)
 
 
+def _t_cdf(t: float, dof: int) -> float:
+    """Student-t CDF for integer ``dof`` in closed form (Abramowitz & Stegun 26.7.3-4)."""
+    theta = math.atan2(t, math.sqrt(dof))
+    s, c2 = math.sin(theta), math.cos(theta) ** 2
+    if dof % 2 == 1:
+        series, term = 0.0, 1.0
+        if dof > 1:
+            series = 1.0
+            for j in range(1, (dof - 1) // 2):
+                term *= 2 * j / (2 * j + 1) * c2
+                series += term
+        a = 2 / math.pi * (theta + s * math.cos(theta) * series)
+    else:
+        series, term = 1.0, 1.0
+        for j in range(1, dof // 2):
+            term *= (2 * j - 1) / (2 * j) * c2
+            series += term
+        a = s * series
+    return 0.5 + a / 2
+
+
 def _t_quantile(p: float, dof: int) -> float:
-    """Student-t quantile without scipy (devices have numpy only): Cornish-Fisher expansion."""
-    z = NormalDist().inv_cdf(p)
+    """Student-t quantile without scipy (devices have numpy only).
+
+    Up to 200 degrees of freedom the exact CDF is inverted by bisection; beyond, the
+    Cornish-Fisher expansion is accurate to better than 1e-7 relative.
+    """
     if dof <= 0:
         return float("inf")
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    return z + g1 / dof + g2 / dof**2 + g3 / dof**3
+    if p < 0.5:
+        return -_t_quantile(1 - p, dof)
+    z = NormalDist().inv_cdf(p)
+    if dof > 200:
+        g1 = (z**3 + z) / 4
+        g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+        g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+        return z + g1 / dof + g2 / dof**2 + g3 / dof**3
+    lo, hi = 0.0, max(2 * z, 1.0)
+    while _t_cdf(hi, dof) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if _t_cdf(mid, dof) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return (lo + hi) / 2
 
 
 def quantile_interval(samples: np.ndarray, q: float, confidence: float = 0.95,
@@ -48,7 +88,9 @@ def quantile_interval(samples: np.ndarray, q: float, confidence: float = 0.95,
     """Distribution-free confidence interval of the q-quantile from order statistics.
 
     The rank of the q-quantile among n samples is Binomial(n, q); its normal approximation
-    gives lower/upper ranks. With too few samples the interval is the whole sample range.
+    gives lower/upper ranks. When a rank falls outside the sample (too few samples for
+    this quantile and confidence, e.g. p99 from 50 samples) that end is unbounded
+    (``-inf``/``inf``) rather than the sample minimum/maximum, which would be optimistic.
     For a one-sided upper bound pass ``two_sided=False`` and read the second value.
     """
     x = np.sort(np.asarray(samples, dtype=float))
@@ -59,9 +101,9 @@ def quantile_interval(samples: np.ndarray, q: float, confidence: float = 0.95,
     half = z * math.sqrt(n * q * (1 - q))
     lo = int(math.floor(n * q - half))
     hi = int(math.ceil(n * q + half))
-    lo = min(max(lo, 0), n - 1)
-    hi = min(max(hi, 0), n - 1)
-    return (float(x[lo]), float(x[hi]))
+    low = float(x[min(lo, n - 1)]) if lo >= 0 else -math.inf
+    high = float(x[max(hi, 0)]) if hi <= n - 1 else math.inf
+    return (low, high)
 
 
 def mean_interval(samples: np.ndarray, confidence: float = 0.95,
@@ -158,14 +200,16 @@ def summarize(samples_ms, statistic: str = "p50", confidence: float = 0.95,
 def measure(time_once_ms: Callable[[], float], *, warmup: int = 20, min_repeats: int = 50,
             max_repeats: int = 100000, max_seconds: float = 2.0, statistic: str = "p50",
             rel_ci: float = 0.02, confidence: float = 0.95, cv_threshold: float = 0.25,
-            remeasure_unstable: bool = True) -> TimingStats:
+            remeasure_unstable: bool = True, min_seconds: float = 0.0) -> TimingStats:
     """Time ``time_once_ms`` adaptively and return its statistics.
 
     ``time_once_ms`` runs one inference and returns its duration in milliseconds (the
     runner decides what is timed: compute only, or end to end). After ``warmup`` untimed
-    calls, samples are taken until ``min_repeats`` are in hand and the ``confidence``
-    interval of ``statistic`` is within ``±rel_ci`` of it, or ``max_seconds`` (wall time of
-    the timed phase) is spent. A measurement whose coefficient of variation exceeds
+    calls, samples are taken until ``min_repeats`` are in hand, ``min_seconds`` of timed
+    phase have passed (like trtexec's ``--duration``: a sub-millisecond kernel otherwise
+    converges on a few milliseconds of samples, all taken in one state of a noisy machine)
+    and the ``confidence`` interval of ``statistic`` is within ``±rel_ci`` of it, or until
+    ``max_seconds`` is spent — but never with fewer than ``min_repeats`` samples. A measurement whose coefficient of variation exceeds
     ``cv_threshold`` is flagged unstable and, once, measured again from scratch; the
     steadier of the two is kept and marked ``remeasured``.
     """
@@ -181,9 +225,9 @@ def measure(time_once_ms: Callable[[], float], *, warmup: int = 20, min_repeats:
             samples.append(float(time_once_ms()))
             n = len(samples)
             now = time.perf_counter()
-            if n >= max_repeats or (now >= deadline and n >= 2):
+            if n >= max_repeats or (now >= deadline and n >= min_repeats):
                 break
-            if n >= next_check:
+            if n >= next_check and now - start >= min_seconds:
                 # Checking the interval sorts the samples: do it on a geometric schedule so
                 # the loop stays O(n log n) overall instead of O(n^2 log n).
                 s = summarize(samples, statistic, confidence, cv_threshold, rel_ci)

@@ -409,14 +409,6 @@ def build_serialized_engine(trt, onnx_bytes: bytes, config: DeviceConfig, *,
 
 # -- the runner ------------------------------------------------------------------------
 
-def _methodology(config: DeviceConfig) -> dict[str, Any]:
-    """The config's timing methodology as ``measure`` keywords (as ``BaseRunner.measure``)."""
-    c = config
-    return dict(warmup=c.warmup, min_repeats=c.min_repeats, max_repeats=c.max_repeats,
-                max_seconds=c.max_seconds, statistic=c.statistic, rel_ci=c.rel_ci,
-                confidence=c.confidence, cv_threshold=c.cv_threshold)
-
-
 @dataclass
 class _IoBuffer:
     """One engine input or output with its pinned host buffer and device allocation."""
@@ -663,7 +655,7 @@ class TrtRunner(BaseRunner):
         """The end-to-end latency (copies included), with the config's methodology."""
         if not self.is_active:
             raise RuntimeError("runner is not active: use it as a context manager")
-        return {"end_to_end": measure(self.time_end_to_end_once_ms, **_methodology(self.config))}
+        return {"end_to_end": measure(self.time_end_to_end_once_ms, **self.methodology())}
 
     # -- teardown -----------------------------------------------------------------------
     def deactivate_impl(self) -> None:

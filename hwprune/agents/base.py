@@ -1,0 +1,180 @@
+"""The agent interface: a search over per-group channel widths under budget functions.
+
+Every agent (``uniform``, ``random``, ``greedy``, ``knapsack``, and later ``rl``, ``bo``)
+receives a ``Problem`` — the search space, an objective to maximise (the cached accuracy
+proxy) and the budget functions that must all be met — and returns the best *feasible*
+architecture it evaluated, with its history.
+
+Example:
+    >>> from hwprune.agents import create_agent
+    >>> agent = create_agent("uniform")                         # doctest: +SKIP
+    >>> result = agent.search(problem, seed=0, max_evaluations=50)  # doctest: +SKIP
+    >>> result.widths                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from hwprune.budgets import BudgetFunction
+from hwprune.errors import HwpruneError
+
+Widths = dict[str, int]
+
+
+@dataclass
+class SearchSpace:
+    """Per-group allowed widths: multiples of ``channel_multiple`` from one multiple to dense."""
+
+    group_names: list[str]
+    dense: list[int]
+    channel_multiple: int = 1
+
+    def choices(self, g: int) -> list[int]:
+        """Allowed widths of group ``g``, ascending (dense always allowed)."""
+        m, d = self.channel_multiple, self.dense[g]
+        if d <= m:
+            return [d]
+        return sorted(set(range(m, d + 1, m)) | {d})
+
+    def snap(self, g: int, channels: float) -> int:
+        from hwprune.groups import snap_channels
+
+        return snap_channels(channels, self.dense[g], self.channel_multiple)
+
+    def from_ratios(self, ratios: Sequence[float] | float) -> Widths:
+        """Widths for keep ratios (one per group, or one for all), snapped."""
+        if isinstance(ratios, (int, float)):
+            ratios = [float(ratios)] * len(self.dense)
+        return {n: self.snap(g, r * self.dense[g]) for g, (n, r) in enumerate(zip(self.group_names, ratios))}
+
+    def dense_widths(self) -> Widths:
+        return dict(zip(self.group_names, self.dense))
+
+    def smallest_widths(self) -> Widths:
+        return {n: self.choices(g)[0] for g, n in enumerate(self.group_names)}
+
+    def key(self, widths: Mapping[str, int]) -> tuple[int, ...]:
+        return tuple(int(widths[n]) for n in self.group_names)
+
+
+@dataclass
+class Problem:
+    """What an agent searches: space, objective (higher is better) and budgets (all ≤ limit).
+
+    ``importance`` maps a group name to its per-channel importance (used by ``knapsack``);
+    ``objective`` must cache, since agents may ask for the same widths twice.
+    """
+
+    space: SearchSpace
+    objective: Callable[[Widths], float]
+    budgets: list[BudgetFunction]
+    importance: dict[str, Any] = field(default_factory=dict)
+
+    def values(self, widths: Widths) -> dict[str, float]:
+        return {b.name: b.value(widths) for b in self.budgets}
+
+    def feasible(self, widths: Widths) -> bool:
+        return all(b.feasible(widths) for b in self.budgets)
+
+    def max_cost(self, widths: Widths) -> float:
+        """The largest value/limit ratio over budgets (≤ 1 means feasible)."""
+        return max((b.cost(widths) for b in self.budgets), default=0.0)
+
+    def check_reachable(self) -> None:
+        """Refuse a budget that even the smallest architecture cannot meet, saying the minimum."""
+        smallest = self.space.smallest_widths()
+        for b in self.budgets:
+            v = b.value(smallest)
+            if v > b.limit:
+                raise HwpruneError(f"budget {b.name} <= {b.limit:g} {b.unit} is unreachable: the smallest "
+                                   f"architecture (one channel multiple per group) needs {v:g} {b.unit}")
+
+
+@dataclass
+class SearchResult:
+    """The best feasible architecture found and how the search went."""
+
+    agent: str
+    widths: Widths
+    score: float
+    values: dict[str, float]
+    feasible: bool
+    evaluations: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"agent": self.agent, "widths": self.widths, "score": self.score, "values": self.values,
+                "feasible": self.feasible, "evaluations": self.evaluations, "seconds": self.seconds,
+                "extra": self.extra}
+
+
+class Agent(abc.ABC):
+    """A search strategy. Subclasses implement ``_search``; ``search`` adds timing and checks."""
+
+    name: str = "agent"
+
+    @abc.abstractmethod
+    def _search(self, problem: Problem, *, seed: int, max_evaluations: int,
+                progress: Callable[[dict[str, Any]], None] | None) -> SearchResult:
+        """Run the search; must return the best feasible architecture evaluated."""
+
+    def search(self, problem: Problem, *, seed: int = 0, max_evaluations: int = 200,
+               progress: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
+        if isinstance(max_evaluations, bool) or not isinstance(max_evaluations, int) or max_evaluations < 1:
+            raise HwpruneError(f"max_evaluations must be a positive integer, got {max_evaluations!r}")
+        problem.check_reachable()
+        start = time.perf_counter()
+        result = self._search(problem, seed=seed, max_evaluations=max_evaluations, progress=progress)
+        result.seconds = time.perf_counter() - start
+        if not problem.feasible(result.widths):
+            raise HwpruneError(f"agent {self.name} returned an infeasible architecture: {problem.values(result.widths)}")
+        return result
+
+
+_AGENTS: dict[str, Callable[..., Agent]] = {}
+
+
+def register_agent(name: str):
+    """Class decorator: make an agent available as ``--agent NAME``."""
+    def deco(cls):
+        cls.name = name
+        _AGENTS[name] = cls
+        return cls
+    return deco
+
+
+def list_agents() -> list[str]:
+    _import_builtin()
+    return sorted(_AGENTS)
+
+
+def create_agent(name: str, **options: Any) -> Agent:
+    _import_builtin()
+    if name not in _AGENTS:
+        raise HwpruneError(f"unknown agent '{name}' (known: {', '.join(sorted(_AGENTS))})")
+    cls = _AGENTS[name]
+    try:
+        # Bind first so a misspelt option is the user's one-line error, while a TypeError
+        # raised inside the constructor still surfaces as the bug it is.
+        inspect.signature(cls).bind(**options)
+    except TypeError as err:
+        raise HwpruneError(f"agent '{name}': {err}") from None
+    return cls(**options)
+
+
+def _import_builtin() -> None:
+    import importlib
+
+    for mod in ("baselines", "rl", "bo"):
+        try:
+            importlib.import_module(f"hwprune.agents.{mod}")
+        except ModuleNotFoundError as err:
+            if err.name != f"hwprune.agents.{mod}":
+                raise

@@ -1,0 +1,207 @@
+"""The accuracy proxy that search agents maximise: prune, re-estimate BatchNorm, score a val subset.
+
+Fine-tuning every candidate is far too slow for a search, and a pruned network scored
+with the dense network's BatchNorm statistics is badly miscalibrated (the channel mix
+feeding each BN changed). The proxy therefore (1) prunes a copy of the dense model to
+the candidate widths, keeping each group's highest-importance channels, (2) re-estimates
+every BN layer's running mean/variance as a cumulative average over a few fixed training
+batches (EagleEye, Li et al. 2020, "adaptive BN"), and (3) measures top-1 accuracy on a
+fixed validation subset. The same widths always give the same number, and results are
+cached, so no architecture is evaluated twice.
+
+Channel importance is computed once, on the dense model: a candidate keeps, per group,
+the top-``w`` channels of that ranking (:meth:`AccuracyProxy.keep_indices`), which is
+exactly a plan, so replaying the search's winner reproduces the scored architecture.
+
+Example:
+    >>> proxy = AccuracyProxy(model, torch.zeros(1, 1, 28, 28), train, val)  # doctest: +SKIP
+    >>> proxy({"conv1": 8, "layer1.0.conv1": 8})                              # doctest: +SKIP
+    0.842
+    >>> proxy.evaluations, proxy.cache_hits                                   # doctest: +SKIP
+    (1, 0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwprune.data import ImageDataset
+from hwprune.errors import HwpruneError
+from hwprune.groups import PrunableGroup, channel_importance, find_groups, prune_to_widths
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``batches``, in place.
+
+    Running stats are reset and accumulated as an exact cumulative average
+    (``momentum=None``), with only the BN layers in training mode so dropout and the like
+    stay inert. The model is left in eval mode with each BN's momentum restored.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    if not bns:
+        return model
+    momenta = [bn.momentum for bn in bns]
+    try:
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        for x in batches:
+            model(x)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.eval()
+    return model
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None) -> Iterator[None]:
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class AccuracyProxy:
+    """A cached ``widths -> accuracy (0..1)`` function for search agents.
+
+    Args:
+        dense_model: the trained dense model (copied; the original is not touched).
+        example_input: an input of the model's shape (batch 1 is enough), for tracing.
+        train_ds: source of the BatchNorm re-estimation batches.
+        val_ds: source of the fixed scoring subset.
+        criterion: channel importance (see ``hwprune.groups.IMPORTANCE_CRITERIA``);
+            ``taylor`` takes its gradients from the BN batches.
+        bn_batches, bn_batch_size: how many training batches of how many images re-estimate
+            BN (8 x 64 by default), drawn once with ``seed`` and kept as float tensors.
+        val_samples: size of the fixed validation subset (all of ``val_ds`` if smaller).
+        seed: fixes both subsets.
+        cache: remember every result by its full width tuple.
+        eval_batch_size: chunk size for scoring (bounds activation memory).
+        threads: torch threads during a call (restored after); None uses the current setting.
+
+    Attributes:
+        groups: the dense model's prunable groups, in network order.
+        evaluations: architectures actually pruned and scored.
+        cache_hits: calls answered from the cache.
+        seconds: time spent in evaluations.
+    """
+
+    def __init__(self, dense_model: nn.Module, example_input: torch.Tensor, train_ds: ImageDataset,
+                 val_ds: ImageDataset, *, criterion: str = "l1", bn_batches: int = 8,
+                 bn_batch_size: int = 64, val_samples: int = 1000, seed: int = 0, cache: bool = True,
+                 eval_batch_size: int = 500, threads: int | None = None) -> None:
+        if bn_batches < 1 or bn_batch_size < 1 or val_samples < 1:
+            raise HwpruneError("bn_batches, bn_batch_size and val_samples must be at least 1")
+        if len(train_ds) == 0 or len(val_ds) == 0:
+            raise HwpruneError("the accuracy proxy needs non-empty training and validation sets")
+        self.criterion = criterion
+        self.cache_enabled = cache
+        self.eval_batch_size = max(1, int(eval_batch_size))
+        self.threads = threads
+        self.example_input = example_input.detach().cpu()
+        self.model = copy.deepcopy(dense_model).cpu().eval()
+        self.evaluations = 0
+        self.cache_hits = 0
+        self.seconds = 0.0
+        self._cache: dict[tuple[int, ...], float] = {}
+
+        with _num_threads(threads):
+            # Two independent streams, so changing val_samples never changes the BN batches.
+            bn_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+            n_bn = min(bn_batches * bn_batch_size, len(train_ds))
+            bn_x, bn_y = train_ds.batch(bn_rng.permutation(len(train_ds))[:n_bn])
+            self._bn_batches = list(bn_x.split(bn_batch_size))
+            val_idx = np.sort(val_rng.permutation(len(val_ds))[:val_samples])
+            self._val_x, self._val_y = val_ds.batch(val_idx)
+
+            self.groups: list[PrunableGroup] = find_groups(self.model, self.example_input)
+            self.dense_widths: dict[str, int] = {g.name: g.channels for g in self.groups}
+            if criterion == "taylor":
+                self._accumulate_gradients(self._bn_batches, bn_y.split(bn_batch_size))
+            scores = channel_importance(self.model, self.example_input, criterion)
+            self.model.zero_grad(set_to_none=True)
+        # Channels of each group from most to least important (stable, so ties keep order).
+        self._ranking = {name: torch.argsort(scores[name], descending=True, stable=True).tolist()
+                         for name in self.dense_widths}
+
+    def __call__(self, widths: Mapping[str, int]) -> float:
+        """Accuracy (0..1) on the fixed val subset of the dense model pruned to ``widths``.
+
+        Groups not named keep all their channels.
+
+        Raises:
+            HwpruneError: an unknown group or a width outside ``[1, dense]``.
+        """
+        key = self.key(widths)
+        if self.cache_enabled and key in self._cache:
+            self.cache_hits += 1
+            return self._cache[key]
+        started = time.perf_counter()
+        with _num_threads(self.threads):
+            model = self.pruned_model(widths)
+            accuracy = self._score(model)
+        self.seconds += time.perf_counter() - started
+        self.evaluations += 1
+        if self.cache_enabled:
+            self._cache[key] = accuracy
+        return accuracy
+
+    def key(self, widths: Mapping[str, int]) -> tuple[int, ...]:
+        """The cache key: every group's width in network order (omitted groups are dense)."""
+        unknown = set(widths) - set(self.dense_widths)
+        if unknown:
+            raise HwpruneError(f"unknown group(s) {', '.join(sorted(unknown))} "
+                               f"(model groups: {', '.join(self.dense_widths)})")
+        key = []
+        for name, dense in self.dense_widths.items():
+            w = int(widths.get(name, dense))
+            if not 1 <= w <= dense:
+                raise HwpruneError(f"group '{name}': width {w} outside [1, {dense}]")
+            key.append(w)
+        return tuple(key)
+
+    def keep_indices(self, widths: Mapping[str, int]) -> dict[str, list[int]]:
+        """Per group, the sorted indices of the channels kept at ``widths`` (a plan's content)."""
+        key = self.key(widths)
+        return {name: sorted(self._ranking[name][:w]) for name, w in zip(self.dense_widths, key)}
+
+    def pruned_model(self, widths: Mapping[str, int]) -> nn.Module:
+        """A fresh copy of the dense model pruned to ``widths`` with BN re-estimated (eval mode)."""
+        keep = {name: idx for name, idx in self.keep_indices(widths).items()
+                if len(idx) < self.dense_widths[name]}
+        model = prune_to_widths(self.model, self.example_input, {}, criterion=self.criterion, keep=keep)
+        return recalibrate_bn(model, self._bn_batches)
+
+    @property
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+    @torch.inference_mode()
+    def _score(self, model: nn.Module) -> float:
+        correct = 0
+        for x, y in zip(self._val_x.split(self.eval_batch_size), self._val_y.split(self.eval_batch_size)):
+            correct += int((model(x).argmax(1) == y).sum())
+        return correct / len(self._val_y)
+
+    def _accumulate_gradients(self, batches, labels) -> None:
+        # Taylor importance (|w * dL/dw|) reads .grad; BN stays in eval mode (dense statistics).
+        self.model.zero_grad(set_to_none=True)
+        for x, y in zip(batches, labels):
+            F.cross_entropy(self.model(x), y).backward()

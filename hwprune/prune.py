@@ -1,0 +1,381 @@
+"""``hwprune prune``: search widths under budgets, prune physically, fine-tune, export, certify.
+
+The flow: load the dense model and data; measure the dense model on the device; turn the
+user's limits into budget functions (LUT latency first); let an agent pick per-group widths
+with the cached accuracy proxy as objective; prune with Torch-Pruning; export and measure the
+pruned model interleaved with the dense one; certify that the 95% upper confidence bound of
+the measured statistic is within the budget — if not, shrink the LUT budget by the
+measured/predicted ratio and search again; fine-tune; write the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hwprune.errors import HwpruneError
+from hwprune.profile import ModelSpec
+from profilers.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+RUN_FILES = ("report.json", "plan.json", "pruned.onnx", "pruned.pt", "baseline.json")
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+@dataclass
+class PruneOptions:
+    """Everything ``hwprune prune`` needs; saved as ``config.json`` next to the outputs."""
+
+    model: str
+    device: str
+    lut: str
+    out: str
+    data: str = "fashion-mnist"
+    weights: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    latency_ms: float | None = None
+    speedup: float | None = None
+    max_params: float | None = None
+    max_macs: float | None = None
+    max_memory_bytes: float | None = None
+    budget: list[tuple[str, float]] = field(default_factory=list)
+    agent: str | None = None
+    agent_options: dict[str, Any] = field(default_factory=dict)
+    max_evaluations: int = 100
+    importance: str = "l1"
+    finetune_epochs: int = 1
+    lr: float = 0.01
+    batch_size: int = 128
+    kd: bool = False
+    kd_temperature: float = 4.0
+    seed: int = 0
+    certify_rounds: int = 3
+    val_samples: int = 1000
+    allow_other_device: bool = False
+    overwrite: bool = False
+    show_progress: bool = True
+
+
+def default_agent() -> str:
+    from hwprune.agents import list_agents
+
+    agents = list_agents()
+    return "rl" if "rl" in agents else "knapsack"
+
+
+def default_weights(model: str, data: str) -> str | None:
+    """The committed dense checkpoint for a zoo model on a dataset, if there is one."""
+    ds = data.split(":", 1)[0]
+    path = CHECKPOINT_DIR / f"{model}-{ds}.pt"
+    return str(path) if path.is_file() else None
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise HwpruneError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any((out / f).exists() for f in RUN_FILES):
+        if not overwrite:
+            raise HwpruneError(f"--out {out} already holds a run; pass --overwrite to replace it")
+        for f in list(RUN_FILES) + ["report.md", "config.json", "channels.png", "speedup.png", "search.csv"]:
+            (out / f).unlink(missing_ok=True)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _measure_pair(dense_onnx: bytes, pruned_onnx: bytes, cfg):
+    """Dense and pruned timed interleaved (locally) or one after the other (remote device)."""
+    if cfg.remote is None:
+        from profilers.interleave import measure_interleaved
+        from profilers.runners import make_runner
+
+        with make_runner(dense_onnx, cfg, name="dense") as a, make_runner(pruned_onnx, cfg, name="pruned") as b:
+            d, p = measure_interleaved([a, b])
+        return d.to_dict(), p.to_dict()
+    return _measure_one(dense_onnx, cfg, "dense"), _measure_one(pruned_onnx, cfg, "pruned")
+
+
+def _measure_one(onnx_bytes: bytes, cfg, key: str) -> dict[str, Any]:
+    import tempfile
+
+    from hwprune.measure import time_items
+
+    out: dict[str, Any] = {}
+
+    def on_record(rec):
+        if rec.get("type") == "row":
+            out.update(rec["timing"])
+        elif rec.get("type") == "error":
+            raise HwpruneError(f"{key} model failed on the device: {rec['error']}")
+
+    work = Path(tempfile.mkdtemp(prefix="hwprune-measure-"))
+    try:
+        time_items([(key, onnx_bytes, {})], cfg, work, on_record)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _latency_summary(t: dict[str, Any]) -> dict[str, float]:
+    return {"p50": t["p50_ms"], "p90": t["p90_ms"], "p99": t["p99_ms"], "mean": t["mean_ms"],
+            "n": t["n"], "ci_low": t["ci_low_ms"], "ci_high": t["ci_high_ms"]}
+
+
+def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
+    """Run the whole job and write the run folder; returns the report dict.
+
+    Example:
+        >>> from hwprune.prune import PruneOptions, prune
+        >>> report = prune(PruneOptions(model="resnet20", device="x86-cpu-ort",
+        ...                             lut="lut.parquet", out="runs/r20", speedup=2.0))  # doctest: +SKIP
+    """
+    from hwprune.agents import Problem, SearchSpace, create_agent
+    from hwprune.budgets import (CallableBudget, LUTLatencyBudget, MacsBudget, ModelCost, ParamsBudget,
+                                 PeakMemoryBudget)
+    from hwprune.candidates import build_width_graph
+    from hwprune.data import load_dataset, train_val_split
+    from hwprune.export import check_input_shape, export_onnx
+    from hwprune.groups import channel_importance, count_macs, count_params, find_groups, prune_to_widths
+    from hwprune.lut import LatencyLUT, model_key
+    from hwprune.proxy import AccuracyProxy
+    from hwprune.train import evaluate, train
+    from profilers.config import load_device_config
+    from profilers.stats import upper_bound
+
+    t0 = time.perf_counter()
+    out = Path(opts.out)
+    _check_out_dir(out, opts.overwrite)
+    n_latency = sum(v is not None for v in (opts.latency_ms, opts.speedup))
+    if n_latency > 1:
+        raise HwpruneError("give either --latency-ms or --speedup, not both")
+    if n_latency == 0 and not any((opts.max_params, opts.max_macs, opts.max_memory_bytes, opts.budget)):
+        raise HwpruneError("no budget given: pass --latency-ms, --speedup, --max-params, --max-macs or --budget")
+    if opts.speedup is not None and opts.speedup <= 1:
+        raise HwpruneError(f"--speedup must be > 1, got {opts.speedup}")
+    agent_name = opts.agent or default_agent()
+    agent = create_agent(agent_name, **opts.agent_options)
+    cfg = load_device_config(opts.device)
+    torch.manual_seed(opts.seed)
+
+    # -- data and dense model ---------------------------------------------------------------
+    train_full = load_dataset(opts.data, "train")
+    test_ds = load_dataset(opts.data, "test")
+    train_ds, val_ds = train_val_split(train_full, val_fraction=0.1, seed=0)
+    shape = opts.input_shape or (train_full.in_channels, *train_full.input_size)
+    weights = opts.weights or default_weights(opts.model, opts.data)
+    spec = ModelSpec(opts.model, tuple(shape), train_full.num_classes, weights)
+    if weights is None:
+        log(f"warning: no weights for {opts.model} on {opts.data}: pruning a randomly initialised model "
+            f"(train one with `hwprune pretrain`)")
+    dense = spec.build()
+    x = spec.example_input(cfg.batch_size)
+    check_input_shape(dense, x)
+    groups = find_groups(dense, x)
+    names = [g.name for g in groups]
+
+    lut = LatencyLUT.load(opts.lut)
+    if cfg.remote is None:
+        from profilers.environment import collect_manifest, fingerprint
+
+        lut.check_device(fingerprint(collect_manifest(cfg)), opts.allow_other_device, opts.lut)
+    key = model_key(opts.model, tuple(x.shape))
+    predictor = lut.predictor(key, cfg.statistic, opts.lut)
+    if predictor.group_names != names:
+        raise HwpruneError(f"{opts.lut}: the LUT's groups for {key} do not match this model's; re-profile it")
+
+    # -- the dense model on the device ----------------------------------------------------------
+    dense_onnx = export_onnx(dense, x)
+    log(f"measuring the dense model on {cfg.name} ...")
+    dense_timing = _measure_one(dense_onnx, cfg, "dense")
+    stat = cfg.statistic
+    dense_ms = dense_timing["mean_ms" if stat == "mean" else f"{stat}_ms"]
+    budget_ms = opts.latency_ms if opts.latency_ms is not None else (
+        dense_ms / opts.speedup if opts.speedup is not None else None)
+
+    # -- the search problem -------------------------------------------------------------------------
+    wg = build_width_graph(dense, x, groups)
+    cost = ModelCost(wg, names)
+    other_budgets = []
+    if opts.max_params:
+        other_budgets.append(ParamsBudget(cost, opts.max_params))
+    if opts.max_macs:
+        other_budgets.append(MacsBudget(cost, opts.max_macs))
+    if opts.max_memory_bytes:
+        other_budgets.append(PeakMemoryBudget(cost, opts.max_memory_bytes))
+    for spec_fn, limit in opts.budget:
+        other_budgets.append(CallableBudget(spec_fn, limit))
+    proxy = AccuracyProxy(dense, x, train_ds, val_ds, criterion=opts.importance, val_samples=opts.val_samples)
+    importance = channel_importance(dense, x, opts.importance if opts.importance != "taylor" else "l1")
+    space = SearchSpace(names, [g.channels for g in groups], cfg.channel_multiple)
+
+    rounds: list[dict[str, Any]] = []
+    lut_limit_ms = budget_ms
+    search_seconds = 0.0
+    evaluations = 0
+    certified = False
+    for rnd in range(max(1, opts.certify_rounds)):
+        budgets = ([LUTLatencyBudget(predictor, lut_limit_ms)] if lut_limit_ms is not None else []) + other_budgets
+        problem = Problem(space, proxy, budgets, importance)
+        log(f"search round {rnd + 1}: agent {agent_name}, budgets "
+            + ", ".join(f"{b.name} <= {b.limit:.6g}" for b in budgets))
+        bar = _bar(opts.max_evaluations, f"search ({agent_name})", opts.show_progress)
+        result = agent.search(problem, seed=opts.seed + rnd, max_evaluations=opts.max_evaluations,
+                              progress=lambda info: bar.update(1))
+        bar.close()
+        search_seconds += result.seconds
+        evaluations += result.evaluations
+        kept: dict[str, list[int]] = {}
+        pruned = prune_to_widths(dense, x, result.widths, criterion=opts.importance if opts.importance != "taylor"
+                                 else "l1", kept_out=kept)
+        pruned_onnx = export_onnx(pruned, x)
+        predicted_ms = predictor.predict(result.widths)
+        dense_t, pruned_t = _measure_pair(dense_onnx, pruned_onnx, cfg)
+        measured_ms = pruned_t["mean_ms" if stat == "mean" else f"{stat}_ms"]
+        ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95) if budget_ms is not None else None
+        rounds.append({"round": rnd + 1, "lut_limit_ms": lut_limit_ms, "widths": result.widths,
+                       "proxy_accuracy": result.score, "predicted_ms": predicted_ms, "measured_ms": measured_ms,
+                       "upper_bound_ms": ucb, "evaluations": result.evaluations, "seconds": result.seconds})
+        log(f"round {rnd + 1}: predicted {predicted_ms:.4f} ms, measured {stat} {measured_ms:.4f} ms"
+            + (f" (95% upper bound {ucb:.4f} ms vs budget {budget_ms:.4f} ms)" if ucb is not None else ""))
+        if budget_ms is None or ucb <= budget_ms:
+            certified = budget_ms is not None
+            break
+        # The measurement is the truth: tighten the LUT budget by how far the prediction was off.
+        lut_limit_ms = lut_limit_ms * budget_ms / ucb * 0.995
+    if budget_ms is not None and not certified:
+        log(f"warning: not certified after {len(rounds)} round(s): the measured upper bound exceeds the budget")
+
+    # -- fine-tuning --------------------------------------------------------------------------------------
+    teacher = dense if opts.kd else None
+    ft = train(pruned, train_ds, epochs=opts.finetune_epochs, lr=opts.lr, batch_size=opts.batch_size,
+               seed=opts.seed, teacher=teacher, kd_temperature=opts.kd_temperature, val_ds=val_ds, log=log,
+               progress=opts.show_progress) if opts.finetune_epochs > 0 else None
+    dense_acc = evaluate(dense, test_ds)
+    pruned_acc = evaluate(pruned, test_ds)
+
+    # -- export and final measurement ---------------------------------------------------------------------
+    final_onnx = export_onnx(pruned, x)
+    dense_t, pruned_t = _measure_pair(dense_onnx, final_onnx, cfg)
+    measured_ms = pruned_t["mean_ms" if stat == "mean" else f"{stat}_ms"]
+    ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95)
+    if budget_ms is not None:
+        certified = ucb <= budget_ms
+    from profilers.environment import collect_manifest, fingerprint
+
+    env = collect_manifest(cfg) if cfg.remote is None else lut.meta.get("environment", {})
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {"format": 1, "model": opts.model, "input_shape": list(x.shape), "num_classes": spec.num_classes,
+            "criterion": opts.importance,
+            "groups": {g.name: {"dense": g.channels, "kept": kept[g.name]} for g in groups}}
+    atomic_write_json(out / "plan.json", plan)
+    atomic_write_bytes(out / "pruned.onnx", final_onnx)
+    _save_state_dict(pruned, out / "pruned.pt")
+    baseline = {"format": 1, "model": "pruned.onnx", "onnx_sha256": _sha256(final_onnx), "device": cfg.name,
+                "statistic": stat, "timing": pruned_t, "environment": env, "fingerprint": fingerprint(env) if env else None,
+                "created_unix_s": time.time()}
+    atomic_write_json(out / "baseline.json", baseline)
+
+    macs_dense, macs_pruned = count_macs(dense, x), count_macs(pruned, x)
+    report = {
+        "model": opts.model, "device": cfg.name, "agent": agent_name, "data": opts.data, "weights": weights,
+        "budget": {"latency_ms": budget_ms, "statistic": stat, "speedup": opts.speedup,
+                   "max_params": opts.max_params, "max_macs": opts.max_macs,
+                   "max_memory_bytes": opts.max_memory_bytes,
+                   "user": [{"function": f, "limit": v} for f, v in opts.budget]},
+        "dense": {"accuracy": dense_acc, "latency_ms": _latency_summary(dense_t), "params": count_params(dense),
+                  "macs": macs_dense},
+        "pruned": {"accuracy": pruned_acc, "latency_ms": _latency_summary(pruned_t),
+                   "predicted_latency_ms": predictor.predict(result.widths), "params": count_params(pruned),
+                   "macs": macs_pruned,
+                   "channels": {g.name: [g.channels, result.widths[g.name]] for g in groups},
+                   "budget_values": {b.name: b.value(result.widths) for b in budgets}},
+        "certified": bool(certified),
+        "certificate": {"statistic": stat, "upper_bound_ms": ucb, "confidence": 0.95, "budget_ms": budget_ms,
+                        "rounds": rounds},
+        "speedup": {"macs": macs_dense / macs_pruned, "predicted": predictor.predict({}) / predictor.predict(result.widths),
+                    "measured": (dense_t["mean_ms" if stat == "mean" else f"{stat}_ms"]) / measured_ms},
+        "search": {"evaluations": evaluations, "seconds": search_seconds, "proxy_evaluations": proxy.evaluations,
+                   "proxy_cache_hits": proxy.cache_hits},
+        "finetune": {"epochs": opts.finetune_epochs, "seconds": ft.seconds if ft else 0.0, "kd": opts.kd,
+                     "history": ft.history if ft else []},
+        "environment": env,
+        "seconds": time.perf_counter() - t0,
+        "reproduce": _command_line(opts),
+    }
+    atomic_write_json(out / "config.json", {k: v for k, v in asdict(opts).items()})
+    from hwprune.report import write_plots, write_markdown
+
+    write_plots(report, out)
+    atomic_write_text(out / "report.md", write_markdown(report))
+    atomic_write_json(out / "report.json", report)
+    return report
+
+
+def _save_state_dict(model: torch.nn.Module, path: Path) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="eval", disable=not enabled, dynamic_ncols=True)
+
+
+def _command_line(opts: PruneOptions) -> str:
+    parts = ["hwprune prune", f"--device {opts.device}", f"--model {opts.model}", f"--data {opts.data}",
+             f"--lut {opts.lut}", f"--out {opts.out}"]
+    for flag, v in (("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup), ("--max-params", opts.max_params),
+                    ("--max-macs", opts.max_macs), ("--weights", opts.weights), ("--agent", opts.agent)):
+        if v is not None:
+            parts.append(f"{flag} {v:g}" if isinstance(v, float) else f"{flag} {v}")
+    parts.append(f"--finetune-epochs {opts.finetune_epochs} --seed {opts.seed}")
+    if opts.kd:
+        parts.append("--kd")
+    return " ".join(parts)
+
+
+def load_plan(path: str) -> dict[str, Any]:
+    try:
+        plan = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise HwpruneError(f"plan not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise HwpruneError(f"{path}: not a valid plan.json ({err})") from None
+    if not isinstance(plan, dict) or plan.get("format") != 1 or "groups" not in plan:
+        raise HwpruneError(f"{path}: not an hwprune plan (format 1 with 'groups')")
+    return plan
+
+
+def apply_plan(spec: ModelSpec, plan_path: str, weights: str | None = None, batch: int = 1) -> torch.nn.Module:
+    """Rebuild the pruned architecture from ``plan.json`` on the dense model (no unpickling).
+
+    ``weights``, when given, is a state_dict of the *pruned* model (``pruned.pt``).
+    """
+    from hwprune.groups import find_groups, prune_to_widths
+    from hwprune.models import load_weights
+
+    plan = load_plan(plan_path)
+    model = spec.build()
+    x = spec.example_input(batch)
+    groups = {g.name: g.channels for g in find_groups(model, x)}
+    planned = {n: int(g["dense"]) for n, g in plan["groups"].items()}
+    if planned != groups or plan.get("model") != spec.name:
+        raise HwpruneError(f"{plan_path} was made for model '{plan.get('model')}' with other groups; "
+                           f"it does not fit {spec.name}")
+    keep = {n: g["kept"] for n, g in plan["groups"].items()}
+    pruned = prune_to_widths(model, x, {n: len(k) for n, k in keep.items()}, keep=keep)
+    if weights:
+        load_weights(pruned, weights)
+    return pruned.eval()
+

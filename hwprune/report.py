@@ -1,0 +1,90 @@
+"""Run reports: ``report.md`` and the PNG plots (channels per group, speed-up audit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def write_plots(report: dict[str, Any], out: Path) -> list[str]:
+    """Channels per group (dense vs pruned) and the speed-up audit (MACs vs predicted vs measured)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    ch = report["pruned"]["channels"]
+    names = list(ch)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 4))
+    xs = range(len(names))
+    ax.bar(xs, [ch[n][0] for n in names], color="#cccccc", label="dense")
+    ax.bar(xs, [ch[n][1] for n in names], color="#1f77b4", label="pruned")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("output channels")
+    ax.set_title(f"{report['model']} on {report['device']}: channels per group ({report['agent']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "channels.png", dpi=110)
+    plt.close(fig)
+    written.append("channels.png")
+
+    sp = report["speedup"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    labels = ["MACs", "LUT predicted\nlatency", "measured\nlatency"]
+    vals = [sp["macs"], sp["predicted"], sp["measured"]]
+    bars = ax.bar(labels, vals, color=["#999999", "#ff7f0e", "#2ca02c"])
+    for b, v in zip(bars, vals):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}x", ha="center", va="bottom")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_ylabel("speed-up over dense")
+    ax.set_title("speed-up audit: fewer MACs is not always faster")
+    fig.tight_layout()
+    fig.savefig(out / "speedup.png", dpi=110)
+    plt.close(fig)
+    written.append("speedup.png")
+    return written
+
+
+def write_markdown(report: dict[str, Any]) -> str:
+    d, p = report["dense"], report["pruned"]
+    b = report["budget"]
+    cert = report["certificate"]
+    lines = [
+        f"# hwprune run: {report['model']} on {report['device']}",
+        "",
+        f"Agent `{report['agent']}`, budget: "
+        + (f"{b['latency_ms']:.4f} ms ({b['statistic']})" if b.get("latency_ms") else "no latency budget")
+        + (f", params <= {b['max_params']:g}" if b.get("max_params") else "")
+        + (f", MACs <= {b['max_macs']:g}" if b.get("max_macs") else ""),
+        "",
+        "| | test accuracy | p50 ms | p90 ms | predicted ms | params | MACs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| dense | {d['accuracy'] * 100:.2f}% | {d['latency_ms']['p50']:.4f} | {d['latency_ms']['p90']:.4f} | | "
+        f"{d['params']:,} | {d['macs']:,} |",
+        f"| pruned | {p['accuracy'] * 100:.2f}% | {p['latency_ms']['p50']:.4f} | {p['latency_ms']['p90']:.4f} | "
+        f"{p['predicted_latency_ms']:.4f} | {p['params']:,} | {p['macs']:,} |",
+        "",
+        f"**Certified: {'yes' if report['certified'] else 'NO'}** — 95% upper bound of the measured "
+        f"{cert['statistic']}: {cert['upper_bound_ms']:.4f} ms"
+        + (f" vs budget {cert['budget_ms']:.4f} ms" if cert.get("budget_ms") else ""),
+        "",
+        f"Speed-up over dense: MACs {report['speedup']['macs']:.2f}x, LUT-predicted {report['speedup']['predicted']:.2f}x, "
+        f"measured {report['speedup']['measured']:.2f}x.",
+        "",
+        f"Search: {report['search']['evaluations']} evaluations in {report['search']['seconds']:.1f} s; "
+        f"fine-tuning: {report['finetune']['epochs']} epoch(s) in {report['finetune']['seconds']:.1f} s.",
+        "",
+        "![channels per group](channels.png) ![speed-up audit](speedup.png)",
+        "",
+        "Reproduce:",
+        "",
+        f"    {report['reproduce']}",
+        "",
+    ]
+    if len(cert.get("rounds", [])) > 1:
+        lines.insert(-5, "Certification rounds: " + "; ".join(
+            f"round {r['round']}: LUT limit {r['lut_limit_ms']:.4f} ms, measured {r['measured_ms']:.4f} ms"
+            for r in cert["rounds"]) + "\n")
+    return "\n".join(lines)

@@ -1,0 +1,477 @@
+"""Training and evaluation of image classifiers: SGD + cosine schedule, optional distillation.
+
+:func:`train` is the one training loop of hwprune (pre-training a dense model, fine-tuning a
+pruned one, with a teacher for knowledge distillation). It reads an :class:`ImageDataset`
+directly (uint8 images, augmented on tensors, no torchvision), schedules the learning
+rate per step, stops on a non-finite loss with the last good weights restored, and runs
+unchanged under ``torchrun`` as data-parallel training.
+
+Distributed (``torchrun --standalone --nproc_per_node=N -m hwprune.cli pretrain ...``):
+when ``WORLD_SIZE`` > 1 is in the environment, :func:`train` initialises the default
+process group (``nccl`` when CUDA is available, else ``gloo``) unless it already exists,
+wraps the model in ``DistributedDataParallel`` and gives each rank a disjoint shard of
+every epoch's permutation, padded to equal length as ``DistributedSampler`` does.
+``batch_size`` stays the *global* batch (each rank takes ``batch_size / N``), so a recipe
+means the same thing at any world size. Every rank returns the same weights; only rank 0
+logs, shows progress and writes ``checkpoint_path``. A process group that :func:`train`
+created is destroyed before it returns.
+
+Example:
+    >>> import torch
+    >>> from hwprune.data import ImageDataset
+    >>> from hwprune.train import evaluate, train
+    >>> ds = ImageDataset(torch.randint(0, 255, (64, 1, 8, 8), dtype=torch.uint8),
+    ...                   torch.arange(64) % 2, (0.5,), (0.25,), ("a", "b"))
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    >>> result = train(model, ds, epochs=1, batch_size=16, progress=False, log=lambda m: None)
+    >>> result.epochs, 0.0 <= evaluate(model, ds) <= 1.0
+    (1, True)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwprune.data import ImageDataset
+from hwprune.errors import HwpruneError
+
+# The reference batch of the linear learning-rate scaling rule (Goyal et al. 2017).
+LR_REFERENCE_BATCH = 128
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did.
+
+    ``history`` has one dict per finished epoch: ``epoch`` (1-based), ``loss`` and ``acc``
+    (mean over the epoch's augmented training batches, all ranks), ``lr`` (at the epoch's
+    last step), ``seconds``, and ``val_acc`` when a validation set was given.
+    ``stopped_reason`` is ``"completed"`` or ``"nan"``.
+    """
+
+    epochs: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_acc: float | None = None
+    stopped_reason: str = "completed"
+    lr: float = 0.0  # the peak learning rate actually used (after batch scaling)
+    world_size: int = 1
+    rank: int = 0
+
+
+def cosine_lr(step: int, total_steps: int, base_lr: float) -> float:
+    """Learning rate of ``step`` (0-based) of ``total_steps`` on a cosine from ``base_lr`` to 0.
+
+    Example:
+        >>> cosine_lr(0, 100, 0.1), round(cosine_lr(50, 100, 0.1), 4), cosine_lr(100, 100, 0.1) < 1e-12
+        (0.1, 0.05, True)
+    """
+    if total_steps <= 0:
+        return base_lr
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            T: float = 4.0, alpha: float = 0.9) -> torch.Tensor:
+    """Knowledge-distillation loss (Hinton et al. 2015), mean over the batch.
+
+    ``alpha * T**2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)``; the
+    ``T**2`` keeps the soft term's gradient scale independent of the temperature. Both
+    distributions are handled as log-probabilities, so large logits do not underflow.
+
+    Example:
+        >>> s = torch.tensor([[1.0, 0.0]]); y = torch.tensor([0])
+        >>> float(kd_loss(s, s, y, T=2.0, alpha=1.0))  # identical logits: no soft loss
+        0.0
+    """
+    log_p_student = F.log_softmax(student_logits / T, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / T, dim=1)
+    soft = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * (T * T) * soft + (1.0 - alpha) * hard
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator, padding: int | None = None,
+                  flip: bool = True) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per image, vectorised.
+
+    Works on any dtype (hwprune augments uint8 pixels before normalising, so the padding is
+    black as in torchvision's ``RandomCrop(padding=...)``). ``padding`` defaults to an
+    eighth of the image side, clamped to 1..4 (4 px for 32x32, 3 px for 28x28).
+    """
+    b, _, h, w = images.shape
+    if padding is None:
+        padding = max(1, min(4, min(h, w) // 8))
+    device = images.device
+    if padding > 0:
+        padded = F.pad(images, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(device)
+        rows = (dy[:, None] + torch.arange(h, device=device))[:, :, None]  # B x H x 1
+        cols = (dx[:, None] + torch.arange(w, device=device))[:, None, :]  # B x 1 x W
+        batch_idx = torch.arange(b, device=device)[:, None, None]
+        # Advanced indices around a slice put their broadcast dims first: B x H x W x C.
+        images = padded[batch_idx, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+    if flip:
+        mask = (torch.rand(b, generator=generator) < 0.5).to(device)
+        images = torch.where(mask[:, None, None, None], images.flip(3), images)
+    return images
+
+
+def evaluate(model: nn.Module, ds: ImageDataset, batch_size: int = 512,
+             device: torch.device | str | None = None) -> float:
+    """Top-1 accuracy (0..1) of ``model`` on ``ds``, in eval mode (the mode is restored after).
+
+    Example:
+        >>> from hwprune.data import ImageDataset
+        >>> ds = ImageDataset(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0, 1]),
+        ...                   (0.0,), (1.0,), ("a", "b"))
+        >>> zero = torch.nn.Linear(4, 2)
+        >>> _ = torch.nn.init.zeros_(zero.weight), torch.nn.init.zeros_(zero.bias)
+        >>> evaluate(torch.nn.Sequential(torch.nn.Flatten(), zero), ds)  # ties go to class 0
+        0.6666666666666666
+    """
+    correct, total = _count_correct(model, ds, np.arange(len(ds)), batch_size, _resolve_device(model, device))
+    return correct / total if total else 0.0
+
+
+def train(
+    model: nn.Module,
+    train_ds: ImageDataset,
+    *,
+    epochs: int,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    seed: int = 0,
+    teacher: nn.Module | None = None,
+    kd_temperature: float = 4.0,
+    kd_alpha: float = 0.9,
+    label_smoothing: float = 0.0,
+    augment: bool = True,
+    val_ds: ImageDataset | None = None,
+    log: Callable[[str], None] | None = print,
+    checkpoint_path: str | None = None,
+    progress: bool = True,
+    raise_on_nan: bool = True,
+    device: torch.device | str | None = None,
+) -> TrainResult:
+    """Train ``model`` in place with SGD (Nesterov off) and a per-step cosine schedule.
+
+    Args:
+        model: the network; trained in place (on ``device``, default: where its parameters are).
+        train_ds: training images; each epoch is a fresh seeded permutation.
+        epochs: passes over ``train_ds``; 0 trains nothing.
+        lr: peak learning rate for a batch of 128; the rate used is
+            ``lr * batch_size / 128`` (linear scaling), decayed to 0 on a cosine per step.
+        momentum, weight_decay: SGD settings (decay on every parameter).
+        batch_size: global batch (split across ranks when distributed). The last partial
+            batch of an epoch is dropped when there is at least one full batch.
+        seed: fixes the epoch permutations and the augmentation.
+        teacher: a trained model for knowledge distillation (run in eval mode under no_grad);
+            the loss is then :func:`kd_loss` with ``kd_temperature`` and ``kd_alpha``.
+        label_smoothing: for the cross-entropy without a teacher.
+        augment: random crop (padding an eighth of the side, 1-4 px) and horizontal flip.
+        val_ds: evaluated after every epoch (``val_acc`` in the history, ``best_val_acc``).
+        log: called with one line per epoch (rank 0 only); None for silence.
+        checkpoint_path: the model's ``state_dict`` is written here atomically after every
+            epoch (rank 0 only), and the restored last good weights after a NaN.
+        progress: a tqdm bar per epoch with the running loss and accuracy (rank 0 only).
+        raise_on_nan: on a non-finite loss, restore the weights of the last finished epoch
+            (epoch 0 = the weights passed in), save them, then raise :class:`HwpruneError`;
+            with False, return instead with ``stopped_reason="nan"``.
+        device: where to train; under ``torchrun`` with CUDA, ``cuda:LOCAL_RANK``.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        HwpruneError: bad arguments, an empty dataset, or a non-finite loss (see above).
+    """
+    if epochs < 0:
+        raise HwpruneError(f"epochs must be >= 0, got {epochs}")
+    if batch_size < 1:
+        raise HwpruneError(f"batch_size must be >= 1, got {batch_size}")
+    if lr <= 0:
+        raise HwpruneError(f"lr must be > 0, got {lr}")
+    if not 0.0 <= kd_alpha <= 1.0 or kd_temperature <= 0:
+        raise HwpruneError(f"need 0 <= kd_alpha <= 1 and kd_temperature > 0, got {kd_alpha}, {kd_temperature}")
+    if len(train_ds) == 0:
+        raise HwpruneError("the training set is empty")
+
+    dist_ctx = _DistContext.from_env()
+    teacher_was_training = teacher.training if teacher is not None else False
+    try:
+        return _train(model, train_ds, dist_ctx, epochs=epochs, lr=lr, momentum=momentum,
+                      weight_decay=weight_decay, batch_size=batch_size, seed=seed, teacher=teacher,
+                      kd_temperature=kd_temperature, kd_alpha=kd_alpha, label_smoothing=label_smoothing,
+                      augment=augment, val_ds=val_ds, log=log, checkpoint_path=checkpoint_path,
+                      progress=progress, raise_on_nan=raise_on_nan, device=device)
+    finally:
+        dist_ctx.close()
+        if teacher is not None:
+            teacher.train(teacher_was_training)
+
+
+# --- internals -------------------------------------------------------------------------------
+
+class _DistContext:
+    """The torchrun environment: rank, world size, and whether we own the process group."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, owned: bool = False):
+        self.rank, self.world_size, self.local_rank, self.owned = rank, world_size, local_rank, owned
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> _DistContext:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world_size <= 1:
+            return cls()
+        if not dist.is_available():
+            raise HwpruneError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, owned=True)
+
+    def all_sum(self, values: list[float], device: torch.device) -> list[float]:
+        if not self.active:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def close(self) -> None:
+        if self.owned:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.owned = False
+
+
+def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _norm_tensors(ds: ImageDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(ds.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
+    std = torch.tensor(ds.std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255.0
+    return mean, std
+
+
+@torch.no_grad()
+def _count_correct(model: nn.Module, ds: ImageDataset, indices: np.ndarray, batch_size: int,
+                   device: torch.device) -> tuple[int, int]:
+    was_training = model.training
+    model.eval()
+    mean, std = _norm_tensors(ds, device)
+    correct = 0
+    try:
+        for start in range(0, len(indices), batch_size):
+            idx = torch.as_tensor(indices[start:start + batch_size], dtype=torch.int64)
+            x = (ds.images[idx].to(device).float() - mean) / std
+            y = ds.labels[idx].to(device)
+            correct += int((model(x).argmax(1) == y).sum())
+    finally:
+        model.train(was_training)
+    return correct, len(indices)
+
+
+def _shard(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s share of ``order``, padded by wrapping so every rank has as many items."""
+    if world_size == 1:
+        return order
+    per_rank = -(-len(order) // world_size)
+    total = per_rank * world_size
+    padded = np.concatenate([order, np.resize(order, total - len(order))]) if total > len(order) else order
+    return padded[rank:total:world_size]
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def save_state_dict(model_or_state: nn.Module | dict[str, torch.Tensor], path: str) -> None:
+    """``torch.save`` a state_dict atomically: a temporary file in the same folder, then rename."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    state = {k: v.detach().cpu() for k, v in state.items()}
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports some write failures as RuntimeError
+        msg = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise HwpruneError(f"cannot write checkpoint {path}: {msg}") from err
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, epochs, lr, momentum,
+           weight_decay, batch_size, seed, teacher, kd_temperature, kd_alpha, label_smoothing, augment,
+           val_ds, log, checkpoint_path, progress, raise_on_nan, device) -> TrainResult:
+    started = time.perf_counter()
+    rank, world = dist_ctx.rank, dist_ctx.world_size
+    if device is None and dist_ctx.active and torch.cuda.is_available():
+        device = torch.device("cuda", dist_ctx.local_rank)
+    device = _resolve_device(model, device)
+    model.to(device)
+    say = log if (log is not None and dist_ctx.is_main) else (lambda _msg: None)
+
+    peak_lr = lr * batch_size / LR_REFERENCE_BATCH
+    n = len(train_ds)
+    local_batch = max(1, batch_size // world)
+    per_rank = -(-n // world)
+    # Drop the ragged tail batch (a batch of one breaks BatchNorm) unless it is all there is.
+    steps_per_epoch = max(1, per_rank // local_batch)
+    total_steps = steps_per_epoch * epochs
+    result = TrainResult(epochs=0, seconds=0.0, lr=peak_lr, world_size=world, rank=rank)
+    if epochs == 0:
+        return result
+
+    if teacher is not None:
+        teacher = teacher.to(device).eval()  # its forward runs under no_grad; train() restores its mode
+    net: nn.Module = model
+    if dist_ctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # 1x1 conv weight gradients come back with different strides on their size-1 dims,
+        # which is the same memory layout; DDP's reducer warns about it anyway on every run.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=momentum, weight_decay=weight_decay)
+    mean, std = _norm_tensors(train_ds, device)
+    # The permutation is shared by all ranks (same seed); the augmentation differs per rank.
+    order_rng = np.random.default_rng(seed)
+    aug_gen = torch.Generator().manual_seed(seed * 1000003 + rank)
+    # Validation shards are not padded, so every image counts exactly once in the all-reduced accuracy.
+    val_order = np.arange(len(val_ds))[rank::world] if val_ds is not None and len(val_ds) else None
+
+    last_good = _state_copy(model)  # epoch 0: the weights we were given
+    step = 0
+    say(f"training {n} images for {epochs} epochs: {steps_per_epoch} steps of {local_batch * world} "
+        f"(x{world} ranks), peak lr {peak_lr:g}, cosine to 0" + (", distilling" if teacher is not None else ""))
+    for epoch in range(1, epochs + 1):
+        epoch_start = time.perf_counter()
+        net.train()
+        order = _shard(order_rng.permutation(n), rank, world)
+        bar = _progress_bar(steps_per_epoch, f"epoch {epoch}/{epochs}", progress and dist_ctx.is_main)
+        loss_sum = correct = seen = 0.0
+        bad_step = None
+        try:
+            for s in range(steps_per_epoch):
+                idx = torch.as_tensor(order[s * local_batch:(s + 1) * local_batch], dtype=torch.int64)
+                x = train_ds.images[idx]
+                if augment:
+                    x = augment_batch(x, aug_gen)
+                x = (x.to(device).float() - mean) / std
+                y = train_ds.labels[idx].to(device)
+                current_lr = cosine_lr(step, total_steps, peak_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = current_lr
+                logits = net(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+                    loss = kd_loss(logits, teacher_logits, y, kd_temperature, kd_alpha)
+                else:
+                    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+                finite = bool(torch.isfinite(loss))
+                if dist_ctx.active:
+                    # All ranks must agree to stop, or the others would hang in backward's all-reduce.
+                    finite = dist_ctx.all_sum([0.0 if finite else 1.0], device)[0] == 0.0
+                if not finite:
+                    bad_step = s + 1
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                batch_n = len(idx)
+                loss_sum += float(loss.detach()) * batch_n
+                correct += float((logits.detach().argmax(1) == y).sum())
+                seen += batch_n
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{current_lr:.4g}")
+        finally:
+            if bar is not None:
+                bar.close()
+
+        if bad_step is not None:
+            model.load_state_dict(last_good)
+            if checkpoint_path and dist_ctx.is_main:
+                save_state_dict(last_good, checkpoint_path)
+            result.stopped_reason = "nan"
+            result.seconds = time.perf_counter() - started
+            where = f" (saved to {checkpoint_path})" if checkpoint_path else ""
+            message = (f"NaN loss at epoch {epoch} step {bad_step}; kept the last good checkpoint "
+                       f"(epoch {epoch - 1}){where}; try a lower --lr")
+            say(message)
+            if raise_on_nan:
+                raise HwpruneError(message)
+            return result
+
+        loss_sum, correct, seen = dist_ctx.all_sum([loss_sum, correct, seen], device)
+        row: dict[str, float] = {"epoch": epoch, "loss": loss_sum / max(seen, 1.0),
+                                 "acc": correct / max(seen, 1.0), "lr": current_lr}
+        if val_order is not None:
+            c, t = _count_correct(model, val_ds, val_order, 512, device)
+            c, t = dist_ctx.all_sum([float(c), float(t)], device)
+            row["val_acc"] = c / t if t else 0.0
+            result.best_val_acc = max(result.best_val_acc or 0.0, row["val_acc"])
+        row["seconds"] = time.perf_counter() - epoch_start
+        result.history.append(row)
+        result.epochs = epoch
+        last_good = _state_copy(model)
+        if checkpoint_path and dist_ctx.is_main:
+            save_state_dict(last_good, checkpoint_path)
+        say(f"epoch {epoch}/{epochs}: loss {row['loss']:.4f} train acc {row['acc']:.4f}"
+            + (f" val acc {row['val_acc']:.4f}" if "val_acc" in row else "")
+            + f" lr {current_lr:.3g} ({row['seconds']:.1f} s)")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+

@@ -1,0 +1,52 @@
+"""Interleaved A/B timing: several models measured in alternating bursts to cancel drift.
+
+Measuring model A for a second and then B for a second lets anything that drifts in between
+(thermal state, a neighbour's load, frequency scaling) masquerade as a difference between
+them. Alternating short bursts (A B A B ...) exposes both to the same conditions.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from profilers.runner import BaseRunner
+from profilers.stats import TimingStats, summarize
+
+
+def measure_interleaved(runners: Sequence[BaseRunner], *, burst: int = 20, warmup: int | None = None,
+                        min_repeats: int | None = None, max_seconds: float | None = None,
+                        statistic: str | None = None, rel_ci: float | None = None,
+                        confidence: float | None = None) -> list[TimingStats]:
+    """Time active ``runners`` in alternating bursts until every statistic has converged.
+
+    Defaults come from the first runner's device config. Stops when each runner has at
+    least ``min_repeats`` samples and its CI is within ``±rel_ci``, or after ``max_seconds``
+    (of timed bursts, for all runners together).
+    """
+    c = runners[0].config
+    warmup = c.warmup if warmup is None else warmup
+    min_repeats = c.min_repeats if min_repeats is None else min_repeats
+    max_seconds = c.max_seconds * len(runners) if max_seconds is None else max_seconds
+    statistic = statistic or c.statistic
+    rel_ci = c.rel_ci if rel_ci is None else rel_ci
+    confidence = c.confidence if confidence is None else confidence
+
+    for r in runners:
+        for _ in range(warmup):
+            r.time_once_ms()
+    samples: list[list[float]] = [[] for _ in runners]
+    start = time.perf_counter()
+    while True:
+        for r, s in zip(runners, samples):
+            for _ in range(burst):
+                s.append(r.time_once_ms())
+        elapsed = time.perf_counter() - start
+        if min(len(s) for s in samples) >= min_repeats:
+            done = all(summarize(s, statistic, confidence, c.cv_threshold, rel_ci).converged for s in samples)
+            if done or elapsed >= max_seconds:
+                break
+        elif elapsed >= max_seconds and min(len(s) for s in samples) >= 2:
+            break
+    total = time.perf_counter() - start
+    return [summarize(s, statistic, confidence, c.cv_threshold, rel_ci, total_s=total) for s in samples]
