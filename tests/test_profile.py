@@ -169,7 +169,7 @@ def test_profile_into_a_csv_path_without_format(env, tmp_path):
     r = profile(ModelSpec(env["model"], SHAPE), env["device"], str(path), ratios=(0.5, 1.0),
                 calibration_samples=0, show_progress=False, log=lambda m: None)
     assert r.calibration == {} and r.signatures_measured == r.signatures_total == 15
-    assert len(LatencyLUT.load(path).rows) == 8
+    assert len(LatencyLUT.load(path).rows) == 15
 
 
 # -- resume after a kill -----------------------------------------------------------------------
