@@ -273,13 +273,19 @@ class Predictor:
 
 
 def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> dict[str, float]:
-    """Least-squares ``measured ≈ a + b · raw`` with its fit error; identity with < 3 points."""
+    """Robust ``measured ≈ a + b · raw`` (Theil-Sen) with its fit error; identity with < 3 points.
+
+    Theil-Sen takes the median of pairwise slopes, so one sub-network measured while the
+    machine was briefly busy cannot tilt the correction the way it tilts least squares.
+    """
+    from scipy.stats import theilslopes
+
     x = np.asarray(raw_ms, float)
     y = np.asarray(measured_ms, float)
     if len(x) < 3 or np.ptp(x) == 0:
         a, b = 0.0, 1.0
     else:
-        b, a = np.polyfit(x, y, 1)
+        b, a = (float(v) for v in theilslopes(y, x)[:2])
         if b <= 0:  # a degenerate fit would invert the ordering of architectures
             a, b = 0.0, float(np.median(y / x))
     pred = a + b * x

@@ -1,8 +1,9 @@
 """``hwprune lut check``: measure random sub-networks end to end and report the LUT's error.
 
 Each sample is a real pruned model (Torch-Pruning surgery on the dense model, exported to
-ONNX as it would be deployed), timed on the device; its LUT prediction is compared with the
-measurement. The samples are drawn with a seed different from the calibration's, so the
+ONNX as it would be deployed), timed on the device — all samples interleaved when the device
+is local, so a change of machine state cannot favour some of them; its LUT prediction is
+compared with the measurement. The samples are drawn with a seed different from the calibration's, so the
 figures are out-of-sample.
 """
 
@@ -10,10 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +20,7 @@ from hwprune.errors import HwpruneError
 from hwprune.export import export_onnx
 from hwprune.groups import PrunableGroup, find_groups, prune_to_widths
 from hwprune.lut import LatencyLUT, model_key
-from hwprune.measure import progress_bar, statistic_ms, time_items
+from hwprune.measure import measure_many, progress_bar, statistic_ms
 from hwprune.profile import ModelSpec, random_widths
 from profilers.config import DeviceConfig, load_device_config
 from profilers.fileio import atomic_write_json
@@ -81,22 +79,8 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
         bar.update(1)
     bar.close()
 
-    measured: dict[str, float] = {}
-    bar = progress_bar(samples, "measuring", show_progress)
-
-    def on_record(rec: dict[str, Any]) -> None:
-        if rec.get("type") == "row":
-            measured[rec["key"]] = statistic_ms(rec["timing"], cfg.statistic)
-            bar.update(1)
-        elif rec.get("type") == "error":
-            raise HwpruneError(f"sub-network {rec['key']} failed to run: {rec['error']}")
-
-    work = Path(tempfile.mkdtemp(prefix="hwprune-lutcheck-"))
-    try:
-        time_items(items, cfg, work, on_record)
-    finally:
-        bar.close()
-        shutil.rmtree(work, ignore_errors=True)
+    timings = measure_many([(k, blob) for k, blob, _ in items], cfg, "measuring", show_progress)
+    measured = {k: statistic_ms(t, cfg.statistic) for k, t in timings.items()}
 
     rows = []
     for (k, _, meta), w in zip(items, widths):

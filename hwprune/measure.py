@@ -40,3 +40,50 @@ def progress_bar(total: int, desc: str, enabled: bool = True):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="model", desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+def measure_many(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, desc: str = "measuring",
+                 show_progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Time whole models; returns ``{key: TimingStats dict}`` (with samples).
+
+    On a local device the models are timed interleaved, in short bursts round-robin, so a
+    change of machine state (a neighbour's load, a frequency step) hits all of them alike
+    instead of biasing whichever model was being timed at that moment. A remote device
+    times them one after the other through a bundle.
+    """
+    import shutil
+    import tempfile
+
+    from hwprune.errors import HwpruneError
+
+    if not items:
+        return {}
+    if cfg.remote is None:
+        from contextlib import ExitStack
+
+        from profilers.interleave import measure_interleaved
+        from profilers.runners import make_runner
+
+        with ExitStack() as stack:
+            runners = [stack.enter_context(make_runner(blob, cfg, name=key)) for key, blob in items]
+            bar = progress_bar(len(items), desc, show_progress)
+            stats = measure_interleaved(runners, on_round=lambda done: bar.update(done - bar.n))
+            bar.close()
+        return {key: s.to_dict() for (key, _), s in zip(items, stats)}
+    out: dict[str, dict[str, Any]] = {}
+    bar = progress_bar(len(items), desc, show_progress)
+
+    def on_record(rec: dict[str, Any]) -> None:
+        if rec.get("type") == "row":
+            out[rec["key"]] = rec["timing"]
+            bar.update(1)
+        elif rec.get("type") == "error":
+            raise HwpruneError(f"model {rec['key']} failed on {cfg.name}: {rec['error']}")
+
+    work = Path(tempfile.mkdtemp(prefix="hwprune-measure-"))
+    try:
+        time_items([(k, b, {}) for k, b in items], cfg, work, on_record)
+    finally:
+        bar.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return out

@@ -2,9 +2,9 @@
 
 Steps: build the model and its dependency groups; derive the width-parametric ONNX graph
 and its units; enumerate (unit, width) candidates and drop signatures the LUT already has;
-write the rest, plus a few random whole sub-networks for calibration, into a profiling
-bundle; time the bundle locally or over SSH (``profilers``); merge rows into the LUT as they
-arrive. The bundle's results file is the journal: a killed run loses no finished row, and
+write the rest into a profiling bundle; time the bundle locally or over SSH (``profilers``);
+merge rows into the LUT as they arrive; then time the calibration sub-networks (interleaved, when local) and fit the LUT's
+correction. The bundle's results file is the journal: a killed run loses no finished row, and
 the next run picks up where it stopped.
 """
 
@@ -26,7 +26,7 @@ from hwprune.errors import HwpruneError
 from hwprune.export import check_input_shape
 from hwprune.groups import PrunableGroup, find_groups, snap_channels
 from hwprune.lut import LatencyLUT, Predictor, fit_calibration, model_key
-from hwprune.measure import progress_bar, statistic_ms, time_items
+from hwprune.measure import measure_many, progress_bar, statistic_ms, time_items
 from profilers.config import DeviceConfig, load_device_config
 
 CALIBRATION_KEY = "calib:"
@@ -183,7 +183,6 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
             calib_items.append((f"{CALIBRATION_KEY}{i}:{h}", wg.instantiate(None, w, seed=i), {"widths": w}))
 
     work = path.with_name(path.name + ".work")
-    results_path = work / "results.jsonl"
     items = []
     for sig, (ui, point) in missing.items():
         u = units[ui]
@@ -191,15 +190,12 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         for g, w in zip(u.groups, point):
             widths[g] = w
         items.append((sig, wg.instantiate(u.nodes, widths), wg.describe(u.nodes, widths)))
-    items.extend(calib_items)
 
     sessions: dict[str, dict[str, Any]] = {}
-    calib_measured: dict[str, float] = {}
     errors: list[str] = []
     timed_s = 0.0
     resumed = 0
     measured_now = 0
-    calib_keys = {k for k, _, _ in calib_items}
     last_save = time.monotonic()
 
     pending_rows: list[dict[str, Any]] = []
@@ -218,8 +214,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     if items:
         if work.exists():
             shutil.rmtree(work / "onnx", ignore_errors=True)
-        log(f"{signatures_total} distinct signatures, {len(missing)} to measure "
-            f"(+{len(calib_items)} calibration sub-networks) on {cfg.name}")
+        log(f"{signatures_total} distinct signatures, {len(missing)} to measure on {cfg.name}")
         bar = progress_bar(len(items), "profiling", show_progress)
 
         def on_row(rec: dict[str, Any]) -> None:
@@ -240,15 +235,12 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
             session = sessions.get(rec.get("session"), {})
             if rec.get("session") not in sessions:
                 return
-            if rec["key"] in calib_keys:
-                calib_measured[rec["key"]] = statistic_ms(rec["timing"], cfg.statistic)
-            else:
-                # Filed under the LUT's device: the session's own, except with --allow-other-device,
-                # where rows under this device's fingerprint would be invisible to the LUT's lookups.
-                pending_rows.append(_lut_row(rec, rec.get("meta", {}), session, cfg, lut.meta["fingerprint"]))
+            # Filed under the LUT's device: the session's own, except with --allow-other-device,
+            # where rows under this device's fingerprint would be invisible to the LUT's lookups.
+            pending_rows.append(_lut_row(rec, rec.get("meta", {}), session, cfg, lut.meta["fingerprint"]))
             if rec["session"] == current_session[0]:
                 timed_s += rec["timing"]["total_s"]
-                measured_now += rec["key"] not in calib_keys
+                measured_now += 1
             else:
                 resumed += 1
             bar.update(1)
@@ -275,6 +267,11 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
 
     # Calibration: a + b * raw prediction ≈ measured, over whole random sub-networks.
     if calib_items:
+        if not lut.meta.get("fingerprint"):
+            raise HwpruneError(f"{path}: nothing was measured on {cfg.name}, so the LUT cannot be calibrated")
+        log(f"calibrating on {len(calib_items)} random sub-networks measured end to end ...")
+        timings = measure_many([(k, blob) for k, blob, _ in calib_items], cfg, "calibrating", show_progress)
+        calib_measured = {k: statistic_ms(t, cfg.statistic) for k, t in timings.items()}
         predictor_structure = {**structure, "overhead_ms": _overhead(sessions, cfg, lut, key), "calibration": None}
         lat = lut.latency_ms(lut.meta["fingerprint"], cfg.precision, cfg.batch_size, cfg.statistic)
         pred = Predictor(predictor_structure, lat, cfg.statistic)

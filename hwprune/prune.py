@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,37 +89,18 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _measure_pair(dense_onnx: bytes, pruned_onnx: bytes, cfg):
+def _measure_pair(dense_onnx: bytes, pruned_onnx: bytes, cfg, show_progress: bool = False):
     """Dense and pruned timed interleaved (locally) or one after the other (remote device)."""
-    if cfg.remote is None:
-        from profilers.interleave import measure_interleaved
-        from profilers.runners import make_runner
+    from hwprune.measure import measure_many
 
-        with make_runner(dense_onnx, cfg, name="dense") as a, make_runner(pruned_onnx, cfg, name="pruned") as b:
-            d, p = measure_interleaved([a, b])
-        return d.to_dict(), p.to_dict()
-    return _measure_one(dense_onnx, cfg, "dense"), _measure_one(pruned_onnx, cfg, "pruned")
+    t = measure_many([("dense", dense_onnx), ("pruned", pruned_onnx)], cfg, "dense vs pruned", show_progress)
+    return t["dense"], t["pruned"]
 
 
 def _measure_one(onnx_bytes: bytes, cfg, key: str) -> dict[str, Any]:
-    import tempfile
+    from hwprune.measure import measure_many
 
-    from hwprune.measure import time_items
-
-    out: dict[str, Any] = {}
-
-    def on_record(rec):
-        if rec.get("type") == "row":
-            out.update(rec["timing"])
-        elif rec.get("type") == "error":
-            raise HwpruneError(f"{key} model failed on the device: {rec['error']}")
-
-    work = Path(tempfile.mkdtemp(prefix="hwprune-measure-"))
-    try:
-        time_items([(key, onnx_bytes, {})], cfg, work, on_record)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
+    return measure_many([(key, onnx_bytes)], cfg, key, show_progress=False)[key]
 
 
 def _latency_summary(t: dict[str, Any]) -> dict[str, float]:
@@ -142,7 +122,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     from hwprune.candidates import build_width_graph
     from hwprune.data import load_dataset, train_val_split
     from hwprune.export import check_input_shape, export_onnx
-    from hwprune.groups import channel_importance, count_macs, count_params, find_groups, prune_to_widths
+    from hwprune.groups import channel_importance, count_macs, count_params, find_groups
     from hwprune.lut import LatencyLUT, model_key
     from hwprune.proxy import AccuracyProxy
     from hwprune.train import evaluate, train
@@ -231,9 +211,9 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         bar.close()
         search_seconds += result.seconds
         evaluations += result.evaluations
-        kept: dict[str, list[int]] = {}
-        pruned = prune_to_widths(dense, x, result.widths, criterion=opts.importance if opts.importance != "taylor"
-                                 else "l1", kept_out=kept)
+        # The channels the proxy scored, BN re-estimated: exactly the architecture the agent chose.
+        kept = proxy.keep_indices(result.widths)
+        pruned = proxy.pruned_model(result.widths)
         pruned_onnx = export_onnx(pruned, x)
         predicted_ms = predictor.predict(result.widths)
         dense_t, pruned_t = _measure_pair(dense_onnx, pruned_onnx, cfg)

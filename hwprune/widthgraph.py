@@ -286,8 +286,7 @@ class WidthGraph:
 
     def signature(self, nodes: Sequence[int], widths: Sequence[int]) -> str:
         """A hash of what determines the slice's latency: ops, attributes, shapes, dtypes."""
-        g = self.model.graph
-        inputs, used_inits, _ = self._io(nodes)
+        _, used_inits, _ = self._io(nodes)
         local = {}
         parts = []
         for k, i in enumerate(nodes):
