@@ -54,8 +54,11 @@ class Candidate:
 
 
 def grids_for(groups: Sequence[PrunableGroup], channel_multiple: int,
-              ratios: Sequence[float] = DEFAULT_RATIOS) -> list[list[int]]:
-    return [width_grid(g.channels, channel_multiple, ratios) for g in groups]
+              ratios: Sequence[float] | None = None) -> list[list[int]]:
+    """Width grids per group: the default (``ratios=None``) profiles every allowed width of
+    small groups and the 10 keep ratios of large ones; explicit ratios are taken as given."""
+    full = ratios is None
+    return [width_grid(g.channels, channel_multiple, ratios or DEFAULT_RATIOS, full_when_small=full) for g in groups]
 
 
 def enumerate_candidates(wg: WidthGraph, units: Sequence[Unit],

@@ -88,7 +88,8 @@ def _spec(model: str, input_shape: str, num_classes: int, weights: str | None):
 @click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False),
               help="LUT file to create or extend (.parquet, or .csv with --format csv).")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default=None, help="LUT file format.")
-@click.option("--grid", default=None, help="Keep ratios to profile, comma-separated (default: 0.1,0.2,...,1.0).")
+@click.option("--grid", default=None, help="Keep ratios to profile, comma-separated (default: every allowed width "
+              "of groups with at most 16, else 0.1,0.2,...,1.0).")
 @click.option("--calibration-samples", type=int, default=10, show_default=True,
               help="Random whole sub-networks measured to calibrate the LUT's predictions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights and calibration samples.")
@@ -97,9 +98,9 @@ def _spec(model: str, input_shape: str, num_classes: int, weights: str | None):
 def profile_cmd(device, model, input_shape, num_classes, weights, lut_path, fmt, grid, calibration_samples,
                 seed, allow_other_device, quiet):
     """Measure every prunable layer at its channel grid on DEVICE and build the latency LUT."""
-    from hwprune.profile import DEFAULT_RATIOS, parse_ratios, profile
+    from hwprune.profile import parse_ratios, profile
 
-    ratios = parse_ratios(grid) if grid else DEFAULT_RATIOS
+    ratios = parse_ratios(grid) if grid else None
     r = profile(_spec(model, input_shape, num_classes, weights), device, lut_path, ratios=ratios,
                 calibration_samples=calibration_samples, seed=seed, fmt=fmt,
                 allow_other_device=allow_other_device, show_progress=not quiet,

@@ -117,8 +117,18 @@ def snap_channels(channels: float, dense: int, multiple: int) -> int:
     return int(min(dense, max(multiple, snapped)))
 
 
-def width_grid(dense: int, multiple: int, ratios: Sequence[float]) -> list[int]:
-    """Distinct snapped channel counts for the keep ratios, plus one multiple and ``dense``."""
+# A group with at most this many allowed widths is profiled at every one of them: latency is
+# a step function of channels (runtimes pad to their vector block), which interpolating
+# between ratio grid points would smooth over.
+FULL_GRID_MAX_POINTS = 16
+
+
+def width_grid(dense: int, multiple: int, ratios: Sequence[float], full_when_small: bool = False) -> list[int]:
+    """Snapped channel counts to profile: the keep ratios — or, with ``full_when_small``, every
+    allowed width when there are at most ``FULL_GRID_MAX_POINTS`` — always with one multiple
+    and ``dense``."""
+    if full_when_small and dense // multiple <= FULL_GRID_MAX_POINTS:
+        return sorted({snap_channels(k * multiple, dense, multiple) for k in range(1, dense // multiple + 1)} | {dense})
     widths = {snap_channels(r * dense, dense, multiple) for r in ratios}
     # The smallest width an agent may choose (one multiple) and the dense width are always
     # profiled, so any architecture in the search space is inside the grid.

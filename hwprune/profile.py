@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from hwprune.candidates import DEFAULT_RATIOS, build_width_graph, enumerate_candidates, grids_for
+from hwprune.candidates import build_width_graph, enumerate_candidates, grids_for
 from hwprune.errors import HwpruneError
 from hwprune.export import check_input_shape
 from hwprune.groups import PrunableGroup, find_groups, snap_channels
@@ -116,7 +116,7 @@ def _lut_row(record: dict[str, Any], meta: dict[str, Any], session: dict[str, An
     }
 
 
-def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratios: Sequence[float] = DEFAULT_RATIOS,
+def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratios: Sequence[float] | None = None,
             calibration_samples: int = 10, seed: int = 0, fmt: str | None = None,
             allow_other_device: bool = False, show_progress: bool = True, log=print) -> ProfileResult:
     """Profile ``spec`` on ``device`` into the LUT at ``lut_path`` (created or extended).
@@ -165,7 +165,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
 
     structure = {
         "model": spec.name, "input_shape": list(x.shape), "batch": cfg.batch_size, "precision": cfg.precision,
-        "weights": spec.weights, "ratios": list(ratios), "channel_multiple": cfg.channel_multiple,
+        "weights": spec.weights, "ratios": list(ratios) if ratios else None, "channel_multiple": cfg.channel_multiple,
         "groups": [{"name": g.name, "channels": g.channels, "grid": grid, "members": list(g.members)}
                    for g, grid in zip(groups, grids)],
         "units": [{"name": u.name, "label": u.label, "groups": list(u.groups), "table": t}
