@@ -36,7 +36,7 @@ COLUMNS = [
     "device_fingerprint", "device", "signature", "op", "cin", "cout", "kernel", "stride",
     "groups", "in_h", "in_w", "batch", "precision", "n", "mean_ms", "std_ms", "p50_ms",
     "p90_ms", "p99_ms", "ci_low_ms", "ci_high_ms", "cv", "stable", "overhead_ms",
-    "timed_s", "measured_at", "samples_ms",
+    "reference_ms", "timed_s", "measured_at", "samples_ms",
 ]
 STAT_COLUMNS = {"p50": "p50_ms", "p90": "p90_ms", "p99": "p99_ms", "mean": "mean_ms"}
 
@@ -149,12 +149,24 @@ class LatencyLUT:
             self.rows = frame if not len(self.rows) else pd.concat([self.rows, frame], ignore_index=True)
         return len(new)
 
+    def reference_ms(self, fingerprint: str, statistic: str) -> float | None:
+        """The drift reference's typical (median) time over this device's rows, if recorded."""
+        sel = self.rows[self.rows.device_fingerprint == fingerprint]
+        ref = pd.to_numeric(sel["reference_ms"], errors="coerce").dropna()
+        return float(ref.median()) if len(ref) else None
+
     def latency_ms(self, fingerprint: str, precision: str, batch: int, statistic: str) -> dict[str, float]:
         """Per-signature latency with the runtime's per-call overhead taken off (≥ 0)."""
         col = STAT_COLUMNS[statistic]
         sel = self.rows[(self.rows.device_fingerprint == fingerprint) & (self.rows.precision == precision)
                         & (self.rows.batch.astype(int) == int(batch))]
         vals = (sel[col].astype(float) - sel["overhead_ms"].astype(float)).clip(lower=0.0)
+        # Put every row on the machine's typical speed: each was timed interleaved with the
+        # same reference conv, whose time says how fast the machine was at that moment.
+        ref = pd.to_numeric(sel["reference_ms"], errors="coerce")
+        if ref.notna().any():
+            factor = (float(ref.median()) / ref).fillna(1.0)
+            vals = vals * factor
         return dict(zip(sel["signature"], vals))
 
     # -- models -------------------------------------------------------------------------

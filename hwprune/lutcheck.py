@@ -20,7 +20,7 @@ from hwprune.errors import HwpruneError
 from hwprune.export import export_onnx
 from hwprune.groups import PrunableGroup, find_groups, prune_to_widths
 from hwprune.lut import LatencyLUT, model_key
-from hwprune.measure import measure_many, progress_bar, statistic_ms
+from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_bar, statistic_ms
 from hwprune.profile import ModelSpec, random_widths
 from profilers.config import DeviceConfig, load_device_config
 from profilers.fileio import atomic_write_json
@@ -79,22 +79,30 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
         bar.update(1)
     bar.close()
 
-    timings = measure_many([(k, blob) for k, blob, _ in items], cfg, "measuring", show_progress)
-    measured = {k: statistic_ms(t, cfg.statistic) for k, t in timings.items()}
+    timings = measure_many([(k, blob) for k, blob, _ in items], cfg, "measuring", show_progress,
+                           with_reference=True)
+    measured = {k: statistic_ms(t, cfg.statistic) for k, t in timings.items() if k != REFERENCE_KEY}
+    drift = drift_factor(lut, timings, cfg.statistic)
 
     rows = []
     for (k, _, meta), w in zip(items, widths):
         pred = predictor.predict(w)
         meas = measured[k]
         rows.append({"sample": k, "widths": w, "predicted_ms": pred, "raw_predicted_ms": predictor.predict_raw(w),
-                     "measured_ms": meas, "error_pct": (pred - meas) / meas * 100})
+                     "measured_ms": meas, "error_pct": (pred - meas) / meas * 100,
+                     "drift_adjusted_error_pct": (pred - meas * drift) / (meas * drift) * 100})
     err = np.abs([r["error_pct"] for r in rows])
+    adj = np.abs([r["drift_adjusted_error_pct"] for r in rows])
     tau = kendalltau([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]).statistic
     result = {
         "model": key, "device": cfg.name, "lut": str(lut_path), "statistic": cfg.statistic, "samples": samples,
         "median_abs_error_pct": float(np.median(err)), "p90_abs_error_pct": float(np.percentile(err, 90)),
         "max_abs_error_pct": float(err.max()), "kendall_tau": float(tau) if not math.isnan(tau) else None,
         "predictor_calls_per_s": predictor_calls_per_s(predictor, groups, cfg.channel_multiple),
+        # The machine's speed now relative to while the LUT was measured (drift reference):
+        # errors above are against raw measurements; these take that speed difference out.
+        "drift_factor": drift, "drift_adjusted_median_abs_error_pct": float(np.median(adj)),
+        "drift_adjusted_max_abs_error_pct": float(adj.max()),
         "calibration": {k: v for k, v in (lut.model(key).get("calibration") or {}).items() if k != "points"},
         "rows": rows,
     }
@@ -112,5 +120,6 @@ def format_check_table(r: dict[str, Any]) -> str:
     lines.append(f"{r['model']} on {r['device']} ({r['statistic']}), {r['samples']} sub-networks: "
                  f"median |error| {r['median_abs_error_pct']:.2f}%, p90 {r['p90_abs_error_pct']:.2f}%, "
                  f"max {r['max_abs_error_pct']:.2f}%, Kendall tau {tau if tau is None else round(tau, 3)}, "
-                 f"predictor {r['predictor_calls_per_s']:.0f} calls/s")
+                 f"predictor {r['predictor_calls_per_s']:.0f} calls/s; machine speed vs LUT {1 / r['drift_factor']:.3f}x "
+                 f"(drift-adjusted median |error| {r['drift_adjusted_median_abs_error_pct']:.2f}%)")
     return "\n".join(lines)

@@ -42,8 +42,11 @@ def progress_bar(total: int, desc: str, enabled: bool = True):
     return tqdm(total=total, unit="model", desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
+REFERENCE_KEY = "__reference__"
+
+
 def measure_many(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, desc: str = "measuring",
-                 show_progress: bool = True) -> dict[str, dict[str, Any]]:
+                 show_progress: bool = True, with_reference: bool = False) -> dict[str, dict[str, Any]]:
     """Time whole models; returns ``{key: TimingStats dict}`` (with samples).
 
     On a local device the models are timed interleaved, in short bursts round-robin, so a
@@ -64,12 +67,15 @@ def measure_many(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, desc: st
         from profilers.interleave import measure_interleaved
         from profilers.runners import make_runner
 
+        from profilers.runners import REFERENCE_ONNX
+
+        keyed = list(items) + ([(REFERENCE_KEY, str(REFERENCE_ONNX))] if with_reference else [])
         with ExitStack() as stack:
-            runners = [stack.enter_context(make_runner(blob, cfg, name=key)) for key, blob in items]
-            bar = progress_bar(len(items), desc, show_progress)
+            runners = [stack.enter_context(make_runner(blob, cfg, name=key)) for key, blob in keyed]
+            bar = progress_bar(len(keyed), desc, show_progress)
             stats = measure_interleaved(runners, on_round=lambda done: bar.update(done - bar.n))
             bar.close()
-        return {key: s.to_dict() for (key, _), s in zip(items, stats)}
+        return {key: s.to_dict() for (key, _), s in zip(keyed, stats)}
     out: dict[str, dict[str, Any]] = {}
     bar = progress_bar(len(items), desc, show_progress)
 
@@ -82,8 +88,25 @@ def measure_many(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, desc: st
 
     work = Path(tempfile.mkdtemp(prefix="hwprune-measure-"))
     try:
+        if with_reference:
+            from profilers.runners import REFERENCE_ONNX
+
+            items = list(items) + [(REFERENCE_KEY, REFERENCE_ONNX.read_bytes())]
         time_items([(k, b, {}) for k, b in items], cfg, work, on_record)
     finally:
         bar.close()
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def drift_factor(lut, timings: dict[str, dict[str, Any]], statistic: str) -> float:
+    """How much faster than now the machine typically was while the LUT was measured.
+
+    Multiply a time measured now by this to compare it with LUT predictions; 1.0 when either
+    side lacks the drift reference.
+    """
+    typical = lut.reference_ms(lut.meta.get("fingerprint"), statistic) if lut.meta.get("fingerprint") else None
+    now = timings.get(REFERENCE_KEY)
+    if not typical or not now:
+        return 1.0
+    return typical / statistic_ms(now, statistic)

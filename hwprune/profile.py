@@ -26,7 +26,7 @@ from hwprune.errors import HwpruneError
 from hwprune.export import check_input_shape
 from hwprune.groups import PrunableGroup, find_groups, snap_channels
 from hwprune.lut import LatencyLUT, Predictor, fit_calibration, model_key
-from hwprune.measure import measure_many, progress_bar, statistic_ms, time_items
+from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_bar, statistic_ms, time_items
 from profilers.config import DeviceConfig, load_device_config
 
 CALIBRATION_KEY = "calib:"
@@ -111,7 +111,8 @@ def _lut_row(record: dict[str, Any], meta: dict[str, Any], session: dict[str, An
         "batch": cfg.batch_size, "precision": cfg.precision,
         "n": t["n"], "mean_ms": t["mean_ms"], "std_ms": t["std_ms"], "p50_ms": t["p50_ms"],
         "p90_ms": t["p90_ms"], "p99_ms": t["p99_ms"], "ci_low_ms": t["ci_low_ms"], "ci_high_ms": t["ci_high_ms"],
-        "cv": t["cv"], "stable": t["stable"], "overhead_ms": statistic_ms(session["overhead"], cfg.statistic),
+        "cv": t["cv"], "stable": t["stable"], "overhead_ms": statistic_ms(record.get("batch_overhead") or session["overhead"], cfg.statistic),
+        "reference_ms": statistic_ms(record["batch_reference"], cfg.statistic) if record.get("batch_reference") else None,
         "timed_s": t["total_s"], "measured_at": session.get("started_unix_s"), "samples_ms": t.get("samples_ms", []),
     }
 
@@ -270,8 +271,11 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         if not lut.meta.get("fingerprint"):
             raise HwpruneError(f"{path}: nothing was measured on {cfg.name}, so the LUT cannot be calibrated")
         log(f"calibrating on {len(calib_items)} random sub-networks measured end to end ...")
-        timings = measure_many([(k, blob) for k, blob, _ in calib_items], cfg, "calibrating", show_progress)
-        calib_measured = {k: statistic_ms(t, cfg.statistic) for k, t in timings.items()}
+        timings = measure_many([(k, blob) for k, blob, _ in calib_items], cfg, "calibrating", show_progress,
+                               with_reference=True)
+        # Measured at this moment's machine speed; the LUT's rows are at its typical speed.
+        drift = drift_factor(lut, timings, cfg.statistic)
+        calib_measured = {k: statistic_ms(t, cfg.statistic) * drift for k, t in timings.items() if k != REFERENCE_KEY}
         predictor_structure = {**structure, "overhead_ms": _overhead(sessions, cfg, lut, key), "calibration": None}
         lat = lut.latency_ms(lut.meta["fingerprint"], cfg.precision, cfg.batch_size, cfg.statistic)
         pred = Predictor(predictor_structure, lat, cfg.statistic)

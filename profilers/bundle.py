@@ -293,11 +293,54 @@ def time_item(path: str | os.PathLike[str], config: DeviceConfig, key: str) -> d
         return {"timing": stats.to_dict(), "extra": extra, "timed_scope": runner.timed_scope}
 
 
+def _time_batch(bundle: Bundle, chunk: list[BundleItem], cfg: DeviceConfig, session_id: str) -> list[dict[str, Any]]:
+    """Time a batch of items interleaved with the identity graph and the drift reference.
+
+    A shared or virtual machine changes speed for seconds at a time (a neighbour's load on
+    the sibling hyperthread, a frequency step): two runs of the same candidate a minute apart
+    can differ by tens of percent while each has a tight confidence interval. Timing a batch
+    in alternating bursts together with two fixed models exposes them all to the same state:
+    each row records the identity graph's time (the per-call overhead right then) and the
+    reference conv's time (the machine's speed right then), so the host can put every row on
+    one common footing.
+    """
+    from contextlib import ExitStack
+
+    from profilers.interleave import measure_interleaved
+
+    records: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        live: list[tuple[BundleItem, Any]] = []
+        for item in chunk:
+            try:
+                runner = runners.make_runner(str(bundle.file_path(item)), cfg, name=item.key)
+                stack.enter_context(runner)
+            except Exception as err:  # one bad model must not end the run: report it, go on
+                records.append({"type": "error", "key": item.key, "error": _one_line(err), "session": session_id})
+                continue
+            live.append((item, runner))
+        if not live:
+            return records
+        identity = stack.enter_context(runners.make_runner(str(runners.IDENTITY_ONNX), cfg, name="identity"))
+        reference = stack.enter_context(runners.make_runner(str(runners.REFERENCE_ONNX), cfg, name="reference"))
+        stats = measure_interleaved([identity, reference] + [r for _, r in live],
+                                    min_seconds=cfg.min_seconds * (len(live) + 2),
+                                    max_seconds=cfg.max_seconds * (len(live) + 2))
+        overhead, ref = stats[0].to_dict(with_samples=False), stats[1].to_dict(with_samples=False)
+        for (item, runner), st in zip(live, stats[2:]):
+            extra = {name: s.to_dict() for name, s in runner.extra_timings().items()}
+            records.append({"type": "row", "key": item.key, "meta": item.meta, "timing": st.to_dict(),
+                            "extra": extra, "timed_scope": runner.timed_scope, "session": session_id,
+                            "batch_overhead": overhead, "batch_reference": ref})
+    return records
+
+
 def run_bundle(bundle_dir: str | os.PathLike[str], config: DeviceConfig | None = None,
                results_path: str | os.PathLike[str] | None = None,
                on_row: Callable[[dict[str, Any]], None] | None = None,
                emit_existing: bool = True,
-               progress: Callable[[int, int, str], None] | None = None) -> list[dict[str, Any]]:
+               progress: Callable[[int, int, str], None] | None = None,
+               batch_size: int | None = None) -> list[dict[str, Any]]:
     """Time every item of a bundle not yet in ``results_path``, in this one process.
 
     Args:
@@ -310,6 +353,9 @@ def run_bundle(bundle_dir: str | os.PathLike[str], config: DeviceConfig | None =
         emit_existing: first pass the records already in ``results_path`` to ``on_row``
             (and return them), so a reader of the stream sees the whole result each run.
         progress: ``progress(done, total, key)`` after each item.
+        batch_size: items timed together, interleaved with the identity graph (per-call
+            overhead) and the drift reference (see ``_time_batch``); default: the config's
+            ``interleave_batch``.
 
     Returns:
         The records emitted, in order. A session record is emitted only when something is
@@ -346,19 +392,16 @@ def run_bundle(bundle_dir: str | os.PathLike[str], config: DeviceConfig | None =
         if results is not None:
             results.append(session)
         emit(session)
-        for item in pending:
-            try:
-                fields = time_item(bundle.file_path(item), cfg, item.key)
-            except Exception as err:  # one bad model must not end the run: report it, go on
-                emit({"type": "error", "key": item.key, "error": _one_line(err), "session": session["session"]})
-            else:
-                row = {"type": "row", "key": item.key, "meta": item.meta, **fields, "session": session["session"]}
-                if results is not None:
-                    results.append(row)  # stored before it is shown: a reader that sees it can rely on it
-                emit(row)
-            finished += 1
-            if progress is not None:
-                progress(finished, total, item.key)
+        step = batch_size or cfg.interleave_batch
+        for start in range(0, len(pending), step):
+            chunk = pending[start:start + step]
+            for record in _time_batch(bundle, chunk, cfg, session["session"]):
+                if record["type"] == "row" and results is not None:
+                    results.append(record)  # stored before it is shown: a reader that sees it can rely on it
+                emit(record)
+                finished += 1
+                if progress is not None:
+                    progress(finished, total, record["key"])
         return emitted
     finally:
         if results is not None:

@@ -90,6 +90,8 @@ class DeviceConfig:
     confidence: float = 0.95
     cv_threshold: float = 0.25
     channel_multiple: int = 1
+    # Candidates timed together, interleaved with the overhead and drift-reference graphs.
+    interleave_batch: int = 8
     workspace_mb: int = 1024
     engine_cache: str | None = None
     description: str = ""
@@ -122,6 +124,7 @@ _FIELD_TYPES: dict[str, type] = {
     "graph_optimization": str, "precision": str, "batch_size": int, "warmup": int,
     "min_repeats": int, "max_repeats": int, "max_seconds": float, "min_seconds": float, "statistic": str,
     "rel_ci": float, "confidence": float, "cv_threshold": float, "channel_multiple": int,
+    "interleave_batch": int,
     "workspace_mb": int, "engine_cache": str, "description": str,
 }
 _REMOTE_TYPES: dict[str, type] = {
@@ -191,7 +194,8 @@ def _check_values(cfg: DeviceConfig, source: str) -> None:
         raise bad("statistic", f"must be one of {', '.join(STATISTICS)}, got '{cfg.statistic}'")
     if cfg.graph_optimization not in GRAPH_OPT_LEVELS:
         raise bad("graph_optimization", f"must be one of {', '.join(GRAPH_OPT_LEVELS)}, got '{cfg.graph_optimization}'")
-    for name in ("threads", "batch_size", "min_repeats", "max_repeats", "channel_multiple", "workspace_mb"):
+    for name in ("threads", "batch_size", "min_repeats", "max_repeats", "channel_multiple", "workspace_mb",
+                 "interleave_batch"):
         if getattr(cfg, name) < 1:
             raise bad(name, f"must be >= 1, got {getattr(cfg, name)}")
     if cfg.inter_op_threads < 1:

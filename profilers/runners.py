@@ -21,6 +21,8 @@ def make_runner(model: str | bytes, config: DeviceConfig, name: str | None = Non
 
 
 IDENTITY_ONNX = Path(__file__).resolve().parent / "assets" / "identity.onnx"
+# A 3x3 conv, 32->32 channels at 14x14: timed beside candidates to track the machine's speed.
+REFERENCE_ONNX = Path(__file__).resolve().parent / "assets" / "reference.onnx"
 
 
 def measure_overhead(config: DeviceConfig) -> TimingStats:

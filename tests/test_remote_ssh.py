@@ -34,11 +34,11 @@ SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/ss
 if not (SSHD and shutil.which("ssh") and shutil.which("ssh-keygen") and shutil.which("scp")):
     pytest.skip("needs OpenSSH (sshd, ssh, scp, ssh-keygen): make test-deps", allow_module_level=True)
 
-# Every item is timed for exactly this long (min_repeats is never reached and the spread
-# never converges), so a test can act between two rows of a run.
+# Every item is timed for exactly this long (the spread never converges to the 1e-9 target)
+# and alone in its batch, so a test can act between two rows of a run.
 ITEM_S = 0.25
-TIMING = {"warmup": 1, "min_repeats": 100000, "max_repeats": 100000, "max_seconds": ITEM_S,
-          "cv_threshold": 1000.0}
+TIMING = {"warmup": 1, "min_repeats": 5, "rel_ci": 1e-9, "max_seconds": ITEM_S / 3, "cv_threshold": 1000.0,
+          "interleave_batch": 1}
 KEYS = ["mm-a", "mm-b", "mm-c", "mm-d", "mm-e"]
 
 
