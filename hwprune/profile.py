@@ -23,8 +23,8 @@ import torch
 
 from hwprune.candidates import build_width_graph, enumerate_candidates, grids_for
 from hwprune.errors import HwpruneError
-from hwprune.export import check_input_shape
-from hwprune.groups import PrunableGroup, find_groups, snap_channels
+from hwprune.export import check_input_shape, export_onnx
+from hwprune.groups import PrunableGroup, find_groups, prune_to_widths, snap_channels
 from hwprune.lut import LatencyLUT, Predictor, fit_calibration, model_key
 from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_bar, statistic_ms, time_items
 from profilers.config import DeviceConfig, load_device_config
@@ -179,9 +179,11 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     calib_widths = [random_widths(groups, cfg.channel_multiple, rng) for _ in range(calibration_samples)]
     calib_items = []
     if calibration is None or calibration.get("n", 0) < min(3, calibration_samples):
+        # Real sub-networks, pruned by Torch-Pruning and exported as they will be deployed.
         for i, w in enumerate(calib_widths):
             h = hashlib.sha1(json.dumps(w).encode()).hexdigest()[:10]
-            calib_items.append((f"{CALIBRATION_KEY}{i}:{h}", wg.instantiate(None, w, seed=i), {"widths": w}))
+            pruned = prune_to_widths(model, x, {g.name: wi for g, wi in zip(groups, w)})
+            calib_items.append((f"{CALIBRATION_KEY}{i}:{h}", export_onnx(pruned, x), {"widths": w}))
 
     work = path.with_name(path.name + ".work")
     items = []

@@ -51,5 +51,6 @@ def measure_interleaved(runners: Sequence[BaseRunner], *, burst: int = 20, warmu
         if min(len(s) for s in samples) >= min_repeats:
             if (converged == len(samples) and elapsed >= min_seconds) or elapsed >= max_seconds:
                 break
-    total = time.perf_counter() - start
-    return [summarize(s, statistic, confidence, c.cv_threshold, rel_ci, total_s=total) for s in samples]
+    # Each runner's total_s is the time spent inside its own timed calls, not the whole
+    # round robin's: summed over runners, it is the time actually spent measuring.
+    return [summarize(s, statistic, confidence, c.cv_threshold, rel_ci, total_s=sum(s) / 1e3) for s in samples]
