@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: install data test-deps test test-all demo bench bench-quick clean
+.PHONY: install data test-deps test test-all demo pretrain bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,11 @@ test-all: install test-deps
 
 demo: install data
 	$(PY) -m hwprune.demo
+
+# Dense checkpoints committed under checkpoints/ (recipe and test accuracy in the README).
+pretrain: install data
+	$(PY) -m hwprune.cli pretrain --model resnet20 --data fashion-mnist --epochs 8 \
+	  --out checkpoints/resnet20-fashion-mnist.pt
 
 bench: install data
 	$(PY) bench/run.py --full

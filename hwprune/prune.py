@@ -78,11 +78,14 @@ def default_weights(model: str, data: str) -> str | None:
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise HwpruneError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any((out / f).exists() for f in RUN_FILES):
-        if not overwrite:
-            raise HwpruneError(f"--out {out} already holds a run; pass --overwrite to replace it")
-        for f in list(RUN_FILES) + ["report.md", "config.json", "channels.png", "speedup.png", "search.csv"]:
-            (out / f).unlink(missing_ok=True)
+    if out.is_dir() and any((out / f).exists() for f in RUN_FILES) and not overwrite:
+        raise HwpruneError(f"--out {out} already holds a run; pass --overwrite to replace it")
+
+
+def _clear_old_run(out: Path) -> None:
+    """With --overwrite, the old run goes only once the new one is ready to be written."""
+    for f in list(RUN_FILES) + ["report.md", "config.json", "channels.png", "speedup.png", "search.csv"]:
+        (out / f).unlink(missing_ok=True)
 
 
 def _sha256(data: bytes) -> str:
@@ -251,6 +254,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
 
     env = collect_manifest(cfg) if cfg.remote is None else lut.meta.get("environment", {})
     out.mkdir(parents=True, exist_ok=True)
+    _clear_old_run(out)
     plan = {"format": 1, "model": opts.model, "input_shape": list(x.shape), "num_classes": spec.num_classes,
             "criterion": opts.importance,
             "groups": {g.name: {"dense": g.channels, "kept": kept[g.name]} for g in groups}}
@@ -313,15 +317,33 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 def _command_line(opts: PruneOptions) -> str:
-    parts = ["hwprune prune", f"--device {opts.device}", f"--model {opts.model}", f"--data {opts.data}",
-             f"--lut {opts.lut}", f"--out {opts.out}"]
+    import shlex
+
+    q = shlex.quote
+    defaults = PruneOptions(model="", device="", lut="", out="")
+    parts = ["hwprune prune", f"--device {q(opts.device)}", f"--model {q(opts.model)}", f"--data {q(opts.data)}",
+             f"--lut {q(opts.lut)}", f"--out {q(opts.out)}"]
+    if opts.input_shape is not None:
+        parts.append("--input-shape " + ",".join(str(d) for d in opts.input_shape))
+    # repr, not :g, so that a limit such as --max-params 1234567 is reproduced exactly
     for flag, v in (("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup), ("--max-params", opts.max_params),
-                    ("--max-macs", opts.max_macs), ("--weights", opts.weights), ("--agent", opts.agent)):
+                    ("--max-macs", opts.max_macs), ("--max-memory", opts.max_memory_bytes),
+                    ("--weights", opts.weights), ("--agent", opts.agent)):
         if v is not None:
-            parts.append(f"{flag} {v:g}" if isinstance(v, float) else f"{flag} {v}")
+            parts.append(f"{flag} {v!r}" if isinstance(v, float) else f"{flag} {q(str(v))}")
+    for fn, limit in opts.budget:
+        parts.append(f"--budget {q(f'{fn}={float(limit)!r}')}")
+    for flag, attr in (("--max-evaluations", "max_evaluations"), ("--importance", "importance"), ("--lr", "lr"),
+                       ("--batch-size", "batch_size"), ("--kd-temperature", "kd_temperature"),
+                       ("--certify-rounds", "certify_rounds")):
+        if getattr(opts, attr) != getattr(defaults, attr):
+            parts.append(f"{flag} {getattr(opts, attr)!r}" if isinstance(getattr(opts, attr), float)
+                         else f"{flag} {getattr(opts, attr)}")
     parts.append(f"--finetune-epochs {opts.finetune_epochs} --seed {opts.seed}")
     if opts.kd:
         parts.append("--kd")
+    if opts.allow_other_device:
+        parts.append("--allow-other-device")
     return " ".join(parts)
 
 

@@ -130,14 +130,15 @@ def test_incomplete_lut_is_refused():
 # -- LatencyLUT rows and storage ----------------------------------------------------------------
 
 def _row(signature: str, fingerprint: str = "fp-1", precision: str = "fp32", batch: int = 1,
-         p50_ms: float = 1.0, overhead_ms: float = 0.0, samples=(0.9, 1.0, 1.1)) -> dict:
+         p50_ms: float = 1.0, overhead_ms: float = 0.0, samples=(0.9, 1.0, 1.1),
+         reference_ms: float = 0.05) -> dict:
     return {
         "device_fingerprint": fingerprint, "device": "test-cpu", "signature": signature, "op": "Conv+Relu",
         "cin": 4, "cout": 8, "kernel": 3, "stride": 1, "groups": 1, "in_h": 8, "in_w": 8, "batch": batch,
         "precision": precision, "n": len(samples), "mean_ms": p50_ms, "std_ms": 0.1, "p50_ms": p50_ms,
         "p90_ms": p50_ms * 1.1, "p99_ms": p50_ms * 1.2, "ci_low_ms": p50_ms * 0.9, "ci_high_ms": p50_ms * 1.1,
-        "cv": 0.1, "stable": True, "overhead_ms": overhead_ms, "timed_s": 0.01, "measured_at": 1.7e9,
-        "samples_ms": list(samples),
+        "cv": 0.1, "stable": True, "overhead_ms": overhead_ms, "reference_ms": reference_ms, "timed_s": 0.01,
+        "measured_at": 1.7e9, "samples_ms": list(samples),
     }
 
 
@@ -371,3 +372,14 @@ def test_fit_calibration_never_inverts_the_ordering():
     # a decreasing fit would rank bigger sub-networks as faster: fall back to a positive scale
     cal = fit_calibration([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])
     assert cal["b"] > 0
+
+
+def test_rows_are_put_on_the_typical_machine_speed_by_the_drift_reference():
+    lut = LatencyLUT()
+    # the reference ran 0.05 ms for two rows; one row was timed while the machine was 2x slower
+    lut.add_rows([_row("a", p50_ms=1.0, reference_ms=0.05), _row("b", p50_ms=2.0, reference_ms=0.05),
+                  _row("c", p50_ms=4.0, reference_ms=0.10)])
+    lat = lut.latency_ms("fp-1", "fp32", 1, "p50")
+    assert lat["a"] == pytest.approx(1.0) and lat["b"] == pytest.approx(2.0)
+    assert lat["c"] == pytest.approx(2.0)  # 4.0 ms at half speed is 2.0 ms at the typical speed
+    assert lut.reference_ms("fp-1", "p50") == pytest.approx(0.05)

@@ -1,0 +1,432 @@
+"""``hwprune prune`` and ``hwprune apply-plan`` end to end, on a tiny model, tiny data and a fast CPU config.
+
+One module-scoped fixture writes a synthetic 8x8 Fashion-MNIST-like IDX set, a tiny conv
+model, a fast onnxruntime device config and its LUT. The runs are real (search, physical
+pruning, one fine-tuning epoch, export, measurement) but each takes a few seconds; timings
+are noisy on a shared machine, so the tests check the contract (files, fields, consistency
+of the certificate, budgets met), not particular latencies.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import struct
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hwprune.cli import cli
+from hwprune.data import load_dataset
+from hwprune.export import export_onnx
+from hwprune.profile import ModelSpec, profile
+from hwprune.prune import apply_plan, load_plan
+from hwprune.train import evaluate, train
+
+torch.set_num_threads(1)
+
+DEVICE_YAML = """\
+name: test-cpu
+backend: onnxruntime
+threads: 1
+warmup: 1
+min_repeats: 5
+max_seconds: 0.01
+channel_multiple: 2
+interleave_batch: 8
+statistic: p50
+"""
+
+TINY_MODEL = """\
+import torch.nn as nn
+
+
+def net(in_channels=1, num_classes=10):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+
+def other(in_channels=1, num_classes=10):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, num_classes))
+"""
+
+BUDGET_FNS = """\
+def channels(widths):
+    return sum(widths.values())
+"""
+
+SHAPE = "1,8,8"
+RUN_OUTPUTS = ("pruned.onnx", "pruned.pt", "plan.json", "baseline.json", "report.json", "report.md",
+               "channels.png", "speedup.png", "config.json")
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _write_fashion(directory, n_train=600, n_test=200, seed=0) -> None:
+    """8x8 images whose brightness and a class-specific bright row carry the label."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        rng.shuffle(labels)
+        images = rng.integers(0, 40, size=(n, 8, 8)).astype(np.int64)
+        images += 18 * labels[:, None, None]
+        images[np.arange(n), labels % 8, :] += 60
+        images = np.clip(images, 0, 255).astype(np.uint8)
+        (directory / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images)))
+        (directory / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(labels)))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune-env")
+    _write_fashion(root / "fmnist")
+    (root / "device.yaml").write_text(DEVICE_YAML)
+    (root / "tiny.py").write_text(TINY_MODEL)
+    (root / "budget_fns.py").write_text(BUDGET_FNS)
+    model = f"{root / 'tiny.py'}:net"
+    lut = root / "lut.parquet"
+    profile(ModelSpec(model, (1, 8, 8)), str(root / "device.yaml"), str(lut), calibration_samples=3,
+            show_progress=False, log=lambda m: None)
+    data = f"fashion-mnist:{root / 'fmnist'}"
+    # a dense checkpoint that has learnt something, so accuracies mean something (about 2 s)
+    torch.manual_seed(0)
+    dense = ModelSpec(model, (1, 8, 8)).build()
+    train(dense, load_dataset(data, "train"), epochs=3, lr=0.05, batch_size=64, log=lambda m: None, progress=False)
+    torch.save(dense.state_dict(), root / "dense.pt")
+    return {"root": root, "device": str(root / "device.yaml"), "model": model, "weights": str(root / "dense.pt"),
+            "other": f"{root / 'tiny.py'}:other", "lut": str(lut), "data": data,
+            "budget_fns": str(root / "budget_fns.py")}
+
+
+def _prune_args(env, out, *extra):
+    return ["prune", "--device", env["device"], "--model", env["model"], "--data", env["data"],
+            "--lut", env["lut"], "--out", str(out), "--weights", env["weights"], "--input-shape", SHAPE,
+            "--finetune-epochs", "1",
+            "--max-evaluations", "5", "-q", *extra]
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _ok(result):
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def _user_error(result, *fragments):
+    """Exit 2, one ``error:`` line on stderr naming ``fragments``, and no traceback."""
+    assert result.exit_code == 2, (result.output, result.exception)
+    err_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(err_lines) == 1, result.stderr
+    assert "Traceback" not in result.output and "Traceback" not in result.stderr
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    for f in fragments:
+        assert f in err_lines[0], err_lines[0]
+    return err_lines[0]
+
+
+def _report(out) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uniform_run(env):
+    out = env["root"] / "run-uniform"
+    result = _invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "uniform"))
+    return result, out
+
+
+# -- the main run -----------------------------------------------------------------------------------
+
+def test_prune_writes_the_run_folder(uniform_run):
+    result, out = uniform_run
+    _ok(result)
+    for f in RUN_OUTPUTS:
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert not [p for p in os.listdir(out) if p.startswith(".") or p.endswith(".tmp")]
+    assert "certified:" in result.stdout and str(out) in result.stdout
+    assert (out / "channels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert "Certified:" in md and "hwprune prune" in md
+    config = json.loads((out / "config.json").read_text())
+    assert config["speedup"] == 1.3 and config["agent"] == "uniform"
+
+
+def test_report_has_the_designed_fields(uniform_run, env):
+    _ok(uniform_run[0])
+    r = _report(uniform_run[1])
+    assert r["model"] == env["model"] and r["device"] == "test-cpu" and r["agent"] == "uniform"
+    b = r["budget"]
+    assert b["statistic"] == "p50" and b["latency_ms"] > 0
+    for part in ("dense", "pruned"):
+        m = r[part]
+        assert 0.0 <= m["accuracy"] <= 1.0
+        assert set(m["latency_ms"]) >= {"p50", "p90", "p99", "mean"}
+        assert all(m["latency_ms"][k] > 0 for k in ("p50", "p90", "p99", "mean"))
+        assert isinstance(m["params"], int) and m["params"] > 0
+        assert isinstance(m["macs"], int) and m["macs"] > 0
+    p = r["pruned"]
+    assert p["predicted_latency_ms"] > 0
+    assert set(p["channels"]) and all(len(v) == 2 and 0 < v[1] <= v[0] for v in p["channels"].values())
+    assert any(v[1] < v[0] for v in p["channels"].values())
+    assert p["params"] < r["dense"]["params"]
+    assert p["macs"] < r["dense"]["macs"]
+    assert isinstance(r["certified"], bool)
+    c = r["certificate"]
+    assert c["statistic"] == "p50" and c["confidence"] == 0.95 and c["upper_bound_ms"] > 0
+    assert r["certified"] == (c["upper_bound_ms"] <= b["latency_ms"])
+    # the LUT budget of the last search round was met by the chosen widths
+    lut_values = {k: v for k, v in p["budget_values"].items() if k.startswith("lut_latency")}
+    assert lut_values and all(v <= c["rounds"][-1]["lut_limit_ms"] * (1 + 1e-9) for v in lut_values.values())
+    assert r["search"]["evaluations"] >= 1 and r["search"]["seconds"] >= 0
+    assert r["finetune"]["epochs"] == 1 and r["finetune"]["seconds"] > 0
+    assert isinstance(r["environment"], dict) and r["environment"]
+    assert r["weights"] == env["weights"]
+    assert r["dense"]["accuracy"] > 0.25  # the checkpoint learnt the synthetic classes (chance: 0.1)
+
+
+def test_reported_accuracy_is_the_saved_models_test_accuracy(uniform_run, env):
+    _ok(uniform_run[0])
+    out = uniform_run[1]
+    model = apply_plan(ModelSpec(env["model"], (1, 8, 8)), str(out / "plan.json"), str(out / "pruned.pt"))
+    test = load_dataset(env["data"], "test")
+    assert evaluate(model, test) == pytest.approx(_report(out)["pruned"]["accuracy"], abs=1e-9)
+    dense = ModelSpec(env["model"], (1, 8, 8), weights=env["weights"]).build()
+    assert evaluate(dense, test) == pytest.approx(_report(out)["dense"]["accuracy"], abs=1e-9)
+
+
+def test_reproduce_line_gives_back_the_same_options(uniform_run, env, tmp_path):
+    """The command printed in the report parses to the options the run used (config.json)."""
+    import shlex
+
+    _ok(uniform_run[0])
+    out = uniform_run[1]
+    line = _report(out)["reproduce"]
+    argv = shlex.split(line)
+    assert argv[:2] == ["hwprune", "prune"]
+    ctx = cli.commands["prune"].make_context("prune", argv[2:])
+    config = json.loads((out / "config.json").read_text())
+    params = dict(ctx.params)
+    assert params.pop("lut_path") == config["lut"]
+    assert params.pop("input_shape") == ",".join(map(str, config["input_shape"]))
+    params.pop("quiet")
+    for k, v in params.items():
+        want = config[k]
+        if k == "budget":
+            want = [tuple(p) for p in want]
+        assert v == want, k
+
+
+def test_speedup_budget_is_relative_to_the_measured_dense_model(uniform_run):
+    _ok(uniform_run[0])
+    out = uniform_run[1]
+    r = _report(out)
+    baseline = json.loads((out / "baseline.json").read_text())
+    assert baseline["model"] == "pruned.onnx" and baseline["statistic"] == "p50"
+    import hashlib
+
+    assert baseline["onnx_sha256"] == hashlib.sha256((out / "pruned.onnx").read_bytes()).hexdigest()
+    # the budget is dense p50 / 1.3, with the dense model measured before the search
+    assert 0 < r["budget"]["latency_ms"] < r["dense"]["latency_ms"]["p99"] * 10
+
+
+def test_pruned_onnx_runs_in_onnxruntime(uniform_run):
+    _ok(uniform_run[0])
+    sess = ort.InferenceSession(str(uniform_run[1] / "pruned.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x})
+    assert y.shape == (1, 10) and np.isfinite(y).all()
+
+
+def test_plan_lists_kept_channels_per_group(uniform_run, env):
+    _ok(uniform_run[0])
+    out = uniform_run[1]
+    plan = load_plan(str(out / "plan.json"))
+    r = _report(out)
+    assert plan["model"] == env["model"] and plan["input_shape"] == [1, 1, 8, 8]
+    assert set(plan["groups"]) == set(r["pruned"]["channels"])
+    for name, g in plan["groups"].items():
+        dense, kept = r["pruned"]["channels"][name]
+        assert g["dense"] == dense and len(g["kept"]) == kept
+        assert len(set(g["kept"])) == kept and all(0 <= i < dense for i in g["kept"])
+
+
+# -- apply-plan ---------------------------------------------------------------------------------------
+
+def test_apply_plan_rebuilds_the_saved_model(uniform_run, env, tmp_path):
+    _ok(uniform_run[0])
+    out = uniform_run[1]
+    onnx_out = tmp_path / "rebuilt.onnx"
+    res = _ok(_invoke(["apply-plan", "--model", env["model"], "--plan", out / "plan.json",
+                       "--weights", out / "pruned.pt", "--input-shape", SHAPE, "--onnx", onnx_out]))
+    assert "parameters" in res.stdout
+    assert f"{_report(out)['pruned']['params']:,}" in res.stdout
+    x = np.random.default_rng(1).standard_normal((1, 1, 8, 8)).astype(np.float32)
+
+    def run(path):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+    np.testing.assert_allclose(run(onnx_out), run(out / "pruned.onnx"), atol=1e-4, rtol=0)
+    # and in PyTorch, through the library
+    model = apply_plan(ModelSpec(env["model"], (1, 8, 8)), str(out / "plan.json"), str(out / "pruned.pt"))
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, run(out / "pruned.onnx"), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(run(tmp_path / "rebuilt.onnx"),
+                               run_bytes(export_onnx(model, torch.zeros(1, 1, 8, 8)), x), atol=1e-4, rtol=0)
+
+
+def run_bytes(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_apply_plan_refuses_a_plan_for_another_model(uniform_run, env):
+    _ok(uniform_run[0])
+    out = uniform_run[1]
+    _user_error(_invoke(["apply-plan", "--model", env["other"], "--plan", out / "plan.json",
+                         "--input-shape", SHAPE]), "plan.json", "does not fit")
+
+
+def test_apply_plan_refuses_a_corrupt_plan(env, tmp_path):
+    bad = tmp_path / "plan.json"
+    bad.write_text('{"format": 1, "groups": {')
+    _user_error(_invoke(["apply-plan", "--model", env["model"], "--plan", bad, "--input-shape", SHAPE]),
+                str(bad), "not a valid plan.json")
+    bad.write_text('{"hello": "world"}')
+    _user_error(_invoke(["apply-plan", "--model", env["model"], "--plan", bad, "--input-shape", SHAPE]),
+                "not an hwprune plan")
+    _user_error(_invoke(["apply-plan", "--model", env["model"], "--plan", tmp_path / "missing.json",
+                         "--input-shape", SHAPE]), "plan not found")
+
+
+# -- other agents and budgets -------------------------------------------------------------------------
+
+def test_knapsack_agent(env, tmp_path):
+    out = tmp_path / "run"
+    _ok(_invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "knapsack")))
+    r = _report(out)
+    assert r["agent"] == "knapsack"
+    assert r["certified"] == (r["certificate"]["upper_bound_ms"] <= r["budget"]["latency_ms"])
+    assert r["pruned"]["params"] < r["dense"]["params"]
+
+
+def test_params_budget_alone(env, tmp_path, uniform_run):
+    dense_params = _report(uniform_run[1])["dense"]["params"] if uniform_run[0].exit_code == 0 else None
+    limit = int(0.6 * dense_params) if dense_params else 1000
+    out = tmp_path / "run"
+    _ok(_invoke(_prune_args(env, out, "--max-params", limit, "--agent", "uniform")))
+    r = _report(out)
+    assert r["budget"]["latency_ms"] is None and r["budget"]["max_params"] == limit
+    assert r["certified"] is False  # nothing to certify without a latency budget
+    assert r["certificate"]["upper_bound_ms"] > 0
+    assert r["pruned"]["budget_values"]["params"] <= limit
+    assert r["pruned"]["params"] <= limit
+    assert not any(k.startswith("lut_latency") for k in r["pruned"]["budget_values"])
+
+
+def test_speedup_and_params_together(env, tmp_path, uniform_run):
+    _ok(uniform_run[0])
+    limit = int(0.5 * _report(uniform_run[1])["dense"]["params"])
+    out = tmp_path / "run"
+    _ok(_invoke(_prune_args(env, out, "--speedup", "1.3", "--max-params", limit, "--agent", "uniform")))
+    r = _report(out)
+    values = r["pruned"]["budget_values"]
+    assert values["params"] <= limit and r["pruned"]["params"] <= limit
+    lut = [v for k, v in values.items() if k.startswith("lut_latency")]
+    assert len(lut) == 1 and lut[0] <= r["certificate"]["rounds"][-1]["lut_limit_ms"] * (1 + 1e-9)
+    assert r["certified"] == (r["certificate"]["upper_bound_ms"] <= r["budget"]["latency_ms"])
+
+
+def test_user_budget_function(env, tmp_path, uniform_run):
+    _ok(uniform_run[0])
+    dense_sum = sum(d for d, _ in _report(uniform_run[1])["pruned"]["channels"].values())
+    limit = int(0.7 * dense_sum)
+    out = tmp_path / "run"
+    _ok(_invoke(_prune_args(env, out, "--budget", f"{env['budget_fns']}:channels={limit}", "--agent", "uniform")))
+    r = _report(out)
+    assert r["budget"]["user"] == [{"function": f"{env['budget_fns']}:channels", "limit": limit}]
+    assert r["pruned"]["budget_values"]["user:channels"] <= limit
+    assert sum(k for _, k in r["pruned"]["channels"].values()) <= limit
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+
+def test_out_folder_with_a_run_needs_overwrite(env, uniform_run, tmp_path):
+    _ok(uniform_run[0])
+    out = tmp_path / "run"
+    out.mkdir()
+    for f in ("report.json", "plan.json"):
+        (out / f).write_bytes((uniform_run[1] / f).read_bytes())
+    before = {p: (out / p).read_bytes() for p in os.listdir(out)}
+    _user_error(_invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "uniform")),
+                str(out), "--overwrite")
+    assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
+    _ok(_invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "uniform", "--overwrite")))
+    assert all((out / f).is_file() for f in RUN_OUTPUTS)
+    assert _report(out)["agent"] == "uniform"
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails(env, uniform_run, tmp_path):
+    _ok(uniform_run[0])
+    out = tmp_path / "run"
+    out.mkdir()
+    for f in RUN_OUTPUTS:
+        (out / f).write_bytes((uniform_run[1] / f).read_bytes())
+    before = {p: (out / p).read_bytes() for p in os.listdir(out)}
+    for bad in (("--latency-ms", "1", "--speedup", "2"), ("--latency-ms", "1e-6")):
+        _user_error(_invoke(_prune_args(env, out, "--agent", "uniform", "--overwrite", *bad)))
+        assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (("--latency-ms", "1", "--speedup", "2"), ("--latency-ms", "--speedup")),
+    ((), ("no budget",)),
+    (("--speedup", "0.5"), ("--speedup", "> 1")),
+    (("--latency-ms", "1e-6"), ("unreachable", "needs")),
+    (("--budget", "foo.py:channels=10"), ("foo.py",)),
+], ids=["latency-and-speedup", "no-budget", "speedup-below-1", "unreachable-latency", "missing-budget-file"])
+def test_bad_budgets_are_one_line_errors(env, tmp_path, extra, fragments):
+    out = tmp_path / "run"
+    line = _user_error(_invoke(_prune_args(env, out, "--agent", "uniform", *extra)), *fragments)
+    assert not out.exists() or not os.listdir(out), line
+
+
+def test_unreachable_latency_says_the_minimum(env, tmp_path):
+    out = tmp_path / "run"
+    line = _user_error(_invoke(_prune_args(env, out, "--agent", "uniform", "--latency-ms", "1e-6")), "unreachable")
+    # "... the smallest architecture (...) needs X ms": X is a positive number
+    needs = line.split("needs", 1)[1].split()
+    assert float(needs[0]) > 1e-6 and needs[1] == "ms"
+
+
+def test_missing_dataset_names_the_path_and_how_to_install(env, tmp_path):
+    out = tmp_path / "run"
+    missing = tmp_path / "no-such-data"
+    args = _prune_args(env, out, "--speedup", "1.3", "--agent", "uniform")
+    args[args.index("--data") + 1] = f"fashion-mnist:{missing}"
+    _user_error(_invoke(args), str(missing), "install")
+    assert not out.exists()
+
+
+def test_bad_budget_form_is_a_usage_error(env, tmp_path):
+    out = tmp_path / "run"
+    res = _invoke(_prune_args(env, out, "--budget", "foo"))
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+    assert "module:function=LIMIT" in res.output
+    assert not out.exists()
