@@ -157,40 +157,29 @@ class MeasuredLatencyBudget(BudgetFunction):
         return self.measure_ms(widths)
 
 
-class ParamsBudget(BudgetFunction):
-    name = "params"
-    unit = "params"
+class _ModelCostBudget(BudgetFunction):
+    """A budget on one of ``ModelCost``'s exact figures (``metric`` names the method)."""
+
+    metric = ""
 
     def __init__(self, cost: ModelCost, limit: float):
         super().__init__(limit)
         self.model_cost = cost
 
     def _value(self, widths: Widths) -> float:
-        return self.model_cost.params(widths)
+        return getattr(self.model_cost, self.metric)(widths)
 
 
-class MacsBudget(BudgetFunction):
-    name = "macs"
-    unit = "MACs"
-
-    def __init__(self, cost: ModelCost, limit: float):
-        super().__init__(limit)
-        self.model_cost = cost
-
-    def _value(self, widths: Widths) -> float:
-        return self.model_cost.macs(widths)
+class ParamsBudget(_ModelCostBudget):
+    name, unit, metric = "params", "params", "params"
 
 
-class PeakMemoryBudget(BudgetFunction):
-    name = "peak_activation_bytes"
-    unit = "bytes"
+class MacsBudget(_ModelCostBudget):
+    name, unit, metric = "macs", "MACs", "macs"
 
-    def __init__(self, cost: ModelCost, limit: float):
-        super().__init__(limit)
-        self.model_cost = cost
 
-    def _value(self, widths: Widths) -> float:
-        return self.model_cost.peak_activation_bytes(widths)
+class PeakMemoryBudget(_ModelCostBudget):
+    name, unit, metric = "peak_activation_bytes", "bytes", "peak_activation_bytes"
 
 
 class CallableBudget(BudgetFunction):
