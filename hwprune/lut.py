@@ -298,6 +298,16 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> di
         a, b = 0.0, 1.0
     else:
         b, a = (float(v) for v in theilslopes(y, x)[:2])
+        scale = float(np.median(y / x))
+
+        def med_err(a_: float, b_: float) -> float:
+            return float(np.median(np.abs(a_ + b_ * x - y) / y))
+
+        # Samples bunched in a narrow range can give a steep line with a large negative
+        # intercept: it would predict ≤ 0 ms for small architectures outside that range.
+        # A pure scale is the safer correction then, or whenever it fits as well.
+        if b > 0 and (a < -0.5 * b * float(x.min()) or med_err(0.0, scale) <= med_err(a, b)):
+            a, b = 0.0, scale
         if b <= 0:  # a degenerate fit would invert the ordering of architectures
             a, b = 0.0, float(np.median(y / x))
     pred = a + b * x

@@ -270,6 +270,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     report = {
         "model": opts.model, "device": cfg.name, "agent": agent_name, "data": opts.data, "weights": weights,
         "budget": {"latency_ms": budget_ms, "statistic": stat, "speedup": opts.speedup,
+                   "dense_measured_for_budget_ms": dense_ms,
                    "max_params": opts.max_params, "max_macs": opts.max_macs,
                    "max_memory_bytes": opts.max_memory_bytes,
                    "user": [{"function": f, "limit": v} for f, v in opts.budget]},

@@ -57,7 +57,9 @@ def write_markdown(report: dict[str, Any]) -> str:
         f"Agent `{report['agent']}`, budget: "
         + (f"{b['latency_ms']:.4f} ms ({b['statistic']})" if b.get("latency_ms") else "no latency budget")
         + (f", params <= {b['max_params']:g}" if b.get("max_params") else "")
-        + (f", MACs <= {b['max_macs']:g}" if b.get("max_macs") else ""),
+        + (f", MACs <= {b['max_macs']:g}" if b.get("max_macs") else "")
+        + (f", peak activation memory <= {b['max_memory_bytes']:g} bytes" if b.get("max_memory_bytes") else "")
+        + "".join(f", `{u['function']}` <= {u['limit']:g}" for u in b.get("user") or []),
         "",
         "| | test accuracy | p50 ms | p90 ms | predicted ms | params | MACs |",
         "|---|---:|---:|---:|---:|---:|---:|",
