@@ -144,6 +144,8 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         raise HwpruneError(f"--speedup must be > 1, got {opts.speedup}")
     agent_name = opts.agent or default_agent()
     agent = create_agent(agent_name, **opts.agent_options)
+    # User budget functions load before anything slow, so a typo fails at once.
+    user_budgets = [CallableBudget(spec_fn, limit) for spec_fn, limit in opts.budget]
     cfg = load_device_config(opts.device)
     torch.manual_seed(opts.seed)
 
@@ -192,8 +194,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         other_budgets.append(MacsBudget(cost, opts.max_macs))
     if opts.max_memory_bytes:
         other_budgets.append(PeakMemoryBudget(cost, opts.max_memory_bytes))
-    for spec_fn, limit in opts.budget:
-        other_budgets.append(CallableBudget(spec_fn, limit))
+    other_budgets.extend(user_budgets)
     proxy = AccuracyProxy(dense, x, train_ds, val_ds, criterion=opts.importance, val_samples=opts.val_samples)
     importance = channel_importance(dense, x, opts.importance if opts.importance != "taylor" else "l1")
     space = SearchSpace(names, [g.channels for g in groups], cfg.channel_multiple)
