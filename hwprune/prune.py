@@ -236,11 +236,14 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
                        "upper_bound_ms": ucb, "evaluations": result.evaluations, "seconds": result.seconds})
         log(f"round {rnd + 1}: predicted {predicted_ms:.4f} ms, measured {stat} {measured_ms:.4f} ms"
             + (f" (95% upper bound {ucb:.4f} ms vs budget {budget_ms:.4f} ms)" if ucb is not None else ""))
-        if budget_ms is None or ucb <= budget_ms:
+        # Accept a round only with room for the final re-measurement's own ±rel_ci: the model
+        # is measured again after fine-tuning, and a round that just scrapes under the budget
+        # fails that measurement half the time.
+        if budget_ms is None or ucb <= budget_ms * (1 - cfg.rel_ci):
             certified = budget_ms is not None
             break
         # The measurement is the truth: tighten the LUT budget by how far the prediction was off.
-        lut_limit_ms = lut_limit_ms * budget_ms / ucb * 0.995
+        lut_limit_ms = lut_limit_ms * budget_ms * (1 - cfg.rel_ci) / ucb * 0.995
     if budget_ms is not None and not certified:
         log(f"warning: not certified after {len(rounds)} round(s): the measured upper bound exceeds the budget")
 
