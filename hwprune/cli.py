@@ -108,8 +108,11 @@ def profile_cmd(device, model, input_shape, num_classes, weights, lut_path, fmt,
     cal = r.calibration
     click.echo(f"LUT {r.lut_path}: model {r.model_key}, {r.groups} groups, {r.units} units, "
                f"{r.signatures_total} signatures ({r.signatures_measured} measured now, {r.resumed_rows} resumed)")
-    click.echo(f"profiling cost: wall {r.wall_s:.1f} s, inside timed runs {r.timed_s:.1f} s, "
-               f"overhead ratio {r.overhead_ratio:.2f}")
+    if r.timed_s > 0:
+        click.echo(f"profiling cost: wall {r.wall_s:.1f} s, inside timed runs {r.timed_s:.1f} s, "
+                   f"overhead ratio {r.overhead_ratio:.2f}")
+    else:
+        click.echo(f"profiling cost: wall {r.wall_s:.1f} s; nothing to measure (every signature is in the LUT)")
     if cal:
         click.echo(f"calibration on {cal['n']} sub-networks: measured = {cal['a']:.4f} ms + {cal['b']:.4f} x raw; "
                    f"median error {cal['raw_median_abs_error_pct']:.1f}% raw -> {cal['median_abs_error_pct']:.1f}% calibrated")
