@@ -180,6 +180,22 @@ def _budget_pair(ctx, param, values):
     return pairs
 
 
+def _agent_options(ctx, param, values):
+    """``KEY=VALUE`` pairs for the agent's constructor; values parsed as JSON when they can be."""
+    import json
+
+    opts = {}
+    for v in values:
+        key, sep, raw = v.partition("=")
+        if not sep or not key.isidentifier():
+            raise click.BadParameter(f"expected KEY=VALUE, got '{v}'")
+        try:
+            opts[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            opts[key] = raw
+    return opts
+
+
 @cli.command("prune")
 @click.option("--device", "-d", required=True, help="Shipped device name (see `hwprune devices`) or a YAML path.")
 @click.option("--model", "-m", required=True, help="Zoo name or path/to/file.py:factory.")
@@ -196,6 +212,8 @@ def _budget_pair(ctx, param, values):
 @click.option("--budget", multiple=True, callback=_budget_pair,
               help="User budget function module:function=LIMIT (called with the widths dict); repeatable.")
 @click.option("--agent", default=None, help="Search agent (default: rl when available, else knapsack).")
+@click.option("--agent-option", "agent_options", multiple=True, callback=_agent_options,
+              help="Agent setting KEY=VALUE (e.g. patience=30); repeatable.")
 @click.option("--max-evaluations", type=int, default=100, show_default=True, help="Accuracy-proxy evaluations per search.")
 @click.option("--importance", type=click.Choice(["l1", "l2", "bn-scale", "taylor"]), default="l1", show_default=True,
               help="Channel importance criterion.")

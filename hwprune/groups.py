@@ -215,6 +215,50 @@ def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mappi
     return model
 
 
+def group_layer_info(model: nn.Module, example_input: torch.Tensor,
+                     groups: Sequence[PrunableGroup]) -> dict[str, dict[str, int]]:
+    """Geometry of each group's root layer in ``model``: what a layer-aware agent's state holds.
+
+    Keys: ``cin``, ``cout``, ``kernel``, ``stride``, ``padding``, ``groups`` (conv groups) and
+    the input ``in_h``, ``in_w`` (1 for a Linear layer), read from one forward pass.
+    """
+    mods = dict(model.named_modules())
+    seen: dict[str, tuple[int, ...]] = {}
+    hooks = []
+
+    def record(name: str):
+        def hook(mod, inp, out) -> None:  # returns None: a forward hook's return value replaces the output
+            seen.setdefault(name, tuple(inp[0].shape))
+        return hook
+
+    for g in groups:
+        m = mods.get(g.name)
+        if m is not None:
+            hooks.append(m.register_forward_hook(record(g.name)))
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    info: dict[str, dict[str, int]] = {}
+    for g in groups:
+        m, shape = mods.get(g.name), seen.get(g.name, ())
+        if isinstance(m, nn.modules.conv._ConvNd):
+            info[g.name] = {"cin": int(m.in_channels), "cout": int(m.out_channels), "kernel": int(m.kernel_size[0]),
+                            "stride": int(m.stride[0]),
+                            "padding": int(m.padding[0]) if isinstance(m.padding, tuple) else 0,
+                            "groups": int(m.groups), "in_h": int(shape[2]) if len(shape) > 2 else 1,
+                            "in_w": int(shape[3]) if len(shape) > 3 else 1}
+        elif isinstance(m, nn.Linear):
+            info[g.name] = {"cin": int(m.in_features), "cout": int(m.out_features), "kernel": 1, "stride": 1,
+                            "padding": 0, "groups": 1, "in_h": 1, "in_w": 1}
+        else:
+            info[g.name] = {"cin": 0, "cout": int(g.channels), "kernel": 1, "stride": 1, "padding": 0, "groups": 1,
+                            "in_h": 1, "in_w": 1}
+    return info
+
+
 def group_widths(model: nn.Module, groups: Sequence[PrunableGroup]) -> dict[str, int]:
     """Current output channels of each group's root layer (after pruning)."""
     mods = dict(model.named_modules())

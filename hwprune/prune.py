@@ -125,7 +125,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     from hwprune.candidates import build_width_graph
     from hwprune.data import load_dataset, train_val_split
     from hwprune.export import check_input_shape, export_onnx
-    from hwprune.groups import channel_importance, count_macs, count_params, find_groups
+    from hwprune.groups import channel_importance, count_macs, count_params, find_groups, group_layer_info
     from hwprune.lut import LatencyLUT, model_key
     from hwprune.proxy import AccuracyProxy
     from hwprune.train import evaluate, train
@@ -203,6 +203,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     proxy = AccuracyProxy(dense, x, train_ds, val_ds, criterion=opts.importance, val_samples=opts.val_samples)
     importance = channel_importance(dense, x, opts.importance if opts.importance != "taylor" else "l1")
     space = SearchSpace(names, [g.channels for g in groups], cfg.channel_multiple)
+    layer_info = group_layer_info(dense, x, groups)
 
     rounds: list[dict[str, Any]] = []
     # The LUT's first limit: a speed-up applies to the LUT's own dense prediction (same frame);
@@ -213,7 +214,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     certified = False
     for rnd in range(max(1, opts.certify_rounds)):
         budgets = ([LUTLatencyBudget(predictor, lut_limit_ms)] if lut_limit_ms is not None else []) + other_budgets
-        problem = Problem(space, proxy, budgets, importance)
+        problem = Problem(space, proxy, budgets, importance, layer_info)
         log(f"search round {rnd + 1}: agent {agent_name}, budgets "
             + ", ".join(f"{b.name} <= {b.limit:.6g}" for b in budgets))
         bar = _bar(opts.max_evaluations, f"search ({agent_name})", opts.show_progress)
@@ -345,6 +346,8 @@ def _command_line(opts: PruneOptions) -> str:
                     ("--weights", opts.weights), ("--agent", opts.agent)):
         if v is not None:
             parts.append(f"{flag} {v!r}" if isinstance(v, float) else f"{flag} {q(str(v))}")
+    for k, v in opts.agent_options.items():
+        parts.append(f"--agent-option {q(f'{k}={json.dumps(v)}')}")
     for fn, limit in opts.budget:
         parts.append(f"--budget {q(f'{fn}={float(limit)!r}')}")
     for flag, attr in (("--max-evaluations", "max_evaluations"), ("--importance", "importance"), ("--lr", "lr"),

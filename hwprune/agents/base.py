@@ -67,6 +67,9 @@ class Problem:
     """What an agent searches: space, objective (higher is better) and budgets (all ≤ limit).
 
     ``importance`` maps a group name to its per-channel importance (used by ``knapsack``);
+    ``layer_info`` maps a group name to its root layer's geometry in the dense model
+    (``cin``, ``cout``, ``kernel``, ``stride``, ``padding``, ``groups``, ``in_h``, ``in_w``;
+    see :func:`hwprune.groups.group_layer_info`), for agents whose state describes layers;
     ``objective`` must cache, since agents may ask for the same widths twice.
     """
 
@@ -74,6 +77,7 @@ class Problem:
     objective: Callable[[Widths], float]
     budgets: list[BudgetFunction]
     importance: dict[str, Any] = field(default_factory=dict)
+    layer_info: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def values(self, widths: Widths) -> dict[str, float]:
         return {b.name: b.value(widths) for b in self.budgets}
