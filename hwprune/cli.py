@@ -223,7 +223,7 @@ def _agent_options(ctx, param, values):
 @click.option("--kd", is_flag=True, help="Distil from the dense model while fine-tuning.")
 @click.option("--kd-temperature", type=float, default=4.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--certify-rounds", type=int, default=3, show_default=True,
+@click.option("--certify-rounds", type=int, default=5, show_default=True,
               help="Searches allowed to meet the budget as measured on the device.")
 @click.option("--input-shape", default=None, help="Input C,H,W (default: from the data).")
 @click.option("--allow-other-device", is_flag=True, help="Use a LUT measured on another device.")

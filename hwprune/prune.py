@@ -54,7 +54,7 @@ class PruneOptions:
     kd: bool = False
     kd_temperature: float = 4.0
     seed: int = 0
-    certify_rounds: int = 3
+    certify_rounds: int = 5
     val_samples: int = 1000
     allow_other_device: bool = False
     overwrite: bool = False
@@ -73,6 +73,30 @@ def default_weights(model: str, data: str) -> str | None:
     ds = data.split(":", 1)[0]
     path = CHECKPOINT_DIR / f"{model}-{ds}.pt"
     return str(path) if path.is_file() else None
+
+
+def next_lut_limit(points: list[tuple[float, float]], limit_ms: float, target: float, floor_ms: float) -> float:
+    """The next round's LUT limit after a round measured over budget.
+
+    ``points`` are the rounds so far as (LUT-predicted ms, measured upper bound / budget);
+    ``target`` is the wanted upper bound / budget (below 1, leaving room for the final
+    measurement). One point: scale the limit by target/measured. The LUT misses a fixed
+    per-model cost (small models are under-predicted most), so scaling alone undershoots
+    and needs many rounds; with two or more rounds at different predictions, fit the line
+    measured = a + b·predicted through them and solve it for the target (never looser than
+    the scaled limit, never below half of it, never below the smallest architecture).
+    """
+    p_last, m_last = points[-1]
+    scaled = limit_ms * target / m_last
+    new = scaled
+    xs = [p for p, _ in points]
+    if len(points) >= 2 and max(xs) - min(xs) > 1e-9 * max(xs):
+        import numpy as np
+
+        slope, intercept = np.polyfit(np.asarray(xs), np.asarray([m for _, m in points]), 1)
+        if slope > 0:
+            new = min(scaled, max((target - intercept) / slope, 0.5 * scaled))
+    return max(new, floor_ms)
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -234,7 +258,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95) if budget_ms is not None else None
         rounds.append({"round": rnd + 1, "lut_limit_ms": lut_limit_ms, "widths": result.widths,
                        "proxy_accuracy": result.score, "predicted_ms": predicted_ms, "measured_ms": measured_ms,
-                       "upper_bound_ms": ucb, "evaluations": result.evaluations, "seconds": result.seconds})
+                       "upper_bound_ms": ucb, "budget_ms": budget_ms, "evaluations": result.evaluations, "seconds": result.seconds})
         log(f"round {rnd + 1}: predicted {predicted_ms:.4f} ms, measured {stat} {measured_ms:.4f} ms"
             + (f" (95% upper bound {ucb:.4f} ms vs budget {budget_ms:.4f} ms)" if ucb is not None else ""))
         # Accept a round only with room for the final re-measurement's own ±rel_ci: the model
@@ -243,8 +267,13 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         if budget_ms is None or ucb <= budget_ms * (1 - cfg.rel_ci):
             certified = budget_ms is not None
             break
-        # The measurement is the truth: tighten the LUT budget by how far the prediction was off.
-        lut_limit_ms = lut_limit_ms * budget_ms * (1 - cfg.rel_ci) / ucb * 0.995
+        # The measurement is the truth: tighten the LUT budget from the rounds measured so far.
+        floor_ms = predictor.predict(space.smallest_widths())
+        if lut_limit_ms <= floor_ms * (1 + 1e-9):
+            log("the smallest architecture was already searched; no round can go lower")
+            break
+        lut_limit_ms = next_lut_limit([(r["predicted_ms"], r["upper_bound_ms"] / r["budget_ms"]) for r in rounds],
+                                      lut_limit_ms, (1 - cfg.rel_ci) * 0.995, floor_ms)
     if budget_ms is not None and not certified:
         log(f"warning: not certified after {len(rounds)} round(s): the measured upper bound exceeds the budget")
 

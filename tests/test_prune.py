@@ -454,3 +454,28 @@ def test_bad_budget_form_is_a_usage_error(env, tmp_path):
     assert "Traceback" not in res.output
     assert "module:function=LIMIT" in res.output
     assert not out.exists()
+
+
+def test_next_lut_limit_scales_with_one_round_and_solves_the_line_with_two():
+    from hwprune.prune import next_lut_limit
+
+    # One round: measured 1.25x the budget, target 0.97 -> scale the limit by 0.97/1.25.
+    assert next_lut_limit([(0.20, 1.25)], 0.20, 0.97, 0.01) == pytest.approx(0.20 * 0.97 / 1.25)
+    # A model with a fixed cost the LUT misses: measured/budget = 0.6 + 2.5 * predicted.
+    line = lambda p: 0.6 + 2.5 * p  # noqa: E731
+    pts = [(0.20, line(0.20)), (0.16, line(0.16))]
+    new = next_lut_limit(pts, 0.16, 0.97, 0.01)
+    assert new == pytest.approx((0.97 - 0.6) / 2.5)
+    assert line(new) == pytest.approx(0.97)
+    # Scaling alone would stop short of the target on this line.
+    assert line(0.16 * 0.97 / line(0.16)) > 0.97
+
+
+def test_next_lut_limit_never_loosens_and_respects_the_floor():
+    from hwprune.prune import next_lut_limit
+
+    # A noisy pair suggesting a negative slope falls back to scaling.
+    assert next_lut_limit([(0.20, 1.1), (0.18, 1.2)], 0.18, 0.97, 0.01) == pytest.approx(0.18 * 0.97 / 1.2)
+    # Never below half the scaled step, never below the smallest architecture's prediction.
+    assert next_lut_limit([(0.20, 1.02), (0.19, 1.10)], 0.19, 0.97, 0.0) >= 0.5 * 0.19 * 0.97 / 1.10
+    assert next_lut_limit([(0.20, 3.0)], 0.20, 0.97, 0.15) == 0.15
