@@ -7,6 +7,10 @@ Pareto plot (measured p50 latency vs test accuracy) into docs/pareto.png.
 
     .venv/bin/python bench/run.py --quick     # resnet20, 50% budget, all baseline agents
     .venv/bin/python bench/run.py --full      # resnet20, budgets 70/50/30%, all baseline agents
+    .venv/bin/python bench/run.py --agents rl,bo --fractions 0.5,0.3 --seeds 0,1,2 --name rl_bo
+    .venv/bin/python bench/run.py --agents rl --fractions 0.3 --extra="--finetune swd" --name ft_swd
+
+With several seeds, a second table gives mean ± std per model × budget × agent.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -23,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 AGENTS = ["uniform", "random", "greedy", "knapsack"]
+ALL_AGENTS = AGENTS + ["rl", "bo"]
 
 
 def _hwprune() -> str:
@@ -35,43 +42,74 @@ def ensure_lut(model: str, device: str) -> Path:
     return lut
 
 
-def run_cell(model: str, agent: str, fraction: float, device: str, lut: Path, args) -> dict:
-    name = f"{model}-{agent}-{int(round(fraction * 100))}pct"
+def run_cell(model: str, agent: str, fraction: float, device: str, lut: Path, args, seed: int = 0) -> dict:
+    name = f"{model}-{agent}-{int(round(fraction * 100))}pct-s{seed}" + (f"-{args.name}" if args.name else "")
     out = RESULTS / "runs" / name
     cmd = [_hwprune(), "prune", "--device", device, "--model", model, "--data", args.data, "--lut", str(lut),
            "--out", str(out), "--speedup", f"{1 / fraction:.6g}", "--agent", agent,
            "--max-evaluations", str(args.max_evaluations), "--finetune-epochs", str(args.finetune_epochs),
-           "--seed", str(args.seed), "--overwrite", "-q"]
+           "--seed", str(seed), "--overwrite", "-q", *shlex.split(args.extra)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
-        return {"name": name, "model": model, "agent": agent, "fraction": fraction, "error":
+        return {"name": name, "model": model, "agent": agent, "fraction": fraction, "seed": seed, "error":
                 (proc.stderr.strip().splitlines() or ["?"])[-1], "command": " ".join(cmd[1:])}
     report = json.loads((out / "report.json").read_text())
-    return {"name": name, "model": model, "agent": agent, "fraction": fraction, "wall_s": time.perf_counter() - t0,
+    return {"name": name, "model": model, "agent": agent, "fraction": fraction, "seed": seed,
+            "wall_s": time.perf_counter() - t0,
             "command": "hwprune " + " ".join(cmd[1:]), "report": {k: report[k] for k in
-            ("dense", "pruned", "certified", "certificate", "search", "finetune", "speedup", "budget")}}
+            ("dense", "pruned", "certified", "certificate", "search", "finetune", "speedup", "budget")
+            if k in report}}
 
 
 def table(cells: list[dict]) -> str:
-    lines = ["| model | budget (of dense p50) | agent | certified | test acc % | p50 ms | p90 ms | predicted ms "
+    lines = ["| model | budget (of dense p50) | agent | seed | certified | test acc % | p50 ms | p90 ms | predicted ms "
              "| budget ms | params | MACs | evals | search s |",
-             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in cells:
         if "error" in c:
-            lines.append(f"| {c['model']} | {c['fraction']:.0%} | {c['agent']} | error: {c['error']} |"
-                         + " |" * 9)
+            lines.append(f"| {c['model']} | {c['fraction']:.0%} | {c['agent']} | {c.get('seed', 0)} | "
+                         f"error: {c['error']} |" + " |" * 9)
             continue
         r = c["report"]
         p, cert = r["pruned"], r["certificate"]
-        lines.append(f"| {c['model']} | {c['fraction']:.0%} | {c['agent']} | {'yes' if r['certified'] else 'NO'} | "
+        lines.append(f"| {c['model']} | {c['fraction']:.0%} | {c['agent']} | {c.get('seed', 0)} | "
+                     f"{'yes' if r['certified'] else 'NO'} | "
                      f"{p['accuracy'] * 100:.2f} | {p['latency_ms']['p50']:.4f} | {p['latency_ms']['p90']:.4f} | "
                      f"{p['predicted_latency_ms']:.4f} | {cert['budget_ms']:.4f} | {p['params']:,} | {p['macs']:,} | "
                      f"{r['search']['evaluations']} | {r['search']['seconds']:.0f} |")
     dense = next((c["report"]["dense"] for c in cells if "report" in c), None)
     if dense:
-        lines.append(f"| dense | 100% | — | — | {dense['accuracy'] * 100:.2f} | {dense['latency_ms']['p50']:.4f} | "
+        lines.append(f"| dense | 100% | — | | — | {dense['accuracy'] * 100:.2f} | {dense['latency_ms']['p50']:.4f} | "
                      f"{dense['latency_ms']['p90']:.4f} | | | {dense['params']:,} | {dense['macs']:,} | | |")
+    return "\n".join(lines)
+
+
+def summary_table(cells: list[dict]) -> str:
+    """Mean ± std over seeds per model × budget × agent (accuracy, p50, evaluations, search s)."""
+    keys = []
+    for c in cells:
+        k = (c["model"], c["fraction"], c["agent"])
+        if k not in keys:
+            keys.append(k)
+
+    def ms(vals: list[float], fmt: str) -> str:
+        if not vals:
+            return "—"
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{format(statistics.mean(vals), fmt)} ± {format(sd, fmt)}"
+
+    lines = ["| model | budget | agent | seeds | certified | test acc % | p50 ms | evals | search s | wall s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for model, fraction, agent in keys:
+        ok = [c for c in cells if (c["model"], c["fraction"], c["agent"]) == (model, fraction, agent) and "report" in c]
+        n_all = sum((c["model"], c["fraction"], c["agent"]) == (model, fraction, agent) for c in cells)
+        rep = [c["report"] for c in ok]
+        lines.append(f"| {model} | {fraction:.0%} | {agent} | {n_all} | {sum(r['certified'] for r in rep)}/{n_all} | "
+                     f"{ms([r['pruned']['accuracy'] * 100 for r in rep], '.2f')} | "
+                     f"{ms([r['pruned']['latency_ms']['p50'] for r in rep], '.4f')} | "
+                     f"{ms([r['search']['evaluations'] for r in rep], '.0f')} | "
+                     f"{ms([r['search']['seconds'] for r in rep], '.0f')} | {ms([c['wall_s'] for c in ok], '.0f')} |")
     return "\n".join(lines)
 
 
@@ -82,7 +120,7 @@ def pareto_plot(cells: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for agent in AGENTS:
+    for agent in ALL_AGENTS:
         pts = [(c["report"]["pruned"]["latency_ms"]["p50"], c["report"]["pruned"]["accuracy"] * 100)
                for c in cells if c.get("agent") == agent and "report" in c]
         if pts:
@@ -111,7 +149,9 @@ def main() -> None:
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--max-evaluations", type=int, default=60)
     ap.add_argument("--finetune-epochs", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds; each cell runs once per seed")
+    ap.add_argument("--name", default="", help="results go to bench/results/prune_bench[_NAME].json, docs/pareto[_NAME].png")
+    ap.add_argument("--extra", default="", help="more `hwprune prune` flags for every cell, e.g. '--finetune swd --kd'")
     args = ap.parse_args()
     fractions = [float(f) for f in (args.fractions or ("0.5" if args.quick else "0.7,0.5,0.3")).split(",")]
     cells = []
@@ -121,16 +161,20 @@ def main() -> None:
         lut = ensure_lut(model, args.device)
         for fraction in fractions:
             for agent in args.agents.split(","):
-                cell = run_cell(model, agent, fraction, args.device, lut, args)
-                cells.append(cell)
-                print(json.dumps({k: v for k, v in cell.items() if k != "report"}), flush=True)
+                for seed in (int(s) for s in args.seeds.split(",")):
+                    cell = run_cell(model, agent, fraction, args.device, lut, args, seed)
+                    cells.append(cell)
+                    print(json.dumps({k: v for k, v in cell.items() if k != "report"}), flush=True)
     out = {"started": started, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "settings": vars(args), "fractions": fractions, "cores": os.cpu_count(), "cells": cells}
-    (RESULTS / "prune_bench.json").write_text(json.dumps(out, indent=2) + "\n")
+    suffix = f"_{args.name}" if args.name else ""
+    (RESULTS / f"prune_bench{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
     (ROOT / "docs").mkdir(exist_ok=True)
-    pareto_plot(cells, ROOT / "docs" / "pareto.png")
+    pareto_plot(cells, ROOT / "docs" / f"pareto{suffix}.png")
     print()
     print(table(cells))
+    print()
+    print(summary_table(cells))
 
 
 if __name__ == "__main__":
