@@ -302,6 +302,43 @@ def pretrain_cmd(model, data, epochs, out, lr, batch_size, seed, threads, quiet)
                    + f" ({r.train.epochs} epochs, {r.seconds:.0f} s); recipe in {r.sidecar_path}")
 
 
+@cli.command("regress")
+@click.option("--device", "-d", required=True, help="Shipped device name (see `hwprune devices`) or a YAML path.")
+@click.option("--model", "-m", default=None, help="ONNX file to check (default: the baseline's model); "
+              "with --lut, the zoo model the LUT was profiled from.")
+@click.option("--baseline", type=click.Path(dir_okay=False), help="baseline.json to compare with (from prune or "
+              "--write-baseline).")
+@click.option("--against", type=click.Path(dir_okay=False), help="Reference ONNX timed interleaved with --model now.")
+@click.option("--lut", type=click.Path(dir_okay=False), help="Re-measure random rows of this LUT instead.")
+@click.option("--sample", type=int, default=20, show_default=True, help="LUT rows to re-measure (with --lut).")
+@click.option("--num-classes", type=int, default=10, show_default=True, help="Classifier outputs (with --lut).")
+@click.option("--write-baseline", type=click.Path(dir_okay=False), help="Time --model and write a baseline here.")
+@click.option("--tolerance", default="5%", show_default=True, help="Allowed slowdown: 5% or 0.05.")
+@click.option("--statistic", "statistics", multiple=True, help="p50, p90, p99 or mean; repeatable "
+              "(default: the baseline's).")
+@click.option("--confidence", type=float, default=0.95, show_default=True, help="Confidence of the bootstrap CI.")
+@click.option("--max-seconds", type=float, default=60.0, show_default=True, help="Measuring budget, extra samples "
+              "for an inconclusive result included.")
+@click.option("--resamples", type=int, default=2000, show_default=True, help="Bootstrap resamples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap (and LUT row) seed.")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Write JUnit XML here.")
+@click.option("--markdown", type=click.Path(dir_okay=False), help="Write a Markdown summary here.")
+@click.option("--json", type=click.Path(dir_okay=False), help="Write every figure (and the samples) as JSON here.")
+@click.option("--allow-env-change", is_flag=True, help="Compare even if the device fingerprint changed.")
+@click.pass_context
+def regress_cmd(ctx, **kw):
+    """Re-measure a model (or LUT rows) on DEVICE and test for a latency regression.
+
+    Exit codes: 0 pass or improved, 1 regressed (or stale LUT), 2 bad input or changed
+    environment, 3 inconclusive.
+    """
+    from hwprune.regress import RegressOptions, format_text, regress
+
+    r = regress(RegressOptions(**kw), log=lambda m: click.echo(m, err=True))
+    click.echo(format_text(r))
+    ctx.exit(r["exit_code"])
+
+
 def main() -> None:
     cli(prog_name="hwprune")
 

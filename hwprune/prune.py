@@ -10,7 +10,6 @@ measured/predicted ratio and search again; fine-tune; write the run folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -110,10 +109,6 @@ def _clear_old_run(out: Path) -> None:
     """With --overwrite, the old run goes only once the new one is ready to be written."""
     for f in list(RUN_FILES) + ["report.md", "config.json", "channels.png", "speedup.png", "search.csv"]:
         (out / f).unlink(missing_ok=True)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _measure_pair(dense_onnx: bytes, pruned_onnx: bytes, cfg, show_progress: bool = False):
@@ -293,7 +288,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95)
     if budget_ms is not None:
         certified = ucb <= budget_ms
-    from profilers.environment import collect_manifest, fingerprint
+    from profilers.environment import collect_manifest
 
     env = collect_manifest(cfg) if cfg.remote is None else lut.meta.get("environment", {})
     out.mkdir(parents=True, exist_ok=True)
@@ -304,9 +299,9 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     atomic_write_json(out / "plan.json", plan)
     atomic_write_bytes(out / "pruned.onnx", final_onnx)
     _save_state_dict(pruned, out / "pruned.pt")
-    baseline = {"format": 1, "model": "pruned.onnx", "onnx_sha256": _sha256(final_onnx), "device": cfg.name,
-                "statistic": stat, "timing": pruned_t, "environment": env, "fingerprint": fingerprint(env) if env else None,
-                "created_unix_s": time.time()}
+    from hwprune.regress import make_baseline
+
+    baseline = make_baseline(final_onnx, "pruned.onnx", cfg.name, stat, pruned_t, env)
     atomic_write_json(out / "baseline.json", baseline)
 
     macs_dense, macs_pruned = count_macs(dense, x), count_macs(pruned, x)

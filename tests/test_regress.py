@@ -1,0 +1,571 @@
+"""``hwprune regress``: the statistical test, verdicts and exit codes, outputs, and real runs.
+
+Most tests inject timings by replacing ``hwprune.regress.open_sampler`` with a sampler that
+draws seeded synthetic samples, so verdicts are deterministic; a few run onnxruntime for real
+on tiny models (their assertions hold on a noisy machine: ratios of ~50x, or structure only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from hwprune import regress as rg
+from hwprune.cli import cli
+from hwprune.errors import HwpruneError
+from profilers.config import load_device_config
+from profilers.environment import collect_manifest, fingerprint
+
+junitparser = pytest.importorskip("junitparser")
+
+DEVICE_YAML = "name: fast-cpu\ndescription: test device\nthreads: 1\nwarmup: 2\nmin_repeats: 30\nmax_seconds: 0.2\n"
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+def _relu_model(path: Path, channels: int = 8) -> str:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "tiny", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _conv_model(path: Path, channels: int = 64, hw: int = 28) -> str:
+    """A 3x3 conv heavy enough (~tens of MMACs) to be far slower than the Relu model."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((channels, channels, 3, 3))
+                                .astype(np.float32) * 0.05, "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, hw, hw])
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "conv", [x], [y], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """A device YAML, two tiny ONNX files and a stored baseline (synthetic samples, this machine's manifest)."""
+    device = tmp_path / "fast.yaml"
+    device.write_text(DEVICE_YAML)
+    model = _relu_model(tmp_path / "model.onnx")
+    other = _relu_model(tmp_path / "other.onnx", channels=16)
+    cfg = load_device_config(str(device))
+    env = collect_manifest(cfg)
+    samples = np.random.default_rng(123).normal(1.0, 0.02, 300)
+    timing = {"n": 300, "p50_ms": float(np.median(samples)), "samples_ms": samples.tolist()}
+    baseline = rg.make_baseline(Path(model).read_bytes(), "model.onnx", cfg.name, "p50", timing, env)
+    bpath = tmp_path / "baseline.json"
+    bpath.write_text(json.dumps(baseline))
+    return {"root": tmp_path, "device": str(device), "model": model, "other": other, "baseline": str(bpath),
+            "env": env, "cfg": cfg}
+
+
+class FakeSampler:
+    """Draws normal samples (ms) per role; records every take."""
+
+    def __init__(self, items, cfg, dists, calls, seed=0):
+        self.keys = [k for k, _ in items]
+        self.samples = {k: [] for k in self.keys}
+        self.environment = None
+        self.dists = dists
+        self.calls = calls
+        self.rng = np.random.default_rng(seed)
+
+    def take(self, min_samples, max_seconds, first=False):
+        n = max(min_samples, 50) if first else min_samples
+        self.calls.append({"first": first, "n": n, "max_seconds": max_seconds})
+        for k in self.keys:
+            mu, sd = self.dists[k]
+            self.samples[k].extend(self.rng.normal(mu, sd, n).clip(1e-3).tolist())
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """``fake(candidate=(mu, sd), baseline=(mu, sd))`` installs the fake sampler; returns its call log."""
+
+    def install(**dists):
+        calls: list[dict] = []
+        monkeypatch.setattr(rg, "open_sampler", lambda items, cfg: FakeSampler(items, cfg, dists, calls))
+        return calls
+
+    return install
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, ["regress", *args])
+
+
+def _outputs(root: Path) -> list[str]:
+    return ["--junit", str(root / "out" / "l.xml"), "--markdown", str(root / "out" / "s.md"),
+            "--json", str(root / "out" / "r.json")]
+
+
+def _assert_one_line_error(result, root: Path, *words):
+    assert result.exit_code == 2, result.output
+    err = result.stderr
+    assert err.startswith("error:"), err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    for w in words:
+        assert w in err, err
+    assert not (root / "out").exists() or not any((root / "out").iterdir()), "an output file was written"
+
+
+# -- the test on synthetic samples -----------------------------------------------------------------
+def _draw(seed, mu, sd, n):
+    return np.random.default_rng(seed).normal(mu, sd, n)
+
+
+@pytest.mark.parametrize("statistic", ["p50", "p90", "mean"])
+def test_verdicts_on_synthetic_samples(statistic):
+    base = _draw(1, 1.0, 0.03, 600)
+    slower = rg.compare_samples(base, _draw(2, 1.2, 0.03, 600), statistic, 0.05)
+    same = rg.compare_samples(base, _draw(3, 1.0, 0.03, 600), statistic, 0.05)
+    faster = rg.compare_samples(base, _draw(4, 0.8, 0.03, 600), statistic, 0.05)
+    assert slower.verdict == "regressed" and slower.ci_low > 1.05 and slower.ratio == pytest.approx(1.2, rel=0.03)
+    assert same.verdict == "pass" and same.ci_high <= 1.05 and same.ratio == pytest.approx(1.0, abs=0.02)
+    assert faster.verdict == "improved" and faster.ci_high < 0.95
+    # Mann-Whitney, the secondary figure, points the same way
+    assert slower.mannwhitney_p_slower < 1e-6 and slower.prob_slower > 0.99
+    assert faster.mannwhitney_p_slower > 0.99 and faster.prob_slower < 0.01
+
+
+def test_noisy_samples_straddling_the_edge_are_inconclusive():
+    base = _draw(5, 1.0, 0.3, 60)
+    c = rg.compare_samples(base, base * 1.08, "p50", 0.05)  # 8% slower, 30% noise, 60 samples
+    assert c.verdict == "inconclusive"
+    assert c.ratio == pytest.approx(1.08) and c.ci_low <= 1.05 < c.ci_high
+    assert "straddles" in c.reason
+    # the stored baseline's own spread is most of the interval: more candidate samples cannot decide
+    assert c.samples_to_decide is None
+    grow = rg.compare_samples(base, base * 1.08, "p50", 0.05, baseline_fixed=False)
+    assert grow.verdict == "inconclusive" and grow.samples_to_decide > 60
+
+
+def test_bootstrap_is_seeded():
+    base, cand = _draw(7, 1.0, 0.1, 200), _draw(8, 1.02, 0.1, 200)
+    a = rg.compare_samples(base, cand, "p90", 0.05, seed=3)
+    b = rg.compare_samples(base, cand, "p90", 0.05, seed=3)
+    c = rg.compare_samples(base, cand, "p90", 0.05, seed=4)
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+    assert (a.ci_low, a.ci_high) != (c.ci_low, c.ci_high)
+
+
+@pytest.mark.parametrize("statistic", ["p50", "p90", "p99", "mean"])
+def test_direct_bootstrap_matches_resampling(statistic):
+    """The order-statistic shortcut draws the same distribution as explicit resampling."""
+    x = np.random.default_rng(9).lognormal(0, 0.4, 150)
+    fast = rg.bootstrap_statistic(x, statistic, 20000, np.random.default_rng(0))
+    idx = np.random.default_rng(1).integers(0, len(x), size=(20000, len(x)))
+    brute = x[idx].mean(axis=1) if statistic == "mean" else np.percentile(x[idx], rg.QUANTILES[statistic] * 100, axis=1)
+    for q in (0.025, 0.5, 0.975):
+        assert np.quantile(fast, q) == pytest.approx(np.quantile(brute, q), rel=0.02)
+
+
+def test_a_quantile_needs_samples_beyond_it():
+    base = _draw(10, 1.0, 0.02, 100)
+    c = rg.compare_samples(base, _draw(11, 1.5, 0.02, 1000), "p99", 0.05)
+    assert c.verdict == "inconclusive" and "500" in c.reason and c.samples_to_decide is None
+    grow = rg.compare_samples(base, _draw(11, 1.5, 0.02, 1000), "p99", 0.05, baseline_fixed=False)
+    assert grow.samples_to_decide == 500
+
+
+@pytest.mark.parametrize("lo, hi, verdict", [
+    (1.06, 1.10, "regressed"), (1.0, 1.049, "pass"), (0.96, 1.04, "pass"), (0.90, 0.97, "pass"),
+    (0.90, 0.94, "improved"), (1.01, 1.06, "inconclusive"), (0.90, 1.20, "inconclusive"), (1.05, 1.05, "pass"),
+])
+def test_decision_rules(lo, hi, verdict):
+    assert rg.decide(lo, hi, 0.05) == verdict
+
+
+def test_overall_verdict():
+    assert rg.overall_verdict(["pass", "regressed", "inconclusive"]) == "regressed"
+    assert rg.overall_verdict(["pass", "inconclusive"]) == "inconclusive"
+    assert rg.overall_verdict(["improved", "improved"]) == "improved"
+    assert rg.overall_verdict(["improved", "pass"]) == "pass"
+
+
+def test_samples_to_decide_estimate_decides_when_taken():
+    """Both sides measured (--against): the estimated sample count settles most draws."""
+    base, other = _draw(20, 1.0, 0.25, 40), _draw(21, 1.0, 0.25, 40)
+    c0 = rg.compare_samples(base, other * (1.12 * np.median(base) / np.median(other)), "p50", 0.05,
+                            baseline_fixed=False)
+    assert c0.ratio == pytest.approx(1.12)
+    assert c0.verdict == "inconclusive" and c0.samples_to_decide is not None
+    n = c0.samples_to_decide
+    assert n > 40
+
+    def decided(n_each: int) -> int:
+        return sum(rg.compare_samples(_draw(100 + s, 1.0, 0.25, n_each), _draw(200 + s, 1.12, 0.25, n_each), "p50",
+                                      0.05, baseline_fixed=False).verdict == "regressed" for s in range(20))
+
+    assert decided(n) >= 16  # aimed at ~90%
+    assert decided(max(10, n // 6)) < decided(n)  # a much smaller sample decides less often
+
+
+def test_samples_to_decide_formula():
+    # nearer the edge needs more; a stored baseline holding most of the variance cannot be outgrown
+    far = rg.samples_to_decide(1.20, 1.00, 1.40, 0.05, 100, 0.0, False)
+    near = rg.samples_to_decide(1.10, 1.00, 1.20, 0.05, 100, 0.0, False)
+    assert near > far > 100
+    # with half-width h and distance m, n' = n (h / (AIM m))^2
+    log_r, h = math.log(1.20), math.log(1.20) - math.log(1.00)
+    m = log_r - math.log(1.05)
+    assert far == math.ceil(100 / (rg.AIM_FRACTION * m / h) ** 2)
+    assert rg.samples_to_decide(1.10, 1.00, 1.20, 0.05, 100, 0.9, True) is None
+    fixed = rg.samples_to_decide(1.10, 1.00, 1.20, 0.05, 100, 0.02, True)
+    assert fixed > near
+    assert rg.samples_to_decide(1.05, 1.00, 1.10, 0.05, 100, 0.0, False) is None  # on the edge
+
+
+@pytest.mark.parametrize("text, value", [("5%", 0.05), ("0.05", 0.05), (" 12.5% ", 0.125), (0.1, 0.1)])
+def test_parse_tolerance(text, value):
+    assert rg.parse_tolerance(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["five", "0%", "100%", "1.5", "-3%", "nan"])
+def test_parse_tolerance_rejects(text):
+    with pytest.raises(HwpruneError):
+        rg.parse_tolerance(text)
+
+
+# -- exit codes through the CLI, timings injected --------------------------------------------------
+@pytest.mark.parametrize("mu, verdict, code", [(1.0, "pass", 0), (1.25, "regressed", 1), (0.8, "improved", 0)])
+def test_exit_code_per_verdict_against_stored_baseline(setup, fake, mu, verdict, code):
+    calls = fake(candidate=(mu, 0.02))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline"], *_outputs(setup["root"]))
+    assert r.exit_code == code, r.output
+    assert verdict.upper() in r.stdout
+    assert "reproduce: hwprune regress" in r.stdout
+    data = json.loads((setup["root"] / "out" / "r.json").read_text())
+    assert data["verdict"] == verdict and data["exit_code"] == code and data["mode"] == "baseline"
+    assert data["comparisons"][0]["statistic"] == "p50"  # the baseline's
+    assert data["model_changed"] is False
+    assert data["environment"]["fingerprint_changed"] is False
+    # the first measurement matches the stored baseline's 300 samples as far as the device's
+    # 0.2 s window allows at the baseline's 1 ms per sample
+    base = json.loads(Path(setup["baseline"]).read_text())["timing"]["samples_ms"]
+    assert calls[0]["first"] and calls[0]["n"] == min(300, int(0.2 / (np.mean(base) / 1e3)))
+    assert 150 < calls[0]["n"] < 300
+
+
+def test_inconclusive_exits_3_and_stops_at_the_budget(setup, fake):
+    calls = fake(candidate=(1.05, 0.02))  # on the edge: no sample count decides it
+    r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline"], "--max-seconds", "5",
+             *_outputs(setup["root"]))
+    assert r.exit_code == 3, r.output
+    data = json.loads((setup["root"] / "out" / "r.json").read_text())
+    assert data["verdict"] == "inconclusive"
+    assert len(calls) <= 1 + rg.MAX_EXTRA_ROUNDS
+    s = junitparser.JUnitXml.fromfile(str(setup["root"] / "out" / "l.xml"))
+    cases = [c for suite in s for c in suite]
+    assert len(cases) == 1 and cases[0].is_skipped and not cases[0].is_failure
+
+
+def test_inconclusive_takes_more_samples_and_decides(setup, fake):
+    calls = fake(baseline=(1.0, 0.25), candidate=(1.12, 0.25))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--against", setup["other"], "--json",
+             str(setup["root"] / "r.json"))
+    assert len(calls) >= 2, calls  # 50 samples each left it open; more were taken
+    assert not calls[1]["first"] and calls[1]["n"] > 20
+    assert r.exit_code == 1, r.output
+    assert "taking" in r.stderr
+    data = json.loads((setup["root"] / "r.json").read_text())
+    assert data["mode"] == "against" and data["measurement"]["rounds"] == len(calls)
+    assert data["comparisons"][0]["n_candidate"] == sum(c["n"] for c in calls)
+
+
+def test_inconclusive_gives_up_when_the_budget_is_spent(setup, fake):
+    calls = fake(baseline=(1.0, 0.25), candidate=(1.12, 0.25))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--against", setup["other"], "--max-seconds", "0.001")
+    assert r.exit_code == 3, r.output
+    assert len(calls) == 1
+    assert "past --max-seconds" in r.stderr
+
+
+def test_several_statistics_give_one_verdict(setup, fake):
+    fake(baseline=(1.0, 0.02), candidate=(1.0, 0.02))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--against", setup["other"], "--statistic", "p50",
+             "--statistic", "p90", "--statistic", "mean", *_outputs(setup["root"]))
+    assert r.exit_code == 0, r.output
+    xml = junitparser.JUnitXml.fromfile(str(setup["root"] / "out" / "l.xml"))
+    names = [c.name for suite in xml for c in suite]
+    assert names == ["model.onnx p50", "model.onnx p90", "model.onnx mean"]
+
+
+def test_a_changed_model_is_recorded_not_refused(setup, fake):
+    fake(candidate=(1.0, 0.02))
+    r = _run("-d", setup["device"], "-m", setup["other"], "--baseline", setup["baseline"], *_outputs(setup["root"]))
+    assert r.exit_code == 0, r.output
+    data = json.loads((setup["root"] / "out" / "r.json").read_text())
+    assert data["model_changed"] is True
+    assert "differs from the baseline" in (setup["root"] / "out" / "s.md").read_text()
+
+
+def test_the_model_defaults_to_the_baselines(setup, fake):
+    fake(candidate=(1.0, 0.02))
+    r = _run("-d", setup["device"], "--baseline", setup["baseline"])
+    assert r.exit_code == 0, r.output
+    assert "model.onnx" in r.stdout
+
+
+# -- JUnit, Markdown, JSON -------------------------------------------------------------------------
+def test_junit_has_a_failure_and_properties_for_a_regression(setup, fake):
+    fake(candidate=(1.3, 0.02))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline"], "--statistic", "p50",
+             "--statistic", "p90", *_outputs(setup["root"]))
+    assert r.exit_code == 1
+    xml = junitparser.JUnitXml.fromfile(str(setup["root"] / "out" / "l.xml"))
+    suites = list(xml)
+    assert len(suites) == 1 and suites[0].tests == 2 and suites[0].failures == 2 and suites[0].skipped == 0
+    props = {p.name: p.value for p in suites[0].properties()}
+    assert props["device"] == "fast-cpu" and props["verdict"] == "regressed"
+    for case in suites[0]:
+        assert case.is_failure and not case.is_passed
+        assert case.result[0].type == "regressed" and "lies above" in case.result[0].message
+        cprops = {p.get("name"): p.get("value") for p in case._elem.find("properties")}
+        assert float(cprops["ratio"]) == pytest.approx(1.3, rel=0.03)
+        assert float(cprops["ci_low"]) > 1.05 and float(cprops["ci_high"]) >= float(cprops["ratio"])
+        assert float(cprops["mannwhitney_p_slower"]) < 1e-6
+        assert int(cprops["n_baseline"]) == 300 and int(cprops["n_candidate"]) >= 150
+    md = (setup["root"] / "out" / "s.md").read_text()
+    assert "**REGRESSED**" in md and "| p50 |" in md and "Reproduce: `hwprune regress" in md
+    data = json.loads((setup["root"] / "out" / "r.json").read_text())
+    assert len(data["samples_ms"]["candidate"]) == data["comparisons"][0]["n_candidate"]
+
+
+def test_junit_passes_for_a_pass(setup, fake):
+    fake(candidate=(1.0, 0.02))
+    _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline"], *_outputs(setup["root"]))
+    xml = junitparser.JUnitXml.fromfile(str(setup["root"] / "out" / "l.xml"))
+    cases = [c for s in xml for c in s]
+    assert len(cases) == 1 and cases[0].is_passed
+
+
+# -- bad input: exit 2, one line, nothing written --------------------------------------------------
+def test_missing_baseline(setup, fake):
+    fake(candidate=(1.0, 0.02))
+    missing = str(setup["root"] / "nope.json")
+    _assert_one_line_error(_run("-d", setup["device"], "-m", setup["model"], "--baseline", missing,
+                                *_outputs(setup["root"])), setup["root"], "baseline not found", missing)
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{not json", ["corrupt baseline"]),
+    ("[1, 2]", ["corrupt baseline"]),
+    ('{"format": 7, "device": "fast-cpu"}', ["unsupported baseline format"]),
+    ('{"format": 1, "device": "fast-cpu", "timing": {"samples_ms": [1.0]}}', ["samples_ms"]),
+    ('{"format": 1, "device": "fast-cpu", "timing": {"samples_ms": [1.0, "x"]}}', ["samples_ms"]),
+    ('{"format": 1, "device": "fast-cpu", "timing": {"samples_ms": [1.0, -2.0]}}', ["samples_ms"]),
+])
+def test_corrupt_baseline(setup, fake, content, words):
+    fake(candidate=(1.0, 0.02))
+    bad = setup["root"] / "bad.json"
+    bad.write_text(content)
+    _assert_one_line_error(_run("-d", setup["device"], "-m", setup["model"], "--baseline", str(bad),
+                                *_outputs(setup["root"])), setup["root"], str(bad), *words)
+
+
+def test_baseline_for_another_device(setup, fake):
+    fake(candidate=(1.0, 0.02))
+    data = json.loads(Path(setup["baseline"]).read_text())
+    data["device"] = "jetson-orin-trt-fp16"
+    other = setup["root"] / "other-device.json"
+    other.write_text(json.dumps(data))
+    _assert_one_line_error(_run("-d", setup["device"], "-m", setup["model"], "--baseline", str(other),
+                                *_outputs(setup["root"])), setup["root"], "jetson-orin-trt-fp16", "fast-cpu")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--statistic", "p75"], ["unknown statistic 'p75'"]),
+    (["--tolerance", "lots"], ["--tolerance"]),
+    (["--resamples", "10"], ["--resamples"]),
+    (["--against", "x.onnx"], ["only one of"]),
+])
+def test_bad_options(setup, fake, args, words):
+    fake(candidate=(1.0, 0.02))
+    _assert_one_line_error(_run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline"],
+                                *args, *_outputs(setup["root"])), setup["root"], *words)
+
+
+def test_missing_model_and_missing_mode(setup, fake):
+    fake(candidate=(1.0, 0.02))
+    missing = str(setup["root"] / "gone.onnx")
+    _assert_one_line_error(_run("-d", setup["device"], "-m", missing, "--baseline", setup["baseline"],
+                                *_outputs(setup["root"])), setup["root"], "model not found", missing)
+    _assert_one_line_error(_run("-d", setup["device"], "-m", setup["model"], "--against", missing,
+                                *_outputs(setup["root"])), setup["root"], missing)
+    _assert_one_line_error(_run("-d", setup["device"], "-m", setup["model"], *_outputs(setup["root"])),
+                           setup["root"], "--baseline")
+
+
+def test_unknown_device(setup, fake):
+    fake(candidate=(1.0, 0.02))
+    _assert_one_line_error(_run("-d", "no-such-board", "-m", setup["model"], "--baseline", setup["baseline"],
+                                *_outputs(setup["root"])), setup["root"], "no-such-board")
+
+
+def test_changed_fingerprint_is_an_error_unless_allowed(setup, fake):
+    fake(candidate=(1.0, 0.02))
+    data = json.loads(Path(setup["baseline"]).read_text())
+    env = dict(data["environment"])
+    env["cpu"] = {**env["cpu"], "model": "Some Other CPU 9000", "governor": "powersave"}
+    env["fingerprint"] = fingerprint(env)
+    data["environment"], data["fingerprint"] = env, env["fingerprint"]
+    moved = setup["root"] / "moved.json"
+    moved.write_text(json.dumps(data))
+    args = ["-d", setup["device"], "-m", setup["model"], "--baseline", str(moved), *_outputs(setup["root"])]
+    _assert_one_line_error(_run(*args), setup["root"], "fingerprint changed", "Some Other CPU 9000",
+                           "--allow-env-change")
+    r = _run(*args, "--allow-env-change")
+    assert r.exit_code == 0, r.output
+    out = json.loads((setup["root"] / "out" / "r.json").read_text())
+    assert out["environment"]["fingerprint_changed"] is True
+    diffs = out["environment"]["differences"]
+    assert any(d.startswith("[fingerprint] cpu.model") for d in diffs)
+    assert any(d.startswith("cpu.governor") for d in diffs)  # non-fingerprint differences listed too
+    assert "environment: [fingerprint] cpu.model" in r.stdout
+    assert "Some Other CPU 9000" in (setup["root"] / "out" / "s.md").read_text()
+
+
+def test_output_path_that_is_a_folder(setup, fake):
+    fake(candidate=(1.0, 0.02))
+    (setup["root"] / "afolder").mkdir()
+    r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline"], "--junit",
+             str(setup["root"] / "afolder"))
+    assert r.exit_code == 2 and "folder" in r.stderr
+
+
+# -- real measurements (onnxruntime) ---------------------------------------------------------------
+def test_end_to_end_on_onnxruntime(setup):
+    """Write a baseline, regress against it, and A/B a far slower model: real timings."""
+    root = setup["root"]
+    b2 = root / "runs" / "baseline.json"
+    r = _run("-d", setup["device"], "-m", setup["model"], "--write-baseline", str(b2))
+    assert r.exit_code == 0, r.output
+    base = rg.load_baseline(b2)
+    assert base["device"] == "fast-cpu" and base["model"] == "../model.onnx"
+    assert base["onnx_sha256"] == rg._sha256(Path(setup["model"]).read_bytes())
+    assert base["fingerprint"] == fingerprint(collect_manifest(setup["cfg"]))
+    assert base["timing"]["n"] == len(base["timing"]["samples_ms"]) >= 30
+    assert set(base) == {"format", "model", "onnx_sha256", "device", "statistic", "timing", "environment",
+                         "fingerprint", "created_unix_s"}  # the keys hwprune prune writes
+
+    r = _run("-d", setup["device"], "--baseline", str(b2), "--max-seconds", "2", *_outputs(root))
+    # The machine's speed may differ between the two measurements; any verdict is possible.
+    assert r.exit_code in (0, 1, 3), r.output
+    data = json.loads((root / "out" / "r.json").read_text())
+    assert data["comparisons"][0]["n_candidate"] >= 30 and data["model"].endswith("model.onnx")
+    assert data["measurement"]["seconds"] < 10
+    xml = junitparser.JUnitXml.fromfile(str(root / "out" / "l.xml"))
+    assert sum(1 for s in xml for _ in s) == 1
+
+    heavy = _conv_model(root / "heavy.onnx")
+    r = _run("-d", setup["device"], "-m", heavy, "--against", setup["model"], "--max-seconds", "3",
+             "--json", str(root / "ab.json"))
+    assert r.exit_code == 1, r.output
+    ab = json.loads((root / "ab.json").read_text())
+    assert ab["comparisons"][0]["ratio"] > 3 and ab["verdict"] == "regressed"
+    assert ab["model_changed"] is True and set(ab["samples_ms"]) == {"baseline", "candidate"}
+
+
+def test_bundle_sampler_runs_locally_and_reports_the_environment(setup):
+    """The remote path (a profiling bundle), exercised through a local run of the bundle."""
+    blob = Path(setup["model"]).read_bytes()
+    s = rg.BundleSampler([(rg.CANDIDATE, blob)], setup["cfg"])
+    s.take(30, 0.5, first=True)
+    s.take(40, 0.5)
+    assert len(s.samples[rg.CANDIDATE]) >= 70
+    assert s.environment and s.environment["device"] == "fast-cpu"
+
+
+# -- LUT drift -------------------------------------------------------------------------------------
+TINY_MODEL = """\
+import torch.nn as nn
+
+
+def net(in_channels=1, num_classes=10):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+"""
+LUT_DEVICE_YAML = ("name: test-cpu\nthreads: 1\nwarmup: 1\nmin_repeats: 5\nmax_seconds: 0.01\nchannel_multiple: 2\n"
+                   "statistic: p50\n")
+
+
+@pytest.fixture(scope="module")
+def profiled_lut(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    from hwprune.profile import ModelSpec, profile
+
+    root = tmp_path_factory.mktemp("regress-lut")
+    (root / "tiny.py").write_text(TINY_MODEL)
+    (root / "device.yaml").write_text(LUT_DEVICE_YAML)
+    model = f"{root / 'tiny.py'}:net"
+    lut = root / "lut.parquet"
+    profile(ModelSpec(model, (1, 8, 8)), str(root / "device.yaml"), str(lut), ratios=(0.5, 1.0),
+            calibration_samples=3, show_progress=False, log=lambda m: None)
+    return {"root": root, "lut": lut, "device": str(root / "device.yaml"), "model": model}
+
+
+def test_lut_drift_flags_a_stale_lut(profiled_lut, tmp_path):
+    from hwprune.lut import LatencyLUT
+
+    lut = LatencyLUT.load(profiled_lut["lut"])
+    n_rows = len(lut.rows)
+    # Pretend the LUT was measured on a machine 4x as fast: every row is now 4x slower.
+    for col in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"):
+        lut.rows[col] = lut.rows[col].astype(float) / 4
+    stale = tmp_path / "stale.parquet"
+    lut.save(stale)
+    k = min(4, n_rows)
+    out = tmp_path / "lut.json"
+    r = _run("-d", profiled_lut["device"], "--lut", str(stale), "--sample", str(k), "--tolerance", "20%",
+             "--json", str(out), "--junit", str(tmp_path / "lut.xml"), "--markdown", str(tmp_path / "lut.md"))
+    assert r.exit_code == 1, r.output
+    data = json.loads(out.read_text())
+    assert data["verdict"] == "stale" and len(data["rows"]) == k
+    assert data["median_drift"] > 1.0  # ~ +300%
+    assert all(row["now_ms"] > 0 and row["lut_ms"] > 0 for row in data["rows"])
+    assert len({row["signature"] for row in data["rows"]}) == k
+    xml = junitparser.JUnitXml.fromfile(str(tmp_path / "lut.xml"))
+    cases = [c for s in xml for c in s]
+    assert len(cases) == 1 and cases[0].is_failure
+    assert "STALE" in (tmp_path / "lut.md").read_text() and "STALE" in r.stdout
+
+
+def test_lut_drift_errors(profiled_lut, tmp_path):
+    r = _run("-d", profiled_lut["device"], "--lut", str(profiled_lut["lut"]), "--model", "resnet20")
+    assert r.exit_code == 2 and "no model 'resnet20'" in r.stderr
+    r = _run("-d", profiled_lut["device"], "--lut", str(tmp_path / "none.parquet"))
+    assert r.exit_code == 2 and "LUT not found" in r.stderr
+    r = _run("-d", profiled_lut["device"], "--lut", str(profiled_lut["lut"]), "--sample", "1")
+    assert r.exit_code == 2 and "--sample" in r.stderr
+
+
+def test_lut_regress_library_call(profiled_lut):
+    """The unmodified LUT, re-timed now: figures are there and consistent (verdict depends on the machine)."""
+    r = rg.regress(rg.RegressOptions(device=profiled_lut["device"], lut=str(profiled_lut["lut"]), sample=3,
+                                     tolerance="50%"))
+    assert r["kind"] == "lut" and r["verdict"] in ("fresh", "stale", "inconclusive")
+    assert r["exit_code"] == rg.VERDICT_EXIT[r["verdict"]]
+    assert r["ci_low"] <= r["median_drift"] <= r["ci_high"]
+    assert r["drift_measure"] == "reference-adjusted"
+    assert "hwprune regress --device" in r["command"] and "--lut" in r["command"]
