@@ -220,8 +220,13 @@ def _agent_options(ctx, param, values):
 @click.option("--finetune-epochs", type=int, default=1, show_default=True, help="Fine-tuning epochs (0 allowed).")
 @click.option("--lr", type=float, default=0.01, show_default=True, help="Fine-tuning learning rate.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--kd", is_flag=True, help="Distil from the dense model while fine-tuning.")
+@click.option("--finetune", type=click.Choice(["standard", "swd", "agp"]), default="standard", show_default=True,
+              help="Accuracy recovery: hard prune then train (standard), selective weight decay on the dense "
+                   "model then prune (swd), or gradual pruning along a cubic schedule (agp); same epochs for all.")
+@click.option("--kd", is_flag=True, help="Distil from the dense model while fine-tuning (any --finetune).")
 @click.option("--kd-temperature", type=float, default=4.0, show_default=True)
+@click.option("--kd-weight", type=float, default=0.9, show_default=True,
+              help="Weight of the soft-target term (the label loss gets 1 - weight).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--certify-rounds", type=int, default=5, show_default=True,
               help="Searches allowed to meet the budget as measured on the device.")

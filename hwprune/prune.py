@@ -22,6 +22,7 @@ from hwprune.errors import HwpruneError
 from hwprune.profile import ModelSpec
 from profilers.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+FINETUNE_STRATEGIES = ("standard", "swd", "agp")
 RUN_FILES = ("report.json", "plan.json", "pruned.onnx", "pruned.pt", "baseline.json")
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -50,8 +51,10 @@ class PruneOptions:
     finetune_epochs: int = 1
     lr: float = 0.01
     batch_size: int = 128
+    finetune: str = "standard"
     kd: bool = False
     kd_temperature: float = 4.0
+    kd_weight: float = 0.9
     seed: int = 0
     certify_rounds: int = 5
     val_samples: int = 1000
@@ -159,6 +162,10 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         raise HwpruneError("give either --latency-ms or --speedup, not both")
     if n_latency == 0 and not any((opts.max_params, opts.max_macs, opts.max_memory_bytes, opts.budget)):
         raise HwpruneError("no budget given: pass --latency-ms, --speedup, --max-params, --max-macs or --budget")
+    if opts.finetune not in FINETUNE_STRATEGIES:
+        raise HwpruneError(f"unknown --finetune '{opts.finetune}' (known: {', '.join(FINETUNE_STRATEGIES)})")
+    if opts.finetune in ("swd", "agp") and opts.importance == "taylor":
+        raise HwpruneError(f"--finetune {opts.finetune} ranks channels as it trains; use --importance l1, l2 or bn-scale")
     if opts.speedup is not None and opts.speedup <= 1:
         raise HwpruneError(f"--speedup must be > 1, got {opts.speedup}")
     agent_name = opts.agent or default_agent()
@@ -274,9 +281,29 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
 
     # -- fine-tuning --------------------------------------------------------------------------------------
     teacher = dense if opts.kd else None
-    ft = train(pruned, train_ds, epochs=opts.finetune_epochs, lr=opts.lr, batch_size=opts.batch_size,
-               seed=opts.seed, teacher=teacher, kd_temperature=opts.kd_temperature, val_ds=val_ds, log=log,
-               progress=opts.show_progress) if opts.finetune_epochs > 0 else None
+    kd_info = {"temperature": opts.kd_temperature, "weight": opts.kd_weight} if opts.kd else None
+    if opts.finetune == "standard":
+        # Train the architecture the proxy scored (its BN statistics re-estimated), so that
+        # --finetune-epochs 0 still ships the model the search chose, not a raw cut.
+        ft_start = time.perf_counter()
+        ft = train(pruned, train_ds, epochs=opts.finetune_epochs, lr=opts.lr, batch_size=opts.batch_size,
+                   seed=opts.seed, teacher=teacher, kd_temperature=opts.kd_temperature, kd_alpha=opts.kd_weight,
+                   val_ds=val_ds, log=log, progress=opts.show_progress) if opts.finetune_epochs > 0 else None
+        finetune_report = {"strategy": "standard", "epochs": opts.finetune_epochs,
+                           "seconds": time.perf_counter() - ft_start, "history": ft.history if ft else [],
+                           "kd": kd_info}
+    else:
+        from hwprune.finetune import recover
+
+        # SWD and AGP start from the dense model and choose their own channels as they go:
+        # the plan is theirs, the widths (and so the latency) are the search's.
+        rec = recover(opts.finetune, dense, x, result.widths, train_ds=train_ds, val_ds=val_ds,
+                      epochs=opts.finetune_epochs, lr=opts.lr, batch_size=opts.batch_size, seed=opts.seed,
+                      criterion=opts.importance, teacher=teacher, kd_temperature=opts.kd_temperature,
+                      kd_weight=opts.kd_weight, channel_multiple=cfg.channel_multiple, log=log,
+                      progress=opts.show_progress)
+        pruned, kept = rec.model, rec.kept
+        finetune_report = {**rec.summary(), "kd": kd_info}
     dense_acc = evaluate(dense, test_ds)
     pruned_acc = evaluate(pruned, test_ds)
 
@@ -326,8 +353,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
                     "measured": (dense_t["mean_ms" if stat == "mean" else f"{stat}_ms"]) / measured_ms},
         "search": {"evaluations": evaluations, "seconds": search_seconds, "proxy_evaluations": proxy.evaluations,
                    "proxy_cache_hits": proxy.cache_hits},
-        "finetune": {"epochs": opts.finetune_epochs, "seconds": ft.seconds if ft else 0.0, "kd": opts.kd,
-                     "history": ft.history if ft else []},
+        "finetune": finetune_report,
         "environment": env,
         "seconds": time.perf_counter() - t0,
         "reproduce": _command_line(opts),
@@ -376,6 +402,7 @@ def _command_line(opts: PruneOptions) -> str:
         parts.append(f"--budget {q(f'{fn}={float(limit)!r}')}")
     for flag, attr in (("--max-evaluations", "max_evaluations"), ("--importance", "importance"), ("--lr", "lr"),
                        ("--batch-size", "batch_size"), ("--kd-temperature", "kd_temperature"),
+                       ("--kd-weight", "kd_weight"), ("--finetune", "finetune"),
                        ("--certify-rounds", "certify_rounds")):
         if getattr(opts, attr) != getattr(defaults, attr):
             parts.append(f"{flag} {getattr(opts, attr)!r}" if isinstance(getattr(opts, attr), float)

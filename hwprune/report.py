@@ -76,7 +76,8 @@ def write_markdown(report: dict[str, Any]) -> str:
         f"measured {report['speedup']['measured']:.2f}x.",
         "",
         f"Search: {report['search']['evaluations']} evaluations in {report['search']['seconds']:.1f} s; "
-        f"fine-tuning: {report['finetune']['epochs']} epoch(s) in {report['finetune']['seconds']:.1f} s.",
+        f"fine-tuning ({report['finetune'].get('strategy', 'standard')}" + (", KD" if report['finetune'].get('kd') else "")
+        + f"): {report['finetune']['epochs']} epoch(s) in {report['finetune']['seconds']:.1f} s.",
         "",
         "![channels per group](channels.png) ![speed-up audit](speedup.png)",
         "",

@@ -4,7 +4,9 @@
 pruned one, with a teacher for knowledge distillation). It reads an :class:`ImageDataset`
 directly (uint8 images, augmented on tensors, no torchvision), schedules the learning
 rate per step, stops on a non-finite loss with the last good weights restored, and runs
-unchanged under ``torchrun`` as data-parallel training.
+unchanged under ``torchrun`` as data-parallel training. :class:`TrainHooks` lets a caller
+add a loss term or change the model's structure between steps (``hwprune.finetune``'s
+selective weight decay and gradual pruning) without a second training loop.
 
 Distributed (``torchrun --standalone --nproc_per_node=N -m hwprune.cli pretrain ...``):
 when ``WORLD_SIZE`` > 1 is in the environment, :func:`train` initialises the default
@@ -69,6 +71,26 @@ class TrainResult:
     rank: int = 0
 
 
+class TrainHooks:
+    """Extension points of :func:`train`, called on every optimisation step (all ranks).
+
+    ``step`` is the 0-based global step and ``total_steps`` the whole run's step count, the
+    clock of the learning-rate schedule. Override either method; the base does nothing.
+    """
+
+    def before_step(self, model: nn.Module, step: int, total_steps: int) -> bool:
+        """Called before the step's forward pass; may replace ``model``'s parameters in place
+        (physical pruning). Return True when it did: :func:`train` then rebuilds the optimiser
+        (momentum is lost; the shapes changed), puts the model back in training mode and
+        takes the new weights as the last good ones."""
+        return False
+
+    def extra_loss(self, model: nn.Module, step: int, total_steps: int) -> torch.Tensor | None:
+        """A differentiable term added to the step's loss (a regulariser), or None.
+        The reported ``loss`` stays the task loss alone."""
+        return None
+
+
 def cosine_lr(step: int, total_steps: int, base_lr: float) -> float:
     """Learning rate of ``step`` (0-based) of ``total_steps`` on a cosine from ``base_lr`` to 0.
 
@@ -121,7 +143,11 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, padding: int
         cols = (dx[:, None] + torch.arange(w, device=device))[:, None, :]  # B x 1 x W
         batch_idx = torch.arange(b, device=device)[:, None, None]
         # Advanced indices around a slice put their broadcast dims first: B x H x W x C.
-        images = padded[batch_idx, :, rows, cols].permute(0, 3, 1, 2).contiguous()
+        # clone, not contiguous(): with one channel the permuted view already counts as
+        # contiguous but keeps channels-last strides (HW, 1, W, 1), and torch 2.13's CPU conv
+        # backward on such an input corrupts the heap ("double free or corruption") for
+        # layers with odd channel counts, i.e. for pruned models.
+        images = padded[batch_idx, :, rows, cols].permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
     if flip:
         mask = (torch.rand(b, generator=generator) < 0.5).to(device)
         images = torch.where(mask[:, None, None, None], images.flip(3), images)
@@ -166,6 +192,7 @@ def train(
     progress: bool = True,
     raise_on_nan: bool = True,
     device: torch.device | str | None = None,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with SGD (Nesterov off) and a per-step cosine schedule.
 
@@ -180,7 +207,8 @@ def train(
             batch of an epoch is dropped when there is at least one full batch.
         seed: fixes the epoch permutations and the augmentation.
         teacher: a trained model for knowledge distillation (run in eval mode under no_grad);
-            the loss is then :func:`kd_loss` with ``kd_temperature`` and ``kd_alpha``.
+            the loss is then :func:`kd_loss` with ``kd_temperature`` and ``kd_alpha`` (the
+            weight of the soft, temperature-scaled term; ``1 - kd_alpha`` weighs the labels).
         label_smoothing: for the cross-entropy without a teacher.
         augment: random crop (padding an eighth of the side, 1-4 px) and horizontal flip.
         val_ds: evaluated after every epoch (``val_acc`` in the history, ``best_val_acc``).
@@ -189,9 +217,11 @@ def train(
             epoch (rank 0 only), and the restored last good weights after a NaN.
         progress: a tqdm bar per epoch with the running loss and accuracy (rank 0 only).
         raise_on_nan: on a non-finite loss, restore the weights of the last finished epoch
-            (epoch 0 = the weights passed in), save them, then raise :class:`HwpruneError`;
+            (epoch 0 = the weights passed in) or of the last structural change by ``hooks``,
+            whichever is later, save them, then raise :class:`HwpruneError`;
             with False, return instead with ``stopped_reason="nan"``.
         device: where to train; under ``torchrun`` with CUDA, ``cuda:LOCAL_RANK``.
+        hooks: a :class:`TrainHooks` (a regulariser, scheduled pruning); None for none.
 
     Returns:
         A :class:`TrainResult`.
@@ -217,7 +247,7 @@ def train(
                       weight_decay=weight_decay, batch_size=batch_size, seed=seed, teacher=teacher,
                       kd_temperature=kd_temperature, kd_alpha=kd_alpha, label_smoothing=label_smoothing,
                       augment=augment, val_ds=val_ds, log=log, checkpoint_path=checkpoint_path,
-                      progress=progress, raise_on_nan=raise_on_nan, device=device)
+                      progress=progress, raise_on_nan=raise_on_nan, device=device, hooks=hooks)
     finally:
         dist_ctx.close()
         if teacher is not None:
@@ -344,7 +374,7 @@ def save_state_dict(model_or_state: nn.Module | dict[str, torch.Tensor], path: s
 
 def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, epochs, lr, momentum,
            weight_decay, batch_size, seed, teacher, kd_temperature, kd_alpha, label_smoothing, augment,
-           val_ds, log, checkpoint_path, progress, raise_on_nan, device) -> TrainResult:
+           val_ds, log, checkpoint_path, progress, raise_on_nan, device, hooks) -> TrainResult:
     started = time.perf_counter()
     rank, world = dist_ctx.rank, dist_ctx.world_size
     if device is None and dist_ctx.active and torch.cuda.is_available():
@@ -366,15 +396,22 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
 
     if teacher is not None:
         teacher = teacher.to(device).eval()  # its forward runs under no_grad; train() restores its mode
-    net: nn.Module = model
-    if dist_ctx.active:
+
+    def wrap(m: nn.Module) -> nn.Module:
+        if not dist_ctx.active:
+            return m
         from torch.nn.parallel import DistributedDataParallel
 
         # 1x1 conv weight gradients come back with different strides on their size-1 dims,
         # which is the same memory layout; DDP's reducer warns about it anyway on every run.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=momentum, weight_decay=weight_decay)
+        return DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def make_optimizer() -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=momentum, weight_decay=weight_decay)
+
+    net = wrap(model)
+    optimizer = make_optimizer()
     mean, std = _norm_tensors(train_ds, device)
     # The permutation is shared by all ranks (same seed); the augmentation differs per rank.
     order_rng = np.random.default_rng(seed)
@@ -383,6 +420,7 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
     val_order = np.arange(len(val_ds))[rank::world] if val_ds is not None and len(val_ds) else None
 
     last_good = _state_copy(model)  # epoch 0: the weights we were given
+    last_good_at = "epoch 0"
     step = 0
     say(f"training {n} images for {epochs} epochs: {steps_per_epoch} steps of {local_batch * world} "
         f"(x{world} ranks), peak lr {peak_lr:g}, cosine to 0" + (", distilling" if teacher is not None else ""))
@@ -395,6 +433,14 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
         bad_step = None
         try:
             for s in range(steps_per_epoch):
+                if hooks is not None and hooks.before_step(model, step, total_steps):
+                    # New parameter tensors: the old optimiser state and DDP buckets point at
+                    # the old ones, and pruning leaves the model in eval mode.
+                    model.to(device).train()
+                    net = wrap(model)
+                    optimizer = make_optimizer()
+                    last_good = _state_copy(model)  # the previous shapes can no longer be restored
+                    last_good_at = f"epoch {epoch} step {s + 1}, after pruning"
                 idx = torch.as_tensor(order[s * local_batch:(s + 1) * local_batch], dtype=torch.int64)
                 x = train_ds.images[idx]
                 if augment:
@@ -411,7 +457,9 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
                     loss = kd_loss(logits, teacher_logits, y, kd_temperature, kd_alpha)
                 else:
                     loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                finite = bool(torch.isfinite(loss))
+                extra = hooks.extra_loss(model, step, total_steps) if hooks is not None else None
+                objective = loss if extra is None else loss + extra
+                finite = bool(torch.isfinite(objective))
                 if dist_ctx.active:
                     # All ranks must agree to stop, or the others would hang in backward's all-reduce.
                     finite = dist_ctx.all_sum([0.0 if finite else 1.0], device)[0] == 0.0
@@ -419,7 +467,7 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
                     bad_step = s + 1
                     break
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                objective.backward()
                 optimizer.step()
                 step += 1
                 batch_n = len(idx)
@@ -441,7 +489,7 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
             result.seconds = time.perf_counter() - started
             where = f" (saved to {checkpoint_path})" if checkpoint_path else ""
             message = (f"NaN loss at epoch {epoch} step {bad_step}; kept the last good checkpoint "
-                       f"(epoch {epoch - 1}){where}; try a lower --lr")
+                       f"({last_good_at}){where}; try a lower --lr")
             say(message)
             if raise_on_nan:
                 raise HwpruneError(message)
@@ -459,6 +507,7 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
         result.history.append(row)
         result.epochs = epoch
         last_good = _state_copy(model)
+        last_good_at = f"epoch {epoch}"
         if checkpoint_path and dist_ctx.is_main:
             save_state_dict(last_good, checkpoint_path)
         say(f"epoch {epoch}/{epochs}: loss {row['loss']:.4f} train acc {row['acc']:.4f}"

@@ -479,3 +479,27 @@ def test_next_lut_limit_never_loosens_and_respects_the_floor():
     # Never below half the scaled step, never below the smallest architecture's prediction.
     assert next_lut_limit([(0.20, 1.02), (0.19, 1.10)], 0.19, 0.97, 0.0) >= 0.5 * 0.19 * 0.97 / 1.10
     assert next_lut_limit([(0.20, 3.0)], 0.20, 0.97, 0.15) == 0.15
+
+
+@pytest.mark.parametrize("strategy", ["swd", "agp"])
+def test_finetune_strategies_ship_the_searched_widths_and_a_plan_that_replays(env, tmp_path, strategy):
+    out = tmp_path / strategy
+    _ok(_invoke(_prune_args(env, out, "--max-params", "700", "--agent", "uniform", "--finetune", strategy, "--kd")))
+    r = json.loads((out / "report.json").read_text())
+    ft = r["finetune"]
+    assert ft["strategy"] == strategy and ft["epochs"] == 1 and ft["seconds"] > 0 and ft["kd"]["weight"] == 0.9
+    widths = {g: kept for g, (_, kept) in r["pruned"]["channels"].items()}
+    assert ft["widths"] == {g: w for g, w in widths.items() if g in ft["widths"]}
+    assert r["pruned"]["params"] <= 700
+    # the plan is the strategy's own channel choice, and it rebuilds the shipped model
+    pruned = apply_plan(ModelSpec(env["model"], (1, 8, 8)), str(out / "plan.json"), str(out / "pruned.pt"))
+    x = np.random.default_rng(2).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        y = pruned(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, _run_onnx(out / "pruned.onnx", x), atol=1e-4, rtol=0)
+    assert "--finetune " + strategy in r["reproduce"] and "--kd" in r["reproduce"]
+
+
+def test_unknown_finetune_strategy_is_one_line(env, tmp_path):
+    res = _invoke(_prune_args(env, tmp_path / "x", "--max-params", "700", "--finetune", "magic"))
+    assert res.exit_code == 2 and "magic" in res.output

@@ -24,11 +24,11 @@ from torch import nn
 from hwprune.cli import cli
 from hwprune.data import ImageDataset
 from hwprune.errors import HwpruneError
-from hwprune.groups import find_groups
+from hwprune.groups import find_groups, prune_to_widths
 from hwprune.models import create_model, load_weights
 from hwprune.pretrain import pretrain
 from hwprune.proxy import AccuracyProxy, recalibrate_bn
-from hwprune.train import augment_batch, cosine_lr, evaluate, kd_loss, train
+from hwprune.train import TrainHooks, augment_batch, cosine_lr, evaluate, kd_loss, train
 
 
 @pytest.fixture(autouse=True)
@@ -122,6 +122,15 @@ def test_augment_batch_crops_a_shifted_window_and_maybe_flips():
         assert any(torch.equal(out[i], w) for w in windows)
 
 
+def test_augment_batch_returns_plain_nchw_strides_for_one_channel():
+    # A one-channel B x H x W x 1 gather permuted to NCHW is "contiguous" with channels-last
+    # strides; torch's CPU conv backward crashes on that layout at odd channel counts.
+    out = augment_batch(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.Generator().manual_seed(0), padding=1)
+    assert out.stride() == (64, 64, 8, 1)
+    rgb = augment_batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.Generator(), padding=1)
+    assert rgb.stride() == (192, 64, 8, 1)
+
+
 # --- train() ---------------------------------------------------------------------------------
 
 def test_train_learns_a_separable_task_with_a_cosine_schedule(trained):
@@ -209,6 +218,75 @@ def test_train_rejects_bad_arguments():
         train(tiny_net(), two_class_images(8), epochs=1, lr=0.0, **quiet())
     with pytest.raises(HwpruneError, match="empty"):
         train(tiny_net(), two_class_images(8).subset([]), epochs=1, **quiet())
+
+
+class _RecordingHooks(TrainHooks):
+    """Records its calls, optionally adds ``strength * ||w||^2`` and prunes the first conv at one step."""
+
+    def __init__(self, prune_at: int | None = None, strength: float = 0.0):
+        self.calls: list[tuple[int, int]] = []
+        self.training_after_prune: list[bool] = []
+        self.prune_at, self.strength, self.pruned_state = prune_at, strength, None
+
+    def before_step(self, model, step, total_steps):
+        self.calls.append((step, total_steps))
+        if step != self.prune_at:
+            return False
+        prune_to_widths(model, torch.zeros(1, 1, 8, 8), {"0": 2}, inplace=True)  # leaves eval mode
+        self.pruned_state = {k: v.clone() for k, v in model.state_dict().items()}
+        return True
+
+    def extra_loss(self, model, step, total_steps):
+        if self.pruned_state is not None:
+            self.training_after_prune.append(model.training)
+        if not self.strength:
+            return None
+        return self.strength * sum((p * p).sum() for p in model.parameters())
+
+
+def test_train_hooks_see_the_global_step_clock_and_add_to_the_loss():
+    ds = two_class_images(64)
+    torch.manual_seed(0)
+    hooks = _RecordingHooks(strength=5.0)
+    model = tiny_net(4)
+    result = train(model, ds, epochs=2, batch_size=32, lr=0.4, augment=False, hooks=hooks, **quiet())
+    assert hooks.calls == [(s, 4) for s in range(4)]  # 2 steps per epoch, one clock over both epochs
+    torch.manual_seed(0)
+    plain = tiny_net(4)
+    train(plain, ds, epochs=2, batch_size=32, lr=0.4, augment=False, **quiet())
+    with torch.no_grad():
+        norm = lambda m: float(sum((p * p).sum() for p in m.parameters()))  # noqa: E731
+        assert norm(model) < 0.5 * norm(plain)  # the extra term pulled the weights in
+    assert result.history[0]["loss"] < 5.0  # the reported loss is the task loss alone
+
+
+def test_train_hooks_may_prune_between_steps_and_training_goes_on():
+    torch.manual_seed(0)
+    model = tiny_net(4)
+    hooks = _RecordingHooks(prune_at=3)
+    result = train(model, two_class_images(128), epochs=2, batch_size=32, lr=0.4, hooks=hooks, **quiet())
+    assert result.epochs == 2 and result.stopped_reason == "completed"
+    assert model[0].out_channels == 2 and model[3].in_channels == 2
+    assert hooks.training_after_prune == [True] * 5  # steps 3..7 ran in training mode again
+    after = model.state_dict()
+    # The rebuilt optimiser updates the new, smaller parameters.
+    assert not torch.equal(after["0.weight"], hooks.pruned_state["0.weight"])
+    assert not torch.equal(after["3.weight"], hooks.pruned_state["3.weight"])
+
+
+def test_nan_after_pruning_restores_the_pruned_weights():
+    class PruneInner(_RecordingHooks):
+        def before_step(self, model, step, total_steps):
+            return super().before_step(model[0], step, total_steps)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(tiny_net(4), _NaNAfter(calls=3))  # 4 steps per epoch: NaN at epoch 1 step 3
+    hooks = PruneInner(prune_at=1)
+    with pytest.raises(HwpruneError, match=r"kept the last good checkpoint \(epoch 1 step 2, after pruning\)"):
+        train(model, two_class_images(128), epochs=2, batch_size=32, hooks=hooks, **quiet())
+    assert model[0][0].out_channels == 2  # the pruned shapes, not the epoch-0 ones
+    state = model[0].state_dict()
+    assert all(torch.equal(state[k], v) for k, v in hooks.pruned_state.items())
 
 
 # --- BN re-estimation and the accuracy proxy --------------------------------------------------
