@@ -4,6 +4,10 @@ Modes (exactly one per call):
 
 - ``--baseline baseline.json``: time the model now and compare with the samples stored in a
   baseline (``hwprune prune`` writes one into every run folder; ``--write-baseline`` makes one).
+  A baseline also holds samples of the fixed *drift reference* graph (``reference_graph``)
+  timed interleaved with the model in the same process; the reference is timed beside the
+  model again now and the test uses the reference-normalised ratio (below), so a machine that
+  runs this process faster or slower than the baseline's shifts both and cancels out.
 - ``--against other.onnx``: time the reference model and the model interleaved, in alternating
   bursts in this one process, and compare them. Nothing stored is trusted, so a machine whose
   speed differs from process to process (docs/BENCHMARKS.md: levels ~20-25% apart on a shared
@@ -12,10 +16,17 @@ Modes (exactly one per call):
 - ``--write-baseline OUT``: time the model and write a baseline in ``hwprune prune``'s format.
 
 The test (per statistic s = p50, p90, p99 or mean): the figure is the ratio
-R = s(candidate) / s(baseline). Its confidence interval is a percentile bootstrap: both
-sample sets are resampled independently (seeded, ``resamples`` >= 1000, 2000 by default) and
-the interval is read from the resampled log-ratios (the mean of more than 10,000 samples is
-drawn from its normal limit). For quantiles the resampled statistic is
+R = s(candidate) / s(baseline). Against a baseline that holds a drift reference it is the
+reference-normalised ratio R = (s(candidate) / m(reference now)) / (s(baseline) /
+m(reference then)), m the reference's median: the reference only reads the machine's speed
+level, and its median is the steadiest figure for that (its tail holds interruptions of its
+own short calls, not the model's). The raw ratio is reported beside it. The confidence
+interval is a percentile bootstrap: every sample set (two, or four with the reference) is
+resampled independently (seeded, ``resamples`` >= 1000, 2000 by default) and the interval is
+read from the resampled log-ratios (the mean of more than 10,000 samples is drawn from its
+normal limit). Resampling the model and its reference independently ignores that they were
+timed side by side (their errors correlate), which widens the interval: conservative. For
+quantiles the resampled statistic is
 drawn directly instead of materialising resamples: the k-th smallest of n draws from the
 empirical distribution is x[floor(n U)] with U the k-th smallest of n uniforms, U ~ Beta(k,
 n-k+1) — exactly the bootstrap distribution, in O(resamples) instead of O(resamples * n). A
@@ -39,7 +50,8 @@ An inconclusive comparison estimates how many samples would decide it: the inter
 half-width on the log scale shrinks like 1/sqrt(n) for the side that is still measured (a
 stored baseline's share of the variance, estimated from its bootstrap, does not shrink), so
 the samples needed to bring the relevant edge across 1 + t follow from the distance of the
-point estimate to 1 + t. Those samples are taken, up to ``max_seconds`` of measuring in all,
+point estimate to 1 + t (the stored reference's share is fixed too; the reference timed now
+grows with the model). Those samples are taken, up to ``max_seconds`` of measuring in all,
 and the test is repeated; a comparison no sample count can decide (point estimate on the
 edge, or a stored baseline too small) stays inconclusive. Repeated looks at a growing sample
 raise the false-verdict rate somewhat above the nominal 1 - confidence; the looks are few
@@ -49,8 +61,12 @@ the verdict: with thousands of samples they flag differences far below any toler
 
 What the interval does not cover: a stored baseline is one process's samples, and so is the
 new measurement; variation *between* processes (a machine's per-process speed level) is in
-neither sample and shows up as a confident, wrong verdict. ``--against`` measures both models
-in one process and cancels it.
+neither sample and shows up as a confident, wrong verdict. The drift reference cancels the
+part of it that slows the reference as much as the model; what is left (a state that hits
+the model's kernels harder than the reference's, e.g. a neighbour competing for the cache a
+large model lives in) is still exposed. A baseline without a reference (written by an older
+hwprune) is compared raw, with a warning. ``--against`` measures both models in one process
+and cancels all of it.
 
 Several statistics give one overall verdict: regressed if any regressed, else inconclusive
 if any is, else improved if all improved, else pass. Exit codes: 0 pass or improved, 1
@@ -61,8 +77,9 @@ when it lies within ±t.
 
 Outputs, all written atomically after every check has passed: JUnit XML (one testcase per
 model x statistic: ``<failure>`` when regressed, ``<skipped>`` when inconclusive, testcase
-``<properties>`` with ratio, interval, p-value and sample counts), Markdown for a CI job page,
-and JSON with every figure and the samples.
+``<properties>`` with ratio, interval, p-value and sample counts, ``ratio_measure`` saying
+whether the verdict's ratio is ``reference-normalised`` or ``raw``, and the raw ratio and
+interval beside it), Markdown for a CI job page, and JSON with every figure and the samples.
 
 Example:
     >>> from hwprune.regress import RegressOptions, regress
@@ -74,6 +91,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -87,6 +105,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hwprune.errors import HwpruneError
+from hwprune.measure import REFERENCE_KEY
 from profilers.config import DeviceConfig, load_device_config
 from profilers.fileio import atomic_write_json, atomic_write_text
 
@@ -110,10 +129,23 @@ MAX_EXTRA_ROUNDS = 6
 # A sample count beyond this is reported as "no sample count decides it".
 MAX_SAMPLES = 10**9
 CANDIDATE, BASELINE = "candidate", "baseline"
+# The drift reference's key among the timed items (as hwprune.measure.measure_many names it).
+REFERENCE = REFERENCE_KEY
+# The reference reads the machine's speed level from its median (module docstring).
+REFERENCE_STATISTIC = "p50"
+NORMALISED, RAW = "reference-normalised", "raw"
+NO_REFERENCE_WARNING = ("the baseline holds no drift reference (written by an older hwprune): the comparison "
+                        "is raw, exposed to process-level drift (docs/BENCHMARKS.md); re-write it with "
+                        "--write-baseline, or prefer --against")
 # Samples per model per turn when models alternate (as profilers.interleave).
 BURST = 20
 # Give up at once when deciding needs this many times the samples the time left allows.
 HOPELESS_FACTOR = 3
+# Samples of the model (and of the drift reference) a written baseline holds at least: the
+# stored side's spread never shrinks later. With the ~200 that the convergence rule stopped
+# at, a check of a 10% slower model under load (bench/regress_bench.py) was left at
+# "no sample count decides it": the stored half of the normalised interval was too wide.
+BASELINE_SAMPLES = 1000
 
 
 # -- options ---------------------------------------------------------------------------------------
@@ -266,7 +298,13 @@ def _min_samples(statistic: str) -> int:
 
 @dataclass
 class Comparison:
-    """One statistic of candidate vs baseline: the figures and the verdict."""
+    """One statistic of candidate vs baseline: the figures and the verdict.
+
+    ``ratio``, ``ci_low`` and ``ci_high`` are what the verdict reads: the reference-normalised
+    ratio when ``ratio_measure`` is ``reference-normalised``, else the raw one. ``raw_*`` is
+    always the plain s(candidate) / s(baseline); ``reference_ratio`` is the drift reference's
+    median now / then (the machine's speed change between the two processes; > 1: slower now).
+    """
 
     statistic: str
     verdict: str
@@ -283,18 +321,39 @@ class Comparison:
     mannwhitney_p_slower: float | None
     prob_slower: float | None
     samples_to_decide: int | None = None
+    ratio_measure: str = RAW
+    raw_ratio: float = math.nan
+    raw_ci_low: float = math.nan
+    raw_ci_high: float = math.nan
+    baseline_reference_ms: float | None = None
+    candidate_reference_ms: float | None = None
+    reference_ratio: float | None = None
+    n_baseline_reference: int | None = None
+    n_candidate_reference: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _interval(log_ratios: np.ndarray, confidence: float, point: float) -> tuple[float, float]:
+    alpha = 1 - confidence
+    lo, hi = (float(v) for v in np.exp(np.quantile(log_ratios, [alpha / 2, 1 - alpha / 2])))
+    # Percentile intervals can exclude the point estimate when the bootstrap is very skewed.
+    return min(lo, point), max(hi, point)
+
+
 def compare_samples(baseline_ms: Sequence[float], candidate_ms: Sequence[float], statistic: str, tolerance: float,
                     *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
-                    baseline_fixed: bool = True) -> Comparison:
+                    baseline_fixed: bool = True, baseline_reference_ms: Sequence[float] | None = None,
+                    candidate_reference_ms: Sequence[float] | None = None) -> Comparison:
     """Test candidate against baseline samples for one statistic.
 
     ``baseline_fixed``: the baseline samples cannot grow (a stored baseline), which decides
-    how many more samples an inconclusive result needs.
+    how many more samples an inconclusive result needs. ``baseline_reference_ms`` and
+    ``candidate_reference_ms`` (both or neither): the drift reference timed beside the
+    baseline and beside the candidate; with them the verdict tests the reference-normalised
+    ratio (module docstring), and Mann-Whitney compares the samples divided by their side's
+    reference median.
 
     Example:
         >>> import numpy as np
@@ -302,36 +361,72 @@ def compare_samples(baseline_ms: Sequence[float], candidate_ms: Sequence[float],
         >>> c = compare_samples(rng.normal(1.0, 0.02, 500), rng.normal(1.2, 0.02, 500), "p50", 0.05)
         >>> c.verdict
         'regressed'
+        >>> # the machine is 25% slower now: model and reference alike
+        >>> n = compare_samples(rng.normal(1.0, 0.02, 500), rng.normal(1.25, 0.02, 500), "p50", 0.05,
+        ...                     baseline_reference_ms=rng.normal(0.3, 0.01, 500),
+        ...                     candidate_reference_ms=rng.normal(0.375, 0.01, 500))
+        >>> n.verdict, round(n.raw_ratio, 2)
+        ('pass', 1.25)
     """
     from scipy.stats import mannwhitneyu
 
+    if (baseline_reference_ms is None) != (candidate_reference_ms is None):
+        raise HwpruneError("a reference-normalised comparison needs reference samples on both sides")
     b = np.asarray(baseline_ms, dtype=float)
     c = np.asarray(candidate_ms, dtype=float)
     nb, nc = len(b), len(c)
     pb, pc = point_statistic(b, statistic), point_statistic(c, statistic)
-    ratio = pc / pb
-    u = mannwhitneyu(c, b, alternative="greater")
+    raw_ratio = pc / pb
+    ratio, scale_b, scale_c = raw_ratio, 1.0, 1.0
+    refs: dict[str, Any] = {}
+    if baseline_reference_ms is not None:
+        rb = np.asarray(baseline_reference_ms, dtype=float)
+        rc = np.asarray(candidate_reference_ms, dtype=float)
+        scale_b, scale_c = point_statistic(rb, REFERENCE_STATISTIC), point_statistic(rc, REFERENCE_STATISTIC)
+        ratio = raw_ratio / (scale_c / scale_b)
+        refs = dict(ratio_measure=NORMALISED, baseline_reference_ms=scale_b, candidate_reference_ms=scale_c,
+                    reference_ratio=scale_c / scale_b, n_baseline_reference=len(rb), n_candidate_reference=len(rc))
+    u = mannwhitneyu(c / scale_c, b / scale_b, alternative="greater")
     common = dict(statistic=statistic, baseline_ms=pb, candidate_ms=pc, ratio=ratio, confidence=confidence,
                   tolerance=tolerance, n_baseline=nb, n_candidate=nc, mannwhitney_p_slower=float(u.pvalue),
-                  prob_slower=float(u.statistic) / (nb * nc))
+                  prob_slower=float(u.statistic) / (nb * nc), raw_ratio=raw_ratio, **refs)
     need = _min_samples(statistic)
-    if nb < need:
+    need_ref = _min_samples(REFERENCE_STATISTIC)
+    short_base = [f"the baseline has {nb} samples; {statistic} needs at least {need}"] if nb < need else []
+    short_now = [f"{nc} samples measured; {statistic} needs at least {need}"] if nc < need else []
+    if refs:
+        if refs["n_baseline_reference"] < need_ref:
+            short_base.append(f"the baseline's drift reference has {refs['n_baseline_reference']} samples; "
+                              f"its {REFERENCE_STATISTIC} needs at least {need_ref}")
+        if refs["n_candidate_reference"] < need_ref:
+            short_now.append(f"{refs['n_candidate_reference']} drift reference samples measured; "
+                             f"its {REFERENCE_STATISTIC} needs at least {need_ref}")
+    if short_base:
         grow = None if baseline_fixed else need
         return Comparison(verdict="inconclusive", ci_low=math.nan, ci_high=math.nan, samples_to_decide=grow,
-                          reason=f"the baseline has {nb} samples; {statistic} needs at least {need}", **common)
-    if nc < need:
-        return Comparison(verdict="inconclusive", ci_low=math.nan, ci_high=math.nan, samples_to_decide=need,
-                          reason=f"{nc} samples measured; {statistic} needs at least {need}", **common)
+                          reason="; ".join(short_base), **common)
+    if short_now:
+        return Comparison(verdict="inconclusive", ci_low=math.nan, ci_high=math.nan,
+                          samples_to_decide=max(need, need_ref if refs else 0), reason="; ".join(short_now), **common)
     rng = np.random.default_rng(seed)
     log_b = np.log(bootstrap_statistic(b, statistic, resamples, rng))
     log_c = np.log(bootstrap_statistic(c, statistic, resamples, rng))
-    alpha = 1 - confidence
-    lo, hi = (float(v) for v in np.exp(np.quantile(log_c - log_b, [alpha / 2, 1 - alpha / 2])))
-    # Percentile intervals can exclude the point estimate when the bootstrap is very skewed.
-    lo, hi = min(lo, ratio), max(hi, ratio)
+    raw_lo, raw_hi = _interval(log_c - log_b, confidence, raw_ratio)
+    var_fixed, var_grow = float(log_b.var()), float(log_c.var())
+    if refs:
+        log_rb = np.log(bootstrap_statistic(rb, REFERENCE_STATISTIC, resamples, rng))
+        log_rc = np.log(bootstrap_statistic(rc, REFERENCE_STATISTIC, resamples, rng))
+        lo, hi = _interval((log_c - log_rc) - (log_b - log_rb), confidence, ratio)
+        # the stored reference cannot grow either; the one timed now grows with the model
+        var_fixed += float(log_rb.var())
+        var_grow += float(log_rc.var())
+    else:
+        lo, hi = raw_lo, raw_hi
+    common.update(raw_ci_low=raw_lo, raw_ci_high=raw_hi)
     verdict = decide(lo, hi, tolerance)
     pct = f"{int(round(confidence * 100))}%"
-    span = f"{pct} CI of {statistic} ratio [{lo:.4f}, {hi:.4f}]"
+    what = f"{statistic} ratio" + (" (normalised by the drift reference)" if refs else "")
+    span = f"{pct} CI of {what} [{lo:.4f}, {hi:.4f}]"
     reason = {
         "regressed": f"{span} lies above 1+t = {1 + tolerance:.4f}",
         "improved": f"{span} lies below 1-t = {1 - tolerance:.4f}",
@@ -340,8 +435,7 @@ def compare_samples(baseline_ms: Sequence[float], candidate_ms: Sequence[float],
     }[verdict]
     more = None
     if verdict == "inconclusive":
-        var_b, var_c = float(log_b.var()), float(log_c.var())
-        share = var_b / (var_b + var_c) if var_b + var_c > 0 else 0.0
+        share = var_fixed / (var_fixed + var_grow) if var_fixed + var_grow > 0 else 0.0
         more = samples_to_decide(ratio, lo, hi, tolerance, nc, share, baseline_fixed)
         if more is None:
             reason += ("; no sample count decides it (the estimate sits on the edge, or the stored "
@@ -460,8 +554,13 @@ def _mean_ms(samples: Sequence[float]) -> float:
 
 def _measure_until_decided(sampler, cfg: DeviceConfig, statistics: Sequence[str], tolerance: float,
                            opts: RegressOptions, baseline_samples: Sequence[float] | None,
-                           log: Callable[[str], None]) -> tuple[list[Comparison], dict[str, Any]]:
-    """First measurement, test, then extra samples for inconclusive statistics within the budget."""
+                           log: Callable[[str], None], baseline_reference: Sequence[float] | None = None
+                           ) -> tuple[list[Comparison], dict[str, Any]]:
+    """First measurement, test, then extra samples for inconclusive statistics within the budget.
+
+    ``baseline_reference``: the stored baseline's drift reference samples; the sampler then
+    times the reference (key ``REFERENCE``) beside the candidate, and the test is normalised.
+    """
     start = time.perf_counter()
     deadline = start + opts.max_seconds
     fixed = baseline_samples is not None
@@ -470,14 +569,17 @@ def _measure_until_decided(sampler, cfg: DeviceConfig, statistics: Sequence[str]
     if fixed:
         # As many samples as the baseline holds, as far as the first window allows: the
         # measuring loop honours its time limit only once it has its minimum count.
-        first_n = max(first_n, min(len(baseline_samples), int(first_s / (_mean_ms(baseline_samples) / 1e3))))
+        round_ms = _mean_ms(baseline_samples) + (_mean_ms(baseline_reference) if baseline_reference else 0.0)
+        first_n = max(first_n, min(len(baseline_samples), int(first_s / (round_ms / 1e3))))
     sampler.take(first_n, first_s, first=True)
     rounds = 1
 
     def test() -> list[Comparison]:
         base = baseline_samples if fixed else sampler.samples[BASELINE]
+        ref_now = sampler.samples[REFERENCE] if baseline_reference is not None else None
         return [compare_samples(base, sampler.samples[CANDIDATE], s, tolerance, confidence=opts.confidence,
-                                resamples=opts.resamples, seed=opts.seed, baseline_fixed=fixed)
+                                resamples=opts.resamples, seed=opts.seed, baseline_fixed=fixed,
+                                baseline_reference_ms=baseline_reference, candidate_reference_ms=ref_now)
                 for s in statistics]
 
     comps = test()
@@ -509,18 +611,93 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# The baseline drift reference: depthwise 3x3 (32 ch) -> 1x1 32->64 -> depthwise 3x3 stride 2
+# -> 1x1 64->64, ReLU after each, on 1x32x56x56 (~1.3 MB of activations: beyond a core's L2,
+# like a whole model's working set, and ~0.35 ms on one x86 thread). Chosen by measurement
+# (bench/regress_bench.py --reference-study): over 20 processes of a loaded 2-core VM whose
+# speed moved by up to 35%, the bench CNN's p50 spread over 23% raw, 19% over the LUT's
+# 32->32 conv at 14x14 (cache-resident, ~0.05 ms: it over-reacts to a neighbour's load) and
+# 7% over this graph. It does not track a model that lives in the shared cache (MobileNetV2
+# at 64x64, 9 MB of weights: 55% raw, ~45% over either reference).
+REFERENCE_NAME = "hwprune.regress:dwblock-v1"
+_REFERENCE_LAYERS = ((32, 32, 3, 1, 32), (32, 64, 1, 1, 1), (64, 64, 3, 2, 64), (64, 64, 1, 1, 1))
+_REFERENCE_INPUT = (1, 32, 56, 56)
+
+
+@functools.lru_cache(maxsize=1)
+def _reference_onnx() -> bytes:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "input"
+    for i, (cin, cout, k, stride, groups) in enumerate(_REFERENCE_LAYERS):
+        w = (rng.standard_normal((cout, cin // groups, k, k)) * 0.1).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"c{i}.w"), numpy_helper.from_array(np.zeros(cout, np.float32), f"c{i}.b")]
+        nodes += [helper.make_node("Conv", [prev, f"c{i}.w", f"c{i}.b"], [f"c{i}"], kernel_shape=[k, k],
+                                   pads=[k // 2] * 4, strides=[stride, stride], group=groups),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    nodes.append(helper.make_node("GlobalAveragePool", [prev], ["output"]))
+    graph = helper.make_graph(nodes, "drift_reference",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(_REFERENCE_INPUT))],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 64, 1, 1])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name=REFERENCE_NAME)
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def reference_graph() -> tuple[str, bytes]:
+    """The drift reference a baseline is normalised by: its name and ONNX bytes.
+
+    Built here, deterministically (fixed seed): a baseline stores the graph's sha256, and one
+    whose reference differs from this hwprune's is compared raw (with a warning). A caller
+    that writes a baseline times ``(REFERENCE, reference_graph()[1])`` as one more item beside
+    the model, interleaved in the same process (``hwprune.measure.measure_many`` does that
+    for any items it is given), and passes that timing to ``make_baseline``.
+    """
+    return REFERENCE_NAME, _reference_onnx()
+
+
 def make_baseline(onnx_bytes: bytes, model_name: str, device: str, statistic: str, timing: dict[str, Any],
-                  environment: dict[str, Any] | None) -> dict[str, Any]:
+                  environment: dict[str, Any] | None, reference: dict[str, Any] | None = None) -> dict[str, Any]:
     """A baseline record as ``hwprune prune`` writes it to ``baseline.json``.
 
     ``timing`` is a TimingStats dict with ``samples_ms``; ``model_name`` is the model file's
-    path relative to the baseline's folder.
+    path relative to the baseline's folder. ``reference``: a TimingStats dict (with samples)
+    of ``reference_graph()`` timed interleaved with the model *in the same process* as
+    ``timing``, e.g. ``measure_many([("pruned", onnx), (REFERENCE, reference_graph()[1])],
+    cfg)[REFERENCE]``; without it ``hwprune regress --baseline`` compares raw, exposed to
+    process-level drift.
+
+    Example:
+        >>> b = make_baseline(b"onnx", "pruned.onnx", "x86-cpu-ort", "p50", {"samples_ms": [1.0, 1.1]}, None,
+        ...                   reference={"samples_ms": [0.05, 0.06]})
+        >>> b["reference"]["model"], b["reference"]["timing"]["samples_ms"]
+        ('hwprune.regress:dwblock-v1', [0.05, 0.06])
     """
     from profilers.environment import fingerprint
 
-    return {"format": BASELINE_FORMAT, "model": model_name, "onnx_sha256": _sha256(onnx_bytes), "device": device,
-            "statistic": statistic, "timing": timing, "environment": environment or {},
-            "fingerprint": fingerprint(environment) if environment else None, "created_unix_s": time.time()}
+    out = {"format": BASELINE_FORMAT, "model": model_name, "onnx_sha256": _sha256(onnx_bytes), "device": device,
+           "statistic": statistic, "timing": timing, "environment": environment or {},
+           "fingerprint": fingerprint(environment) if environment else None, "created_unix_s": time.time()}
+    if reference is not None:
+        name, blob = reference_graph()
+        out["reference"] = {"model": name, "onnx_sha256": _sha256(blob), "timing": reference}
+    return out
+
+
+def _check_samples(p: Path, timing: Any, where: str) -> None:
+    samples = timing.get("samples_ms") if isinstance(timing, dict) else None
+    if not isinstance(samples, list) or len(samples) < 2:
+        raise HwpruneError(f"{p}: corrupt baseline: '{where}.samples_ms' must list at least 2 samples")
+    try:
+        arr = np.asarray(samples, dtype=float)
+    except (TypeError, ValueError):
+        raise HwpruneError(f"{p}: corrupt baseline: '{where}.samples_ms' must be numbers") from None
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise HwpruneError(f"{p}: corrupt baseline: '{where}.samples_ms' must be positive finite numbers")
 
 
 def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -541,16 +718,12 @@ def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
                            f"format {BASELINE_FORMAT})")
     if not isinstance(data.get("device"), str):
         raise HwpruneError(f"{p}: corrupt baseline: no 'device'")
-    timing = data.get("timing")
-    samples = timing.get("samples_ms") if isinstance(timing, dict) else None
-    if not isinstance(samples, list) or len(samples) < 2:
-        raise HwpruneError(f"{p}: corrupt baseline: 'timing.samples_ms' must list at least 2 samples")
-    try:
-        arr = np.asarray(samples, dtype=float)
-    except (TypeError, ValueError):
-        raise HwpruneError(f"{p}: corrupt baseline: 'timing.samples_ms' must be numbers") from None
-    if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise HwpruneError(f"{p}: corrupt baseline: 'timing.samples_ms' must be positive finite numbers")
+    _check_samples(p, data.get("timing"), "timing")
+    ref = data.get("reference")
+    if ref is not None:
+        if not isinstance(ref, dict) or not isinstance(ref.get("onnx_sha256"), str):
+            raise HwpruneError(f"{p}: corrupt baseline: 'reference' must be an object with 'onnx_sha256'")
+        _check_samples(p, ref.get("timing"), "reference.timing")
     if data.get("environment") is not None and not isinstance(data["environment"], dict):
         raise HwpruneError(f"{p}: corrupt baseline: 'environment' must be an object")
     return data
@@ -662,22 +835,31 @@ def write_baseline(opts: RegressOptions, statistics: Sequence[str] = (),
         raise HwpruneError("--write-baseline needs --model (the ONNX file to time)")
     cfg = load_device_config(opts.device)
     blob = _read_model(opts.model)
+    ref_name, ref_blob = reference_graph()
     env = _local_environment(cfg)
-    sampler = open_sampler([(CANDIDATE, blob)], cfg)
+    # The drift reference is timed interleaved with the model, so that a later check can
+    # tell this process's speed level from a change of the model (module docstring).
+    sampler = open_sampler([(CANDIDATE, blob), (REFERENCE, ref_blob)], cfg)
     try:
         start = time.perf_counter()
-        sampler.take(cfg.min_repeats, cfg.max_seconds, first=True)
+        # One take, so that every sample is from this one process (a remote sampler starts a
+        # process per take); the time limit applies once BASELINE_SAMPLES are in.
+        sampler.take(max(cfg.min_repeats, BASELINE_SAMPLES), cfg.max_seconds * 2, first=True)
         env = env or sampler.environment
     finally:
         sampler.close()
-    timing = summarize(sampler.samples[CANDIDATE], cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci,
-                       total_s=time.perf_counter() - start).to_dict()
+    seconds = time.perf_counter() - start
+    timing, ref_timing = (summarize(sampler.samples[k], cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci,
+                                    total_s=seconds).to_dict() for k in (CANDIDATE, REFERENCE))
     out = Path(opts.write_baseline)
     rel = os.path.relpath(Path(opts.model).resolve(), out.resolve().parent)
-    baseline = make_baseline(blob, rel, cfg.name, statistics[0] if statistics else cfg.statistic, timing, env)
+    baseline = make_baseline(blob, rel, cfg.name, statistics[0] if statistics else cfg.statistic, timing, env,
+                             reference=ref_timing)
     atomic_write_json(out, baseline)
     return {"kind": "write-baseline", "verdict": "written", "exit_code": 0, "path": str(out), "device": cfg.name,
             "model": opts.model, "timing": {k: v for k, v in timing.items() if k != "samples_ms"},
+            "reference": {"model": ref_name,
+                          "timing": {k: v for k, v in ref_timing.items() if k != "samples_ms"}},
             "command": command_line(opts)}
 
 
@@ -701,6 +883,21 @@ def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, st
         statistics = statistics or [cfg.statistic]
     blob = _read_model(model_path)
     ref_blob = _read_model(opts.against, "--against model") if mode == "against" else None
+    warnings: list[str] = []
+    drift_blob, base_ref_samples = None, None
+    if baseline is not None:
+        drift_name, drift_blob = reference_graph()
+        stored = baseline.get("reference")
+        if stored is None:
+            warnings.append(NO_REFERENCE_WARNING)
+            drift_blob = None
+        elif stored["onnx_sha256"] != _sha256(drift_blob):
+            warnings.append(f"the baseline's drift reference ({stored.get('model')}, sha256 "
+                            f"{stored['onnx_sha256'][:12]}) is not this hwprune's {drift_name}: the comparison is "
+                            "raw, exposed to process-level drift; re-write the baseline with --write-baseline")
+            drift_blob = None
+        else:
+            base_ref_samples = stored["timing"]["samples_ms"]
 
     now_env = _local_environment(cfg)
     env_info = None
@@ -708,13 +905,21 @@ def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, st
         env_info = _environment_check(baseline.get("environment"), baseline.get("fingerprint"), now_env,
                                       f"the baseline {opts.baseline}", opts.allow_env_change)
 
-    # A/B order: the reference first in every round.
-    items = [(BASELINE, ref_blob), (CANDIDATE, blob)] if ref_blob is not None else [(CANDIDATE, blob)]
-    log(f"measuring {model_path} on {cfg.name}" + (f" interleaved with {opts.against}" if ref_blob else ""))
+    for w in warnings:  # after the checks that may refuse: an error stays one line
+        log(f"warning: {w}")
+    # A/B order: the reference first in every round. The drift reference follows the model,
+    # as when the baseline was written.
+    if ref_blob is not None:
+        items = [(BASELINE, ref_blob), (CANDIDATE, blob)]
+    else:
+        items = [(CANDIDATE, blob)] + ([(REFERENCE, drift_blob)] if drift_blob is not None else [])
+    log(f"measuring {model_path} on {cfg.name}" + (f" interleaved with {opts.against}" if ref_blob else "")
+        + (" interleaved with the drift reference" if drift_blob is not None else ""))
     sampler = open_sampler(items, cfg)
     try:
         base_samples = baseline["timing"]["samples_ms"] if baseline is not None else None
-        comps, info = _measure_until_decided(sampler, cfg, statistics, tolerance, opts, base_samples, log)
+        comps, info = _measure_until_decided(sampler, cfg, statistics, tolerance, opts, base_samples, log,
+                                             base_ref_samples)
         if now_env is None:  # remote: the device's manifest arrives with the first measurement
             now_env = sampler.environment
             if baseline is not None:
@@ -733,13 +938,16 @@ def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, st
         "format": RESULT_FORMAT, "kind": "model", "mode": mode, "device": cfg.name, "model": model_path,
         "model_sha256": sha, "verdict": verdict, "exit_code": VERDICT_EXIT[verdict], "tolerance": tolerance,
         "confidence": opts.confidence, "resamples": opts.resamples, "seed": opts.seed,
+        "ratio_measure": NORMALISED if base_ref_samples is not None else RAW,
         "comparisons": [c.to_dict() for c in comps], "measurement": info, "environment": env_info,
-        "created_unix_s": time.time(),
+        "warnings": warnings, "created_unix_s": time.time(),
     }
     if baseline is not None:
         result["baseline"] = {"path": opts.baseline, "model": baseline.get("model"),
                               "onnx_sha256": baseline.get("onnx_sha256"), "created_unix_s": baseline.get("created_unix_s"),
-                              "statistic": baseline.get("statistic")}
+                              "statistic": baseline.get("statistic"),
+                              "reference": ({k: v for k, v in baseline["reference"].items() if k != "timing"}
+                                            if baseline.get("reference") else None)}
         # A different model is the point of a regression check; it is recorded, not refused.
         result["model_changed"] = baseline.get("onnx_sha256") != sha
     else:
@@ -923,8 +1131,11 @@ def format_text(result: dict[str, Any]) -> str:
     """The plain-text summary the CLI prints."""
     if result["kind"] == "write-baseline":
         t = result["timing"]
+        ref = result.get("reference")
+        beside = (f"; drift reference {ref['model']} timed beside it: n={ref['timing']['n']} "
+                  f"p50={ref['timing']['p50_ms']:.4f} ms") if ref else ""
         return (f"wrote baseline {result['path']}: {result['model']} on {result['device']}, n={t['n']} "
-                f"p50={t['p50_ms']:.4f} ms p90={t['p90_ms']:.4f} ms p99={t['p99_ms']:.4f} ms")
+                f"p50={t['p50_ms']:.4f} ms p90={t['p90_ms']:.4f} ms p99={t['p99_ms']:.4f} ms{beside}")
     lines = []
     if result["kind"] == "lut":
         lines.append(f"{'signature':18s} {'op':28s} {'LUT ms':>9s} {'now ms':>9s} {'drift':>8s} {'adjusted':>9s}")
@@ -938,13 +1149,22 @@ def format_text(result: dict[str, Any]) -> str:
                      f"{result['ci_high'] * 100:+.1f}%), tolerance ±{result['tolerance'] * 100:g}%: "
                      f"{result['verdict'].upper()}")
     else:
-        lines.append(f"{'stat':5s} {'baseline ms':>12s} {'now ms':>10s} {'change':>8s} {'CI':>19s} "
-                     f"{'MW p':>8s} {'n base/now':>12s}  verdict")
+        normalised = result.get("ratio_measure") == NORMALISED
+        lines.append(f"{'stat':5s} {'baseline ms':>12s} {'now ms':>10s} {'raw':>8s} "
+                     + (f"{'ref now/then':>12s} {'normalised':>10s} " if normalised else "")
+                     + f"{'CI':>19s} {'MW p':>8s} {'n base/now':>12s}  verdict")
         for c in result["comparisons"]:
             ci = f"[{_pct(c['ci_low'])}, {_pct(c['ci_high'])}]"
+            norm = f"{_fmt(c.get('reference_ratio'), '.4f'):>12s} {_pct(c['ratio']):>10s} " if normalised else ""
             lines.append(f"{c['statistic']:5s} {c['baseline_ms']:12.4f} {c['candidate_ms']:10.4f} "
-                         f"{_pct(c['ratio']):>8s} {ci:>19s} {_fmt(c['mannwhitney_p_slower'], '.2g'):>8s} "
+                         f"{_pct(c.get('raw_ratio', c['ratio'])):>8s} {norm}{ci:>19s} "
+                         f"{_fmt(c['mannwhitney_p_slower'], '.2g'):>8s} "
                          f"{c['n_baseline']:>5d}/{c['n_candidate']:<6d}  {c['verdict']}")
+        if normalised:
+            lines.append("the verdict tests the ratio normalised by the drift reference timed beside the model "
+                         "(ref now/then: the machine's speed change; >1 is slower now)")
+        for w in result.get("warnings", []):
+            lines.append(f"warning: {w}")
         for d in result["environment"]["differences"]:
             lines.append(f"environment: {d}")
         if result.get("model_changed"):
@@ -982,16 +1202,31 @@ def to_markdown(result: dict[str, Any]) -> str:
                 else f"against the stored baseline `{result['baseline']['path']}`")
         out.append(f"### Latency regression: `{Path(result['model']).name}` on `{result['device']}` — "
                    f"**{_BADGE[result['verdict']]}**\n")
-        out.append(f"Measured {mode}; tolerance ±{result['tolerance'] * 100:g}%, {conf} bootstrap CI of the "
-                   f"ratio now / baseline ({result['resamples']} resamples, seed {result['seed']}).\n")
-        out.append(f"| statistic | baseline ms | now ms | change | {conf} CI | Mann-Whitney p (slower) | "
-                   "n baseline / now | verdict |")
-        out.append("|---|---:|---:|---:|---|---:|---:|---|")
+        normalised = result.get("ratio_measure") == NORMALISED
+        if normalised:
+            out.append(f"Measured {mode}, with the drift reference timed beside the model then and now; the "
+                       f"verdict tests the **reference-normalised** ratio (now / baseline, divided by the "
+                       f"reference's now / then: the machine's speed change between the two processes); "
+                       f"tolerance ±{result['tolerance'] * 100:g}%, {conf} bootstrap CI ({result['resamples']} "
+                       f"resamples, seed {result['seed']}).\n")
+            out.append(f"| statistic | baseline ms | now ms | raw change | reference now / then | normalised change "
+                       f"| {conf} CI (normalised) | Mann-Whitney p (slower) | n baseline / now | verdict |")
+            out.append("|---|---:|---:|---:|---:|---:|---|---:|---:|---|")
+        else:
+            out.append(f"Measured {mode}; tolerance ±{result['tolerance'] * 100:g}%, {conf} bootstrap CI of the "
+                       f"ratio now / baseline ({result['resamples']} resamples, seed {result['seed']}).\n")
+            out.append(f"| statistic | baseline ms | now ms | change | {conf} CI | Mann-Whitney p (slower) | "
+                       "n baseline / now | verdict |")
+            out.append("|---|---:|---:|---:|---|---:|---:|---|")
         for c in result["comparisons"]:
-            out.append(f"| {c['statistic']} | {c['baseline_ms']:.4f} | {c['candidate_ms']:.4f} | {_pct(c['ratio'])} | "
+            norm = (f"{_pct(c.get('raw_ratio', c['ratio']))} | {_fmt(c.get('reference_ratio'))} | {_pct(c['ratio'])}"
+                    if normalised else _pct(c["ratio"]))
+            out.append(f"| {c['statistic']} | {c['baseline_ms']:.4f} | {c['candidate_ms']:.4f} | {norm} | "
                        f"{_pct(c['ci_low'])} .. {_pct(c['ci_high'])} | {_fmt(c['mannwhitney_p_slower'], '.2g')} | "
                        f"{c['n_baseline']} / {c['n_candidate']} | **{c['verdict']}** |")
         out.append("")
+        for w in result.get("warnings", []):
+            out.append(f"- :warning: {w}")
         for c in result["comparisons"]:
             if c["verdict"] != "pass":
                 out.append(f"- {c['statistic']}: {c['reason']}")
@@ -1025,6 +1260,8 @@ def to_junit(result: dict[str, Any]) -> str:
     sprops = ET.SubElement(suite, "properties")
     for name, value in (("device", result["device"]), ("mode", result["mode"]), ("tolerance", result["tolerance"]),
                         ("confidence", result["confidence"]), ("verdict", result["verdict"]),
+                        ("ratio_measure", result.get("ratio_measure") or result.get("drift_measure")),
+                        ("warnings", " | ".join(result.get("warnings", []))),
                         ("fingerprint", (result.get("environment") or {}).get("fingerprint_now")),
                         ("command", result.get("command"))):
         ET.SubElement(sprops, "property", name=name, value=str(value))
@@ -1039,9 +1276,11 @@ def to_junit(result: dict[str, Any]) -> str:
         cases.append((f"lut {result['model']} {result['statistic']}", result["verdict"], props, msg))
     else:
         for c in result["comparisons"]:
-            props = {k: c[k] for k in ("ratio", "ci_low", "ci_high", "baseline_ms", "candidate_ms",
-                                       "mannwhitney_p_slower", "prob_slower", "n_baseline", "n_candidate",
-                                       "samples_to_decide")}
+            props = {k: c.get(k) for k in ("ratio", "ci_low", "ci_high", "ratio_measure", "raw_ratio", "raw_ci_low",
+                                           "raw_ci_high", "reference_ratio", "baseline_ms", "candidate_ms",
+                                           "baseline_reference_ms", "candidate_reference_ms", "mannwhitney_p_slower",
+                                           "prob_slower", "n_baseline", "n_candidate", "n_baseline_reference",
+                                           "n_candidate_reference", "samples_to_decide")}
             cases.append((f"{Path(result['model']).name} {c['statistic']}", c["verdict"], props, c["reason"]))
     failures = skipped = 0
     for name, verdict, props, msg in cases:

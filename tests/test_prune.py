@@ -503,3 +503,15 @@ def test_finetune_strategies_ship_the_searched_widths_and_a_plan_that_replays(en
 def test_unknown_finetune_strategy_is_one_line(env, tmp_path):
     res = _invoke(_prune_args(env, tmp_path / "x", "--max-params", "700", "--finetune", "magic"))
     assert res.exit_code == 2 and "magic" in res.output
+
+
+def test_the_baseline_carries_a_drift_reference_that_regress_uses(uniform_run, env, tmp_path):
+    _ok(uniform_run[0])
+    out = uniform_run[1]
+    base = json.loads((out / "baseline.json").read_text())
+    assert len(base["timing"]["samples_ms"]) >= 1000 and len(base["reference"]["timing"]["samples_ms"]) >= 1000
+    res = _invoke(["regress", "--device", env["device"], "--baseline", out / "baseline.json", "--tolerance", "50%",
+                   "--max-seconds", "5", "--json", tmp_path / "r.json"])
+    assert res.exit_code in (0, 3), res.output
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert "reference-normalised" in json.dumps(r) and "warning" not in res.output

@@ -3,6 +3,8 @@
 Most tests inject timings by replacing ``hwprune.regress.open_sampler`` with a sampler that
 draws seeded synthetic samples, so verdicts are deterministic; a few run onnxruntime for real
 on tiny models (their assertions hold on a noisy machine: ratios of ~50x, or structure only).
+The drift reference's cases (a machine whose speed moved between the baseline's process and
+this one) are synthetic: the speed level is a multiplier on model and reference samples alike.
 """
 
 from __future__ import annotations
@@ -67,8 +69,14 @@ def setup(tmp_path):
     baseline = rg.make_baseline(Path(model).read_bytes(), "model.onnx", cfg.name, "p50", timing, env)
     bpath = tmp_path / "baseline.json"
     bpath.write_text(json.dumps(baseline))
+    # The same baseline with the drift reference timed beside the model (0.3 ms).
+    ref_samples = np.random.default_rng(321).normal(0.3, 0.006, 300)
+    with_ref = rg.make_baseline(Path(model).read_bytes(), "model.onnx", cfg.name, "p50", timing, env,
+                                reference={"n": 300, "samples_ms": ref_samples.tolist()})
+    rpath = tmp_path / "baseline-ref.json"
+    rpath.write_text(json.dumps(with_ref))
     return {"root": tmp_path, "device": str(device), "model": model, "other": other, "baseline": str(bpath),
-            "env": env, "cfg": cfg}
+            "baseline_ref": str(rpath), "env": env, "cfg": cfg}
 
 
 class FakeSampler:
@@ -84,7 +92,7 @@ class FakeSampler:
 
     def take(self, min_samples, max_seconds, first=False):
         n = max(min_samples, 50) if first else min_samples
-        self.calls.append({"first": first, "n": n, "max_seconds": max_seconds})
+        self.calls.append({"first": first, "n": n, "max_seconds": max_seconds, "keys": list(self.keys)})
         for k in self.keys:
             mu, sd = self.dists[k]
             self.samples[k].extend(self.rng.normal(mu, sd, n).clip(1e-3).tolist())
@@ -95,9 +103,11 @@ class FakeSampler:
 
 @pytest.fixture
 def fake(monkeypatch):
-    """``fake(candidate=(mu, sd), baseline=(mu, sd))`` installs the fake sampler; returns its call log."""
+    """``fake(candidate=(mu, sd), baseline=(mu, sd), reference=(mu, sd))`` installs the fake
+    sampler (``reference``: the drift reference's samples); returns its call log."""
 
     def install(**dists):
+        dists = {rg.REFERENCE if k == "reference" else k: v for k, v in dists.items()}
         calls: list[dict] = []
         monkeypatch.setattr(rg, "open_sampler", lambda items, cfg: FakeSampler(items, cfg, dists, calls))
         return calls
@@ -242,6 +252,210 @@ def test_parse_tolerance(text, value):
 def test_parse_tolerance_rejects(text):
     with pytest.raises(HwpruneError):
         rg.parse_tolerance(text)
+
+
+# -- the drift reference: a machine whose speed moved between processes ----------------------------
+def _level(seed, mu, level, n=600, sd=0.02):
+    """Samples of a graph whose own time is ``mu`` on a machine at speed ``level`` (1.25: 25% slower)."""
+    return _draw(seed, mu, sd, n) * level
+
+
+def test_model_and_reference_both_25pct_slower_is_a_pass():
+    base, ref_base = _level(30, 1.0, 1.0), _level(31, 0.3, 1.0)
+    now, ref_now = _level(32, 1.0, 1.25), _level(33, 0.3, 1.25)
+    raw = rg.compare_samples(base, now, "p50", 0.05)
+    assert raw.verdict == "regressed"  # the old, raw test cries wolf
+    c = rg.compare_samples(base, now, "p50", 0.05, baseline_reference_ms=ref_base, candidate_reference_ms=ref_now)
+    assert c.verdict == "pass" and c.ratio_measure == rg.NORMALISED
+    assert c.ratio == pytest.approx(1.0, abs=0.01) and c.ci_low <= c.ratio <= c.ci_high <= 1.05
+    assert c.raw_ratio == pytest.approx(1.25, rel=0.01) and c.raw_ci_low > 1.05
+    assert c.reference_ratio == pytest.approx(1.25, rel=0.01)
+    assert c.ratio == pytest.approx(c.raw_ratio / c.reference_ratio)
+    # Mann-Whitney compares reference-scaled samples: no longer "every sample slower"
+    assert raw.prob_slower > 0.99 and abs(c.prob_slower - 0.5) < 0.2
+    assert (c.n_baseline_reference, c.n_candidate_reference) == (600, 600)
+
+
+@pytest.mark.parametrize("level", [1.0, 0.8, 1.25])
+def test_model_alone_10pct_slower_is_regressed_whatever_the_machine_speed(level):
+    base, ref_base = _level(40, 1.0, 1.0), _level(41, 0.3, 1.0)
+    now, ref_now = _level(42, 1.10, level), _level(43, 0.3, level)
+    c = rg.compare_samples(base, now, "p50", 0.05, baseline_reference_ms=ref_base, candidate_reference_ms=ref_now)
+    assert c.verdict == "regressed" and c.ratio == pytest.approx(1.10, rel=0.01) and c.ci_low > 1.05
+    assert c.raw_ratio == pytest.approx(1.10 * level, rel=0.01)
+    if level == 0.8:  # raw, the slowdown hides behind a faster process
+        assert rg.decide(c.raw_ci_low, c.raw_ci_high, 0.05) == "improved"
+
+
+@pytest.mark.parametrize("statistic", ["p90", "mean"])
+def test_normalisation_reads_the_references_median(statistic):
+    ref_base = _level(50, 0.3, 1.0)
+    ref_now = np.concatenate([_level(51, 0.3, 1.2, n=540), np.full(60, 5.0)])  # 10% long interruptions
+    c = rg.compare_samples(_level(52, 1.0, 1.0), _level(53, 1.0, 1.2), statistic, 0.05,
+                           baseline_reference_ms=ref_base, candidate_reference_ms=ref_now)
+    assert c.reference_ratio == pytest.approx(np.median(ref_now) / np.median(ref_base))
+    assert c.verdict == "pass"
+
+
+def test_normalised_bootstrap_is_seeded_and_wider_than_raw():
+    args = (_level(60, 1.0, 1.0, n=200, sd=0.05), _level(61, 1.0, 1.0, n=200, sd=0.05), "p50", 0.05)
+    refs = dict(baseline_reference_ms=_level(62, 0.3, 1.0, n=200, sd=0.015),
+                candidate_reference_ms=_level(63, 0.3, 1.0, n=200, sd=0.015))
+    a = rg.compare_samples(*args, seed=5, **refs)
+    b = rg.compare_samples(*args, seed=5, **refs)
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+    # four sample sets resampled independently: the normalised interval holds the raw one's spread and more
+    assert a.ci_high - a.ci_low > a.raw_ci_high - a.raw_ci_low
+
+
+def test_reference_needs_both_sides_and_enough_samples():
+    base, now = _level(70, 1.0, 1.0), _level(71, 1.0, 1.0)
+    with pytest.raises(HwpruneError, match="both sides"):
+        rg.compare_samples(base, now, "p50", 0.05, baseline_reference_ms=_level(72, 0.3, 1.0))
+    few = rg.compare_samples(base, now, "p50", 0.05, baseline_reference_ms=_level(72, 0.3, 1.0, n=4),
+                             candidate_reference_ms=_level(73, 0.3, 1.0))
+    assert few.verdict == "inconclusive" and "drift reference has 4 samples" in few.reason
+    assert few.samples_to_decide is None  # the stored side cannot grow
+    now_few = rg.compare_samples(base, now, "p50", 0.05, baseline_reference_ms=_level(72, 0.3, 1.0),
+                                 candidate_reference_ms=_level(73, 0.3, 1.0, n=4))
+    assert now_few.verdict == "inconclusive" and now_few.samples_to_decide == 10
+
+
+def test_a_noisy_stored_reference_cannot_be_outgrown():
+    """The stored reference's spread is part of the fixed share: more samples now cannot decide."""
+    base, now = _level(80, 1.0, 1.0, n=60, sd=0.01), _level(81, 1.08, 1.0, n=60, sd=0.01)
+    noisy_ref = _level(82, 0.3, 1.0, n=60, sd=0.12)
+    c = rg.compare_samples(base, now, "p50", 0.05, baseline_reference_ms=noisy_ref,
+                           candidate_reference_ms=_level(83, 0.3, 1.0, n=60, sd=0.01))
+    assert c.verdict == "inconclusive" and c.samples_to_decide is None
+    # the same spread in the reference timed now can be outgrown
+    d = rg.compare_samples(base, now, "p50", 0.05, baseline_reference_ms=_level(83, 0.3, 1.0, n=60, sd=0.01),
+                           candidate_reference_ms=noisy_ref)
+    assert d.verdict == "inconclusive" and d.samples_to_decide is not None and d.samples_to_decide > 60
+
+
+def test_baseline_round_trip_with_reference(setup):
+    data = rg.load_baseline(setup["baseline_ref"])
+    name, blob = rg.reference_graph()
+    assert data["reference"]["model"] == name and data["reference"]["onnx_sha256"] == rg._sha256(blob)
+    stored = np.random.default_rng(321).normal(0.3, 0.006, 300)
+    assert data["reference"]["timing"]["samples_ms"] == stored.tolist()
+    assert data["timing"]["samples_ms"] == np.random.default_rng(123).normal(1.0, 0.02, 300).tolist()
+    # the call hwprune prune makes, without a reference, still works and stores none
+    old = rg.make_baseline(b"onnx", "pruned.onnx", "fast-cpu", "p50", {"samples_ms": [1.0, 1.1]}, None)
+    assert "reference" not in old
+
+
+@pytest.mark.parametrize("reference, words", [
+    ("[1, 2]", ["'reference' must be an object"]),
+    ('{"timing": {"samples_ms": [1.0, 2.0]}}', ["onnx_sha256"]),
+    ('{"onnx_sha256": "ab", "timing": {"samples_ms": [1.0]}}', ["reference.timing.samples_ms"]),
+    ('{"onnx_sha256": "ab", "timing": {"samples_ms": [1.0, 0.0]}}', ["reference.timing.samples_ms"]),
+])
+def test_corrupt_reference(setup, fake, reference, words):
+    fake(candidate=(1.0, 0.02), reference=(0.3, 0.006))
+    data = json.loads(Path(setup["baseline_ref"]).read_text())
+    data["reference"] = json.loads(reference)
+    bad = setup["root"] / "bad-ref.json"
+    bad.write_text(json.dumps(data))
+    _assert_one_line_error(_run("-d", setup["device"], "-m", setup["model"], "--baseline", str(bad),
+                                *_outputs(setup["root"])), setup["root"], str(bad), *words)
+
+
+@pytest.mark.parametrize("candidate, reference, verdict, code", [
+    ((1.25, 0.025), (0.375, 0.0075), "pass", 0),        # this process 25% slower: model and reference alike
+    ((0.8, 0.016), (0.24, 0.0048), "pass", 0),          # ... or 20% faster
+    ((1.10, 0.02), (0.3, 0.006), "regressed", 1),       # the model alone 10% slower
+    ((0.88, 0.016), (0.24, 0.0048), "regressed", 1),    # 10% slower, hidden behind a 20% faster process
+])
+def test_normalised_verdicts_through_the_cli(setup, fake, candidate, reference, verdict, code):
+    calls = fake(candidate=candidate, reference=reference)
+    r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline_ref"],
+             *_outputs(setup["root"]))
+    assert r.exit_code == code, r.output
+    assert calls[0]["keys"] == [rg.CANDIDATE, rg.REFERENCE]  # the reference timed beside the model, now too
+    data = json.loads((setup["root"] / "out" / "r.json").read_text())
+    assert data["verdict"] == verdict and data["ratio_measure"] == "reference-normalised"
+    assert data["warnings"] == [] and "warning" not in r.stderr
+    c = data["comparisons"][0]
+    assert c["ratio_measure"] == "reference-normalised"
+    assert c["reference_ratio"] == pytest.approx(reference[0] / 0.3, rel=0.02)
+    assert c["raw_ratio"] == pytest.approx(candidate[0], rel=0.02)
+    assert c["ratio"] == pytest.approx(c["raw_ratio"] / c["reference_ratio"])
+    assert data["baseline"]["reference"]["onnx_sha256"] == rg._sha256(rg.reference_graph()[1])
+    assert len(data["samples_ms"][rg.REFERENCE]) == c["n_candidate_reference"]
+    assert "ref now/then" in r.stdout and "normalised" in r.stdout
+    md = (setup["root"] / "out" / "s.md").read_text()
+    assert "**reference-normalised**" in md and "reference now / then" in md
+
+
+def test_normalised_inconclusive_takes_more_samples_and_decides(setup, fake):
+    """Noisy now, tight stored side: the estimate asks for more samples, and they decide it."""
+    calls = fake(candidate=(1.08, 0.25), reference=(0.3, 0.006))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline_ref"], "--max-seconds",
+             "60", "--json", str(setup["root"] / "r.json"))
+    assert len(calls) >= 2, calls
+    assert not calls[1]["first"] and calls[1]["n"] > 20
+    assert r.exit_code == 1, r.output
+    assert "taking" in r.stderr
+    data = json.loads((setup["root"] / "r.json").read_text())
+    assert data["ratio_measure"] == "reference-normalised" and data["measurement"]["rounds"] == len(calls)
+    assert data["comparisons"][0]["n_candidate"] == data["comparisons"][0]["n_candidate_reference"] \
+        == sum(c["n"] for c in calls)
+
+
+def test_a_baseline_without_reference_is_compared_raw_with_a_warning(setup, fake):
+    calls = fake(candidate=(1.0, 0.02))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline"], *_outputs(setup["root"]))
+    assert r.exit_code == 0, r.output
+    assert calls[0]["keys"] == [rg.CANDIDATE]  # nothing to normalise by: the old path
+    assert "warning: the baseline holds no drift reference" in r.stderr and "process-level drift" in r.stderr
+    data = json.loads((setup["root"] / "out" / "r.json").read_text())
+    assert data["ratio_measure"] == "raw" and data["warnings"] == [rg.NO_REFERENCE_WARNING]
+    c = data["comparisons"][0]
+    assert c["ratio_measure"] == "raw" and c["ratio"] == c["raw_ratio"] and c["reference_ratio"] is None
+    assert "warning: the baseline holds no drift reference" in r.stdout
+    assert "holds no drift reference" in (setup["root"] / "out" / "s.md").read_text()
+    xml = junitparser.JUnitXml.fromfile(str(setup["root"] / "out" / "l.xml"))
+    props = {p.name: p.value for p in list(xml)[0].properties()}
+    assert props["ratio_measure"] == "raw" and "no drift reference" in props["warnings"]
+
+
+def test_a_baseline_with_another_reference_graph_is_compared_raw(setup, fake):
+    calls = fake(candidate=(1.0, 0.02))
+    data = json.loads(Path(setup["baseline_ref"]).read_text())
+    data["reference"]["onnx_sha256"] = "0" * 64
+    other = setup["root"] / "other-ref.json"
+    other.write_text(json.dumps(data))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", str(other), "--json",
+             str(setup["root"] / "r.json"))
+    assert r.exit_code == 0, r.output
+    assert calls[0]["keys"] == [rg.CANDIDATE]
+    assert "is not this hwprune's" in r.stderr
+    assert json.loads((setup["root"] / "r.json").read_text())["ratio_measure"] == "raw"
+
+
+def test_junit_properties_of_a_normalised_comparison(setup, fake):
+    fake(candidate=(1.25, 0.025), reference=(0.375, 0.0075))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline_ref"], "--statistic", "p50",
+             "--statistic", "p90", *_outputs(setup["root"]))
+    assert r.exit_code == 0, r.output
+    xml = junitparser.JUnitXml.fromfile(str(setup["root"] / "out" / "l.xml"))
+    suite = list(xml)[0]
+    sprops = {p.name: p.value for p in suite.properties()}
+    assert sprops["ratio_measure"] == "reference-normalised" and sprops["warnings"] == ""
+    cases = list(suite)
+    assert len(cases) == 2 and all(c.is_passed for c in cases)
+    for case in cases:
+        cp = {p.get("name"): p.get("value") for p in case._elem.find("properties")}
+        assert cp["ratio_measure"] == "reference-normalised"
+        assert float(cp["ratio"]) == pytest.approx(1.0, abs=0.03)
+        assert float(cp["raw_ratio"]) == pytest.approx(1.25, rel=0.03) and float(cp["raw_ci_low"]) > 1.05
+        assert float(cp["raw_ci_low"]) <= float(cp["raw_ratio"]) <= float(cp["raw_ci_high"])
+        assert float(cp["reference_ratio"]) == pytest.approx(1.25, rel=0.03)
+        assert float(cp["baseline_reference_ms"]) == pytest.approx(0.3, rel=0.01)
+        assert float(cp["candidate_reference_ms"]) == pytest.approx(0.375, rel=0.01)
+        assert int(cp["n_baseline_reference"]) == 300 and int(cp["n_candidate_reference"]) >= 150
 
 
 # -- exit codes through the CLI, timings injected --------------------------------------------------
@@ -464,13 +678,23 @@ def test_end_to_end_on_onnxruntime(setup):
     assert base["fingerprint"] == fingerprint(collect_manifest(setup["cfg"]))
     assert base["timing"]["n"] == len(base["timing"]["samples_ms"]) >= 30
     assert set(base) == {"format", "model", "onnx_sha256", "device", "statistic", "timing", "environment",
-                         "fingerprint", "created_unix_s"}  # the keys hwprune prune writes
+                         "fingerprint", "created_unix_s", "reference"}  # the keys hwprune prune writes
+    # the drift reference was timed beside the model, and is the graph regress times now
+    name, blob = rg.reference_graph()
+    assert base["reference"]["model"] == name and base["reference"]["onnx_sha256"] == rg._sha256(blob)
+    assert len(base["reference"]["timing"]["samples_ms"]) == base["reference"]["timing"]["n"] >= rg.BASELINE_SAMPLES
+    assert base["timing"]["n"] >= rg.BASELINE_SAMPLES  # the stored side cannot grow later: it starts large
+    assert "drift reference" in r.stdout
 
     r = _run("-d", setup["device"], "--baseline", str(b2), "--max-seconds", "2", *_outputs(root))
     # The machine's speed may differ between the two measurements; any verdict is possible.
     assert r.exit_code in (0, 1, 3), r.output
     data = json.loads((root / "out" / "r.json").read_text())
     assert data["comparisons"][0]["n_candidate"] >= 30 and data["model"].endswith("model.onnx")
+    assert data["ratio_measure"] == "reference-normalised" and data["warnings"] == []
+    c = data["comparisons"][0]
+    assert c["ratio"] == pytest.approx(c["raw_ratio"] / c["reference_ratio"])
+    assert c["n_candidate_reference"] == len(data["samples_ms"][rg.REFERENCE]) >= 30
     assert data["measurement"]["seconds"] < 10
     xml = junitparser.JUnitXml.fromfile(str(root / "out" / "l.xml"))
     assert sum(1 for s in xml for _ in s) == 1
