@@ -260,7 +260,8 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95) if budget_ms is not None else None
         rounds.append({"round": rnd + 1, "lut_limit_ms": lut_limit_ms, "widths": result.widths,
                        "proxy_accuracy": result.score, "predicted_ms": predicted_ms, "measured_ms": measured_ms,
-                       "upper_bound_ms": ucb, "budget_ms": budget_ms, "evaluations": result.evaluations, "seconds": result.seconds})
+                       "upper_bound_ms": ucb, "budget_ms": budget_ms, "evaluations": result.evaluations, "seconds": result.seconds,
+                       "agent_info": result.extra})
         log(f"round {rnd + 1}: predicted {predicted_ms:.4f} ms, measured {stat} {measured_ms:.4f} ms"
             + (f" (95% upper bound {ucb:.4f} ms vs budget {budget_ms:.4f} ms)" if ucb is not None else ""))
         # Accept a round only with room for the final re-measurement's own ±rel_ci: the model
