@@ -82,14 +82,16 @@ def next_lut_limit(points: list[tuple[float, float]], limit_ms: float, target: f
 
     ``points`` are the rounds so far as (LUT-predicted ms, measured upper bound / budget);
     ``target`` is the wanted upper bound / budget (below 1, leaving room for the final
-    measurement). One point: scale the limit by target/measured. The LUT misses a fixed
+    measurement). One point: scale the last prediction by target/measured. The LUT misses a fixed
     per-model cost (small models are under-predicted most), so scaling alone undershoots
     and needs many rounds; with two or more rounds at different predictions, fit the line
     measured = a + b·predicted through them and solve it for the target (never looser than
     the scaled limit, never below half of it, never below the smallest architecture).
     """
     p_last, m_last = points[-1]
-    scaled = limit_ms * target / m_last
+    # Scale from the chosen architecture's own prediction, not the old limit: the agent may have
+    # chosen below the limit, and a limit still above that prediction buys the same architecture.
+    scaled = min(limit_ms, p_last) * target / m_last
     new = scaled
     xs = [p for p, _ in points]
     if len(points) >= 2 and max(xs) - min(xs) > 1e-9 * max(xs):

@@ -474,6 +474,11 @@ def test_next_lut_limit_scales_with_one_round_and_solves_the_line_with_two():
 def test_next_lut_limit_never_loosens_and_respects_the_floor():
     from hwprune.prune import next_lut_limit
 
+    # The agent chose an architecture predicted below the limit: the next limit must go below
+    # that prediction, or the agent buys the same architecture again.
+    assert next_lut_limit([(0.178, 1.01)], 0.19, 0.97, 0.01) < 0.178
+    assert next_lut_limit([(0.178, 1.01), (0.178, 1.02)], 0.175, 0.97, 0.01) < 0.178 * 0.97
+
     # A noisy pair suggesting a negative slope falls back to scaling.
     assert next_lut_limit([(0.20, 1.1), (0.18, 1.2)], 0.18, 0.97, 0.01) == pytest.approx(0.18 * 0.97 / 1.2)
     # Never below half the scaled step, never below the smallest architecture's prediction.
