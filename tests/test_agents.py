@@ -24,7 +24,7 @@ DENSE = [16, 16, 32, 32, 64]
 WEIGHTS = [0.3, 3.0, 0.4, 2.5, 1.0]
 # Spatial size shrinks with depth, so early layers cost more latency per MAC-free parameter.
 SPATIAL = [32 * 32, 32 * 32, 16 * 16, 16 * 16, 8 * 8]
-AGENTS = ["uniform", "random", "greedy", "knapsack"]
+AGENTS = ["uniform", "random", "greedy", "knapsack", "rl"]
 
 
 class FakeLatency(BudgetFunction):
