@@ -215,6 +215,16 @@ def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mappi
     return model
 
 
+def _forward_then_remove(model: nn.Module, example_input: torch.Tensor, hooks: list) -> None:
+    """One eval-mode forward pass for the hooks' sake; the hooks go even if it fails."""
+    try:
+        with torch.no_grad():
+            model.eval()(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def group_layer_info(model: nn.Module, example_input: torch.Tensor,
                      groups: Sequence[PrunableGroup]) -> dict[str, dict[str, int]]:
     """Geometry of each group's root layer in ``model``: what a layer-aware agent's state holds.
@@ -235,12 +245,7 @@ def group_layer_info(model: nn.Module, example_input: torch.Tensor,
         m = mods.get(g.name)
         if m is not None:
             hooks.append(m.register_forward_hook(record(g.name)))
-    try:
-        with torch.no_grad():
-            model.eval()(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_then_remove(model, example_input, hooks)
     info: dict[str, dict[str, int]] = {}
     for g in groups:
         m, shape = mods.get(g.name), seen.get(g.name, ())
@@ -288,10 +293,5 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(linear_hook))
-    try:
-        with torch.no_grad():
-            model.eval()(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    _forward_then_remove(model, example_input, hooks)
     return int(macs)

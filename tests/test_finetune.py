@@ -9,38 +9,23 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from hwprune.data import ImageDataset
 from hwprune.errors import HwpruneError
 from hwprune.finetune import (STRATEGIES, SelectiveWeightDecay, agp_prune_steps, agp_widths, keep_by_importance,
                               recover, swd_coefficient)
 from hwprune.groups import channel_importance, find_groups, prune_to_widths
 from hwprune.models import create_model
 from hwprune.train import kd_loss, train
+from test_train import _one_thread  # noqa: F401  (autouse: one torch thread)
+from test_train import two_class_images as _two_class_images
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def two_class_images(n: int = 128, seed: int = 0, size: int = 8) -> ImageDataset:
-    """Class 0 is bright on top, class 1 bright at the bottom; survives crops and h-flips."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    images = rng.integers(0, 60, size=(n, 1, size, size))
-    half = size // 2
-    images[labels == 0, :, : half - 1, :] += 150
-    images[labels == 1, :, half + 1 :, :] += 150
-    return ImageDataset(torch.from_numpy(images.astype(np.uint8)), torch.from_numpy(labels),
-                        (0.3,), (0.3,), ("top", "bottom"), "two-class")
+def two_class_images(n: int = 128, **kw):
+    """test_train's two-class toy images, 128 of them by default (the step counts below assume it)."""
+    return _two_class_images(n, **kw)
 
 
 def tiny_net(width: int = 8) -> nn.Module:

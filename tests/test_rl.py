@@ -17,36 +17,15 @@ import pytest
 
 from hwprune.agents import Problem, SearchSpace, create_agent, list_agents
 from hwprune.agents.rl import (LOG_COLUMNS, _Env, gae, inverse_softplus, softplus, update_multiplier)
-from hwprune.budgets import BudgetFunction
 from hwprune.errors import HwpruneError
 
-NAMES = ["conv1", "layer1", "layer2", "layer3", "layer4"]
-DENSE = [16, 16, 32, 32, 64]
-WEIGHTS = [0.3, 3.0, 0.4, 2.5, 1.0]
-SPATIAL = [32 * 32, 32 * 32, 16 * 16, 16 * 16, 8 * 8]
+# The toy problem of test_agents: a chain of five 3x3 convs with bilinear latency and params.
+from test_agents import DENSE, NAMES, SPATIAL, WEIGHTS, FakeLatency, FakeParams  # noqa: E402
 LAYER_INFO = {n: {"cin": c, "cout": d, "kernel": 3, "stride": 1 if i in (0, 1, 3) else 2, "padding": 1,
                   "groups": 1, "in_h": int(math.sqrt(s)), "in_w": int(math.sqrt(s))}
               for i, (n, c, d, s) in enumerate(zip(NAMES, [3] + DENSE[:-1], DENSE, SPATIAL))}
 # Small searches keep the file fast; the option values are the agent's, only shorter.
 FAST = {"episodes_per_update": 4, "ppo_epochs": 2, "hidden": 16, "max_episodes": 40}
-
-
-class FakeLatency(BudgetFunction):
-    name = "fake_latency_ms"
-    unit = "ms"
-
-    def _value(self, widths):
-        w = [3] + [widths[n] for n in NAMES]
-        return 1e-5 * sum(9 * w[i] * w[i + 1] * SPATIAL[i] for i in range(len(NAMES)))
-
-
-class FakeParams(BudgetFunction):
-    name = "fake_params"
-    unit = "params"
-
-    def _value(self, widths):
-        w = [3] + [widths[n] for n in NAMES]
-        return sum(9 * w[i] * w[i + 1] for i in range(len(NAMES))) + 10 * w[-1]
 
 
 def objective(widths):
