@@ -45,7 +45,6 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from _common import hwprune_script  # bench/ is on sys.path when a script runs
 from profilers.fileio import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,14 +196,6 @@ def study_table(study: dict) -> str:
             rows.append(f"| {name} | {measure.replace('_', ' ')} | {sp['min']:.3f} | {sp['max']:.3f} | "
                         f"{sp['range'] * 100:.1f}% | {sp['sd'] * 100:.1f}% |")
     return "\n".join(rows)
-
-
-def hwprune_script() -> str:
-    local = Path(sys.executable).parent / "hwprune"
-    found = str(local) if local.is_file() else shutil.which("hwprune")
-    if not found:
-        sys.exit("error: the hwprune console script is not installed (pip install -e .)")
-    return found
 
 
 def run_regress(cmd: list[str], json_path: Path) -> dict:

@@ -21,10 +21,11 @@ import os
 import shlex
 import statistics
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _common import hwprune_script  # bench/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -32,20 +33,16 @@ AGENTS = ["uniform", "random", "greedy", "knapsack"]
 ALL_AGENTS = AGENTS + ["rl", "bo"]
 
 
-def _hwprune() -> str:
-    return str(Path(sys.executable).with_name("hwprune"))
-
-
 def ensure_lut(model: str, device: str) -> Path:
     lut = RESULTS / f"lut-{model}.parquet"
-    subprocess.run([_hwprune(), "profile", "--device", device, "--model", model, "--lut", str(lut), "-q"], check=True)
+    subprocess.run([hwprune_script(), "profile", "--device", device, "--model", model, "--lut", str(lut), "-q"], check=True)
     return lut
 
 
 def run_cell(model: str, agent: str, fraction: float, device: str, lut: Path, args, seed: int = 0) -> dict:
     name = f"{model}-{agent}-{int(round(fraction * 100))}pct-s{seed}" + (f"-{args.name}" if args.name else "")
     out = RESULTS / "runs" / name
-    cmd = [_hwprune(), "prune", "--device", device, "--model", model, "--data", args.data, "--lut", str(lut),
+    cmd = [hwprune_script(), "prune", "--device", device, "--model", model, "--data", args.data, "--lut", str(lut),
            "--out", str(out), "--speedup", f"{1 / fraction:.6g}", "--agent", agent,
            "--max-evaluations", str(args.max_evaluations), "--finetune-epochs", str(args.finetune_epochs),
            "--seed", str(seed), "--overwrite", "-q", *shlex.split(args.extra)]

@@ -37,6 +37,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from profilers.fileio import atomic_write_json
 
+from _common import hwprune_script  # bench/ is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "timing_repro.json"
 
@@ -106,14 +108,6 @@ def derived_device(args: argparse.Namespace, tmp: Path) -> str:
     path = tmp / f"{cfg.name}-window.yaml"
     path.write_text(yaml.safe_dump(cfg.replace(**changes).to_dict(), sort_keys=False))
     return str(path)
-
-
-def hwprune_script() -> str:
-    local = Path(sys.executable).parent / "hwprune"
-    found = str(local) if local.is_file() else shutil.which("hwprune")
-    if not found:
-        sys.exit("error: the hwprune console script is not installed (pip install -e .)")
-    return found
 
 
 def time_in_process(cmd: list[str], json_path: Path) -> dict:
