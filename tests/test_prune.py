@@ -29,20 +29,12 @@ from hwprune.lut import LatencyLUT, model_key
 from hwprune.profile import ModelSpec, profile
 from hwprune.prune import apply_plan, load_plan
 from hwprune.train import evaluate, train
+from test_profile import DEVICE_YAML as _PROFILE_DEVICE_YAML
 
 torch.set_num_threads(1)
 
-DEVICE_YAML = """\
-name: test-cpu
-backend: onnxruntime
-threads: 1
-warmup: 1
-min_repeats: 5
-max_seconds: 0.01
-channel_multiple: 2
-interleave_batch: 8
-statistic: p50
-"""
+# test_profile's fast CPU config, timing pruned models in interleaved batches of 8.
+DEVICE_YAML = _PROFILE_DEVICE_YAML + "interleave_batch: 8\n"
 
 TINY_MODEL = """\
 import torch.nn as nn

@@ -24,6 +24,7 @@ from hwprune.cli import cli
 from hwprune.errors import HwpruneError
 from profilers.config import load_device_config
 from profilers.environment import collect_manifest, fingerprint
+from test_cli import _assert_one_line_error as _assert_cli_one_line_error
 
 junitparser = pytest.importorskip("junitparser")
 
@@ -125,14 +126,7 @@ def _outputs(root: Path) -> list[str]:
 
 
 def _assert_one_line_error(result, root: Path, *words):
-    assert result.exit_code == 2, result.output
-    err = result.stderr
-    assert err.startswith("error:"), err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    for w in words:
-        assert w in err, err
+    _assert_cli_one_line_error(result, *words)
     assert not (root / "out").exists() or not any((root / "out").iterdir()), "an output file was written"
 
 
@@ -719,18 +713,8 @@ def test_bundle_sampler_runs_locally_and_reports_the_environment(setup):
 
 
 # -- LUT drift -------------------------------------------------------------------------------------
-TINY_MODEL = """\
-import torch.nn as nn
-
-
-def net(in_channels=1, num_classes=10):
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
-"""
-LUT_DEVICE_YAML = ("name: test-cpu\nthreads: 1\nwarmup: 1\nmin_repeats: 5\nmax_seconds: 0.01\nchannel_multiple: 2\n"
-                   "statistic: p50\n")
+# The tiny model and fast CPU config that test_profile profiles into LUTs.
+from test_profile import DEVICE_YAML as LUT_DEVICE_YAML, TINY_MODEL  # noqa: E402
 
 
 @pytest.fixture(scope="module")
