@@ -9,6 +9,11 @@ batches (EagleEye, Li et al. 2020, "adaptive BN"), and (3) measures top-1 accura
 fixed validation subset. The same widths always give the same number, and results are
 cached, so no architecture is evaluated twice.
 
+At aggressive budgets the zero-shot score sinks towards chance for every candidate and
+stops ranking them by what fine-tuning will recover. ``train_steps`` then adds NetAdapt's
+remedy (Yang et al. 2018, "short-term fine-tuning"): a few SGD steps on fixed training
+batches between (2) and (3), still deterministic and cached.
+
 Channel importance is computed once, on the dense model: a candidate keeps, per group,
 the top-``w`` channels of that ranking (:meth:`AccuracyProxy.keep_indices`), which is
 exactly a plan, so replaying the search's winner reproduces the scored architecture.
@@ -95,6 +100,9 @@ class AccuracyProxy:
         cache: remember every result by its full width tuple.
         eval_batch_size: chunk size for scoring (bounds activation memory).
         threads: torch threads during a call (restored after); None uses the current setting.
+        train_steps: SGD steps (momentum 0.9, ``train_lr``) of short-term fine-tuning before
+            scoring, on fixed batches of ``train_batch_size`` drawn once with ``seed``; 0 scores
+            the BN-recalibrated cut as it is.
 
     Attributes:
         groups: the dense model's prunable groups, in network order.
@@ -106,15 +114,20 @@ class AccuracyProxy:
     def __init__(self, dense_model: nn.Module, example_input: torch.Tensor, train_ds: ImageDataset,
                  val_ds: ImageDataset, *, criterion: str = "l1", bn_batches: int = 8,
                  bn_batch_size: int = 64, val_samples: int = 1000, seed: int = 0, cache: bool = True,
-                 eval_batch_size: int = 500, threads: int | None = None) -> None:
+                 eval_batch_size: int = 500, threads: int | None = None, train_steps: int = 0,
+                 train_batch_size: int = 64, train_lr: float = 0.01) -> None:
         if bn_batches < 1 or bn_batch_size < 1 or val_samples < 1:
             raise HwpruneError("bn_batches, bn_batch_size and val_samples must be at least 1")
+        if train_steps < 0 or train_batch_size < 1 or not train_lr > 0:
+            raise HwpruneError("the proxy's train_steps must be >= 0, its batch size >= 1 and its lr > 0")
         if len(train_ds) == 0 or len(val_ds) == 0:
             raise HwpruneError("the accuracy proxy needs non-empty training and validation sets")
         self.criterion = criterion
         self.cache_enabled = cache
         self.eval_batch_size = max(1, int(eval_batch_size))
         self.threads = threads
+        self.train_steps = int(train_steps)
+        self.train_lr = float(train_lr)
         self.example_input = example_input.detach().cpu()
         self.model = copy.deepcopy(dense_model).cpu().eval()
         self.evaluations = 0
@@ -123,13 +136,18 @@ class AccuracyProxy:
         self._cache: dict[tuple[int, ...], float] = {}
 
         with _num_threads(threads):
-            # Two independent streams, so changing val_samples never changes the BN batches.
-            bn_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+            # Independent streams, so changing val_samples never changes the BN batches.
+            bn_rng, val_rng, train_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
             n_bn = min(bn_batches * bn_batch_size, len(train_ds))
             bn_x, bn_y = train_ds.batch(bn_rng.permutation(len(train_ds))[:n_bn])
             self._bn_batches = list(bn_x.split(bn_batch_size))
             val_idx = np.sort(val_rng.permutation(len(val_ds))[:val_samples])
             self._val_x, self._val_y = val_ds.batch(val_idx)
+            self._train_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+            if self.train_steps:
+                n_tr = min(self.train_steps * train_batch_size, len(train_ds))
+                tr_x, tr_y = train_ds.batch(train_rng.permutation(len(train_ds))[:n_tr])
+                self._train_batches = list(zip(tr_x.split(train_batch_size), tr_y.split(train_batch_size)))
 
             self.groups: list[PrunableGroup] = find_groups(self.model, self.example_input)
             self.dense_widths: dict[str, int] = {g.name: g.channels for g in self.groups}
@@ -187,7 +205,10 @@ class AccuracyProxy:
         keep = {name: idx for name, idx in self.keep_indices(widths).items()
                 if len(idx) < self.dense_widths[name]}
         model = prune_to_widths(self.model, self.example_input, {}, criterion=self.criterion, keep=keep)
-        return recalibrate_bn(model, self._bn_batches)
+        recalibrate_bn(model, self._bn_batches)
+        if self.train_steps:
+            self._short_train(model)
+        return model
 
     @property
     def cache_size(self) -> int:
@@ -199,6 +220,17 @@ class AccuracyProxy:
         for x, y in zip(self._val_x.split(self.eval_batch_size), self._val_y.split(self.eval_batch_size)):
             correct += int((model(x).argmax(1) == y).sum())
         return correct / len(self._val_y)
+
+    def _short_train(self, model: nn.Module) -> None:
+        # Cycles through the fixed batches when there are fewer images than steps x batch.
+        opt = torch.optim.SGD(model.parameters(), lr=self.train_lr, momentum=0.9)
+        model.train()
+        for step in range(self.train_steps):
+            x, y = self._train_batches[step % len(self._train_batches)]
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        model.eval()
 
     def _accumulate_gradients(self, batches, labels) -> None:
         # Taylor importance (|w * dL/dw|) reads .grad; BN stays in eval mode (dense statistics).

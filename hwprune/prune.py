@@ -58,6 +58,7 @@ class PruneOptions:
     seed: int = 0
     certify_rounds: int = 5
     val_samples: int = 1000
+    proxy_train_steps: int = 0
     allow_other_device: bool = False
     overwrite: bool = False
     show_progress: bool = True
@@ -242,7 +243,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     # One thread: on a shared machine a second thread mostly waits (measured 0.6 s vs 4.2 s per
     # evaluation under load on 2 cores), and the agents keep their own small networks on one too.
     proxy = AccuracyProxy(dense, x, train_ds, val_ds, criterion=opts.importance, val_samples=opts.val_samples,
-                          threads=1)
+                          threads=1, train_steps=opts.proxy_train_steps, train_lr=0.02)
     importance = channel_importance(dense, x, opts.importance if opts.importance != "taylor" else "l1")
     space = SearchSpace(names, [g.channels for g in groups], cfg.channel_multiple)
     layer_info = group_layer_info(dense, x, groups)
@@ -451,7 +452,7 @@ def _command_line(opts: PruneOptions) -> str:
     for flag, attr in (("--max-evaluations", "max_evaluations"), ("--importance", "importance"), ("--lr", "lr"),
                        ("--batch-size", "batch_size"), ("--kd-temperature", "kd_temperature"),
                        ("--kd-weight", "kd_weight"), ("--finetune", "finetune"),
-                       ("--certify-rounds", "certify_rounds")):
+                       ("--certify-rounds", "certify_rounds"), ("--proxy-train-steps", "proxy_train_steps")):
         if getattr(opts, attr) != getattr(defaults, attr):
             parts.append(f"{flag} {getattr(opts, attr)!r}" if isinstance(getattr(opts, attr), float)
                          else f"{flag} {getattr(opts, attr)}")

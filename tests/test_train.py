@@ -349,6 +349,27 @@ def test_accuracy_proxy_without_cache_evaluates_every_call(trained):
     assert a == b and (proxy.evaluations, proxy.cache_hits) == (2, 0)
 
 
+def test_accuracy_proxy_short_training_trains_the_cut_deterministically(trained):
+    model, ds, _ = trained
+    example = torch.zeros(1, 1, 8, 8)
+    val = two_class_images(100, seed=7)
+    names = [g.name for g in find_groups(tiny_net(), example)]
+    widths = {names[0]: 1, names[1]: 2}
+    kw = dict(bn_batches=2, bn_batch_size=32, val_samples=100)
+    zero_shot = AccuracyProxy(model, example, ds, val, **kw)
+    short = [AccuracyProxy(model, example, ds, val, train_steps=30, train_batch_size=32, train_lr=0.1, **kw)
+             for _ in range(2)]
+    a, b = short[0](widths), short[1](widths)
+    assert a == b  # fixed batches, fixed order: the same widths give the same score
+    trained_cut, raw_cut = short[0].pruned_model(widths), zero_shot.pruned_model(widths)
+    assert not torch.equal(trained_cut[0].weight, raw_cut[0].weight)  # the steps train the pruned copy ...
+    for key, value in model.state_dict().items():  # ... never the dense model
+        assert torch.equal(zero_shot.model.state_dict()[key], value), key
+    assert not short[0].pruned_model(widths).training
+    with pytest.raises(HwpruneError, match="train_steps"):
+        AccuracyProxy(model, example, ds, val, train_steps=-1)
+
+
 # --- pretrain ---------------------------------------------------------------------------------
 
 def _write_idx(path, array: np.ndarray) -> None:
