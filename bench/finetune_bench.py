@@ -8,6 +8,12 @@ to bench/results/finetune_bench[_NAME].json and a Markdown table on stdout.
 
     .venv/bin/python bench/finetune_bench.py --run bench/results/runs/resnet20-rl-30pct-s0-issue5 --epochs 1
     .venv/bin/python bench/finetune_bench.py --run RUN --strategies standard,swd --no-kd --name stress
+    .venv/bin/python bench/finetune_bench.py --uniform-params 0.025 --strategies standard,swd --no-kd --name stress
+
+``--uniform-params F`` replaces ``--run`` with the largest uniform architecture (one keep ratio,
+channels not snapped) of at most F x the dense model's parameters: the stress test of SWD's
+paper, which no device's channel multiple would allow (resnet20 at 2.5% is below the
+smallest x86-cpu-ort architecture).
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ RESULTS = ROOT / "bench" / "results"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, help="run folder of `hwprune prune` (report.json gives the widths)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run folder of `hwprune prune` (report.json gives the widths)")
+    src.add_argument("--uniform-params", type=float,
+                     help="instead of --run: uniform widths with at most this fraction of the dense parameters")
+    ap.add_argument("--model", default="resnet20", help="with --uniform-params")
+    ap.add_argument("--data", default="fashion-mnist", help="with --uniform-params")
     ap.add_argument("--strategies", default="standard,swd,agp")
     ap.add_argument("--no-kd", action="store_true", help="only without distillation")
     ap.add_argument("--epochs", type=int, default=1)
@@ -45,8 +56,13 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = json.loads((Path(args.run) / "report.json").read_text())
-    widths = {g: int(kept) for g, (_, kept) in report["pruned"]["channels"].items()}
+    if args.run:
+        report = json.loads((Path(args.run) / "report.json").read_text())
+        widths = {g: int(kept) for g, (_, kept) in report["pruned"]["channels"].items()}
+    else:
+        from hwprune.prune import default_weights
+
+        report = {"model": args.model, "data": args.data, "weights": default_weights(args.model, args.data)}
     train_full = load_dataset(report["data"], "train")
     test_ds = load_dataset(report["data"], "test")
     train_ds, val_ds = train_val_split(train_full, val_fraction=0.1, seed=0)
@@ -54,6 +70,8 @@ def main() -> None:
                      report["weights"])
     dense = spec.build()
     x = spec.example_input(1)
+    if args.uniform_params:
+        widths = uniform_widths_for_params(dense, x, args.uniform_params)
     dense_acc = evaluate(dense, test_ds)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rows = []
@@ -72,7 +90,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = {"started": started, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "run": args.run, "widths": widths, "dense_test_accuracy": dense_acc, "settings": vars(args), "rows": rows}
+           "run": args.run or f"uniform, {args.uniform_params:g} of dense params", "widths": widths, "dense_test_accuracy": dense_acc, "settings": vars(args), "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = f"_{args.name}" if args.name else ""
     (RESULTS / f"finetune_bench{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -80,12 +98,29 @@ def main() -> None:
     def pct(v):
         return "—" if v is None else f"{v * 100:.2f}"
 
-    print(f"\ndense test accuracy {dense_acc * 100:.2f}%; widths from {args.run}; {args.epochs} epoch(s), lr {args.lr}\n")
+    print(f"\ndense test accuracy {dense_acc * 100:.2f}% ({count_params(dense):,} params); widths from "
+          f"{out['run']}; {args.epochs} epoch(s), lr {args.lr}\n")
     print("| strategy | KD | test acc % | val acc right after the cut % | params | wall s |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['strategy']} | {'yes' if r['kd'] else 'no'} | {pct(r['test_accuracy'])} | "
               f"{pct(r['val_acc_after_prune'])} | {r['params']:,} | {r['seconds']:.0f} |")
+
+
+def uniform_widths_for_params(dense, x, fraction: float) -> dict[str, int]:
+    """The largest uniform keep ratio (channel multiple 1) within ``fraction`` of dense params."""
+    from hwprune.agents import Problem, SearchSpace
+    from hwprune.agents.baselines import largest_uniform_ratio
+    from hwprune.budgets import ModelCost, ParamsBudget
+    from hwprune.candidates import build_width_graph
+    from hwprune.groups import count_params, find_groups
+
+    groups = find_groups(dense, x)
+    names = [g.name for g in groups]
+    budget = ParamsBudget(ModelCost(build_width_graph(dense, x, groups), names), fraction * count_params(dense))
+    space = SearchSpace(names, [g.channels for g in groups], 1)
+    _, widths, _ = largest_uniform_ratio(Problem(space, lambda w: 0.0, [budget]))
+    return dict(widths)
 
 
 if __name__ == "__main__":
