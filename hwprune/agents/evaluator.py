@@ -72,6 +72,17 @@ class Evaluator:
                            "best_score": None if self.best is None else self.best["score"]})
         return score
 
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        """Replace the record with a checkpoint's evaluations (same order, so the same best)."""
+        self.history.clear()
+        self._by_key.clear()
+        self.best = None
+        for entry in history:
+            self.history.append(entry)
+            self._by_key[self.problem.space.key(entry["widths"])] = entry
+            if entry["feasible"] and (self.best is None or entry["score"] > self.best["score"]):
+                self.best = entry
+
     def result(self, extra: dict[str, Any] | None = None) -> SearchResult:
         """The best feasible architecture evaluated, as a ``SearchResult`` (seconds set by ``Agent.search``)."""
         if self.best is None:

@@ -550,7 +550,7 @@ class _Run:
             raise HwpruneError(f"agent rl: checkpoint {path} already holds {len(data['history'])} evaluations, more "
                                f"than max_evaluations={self.ev.max_evaluations}; raise it or remove the checkpoint")
         self.restore(data["learner"])
-        _restore_history(self.ev, data["history"])
+        self.ev.restore(data["history"])
         self.resumed = True
 
     # -- logging -----------------------------------------------------------------------------------------
@@ -765,15 +765,3 @@ class _Run:
                                "policy_std": float(self.actor.log_std.detach().exp()),
                                "uniform_keep_ratio": self.uniform_ratio, "projection": o.projection,
                                "resumed": self.resumed, "checkpoint_note": self.checkpoint_note})
-
-
-def _restore_history(ev: Evaluator, history: list[dict[str, Any]]) -> None:
-    """Put a checkpoint's evaluations back into a fresh evaluator (same order, same best)."""
-    ev.history.clear()
-    ev._by_key.clear()
-    ev.best = None
-    for entry in history:
-        ev.history.append(entry)
-        ev._by_key[ev.problem.space.key(entry["widths"])] = entry
-        if entry["feasible"] and (ev.best is None or entry["score"] > ev.best["score"]):
-            ev.best = entry
