@@ -45,6 +45,7 @@ def run_cell(model: str, agent: str, fraction: float, device: str, lut: Path, ar
     cmd = [hwprune_script(), "prune", "--device", device, "--model", model, "--data", args.data, "--lut", str(lut),
            "--out", str(out), "--speedup", f"{1 / fraction:.6g}", "--agent", agent,
            "--max-evaluations", str(args.max_evaluations), "--finetune-epochs", str(args.finetune_epochs),
+           "--finetune", args.finetune, "--lr", repr(args.lr),
            "--seed", str(seed), "--overwrite", "-q", *shlex.split(args.extra)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -145,7 +146,11 @@ def main() -> None:
     ap.add_argument("--device", default="x86-cpu-ort")
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--max-evaluations", type=int, default=60)
+    # Pinned, not `hwprune prune`'s defaults: every agent table in docs/BENCHMARKS.md compares
+    # agents under this one recovery (1 epoch, standard, lr 0.01); --extra overrides it.
     ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--finetune", default="standard")
+    ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--seeds", default="0", help="comma-separated seeds; each cell runs once per seed")
     ap.add_argument("--name", default="", help="results go to bench/results/prune_bench[_NAME].json, docs/pareto[_NAME].png")
     ap.add_argument("--extra", default="", help="more `hwprune prune` flags for every cell, e.g. '--finetune swd --kd'")
