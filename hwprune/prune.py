@@ -48,10 +48,11 @@ class PruneOptions:
     agent_options: dict[str, Any] = field(default_factory=dict)
     max_evaluations: int = 100
     importance: str = "l1"
-    finetune_epochs: int = 1
-    lr: float = 0.01
+    # AGP, 2 epochs, lr 0.05: the best recovery at equal epochs in docs/BENCHMARKS.md (issue 7)
+    finetune_epochs: int = 2
+    lr: float = 0.05
     batch_size: int = 128
-    finetune: str = "standard"
+    finetune: str = "agp"
     kd: bool = False
     kd_temperature: float = 4.0
     kd_weight: float = 0.9
