@@ -234,6 +234,9 @@ def _agent_options(ctx, param, values):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--certify-rounds", type=int, default=5, show_default=True,
               help="Searches allowed to meet the budget as measured on the device.")
+@click.option("--measure-top", type=int, default=3, show_default=True,
+              help="Per round, measure this many of the search's best feasible architectures on the device "
+                   "and keep the best-scoring one that fits.")
 @click.option("--input-shape", default=None, help="Input C,H,W (default: from the data).")
 @click.option("--allow-other-device", is_flag=True, help="Use a LUT measured on another device.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
