@@ -220,12 +220,13 @@ def _agent_options(ctx, param, values):
 @click.option("--proxy-train-steps", type=click.IntRange(min=0), default=0, show_default=True,
               help="Short-term fine-tuning (SGD steps) of every candidate before the accuracy proxy scores it; "
                    "helps at aggressive budgets, where the zero-shot score sinks towards chance.")
-@click.option("--finetune-epochs", type=int, default=1, show_default=True, help="Fine-tuning epochs (0 allowed).")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--finetune-epochs", type=int, default=2, show_default=True, help="Fine-tuning epochs (0 allowed).")
+@click.option("--lr", type=float, default=0.05, show_default=True, help="Fine-tuning peak learning rate (cosine).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--finetune", type=click.Choice(["standard", "swd", "agp"]), default="standard", show_default=True,
-              help="Accuracy recovery: hard prune then train (standard), selective weight decay on the dense "
-                   "model then prune (swd), or gradual pruning along a cubic schedule (agp); same epochs for all.")
+@click.option("--finetune", type=click.Choice(["standard", "swd", "agp"]), default="agp", show_default=True,
+              help="Accuracy recovery: gradual pruning along a cubic schedule (agp, best measured), hard prune "
+                   "then train (standard), or selective weight decay on the dense model then prune (swd); same "
+                   "epochs for all.")
 @click.option("--kd", is_flag=True, help="Distil from the dense model while fine-tuning (any --finetune).")
 @click.option("--kd-temperature", type=float, default=4.0, show_default=True)
 @click.option("--kd-weight", type=float, default=0.9, show_default=True,
@@ -233,6 +234,9 @@ def _agent_options(ctx, param, values):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--certify-rounds", type=int, default=5, show_default=True,
               help="Searches allowed to meet the budget as measured on the device.")
+@click.option("--measure-top", type=int, default=3, show_default=True,
+              help="Per round, measure this many of the search's best feasible architectures on the device "
+                   "and keep the best-scoring one that fits.")
 @click.option("--input-shape", default=None, help="Input C,H,W (default: from the data).")
 @click.option("--allow-other-device", is_flag=True, help="Use a LUT measured on another device.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")

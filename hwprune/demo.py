@@ -3,7 +3,7 @@
 Profiles every prunable layer of resnet20 on this machine's CPU (device ``x86-cpu-ort``) into
 a LUT and prints the per-layer latency table; checks the LUT against 10 random sub-networks
 measured end to end; then prunes the committed Fashion-MNIST checkpoint to 60% of its dense
-latency as measured here, fine-tunes it for one epoch, exports it and certifies it. Run
+latency as measured here, recovers its accuracy (AGP) for one epoch, exports it and certifies it. Run
 again, it reuses the LUT (nothing re-measured) and replaces the run folder.
 """
 

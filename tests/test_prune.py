@@ -508,7 +508,8 @@ def test_finetune_strategies_ship_the_searched_widths_and_a_plan_that_replays(en
     with torch.no_grad():
         y = pruned(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(y, _run_onnx(out / "pruned.onnx", x), atol=1e-4, rtol=0)
-    assert "--finetune " + strategy in r["reproduce"] and "--kd" in r["reproduce"]
+    # the default strategy (agp) is left out of the command line, like every default
+    assert ("--finetune " + strategy in r["reproduce"]) == (strategy != "agp") and "--kd" in r["reproduce"]
 
 
 def test_unknown_finetune_strategy_is_one_line(env, tmp_path):
@@ -600,3 +601,62 @@ def test_next_lut_limit_damps_a_nearly_flat_line_through_noisy_rounds():
     new = next_lut_limit(pts, 0.178, 0.97, 0.01)
     assert new == pytest.approx(0.178 - 2 * (0.178 - scaled))
     assert new < scaled
+
+
+def test_top_candidates_are_the_best_feasible_new_architectures_the_search_s_own_first():
+    from hwprune.agents import SearchSpace
+    from hwprune.agents.base import SearchResult
+    from hwprune.prune import top_candidates
+
+    space = SearchSpace(["a", "b"], [16, 16], 1)
+    hist = [{"widths": {"a": 4, "b": 4}, "score": 0.5, "feasible": True},
+            {"widths": {"a": 8, "b": 8}, "score": 0.9, "feasible": False},   # infeasible: never
+            {"widths": {"a": 6, "b": 6}, "score": 0.7, "feasible": True},
+            {"widths": {"a": 5, "b": 7}, "score": 0.8, "feasible": True},
+            {"widths": {"a": 7, "b": 5}, "score": 0.6, "feasible": True}]
+    res = SearchResult("x", {"a": 5, "b": 7}, 0.8, {}, True, 5, 0.0, hist)
+    got = top_candidates(res, 3, space, tried=set())
+    assert [w for w, _ in got] == [{"a": 5, "b": 7}, {"a": 6, "b": 6}, {"a": 7, "b": 5}]
+    assert [s for _, s in got] == [0.8, 0.7, 0.6]
+    # measured in an earlier round: skipped; k = 1 is the search's answer alone
+    got = top_candidates(res, 3, space, tried={space.key({"a": 6, "b": 6})})
+    assert [w for w, _ in got] == [{"a": 5, "b": 7}, {"a": 7, "b": 5}, {"a": 4, "b": 4}]
+    assert top_candidates(res, 1, space, set()) == [({"a": 5, "b": 7}, 0.8)]
+
+
+def test_a_round_keeps_the_best_scoring_candidate_that_fits_when_the_top_one_does_not(env, tmp_path, monkeypatch):
+    import hwprune.measure as measure
+    from hwprune.regress import REFERENCE
+
+    real = measure.measure_many
+
+    def top_over_second_under(items, cfg, *a, **kw):
+        out = real(items, cfg, *a, **kw)
+        if any(k == REFERENCE for k, _ in items) or "pruned" not in out:
+            return out
+        budget = out["dense"]["p50_ms"] / 1.3
+        for key, t in out.items():
+            if key == "dense":
+                continue
+            value = 1.2 * budget if key == "pruned" else 0.9 * budget  # well over: no close call
+            t["samples_ms"] = [value] * 60
+            for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "ci_low_ms", "ci_high_ms"):
+                t[k] = value
+        return out
+
+    monkeypatch.setattr(measure, "measure_many", top_over_second_under)
+    out = tmp_path / "run"
+    _ok(_invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "random", "--finetune-epochs", "0",
+                            "--max-evaluations", "8")))
+    r = _report(out)
+    first = r["certificate"]["rounds"][0]
+    assert len(first["candidates"]) >= 2 and first["candidate"] == 2 and not first["remeasured"]
+    assert first["widths"] == first["candidates"][1]["widths"]
+    assert first["proxy_accuracy"] == first["candidates"][1]["proxy_accuracy"] <= first["candidates"][0]["proxy_accuracy"]
+    assert {g: kept for g, (_, kept) in r["pruned"]["channels"].items()} == first["widths"]
+    assert "final_upper_bound_ms" in first  # accepted in round 1, no tightening
+
+
+def test_measure_top_below_one_is_one_line(env, tmp_path):
+    res = _invoke(_prune_args(env, tmp_path / "x", "--max-params", "700", "--measure-top", "0"))
+    assert res.exit_code != 0 and "--measure-top" in res.output and "Traceback" not in res.output
