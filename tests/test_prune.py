@@ -559,26 +559,34 @@ def test_a_final_measurement_over_budget_sends_the_search_round_again(env, tmp_p
     assert rounds[measured[0] + 1]["lut_limit_ms"] < first["predicted_ms"]
 
 
+def _set_constant(timing: dict, value_ms: float, n: int) -> None:
+    """Make a measurement's every sample (and so every statistic) ``value_ms``."""
+    timing["samples_ms"] = [value_ms] * n
+    for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "ci_low_ms", "ci_high_ms"):
+        timing[k] = value_ms
+
+
 def test_a_close_call_round_is_measured_again_and_decided_on_the_pooled_samples(env, tmp_path, monkeypatch):
     import hwprune.measure as measure
     from hwprune.regress import REFERENCE
 
     real = measure.measure_many
     calls = []
+    dense_fixed = {}
 
     def close_call_then_fast(items, cfg, *a, **kw):
         out = real(items, cfg, *a, **kw)
         if any(k == REFERENCE for k, _ in items) or "pruned" not in out:
             return out
         calls.append(1)
-        budget = out["dense"]["p50_ms"] / 1.3
+        # the dense side held constant too, so that the pooled budget is exactly this one
+        dense_ms = dense_fixed.setdefault("ms", out["dense"]["p50_ms"])
+        _set_constant(out["dense"], dense_ms, 50)
+        budget = dense_ms / 1.3
         # first round measurement: every sample 1% over the budget (a close call); the second:
         # three times as many samples well under it, so the pooled median is under too
         value, n = (1.01 * budget, 50) if len(calls) == 1 else (0.9 * budget, 150)
-        t = out["pruned"]
-        t["samples_ms"] = [value] * n
-        for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "ci_low_ms", "ci_high_ms"):
-            t[k] = value
+        _set_constant(out["pruned"], value, n)
         return out
 
     monkeypatch.setattr(measure, "measure_many", close_call_then_fast)
@@ -636,12 +644,8 @@ def test_a_round_keeps_the_best_scoring_candidate_that_fits_when_the_top_one_doe
             return out
         budget = out["dense"]["p50_ms"] / 1.3
         for key, t in out.items():
-            if key == "dense":
-                continue
-            value = 1.2 * budget if key == "pruned" else 0.9 * budget  # well over: no close call
-            t["samples_ms"] = [value] * 60
-            for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "ci_low_ms", "ci_high_ms"):
-                t[k] = value
+            if key != "dense":  # the top one well over (no close call), the others well under
+                _set_constant(t, 1.2 * budget if key == "pruned" else 0.9 * budget, 60)
         return out
 
     monkeypatch.setattr(measure, "measure_many", top_over_second_under)
