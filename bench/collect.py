@@ -14,7 +14,6 @@ import argparse
 import json
 import re
 from datetime import datetime, timezone
-from pathlib import Path
 
 from run import ROOT, RESULTS, pareto_plot, summary_table, table
 
