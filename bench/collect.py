@@ -42,7 +42,8 @@ def main() -> None:
     out = {"collected": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "from_names": names,
            "cells": cells}
     (RESULTS / f"prune_bench_{args.out}.json").write_text(json.dumps(out, indent=2) + "\n")
-    pareto_plot(cells, ROOT / "docs" / f"pareto_{args.out}.png")
+    if len({c["agent"] for c in cells}) > 1:  # one agent in several settings: no plot worth keeping
+        pareto_plot(cells, ROOT / "docs" / f"pareto_{args.out}.png")
     print(table(cells))
     print()
     print(summary_table(cells))
