@@ -566,30 +566,42 @@ def _set_constant(timing: dict, value_ms: float, n: int) -> None:
         timing[k] = value_ms
 
 
-def test_a_close_call_round_is_measured_again_and_decided_on_the_pooled_samples(env, tmp_path, monkeypatch):
+def _fake_round_timings(monkeypatch, value_for) -> list:
+    """Replace the device's round measurements with constants (``value_for(call, key, budget)`` →
+    (ms, samples)); the dense side is held at its first measurement and the final measurement
+    of the kept model comes out under budget, so that nothing depends on this machine's speed.
+    Returns the list of round-measurement calls made. For runs with --speedup 1.3."""
     import hwprune.measure as measure
     from hwprune.regress import REFERENCE
 
     real = measure.measure_many
-    calls = []
-    dense_fixed = {}
+    calls, dense = [], {}
 
-    def close_call_then_fast(items, cfg, *a, **kw):
+    def fake(items, cfg, *a, **kw):
         out = real(items, cfg, *a, **kw)
-        if any(k == REFERENCE for k, _ in items) or "pruned" not in out:
+        if "pruned" not in out:
             return out
-        calls.append(1)
-        # the dense side held constant too, so that the pooled budget is exactly this one
-        dense_ms = dense_fixed.setdefault("ms", out["dense"]["p50_ms"])
+        dense_ms = dense.setdefault("ms", out["dense"]["p50_ms"])
         _set_constant(out["dense"], dense_ms, 50)
         budget = dense_ms / 1.3
-        # first round measurement: every sample 1% over the budget (a close call); the second:
-        # three times as many samples well under it, so the pooled median is under too
-        value, n = (1.01 * budget, 50) if len(calls) == 1 else (0.9 * budget, 150)
-        _set_constant(out["pruned"], value, n)
+        if any(k == REFERENCE for k, _ in items):
+            _set_constant(out["pruned"], 0.9 * budget, 1000)
+            return out
+        calls.append(1)
+        for key, t in out.items():
+            if key != "dense":
+                _set_constant(t, *value_for(len(calls), key, budget))
         return out
 
-    monkeypatch.setattr(measure, "measure_many", close_call_then_fast)
+    monkeypatch.setattr(measure, "measure_many", fake)
+    return calls
+
+
+def test_a_close_call_round_is_measured_again_and_decided_on_the_pooled_samples(env, tmp_path, monkeypatch):
+    # first round measurement: every sample 1% over the budget (a close call); the second:
+    # three times as many samples well under it, so the pooled median is under too
+    calls = _fake_round_timings(monkeypatch, lambda call, key, budget: (1.01 * budget, 50) if call == 1
+                                else (0.9 * budget, 150))
     out = tmp_path / "run"
     _ok(_invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "uniform", "--finetune-epochs", "0")))
     rounds = _report(out)["certificate"]["rounds"]
@@ -633,22 +645,8 @@ def test_top_candidates_are_the_best_feasible_new_architectures_the_search_s_own
 
 
 def test_a_round_keeps_the_best_scoring_candidate_that_fits_when_the_top_one_does_not(env, tmp_path, monkeypatch):
-    import hwprune.measure as measure
-    from hwprune.regress import REFERENCE
-
-    real = measure.measure_many
-
-    def top_over_second_under(items, cfg, *a, **kw):
-        out = real(items, cfg, *a, **kw)
-        if any(k == REFERENCE for k, _ in items) or "pruned" not in out:
-            return out
-        budget = out["dense"]["p50_ms"] / 1.3
-        for key, t in out.items():
-            if key != "dense":  # the top one well over (no close call), the others well under
-                _set_constant(t, 1.2 * budget if key == "pruned" else 0.9 * budget, 60)
-        return out
-
-    monkeypatch.setattr(measure, "measure_many", top_over_second_under)
+    # the top one well over (no close call), the others well under
+    _fake_round_timings(monkeypatch, lambda call, key, budget: (1.2 * budget if key == "pruned" else 0.9 * budget, 60))
     out = tmp_path / "run"
     _ok(_invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "random", "--finetune-epochs", "0",
                             "--max-evaluations", "8")))
