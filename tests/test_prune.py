@@ -662,3 +662,16 @@ def test_a_round_keeps_the_best_scoring_candidate_that_fits_when_the_top_one_doe
 def test_measure_top_below_one_is_one_line(env, tmp_path):
     res = _invoke(_prune_args(env, tmp_path / "x", "--max-params", "700", "--measure-top", "0"))
     assert res.exit_code != 0 and "--measure-top" in res.output and "Traceback" not in res.output
+
+
+def test_the_next_limit_is_fitted_through_one_point_a_round_not_every_candidate():
+    from hwprune.prune import _measured_points
+
+    rounds = [{"predicted_ms": 0.196, "upper_bound_ms": 1.09, "budget_ms": 1.0, "candidate": 1,
+               "candidates": [{"predicted_ms": 0.196, "upper_bound_ms": 1.09},
+                              {"predicted_ms": 0.1961, "upper_bound_ms": 1.12},
+                              {"predicted_ms": 0.1958, "upper_bound_ms": 1.03}]},
+              {"predicted_ms": 0.175, "upper_bound_ms": 1.0, "budget_ms": 1.0, "final_upper_bound_ms": 1.05,
+               "final_budget_ms": 1.0, "candidate": 2, "candidates": []}]
+    # the kept architecture of each round; a final measurement, when there was one, stands
+    assert _measured_points(rounds) == [(0.196, 1.09), (0.175, 1.05)]
