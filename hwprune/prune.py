@@ -122,14 +122,6 @@ def _clear_old_run(out: Path) -> None:
         (out / f).unlink(missing_ok=True)
 
 
-def _measure_pair(dense_onnx: bytes, pruned_onnx: bytes, cfg, show_progress: bool = False):
-    """Dense and pruned timed interleaved (locally) or one after the other (remote device)."""
-    from hwprune.measure import measure_many
-
-    t = measure_many([("dense", dense_onnx), ("pruned", pruned_onnx)], cfg, "dense vs pruned", show_progress)
-    return t["dense"], t["pruned"]
-
-
 def top_candidates(result, k: int, space, tried: set) -> list[tuple[dict[str, int], float]]:
     """Up to ``k`` feasible architectures of a search, best proxy score first, none in ``tried``.
 
@@ -257,7 +249,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     log(f"measuring the dense model on {cfg.name} ...")
     dense_timing = _measure_one(dense_onnx, cfg, "dense")
     stat = cfg.statistic
-    dense_ms = dense_timing["mean_ms" if stat == "mean" else f"{stat}_ms"]
+    dense_ms = _stat(dense_timing, stat)
     budget_ms = opts.latency_ms if opts.latency_ms is not None else (
         dense_ms / opts.speedup if opts.speedup is not None else None)
 
@@ -389,8 +381,8 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
                                    cfg.replace(min_repeats=max(cfg.min_repeats, BASELINE_SAMPLES)),
                                    "dense vs pruned", show_progress=False)
             dense_t, pruned_t = final_t["dense"], final_t["pruned"]
-            measured_ms = pruned_t["mean_ms" if stat == "mean" else f"{stat}_ms"]
-            budget_ms = speedup_budget(dense_t["mean_ms" if stat == "mean" else f"{stat}_ms"])
+            measured_ms = _stat(pruned_t, stat)
+            budget_ms = speedup_budget(_stat(dense_t, stat))
             ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95)
             certified = budget_ms is not None and ucb <= budget_ms
             rounds[-1].update(final_upper_bound_ms=ucb, final_budget_ms=budget_ms, final_measured_ms=measured_ms)
@@ -440,7 +432,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         "certificate": {"statistic": stat, "upper_bound_ms": ucb, "confidence": 0.95, "budget_ms": budget_ms,
                         "rounds": rounds},
         "speedup": {"macs": macs_dense / macs_pruned, "predicted": predictor.predict({}) / predictor.predict(result.widths),
-                    "measured": (dense_t["mean_ms" if stat == "mean" else f"{stat}_ms"]) / measured_ms},
+                    "measured": _stat(dense_t, stat) / measured_ms},
         "search": {"evaluations": evaluations, "seconds": search_seconds, "proxy_evaluations": proxy.evaluations,
                    "proxy_cache_hits": proxy.cache_hits},
         "finetune": finetune_report,
