@@ -291,6 +291,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     kd_info = {"temperature": opts.kd_temperature, "weight": opts.kd_weight} if opts.kd else None
     n_rounds = max(1, opts.certify_rounds)
     tried: set[tuple[int, ...]] = set()  # architectures measured in earlier rounds
+    floor_ms = predictor.predict(space.smallest_widths())  # the LUT limit never goes below this
     for rnd in range(n_rounds):
         budgets = ([LUTLatencyBudget(predictor, lut_limit_ms)] if lut_limit_ms is not None else []) + other_budgets
         problem = Problem(space, proxy, budgets, importance, layer_info)
@@ -346,27 +347,27 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
                 remeasured = True
                 if has_room(m):
                     pick = best
-        chosen = measured[0 if pick is None else pick]
+        ci = 0 if pick is None else pick  # without room anywhere, the top one stands for the round
+        chosen = measured[ci]
         for m in measured:
             tried.add(space.key(m["widths"]))
         if pick:  # not the search's own best: the report's architecture is the one measured to fit
             result = replace(result, widths=chosen["widths"], score=chosen["proxy_accuracy"],
                              values=problem.values(chosen["widths"]))
         kept = proxy.keep_indices(result.widths)
-        pruned = models[measured.index(chosen)]
+        pruned = models[ci]
         predicted_ms, pruned_t, ucb = chosen["predicted_ms"], chosen["timing"], chosen["upper_bound_ms"]
         measured_ms = _stat(pruned_t, stat)
         rounds.append({"round": rnd + 1, "lut_limit_ms": lut_limit_ms, "widths": result.widths,
                        "proxy_accuracy": result.score, "predicted_ms": predicted_ms, "measured_ms": measured_ms,
                        "upper_bound_ms": ucb, "budget_ms": budget_ms, "evaluations": result.evaluations,
-                       "seconds": result.seconds, "remeasured": remeasured, "candidate": (pick or 0) + 1,
+                       "seconds": result.seconds, "remeasured": remeasured, "candidate": ci + 1,
                        "candidates": [{"widths": m["widths"], "proxy_accuracy": m["proxy_accuracy"],
                                        "predicted_ms": m["predicted_ms"], "upper_bound_ms": m["upper_bound_ms"]}
                                       for m in measured],
                        "agent_info": result.extra})
         log(f"round {rnd + 1}: predicted {predicted_ms:.4f} ms, measured {stat} {measured_ms:.4f} ms"
             + (f" (95% upper bound {ucb:.4f} ms vs budget {budget_ms:.4f} ms)" if ucb is not None else ""))
-        floor_ms = predictor.predict(space.smallest_widths())
         at_floor = lut_limit_ms is not None and lut_limit_ms <= floor_ms * (1 + 1e-9)
         last = rnd == n_rounds - 1 or at_floor
         if pick is not None or last:
