@@ -147,8 +147,17 @@ def _measured_points(rounds: list[dict[str, Any]]) -> list[tuple[float, float]]:
     same prediction, so their spread is the LUT's per-architecture error, and a line fitted
     through it has a meaningless slope (measured: bo at 30% sent to the smallest architecture).
     """
-    return [(r["predicted_ms"], r.get("final_upper_bound_ms", r["upper_bound_ms"])
-             / r.get("final_budget_ms", r["budget_ms"])) for r in rounds]
+    points = []
+    for r in rounds:
+        ratio = r["upper_bound_ms"] / r["budget_ms"]
+        if "final_upper_bound_ms" in r:
+            # The kept architecture was measured twice, in its round and after fine-tuning (same
+            # widths, same latency). On a shared machine the two sat 10% apart (0.94 then 1.06 of
+            # the budget); neither alone is the truth, and the worse one alone sent the next
+            # round to the smallest architecture. Their mean is the point.
+            ratio = 0.5 * (ratio + r["final_upper_bound_ms"] / r["final_budget_ms"])
+        points.append((r["predicted_ms"], ratio))
+    return points
 
 
 def _stat(timing: dict[str, Any], stat: str) -> float:
@@ -386,7 +395,22 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
             budget_ms = speedup_budget(_stat(dense_t, stat))
             ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95)
             certified = budget_ms is not None and ucb <= budget_ms
-            rounds[-1].update(final_upper_bound_ms=ucb, final_budget_ms=budget_ms, final_measured_ms=measured_ms)
+            final_remeasured = False
+            if budget_ms is not None and not certified and ucb <= budget_ms * (1 + 2 * cfg.rel_ci):
+                # A close call on the certificate, for widths that measured with room in their
+                # round: the pruned/dense ratio drifts by several percent between measurements
+                # minutes apart on a shared machine. Measure once more and decide on the pooled
+                # samples (never the better of the two), as the rounds do.
+                t2 = measure_many([("dense", dense_onnx), ("pruned", final_onnx)], cfg, "dense vs pruned",
+                                  show_progress=False)
+                dense_t, pruned_t = _pooled(dense_t, t2["dense"], cfg), _pooled(pruned_t, t2["pruned"], cfg)
+                measured_ms = _stat(pruned_t, stat)
+                budget_ms = speedup_budget(_stat(dense_t, stat))
+                ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95)
+                certified = ucb <= budget_ms
+                final_remeasured = True
+            rounds[-1].update(final_upper_bound_ms=ucb, final_budget_ms=budget_ms, final_measured_ms=measured_ms,
+                              final_remeasured=final_remeasured)
             if budget_ms is None or certified or last:
                 break
             # Measured again, the same widths came out over budget: the first measurement was
@@ -411,7 +435,8 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     atomic_write_json(out / "plan.json", plan)
     atomic_write_bytes(out / "pruned.onnx", final_onnx)
     _save_state_dict(pruned, out / "pruned.pt")
-    baseline = make_baseline(final_onnx, "pruned.onnx", cfg.name, stat, pruned_t, env, reference=final_t[REFERENCE])
+    baseline = make_baseline(final_onnx, "pruned.onnx", cfg.name, stat, final_t["pruned"], env,
+                             reference=final_t[REFERENCE])  # the samples taken beside the reference
     atomic_write_json(out / "baseline.json", baseline)
 
     macs_dense, macs_pruned = count_macs(dense, x), count_macs(pruned, x)

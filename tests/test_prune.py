@@ -673,5 +673,61 @@ def test_the_next_limit_is_fitted_through_one_point_a_round_not_every_candidate(
                               {"predicted_ms": 0.1958, "upper_bound_ms": 1.03}]},
               {"predicted_ms": 0.175, "upper_bound_ms": 1.0, "budget_ms": 1.0, "final_upper_bound_ms": 1.05,
                "final_budget_ms": 1.0, "candidate": 2, "candidates": []}]
-    # the kept architecture of each round; a final measurement, when there was one, stands
-    assert _measured_points(rounds) == [(0.196, 1.09), (0.175, 1.05)]
+    # the kept architecture of each round; measured again after fine-tuning, the mean of the two
+    assert _measured_points(rounds) == [(0.196, 1.09), (0.175, pytest.approx(1.025))]
+
+
+def _fake_final_timings(monkeypatch, ratio: dict, samples: dict | None = None) -> list:
+    """Constant measurements for --speedup 1.3 runs: every pruned model at ``ratio[kind]`` × the
+    budget, for kind "round" (the rounds), "final" (the final measurement, with the reference)
+    and "again" (any measurement after a final one); ``samples[kind]`` samples (default 50).
+    The dense side is held at its first measurement. Returns the kinds of the calls made."""
+    import hwprune.measure as measure
+    from hwprune.regress import REFERENCE
+
+    real = measure.measure_many
+    calls, dense = [], {}
+
+    def fake(items, cfg, *a, **kw):
+        out = real(items, cfg, *a, **kw)
+        if "pruned" not in out:
+            return out
+        dense_ms = dense.setdefault("ms", out["dense"]["p50_ms"])
+        _set_constant(out["dense"], dense_ms, 50)
+        kind = "final" if any(k == REFERENCE for k, _ in items) else ("again" if "final" in calls else "round")
+        calls.append(kind)
+        for key, t in out.items():
+            if key not in ("dense", REFERENCE):
+                _set_constant(t, ratio[kind] * dense_ms / 1.3, (samples or {}).get(kind, 50))
+        return out
+
+    monkeypatch.setattr(measure, "measure_many", fake)
+    return calls
+
+
+def test_a_close_call_final_measurement_is_measured_again_and_decided_on_the_pooled_samples(env, tmp_path,
+                                                                                             monkeypatch):
+    # the round: every candidate 10% under the budget; the final measurement: 1% over it
+    # (a close call, drift between the two); measured once more: 10% under, 3x the samples
+    calls = _fake_final_timings(monkeypatch, {"round": 0.9, "final": 1.01, "again": 0.9}, {"again": 150})
+    out = tmp_path / "run"
+    _ok(_invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "uniform", "--finetune-epochs", "0")))
+    r = _report(out)
+    rounds = r["certificate"]["rounds"]
+    assert calls == ["round", "final", "again"] and len(rounds) == 1
+    assert rounds[0]["final_remeasured"] and r["certified"]
+    assert rounds[0]["final_upper_bound_ms"] <= rounds[0]["final_budget_ms"]
+    # the report's latency is the pooled one; baseline.json keeps the samples taken beside the reference
+    assert r["pruned"]["latency_ms"]["n"] == 200
+    assert len(json.loads((out / "baseline.json").read_text())["timing"]["samples_ms"]) == 50
+
+
+def test_a_final_measurement_far_over_budget_is_not_measured_again(env, tmp_path, monkeypatch):
+    # the round: 10% under; the final measurement 50% over: no close call, no second measurement
+    calls = _fake_final_timings(monkeypatch, {"round": 0.9, "final": 1.5, "again": 0.9})
+    out = tmp_path / "run"
+    _invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "uniform", "--finetune-epochs", "0",
+                        "--certify-rounds", "1"))
+    r = _report(out)
+    assert calls == ["round", "final"] and not r["certified"]
+    assert r["certificate"]["rounds"][0]["final_remeasured"] is False
