@@ -566,11 +566,13 @@ def _set_constant(timing: dict, value_ms: float, n: int) -> None:
         timing[k] = value_ms
 
 
-def _fake_round_timings(monkeypatch, value_for) -> list:
-    """Replace the device's round measurements with constants (``value_for(call, key, budget)`` →
-    (ms, samples)); the dense side is held at its first measurement and the final measurement
-    of the kept model comes out under budget, so that nothing depends on this machine's speed.
-    Returns the list of round-measurement calls made. For runs with --speedup 1.3."""
+def _fake_timings(monkeypatch, value_for) -> list:
+    """Replace the device's measurements of pruned models with constants, for runs with
+    --speedup 1.3: ``value_for(kind, call, key, budget)`` → (ms, samples), where kind is "round"
+    (a round's measurement; ``call`` counts them from 1), "final" (the final measurement, the
+    one with the drift reference) or "again" (any measurement after a final one). The dense side
+    is held at its first measurement, so nothing depends on this machine's speed. Returns the
+    kinds of the calls made."""
     import hwprune.measure as measure
     from hwprune.regress import REFERENCE
 
@@ -583,18 +585,22 @@ def _fake_round_timings(monkeypatch, value_for) -> list:
             return out
         dense_ms = dense.setdefault("ms", out["dense"]["p50_ms"])
         _set_constant(out["dense"], dense_ms, 50)
-        budget = dense_ms / 1.3
-        if any(k == REFERENCE for k, _ in items):
-            _set_constant(out["pruned"], 0.9 * budget, 1000)
-            return out
-        calls.append(1)
+        kind = "final" if any(k == REFERENCE for k, _ in items) else ("again" if "final" in calls else "round")
+        calls.append(kind)
         for key, t in out.items():
-            if key != "dense":
-                _set_constant(t, *value_for(len(calls), key, budget))
+            if key not in ("dense", REFERENCE):
+                _set_constant(t, *value_for(kind, calls.count("round"), key, dense_ms / 1.3))
         return out
 
     monkeypatch.setattr(measure, "measure_many", fake)
     return calls
+
+
+def _fake_round_timings(monkeypatch, value_for) -> list:
+    """Rounds measured as ``value_for(call, key, budget)`` says; the final measurement of the kept
+    model comes out under budget. Returns the kinds of the calls made."""
+    return _fake_timings(monkeypatch, lambda kind, call, key, budget: (0.9 * budget, 1000) if kind == "final"
+                         else value_for(call, key, budget))
 
 
 def test_a_close_call_round_is_measured_again_and_decided_on_the_pooled_samples(env, tmp_path, monkeypatch):
@@ -605,7 +611,7 @@ def test_a_close_call_round_is_measured_again_and_decided_on_the_pooled_samples(
     out = tmp_path / "run"
     _ok(_invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "uniform", "--finetune-epochs", "0")))
     rounds = _report(out)["certificate"]["rounds"]
-    assert len(calls) == 2 and rounds[0]["remeasured"]
+    assert calls.count("round") == 2 and rounds[0]["remeasured"]
     # accepted in the first round on the pooled samples: no tightening, straight to the final measurement
     assert "final_upper_bound_ms" in rounds[0]
     assert rounds[0]["upper_bound_ms"] < rounds[0]["budget_ms"]
@@ -677,39 +683,12 @@ def test_the_next_limit_is_fitted_through_one_point_a_round_not_every_candidate(
     assert _measured_points(rounds) == [(0.196, 1.09), (0.175, pytest.approx(1.025))]
 
 
-def _fake_final_timings(monkeypatch, ratio: dict, samples: dict | None = None) -> list:
-    """Constant measurements for --speedup 1.3 runs: every pruned model at ``ratio[kind]`` × the
-    budget, for kind "round" (the rounds), "final" (the final measurement, with the reference)
-    and "again" (any measurement after a final one); ``samples[kind]`` samples (default 50).
-    The dense side is held at its first measurement. Returns the kinds of the calls made."""
-    import hwprune.measure as measure
-    from hwprune.regress import REFERENCE
-
-    real = measure.measure_many
-    calls, dense = [], {}
-
-    def fake(items, cfg, *a, **kw):
-        out = real(items, cfg, *a, **kw)
-        if "pruned" not in out:
-            return out
-        dense_ms = dense.setdefault("ms", out["dense"]["p50_ms"])
-        _set_constant(out["dense"], dense_ms, 50)
-        kind = "final" if any(k == REFERENCE for k, _ in items) else ("again" if "final" in calls else "round")
-        calls.append(kind)
-        for key, t in out.items():
-            if key not in ("dense", REFERENCE):
-                _set_constant(t, ratio[kind] * dense_ms / 1.3, (samples or {}).get(kind, 50))
-        return out
-
-    monkeypatch.setattr(measure, "measure_many", fake)
-    return calls
-
-
 def test_a_close_call_final_measurement_is_measured_again_and_decided_on_the_pooled_samples(env, tmp_path,
                                                                                              monkeypatch):
     # the round: every candidate 10% under the budget; the final measurement: 1% over it
     # (a close call, drift between the two); measured once more: 10% under, 3x the samples
-    calls = _fake_final_timings(monkeypatch, {"round": 0.9, "final": 1.01, "again": 0.9}, {"again": 150})
+    calls = _fake_timings(monkeypatch, lambda kind, call, key, budget: ({"round": 0.9, "final": 1.01, "again": 0.9}[kind]
+                                                                       * budget, 150 if kind == "again" else 50))
     out = tmp_path / "run"
     _ok(_invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "uniform", "--finetune-epochs", "0")))
     r = _report(out)
@@ -724,7 +703,7 @@ def test_a_close_call_final_measurement_is_measured_again_and_decided_on_the_poo
 
 def test_a_final_measurement_far_over_budget_is_not_measured_again(env, tmp_path, monkeypatch):
     # the round: 10% under; the final measurement 50% over: no close call, no second measurement
-    calls = _fake_final_timings(monkeypatch, {"round": 0.9, "final": 1.5, "again": 0.9})
+    calls = _fake_timings(monkeypatch, lambda kind, call, key, budget: ((1.5 if kind == "final" else 0.9) * budget, 50))
     out = tmp_path / "run"
     _invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "uniform", "--finetune-epochs", "0",
                         "--certify-rounds", "1"))
