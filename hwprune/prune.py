@@ -66,6 +66,14 @@ class PruneOptions:
     show_progress: bool = True
 
 
+# A measurement is retaken at most MAX_RETAKES times while the machine is shifted: the dense
+# model runs more than MACHINE_SHIFT slower than the quickest it has run in the job. A close-call
+# final measurement is measured again (pooled) at most MAX_FINAL_REMEASURES times.
+MAX_RETAKES = 2
+MACHINE_SHIFT = 0.10
+MAX_FINAL_REMEASURES = 2
+
+
 def default_agent() -> str:
     from hwprune.agents import list_agents
 
@@ -172,6 +180,28 @@ def _pooled(a: dict[str, Any], b: dict[str, Any], cfg) -> dict[str, Any]:
     return summarize(samples, cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci).to_dict()
 
 
+def _measure_steady(items: list, cfg, label: str, quiet_ms: list[float]) -> tuple[dict[str, Any], int]:
+    """``measure_many(items)`` (the first item is the dense model), taken again, at most
+    ``MAX_RETAKES`` times, while the dense model runs more than ``MACHINE_SHIFT`` slower than the
+    quickest it has run in this job (``quiet_ms[0]``, updated here).
+
+    On this shared VM a co-tenant's burst slowed the dense model 28% (0.76 → 0.98 ms) and a
+    pruned one 37%: the pruned/dense ratio, which the budget is, was not the quiet machine's, and
+    one such measurement sent 30% searches to the smallest architecture. The retake is chosen
+    on the dense model's speed alone, never on the pruned model's result. Returns the
+    measurement and the number of retakes.
+    """
+    from hwprune.measure import measure_many
+
+    for retakes in range(MAX_RETAKES + 1):
+        t = measure_many(items, cfg, label, show_progress=False)
+        dense_ms = _stat(t[items[0][0]], cfg.statistic)
+        if dense_ms <= quiet_ms[0] * (1 + MACHINE_SHIFT):
+            break
+    quiet_ms[0] = min(quiet_ms[0], dense_ms)
+    return t, retakes
+
+
 def _measure_one(onnx_bytes: bytes, cfg, key: str) -> dict[str, Any]:
     from hwprune.measure import measure_many
 
@@ -259,6 +289,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     dense_timing = _measure_one(dense_onnx, cfg, "dense")
     stat = cfg.statistic
     dense_ms = _stat(dense_timing, stat)
+    quiet_ms = [dense_ms]  # the quickest the dense model has run in this job: the quiet machine
     budget_ms = opts.latency_ms if opts.latency_ms is not None else (
         dense_ms / opts.speedup if opts.speedup is not None else None)
 
@@ -325,8 +356,8 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         models = [proxy.pruned_model(w) for w, _ in cands]  # the channels the proxy scored, BN re-estimated
         onnxs = [export_onnx(m, x) for m in models]
         keys = ["pruned"] + [f"candidate {i + 2}" for i in range(len(cands) - 1)]
-        t = measure_many([("dense", dense_onnx)] + list(zip(keys, onnxs)), cfg, "dense vs candidates",
-                         show_progress=False)
+        t, retakes = _measure_steady([("dense", dense_onnx)] + list(zip(keys, onnxs)), cfg, "dense vs candidates",
+                                     quiet_ms)
         dense_t = t["dense"]
         budget_ms = speedup_budget(_stat(dense_t, stat))
         measured = [{"widths": w, "proxy_accuracy": score, "predicted_ms": predictor.predict(w), "timing": t[k],
@@ -370,7 +401,8 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         rounds.append({"round": rnd + 1, "lut_limit_ms": lut_limit_ms, "widths": result.widths,
                        "proxy_accuracy": result.score, "predicted_ms": predicted_ms, "measured_ms": measured_ms,
                        "upper_bound_ms": ucb, "budget_ms": budget_ms, "evaluations": result.evaluations,
-                       "seconds": result.seconds, "remeasured": remeasured, "candidate": ci + 1,
+                       "seconds": result.seconds, "remeasured": remeasured, "retakes": retakes,
+                       "candidate": ci + 1,
                        "candidates": [{"widths": m["widths"], "proxy_accuracy": m["proxy_accuracy"],
                                        "predicted_ms": m["predicted_ms"], "upper_bound_ms": m["upper_bound_ms"]}
                                       for m in measured],
@@ -387,20 +419,20 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
             # The drift reference rides along so that baseline.json can be compared later from
             # another process (hwprune regress normalises by it); the stored side never gains
             # samples later, so it gets plenty now.
-            final_t = measure_many([("dense", dense_onnx), ("pruned", final_onnx), (REFERENCE, reference_graph()[1])],
-                                   cfg.replace(min_repeats=max(cfg.min_repeats, BASELINE_SAMPLES)),
-                                   "dense vs pruned", show_progress=False)
+            final_t, final_retakes = _measure_steady(
+                [("dense", dense_onnx), ("pruned", final_onnx), (REFERENCE, reference_graph()[1])],
+                cfg.replace(min_repeats=max(cfg.min_repeats, BASELINE_SAMPLES)), "dense vs pruned", quiet_ms)
             dense_t, pruned_t = final_t["dense"], final_t["pruned"]
             measured_ms = _stat(pruned_t, stat)
             budget_ms = speedup_budget(_stat(dense_t, stat))
             ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95)
             certified = budget_ms is not None and ucb <= budget_ms
-            final_remeasured = False
-            if budget_ms is not None and not certified and ucb <= budget_ms * (1 + 2 * cfg.rel_ci):
-                # A close call on the certificate, for widths that measured with room in their
-                # round: the pruned/dense ratio drifts by several percent between measurements
-                # minutes apart on a shared machine. Measure once more and decide on the pooled
-                # samples (never the better of the two), as the rounds do.
+            final_remeasured = 0
+            while (budget_ms is not None and not certified and final_remeasured < MAX_FINAL_REMEASURES
+                   and ucb <= budget_ms * (1 + 2 * cfg.rel_ci)):
+                # A close call, for widths that (usually) measured with room in their round:
+                # the pruned/dense ratio drifts a few percent between measurements minutes apart.
+                # Measure again and decide on the pooled samples (never the better of the two).
                 t2 = measure_many([("dense", dense_onnx), ("pruned", final_onnx)], cfg, "dense vs pruned",
                                   show_progress=False)
                 dense_t, pruned_t = _pooled(dense_t, t2["dense"], cfg), _pooled(pruned_t, t2["pruned"], cfg)
@@ -408,9 +440,9 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
                 budget_ms = speedup_budget(_stat(dense_t, stat))
                 ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95)
                 certified = ucb <= budget_ms
-                final_remeasured = True
+                final_remeasured += 1
             rounds[-1].update(final_upper_bound_ms=ucb, final_budget_ms=budget_ms, final_measured_ms=measured_ms,
-                              final_remeasured=final_remeasured)
+                              final_remeasured=final_remeasured, final_retakes=final_retakes)
             if budget_ms is None or certified or last:
                 break
             # Measured again, the same widths came out over budget: the first measurement was
