@@ -89,7 +89,27 @@ def write_markdown(report: dict[str, Any]) -> str:
     if len(cert.get("rounds", [])) > 1:
         at = lines.index("![channels per group](channels.png) ![speed-up audit](speedup.png)")
         lines[at:at] = ["Certification rounds (the LUT budget is tightened by measured/predicted until the "
-                        "measurement meets the budget): " + "; ".join(
-                            f"round {r['round']}: LUT limit {r['lut_limit_ms']:.4f} ms, measured "
-                            f"{r['measured_ms']:.4f} ms" for r in cert["rounds"]), ""]
+                        "measurement meets the budget): " + "; ".join(_round_text(r) for r in cert["rounds"]), ""]
     return "\n".join(lines)
+
+
+def _round_text(r: dict) -> str:
+    """One certification round in words: what the LUT allowed, what the device said, and why
+    it took more than one measurement (retakes on a shifted machine, close calls pooled)."""
+    text = f"round {r['round']}: LUT limit {r['lut_limit_ms']:.4f} ms, measured {r['measured_ms']:.4f} ms"
+    if r.get("upper_bound_ms") is not None and r.get("budget_ms") is not None:
+        notes = [f"upper bound {r['upper_bound_ms']:.4f} vs budget {r['budget_ms']:.4f} ms"]
+        if r.get("retakes"):
+            notes.append(f"{r['retakes']} retake(s) on a shifted machine")
+        if r.get("remeasured"):
+            notes.append("close call, measured again and pooled")
+        text += f" ({'; '.join(notes)})"
+    if r.get("final_upper_bound_ms") is not None and r.get("final_budget_ms") is not None:
+        extra = []
+        if r.get("final_retakes"):
+            extra.append(f"{r['final_retakes']} retake(s)")
+        if r.get("final_remeasured"):
+            extra.append(f"measured again {r['final_remeasured']}x, pooled")
+        text += (f", after recovery: upper bound {r['final_upper_bound_ms']:.4f} vs budget "
+                 f"{r['final_budget_ms']:.4f} ms" + (f" ({', '.join(extra)})" if extra else ""))
+    return text

@@ -558,6 +558,10 @@ def test_a_final_measurement_over_budget_sends_the_search_round_again(env, tmp_p
     assert first["final_upper_bound_ms"] > first["final_budget_ms"]
     # the next round searched below the failed architecture's prediction
     assert rounds[measured[0] + 1]["lut_limit_ms"] < first["predicted_ms"]
+    # report.md tells the rounds apart: the failed final measurement is there, in words
+    md = (out / "report.md").read_text()
+    assert "Certification rounds" in md and "after recovery: upper bound" in md
+    assert f"round {measured[0] + 2}: LUT limit" in md
 
 
 def _set_constant(timing: dict, value_ms: float, n: int) -> None:
