@@ -180,6 +180,17 @@ def _pooled(a: dict[str, Any], b: dict[str, Any], cfg) -> dict[str, Any]:
     return summarize(samples, cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci).to_dict()
 
 
+def _measure_again_pooled(dense_onnx: bytes, dense_t: dict[str, Any], onnx: bytes, model_t: dict[str, Any],
+                          cfg) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The dense model and one pruned model measured once more, interleaved; each returned
+    summary pools the new samples with the earlier ones (a close call is decided on both
+    measurements, never on the better of the two)."""
+    from hwprune.measure import measure_many
+
+    t2 = measure_many([("dense", dense_onnx), ("pruned", onnx)], cfg, "dense vs pruned", show_progress=False)
+    return _pooled(dense_t, t2["dense"], cfg), _pooled(model_t, t2["pruned"], cfg)
+
+
 def _measure_steady(items: list, cfg, label: str, quiet_ms: list[float]) -> tuple[dict[str, Any], int]:
     """``measure_many(items)`` (the first item is the dense model), taken again, at most
     ``MAX_RETAKES`` times, while the dense model runs more than ``MACHINE_SHIFT`` slower than the
@@ -324,7 +335,6 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     search_seconds = 0.0
     evaluations = 0
     certified = False
-    from hwprune.measure import measure_many
     from hwprune.regress import BASELINE_SAMPLES, REFERENCE, make_baseline, reference_graph
 
     teacher = dense if opts.kd else None
@@ -377,12 +387,9 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
                 # A close call: on a shared machine one busy moment moves the upper bound by a few
                 # percent, and tightening on it costs accuracy for nothing. Measure it once more
                 # and decide on both measurements' samples pooled (not the better of the two).
-                t2 = measure_many([("dense", dense_onnx), (keys[best], onnxs[best])], cfg, "dense vs pruned",
-                                  show_progress=False)
-                dense_t = _pooled(dense_t, t2["dense"], cfg)
-                budget_ms = speedup_budget(_stat(dense_t, stat))
                 m = measured[best]
-                m["timing"] = _pooled(m["timing"], t2[keys[best]], cfg)
+                dense_t, m["timing"] = _measure_again_pooled(dense_onnx, dense_t, onnxs[best], m["timing"], cfg)
+                budget_ms = speedup_budget(_stat(dense_t, stat))
                 m["upper_bound_ms"] = upper_bound(m["timing"]["samples_ms"], stat, 0.95)
                 remeasured = True
                 if has_room(m):
@@ -433,9 +440,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
                 # A close call, for widths that (usually) measured with room in their round:
                 # the pruned/dense ratio drifts a few percent between measurements minutes apart.
                 # Measure again and decide on the pooled samples (never the better of the two).
-                t2 = measure_many([("dense", dense_onnx), ("pruned", final_onnx)], cfg, "dense vs pruned",
-                                  show_progress=False)
-                dense_t, pruned_t = _pooled(dense_t, t2["dense"], cfg), _pooled(pruned_t, t2["pruned"], cfg)
+                dense_t, pruned_t = _measure_again_pooled(dense_onnx, dense_t, final_onnx, pruned_t, cfg)
                 measured_ms = _stat(pruned_t, stat)
                 budget_ms = speedup_budget(_stat(dense_t, stat))
                 ucb = upper_bound(pruned_t["samples_ms"], stat, 0.95)
