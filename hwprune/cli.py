@@ -301,7 +301,8 @@ def pretrain_cmd(model, data, epochs, out, lr, batch_size, seed, threads, quiet)
     """Train a dense model from scratch and save the checkpoint that pruning starts from.
 
     Trains on the train split minus the held-out validation split (10%, seed 0) and reports
-    top-1 accuracy on the test split. Data-parallel under torchrun:
+    top-1 accuracy on the test split. Interrupted? Run the same command again: it continues
+    from OUT.resume after the last finished epoch. Data-parallel under torchrun:
     torchrun --standalone --nproc_per_node=2 -m hwprune.cli pretrain ...
     """
     from hwprune.pretrain import pretrain

@@ -7,7 +7,10 @@ with ``hwprune.models.load_weights`` under ``torch.load(weights_only=True)``) an
 ``OUT.json`` with the recipe, the accuracies, the per-epoch history, the environment and
 the command that reproduces it. Both are written atomically, the checkpoint first, so a
 sidecar always describes the checkpoint next to it. While training, the weights of the
-last finished epoch are kept in ``OUT.partial`` (removed on success).
+last finished epoch are kept in ``OUT.partial`` and the whole training state in
+``OUT.resume`` (both removed on success). Running the same command again after an
+interruption continues from ``OUT.resume`` after its last finished epoch, with the same
+result as an uninterrupted run; a different recipe starts over.
 
 Under ``torchrun --standalone --nproc_per_node=N -m hwprune.cli pretrain ...`` every rank
 trains its shard (see :mod:`hwprune.train`) and only rank 0 evaluates and writes.
@@ -109,17 +112,18 @@ def pretrain(model: str, data: str = "fashion-mnist", *, epochs: int = 30, out: 
             raise HwpruneError(f"cannot write --out {out}: folder {out_dir} is not writable")
     say(f"pretraining {model} on {data}: {len(train_ds)} train / {len(val_ds)} val / {len(test_ds)} test images")
 
-    partial = out + ".partial"
+    partial, resume = out + ".partial", out + ".resume"
     result = train(net, train_ds, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, val_ds=val_ds,
-                   log=say, checkpoint_path=partial, progress=progress)
+                   log=say, checkpoint_path=partial, progress=progress, resume_path=resume)
     if result.rank != 0:
         return PretrainResult(out, out + ".json", None, None, result.seconds, result, command, result.rank)
 
     val_acc = result.history[-1].get("val_acc") if result.history else None
     test_acc = evaluate(net, test_ds)
     save_state_dict(net, out)
-    if os.path.exists(partial):
-        os.remove(partial)
+    for leftover in (partial, resume):
+        if os.path.exists(leftover):
+            os.remove(leftover)
     sidecar = {
         "model": model,
         "data": data,
@@ -128,6 +132,7 @@ def pretrain(model: str, data: str = "fashion-mnist", *, epochs: int = 30, out: 
         "val_accuracy": val_acc,
         "best_val_accuracy": result.best_val_acc,
         "seconds": result.seconds,
+        "resumed_at_epoch": result.resumed_at_epoch,
         "recipe": {
             "model": model, "data": data, "epochs": epochs, "lr": lr, "peak_lr": result.lr,
             "batch_size": batch_size, "seed": seed, "optimizer": "sgd", "momentum": 0.9,

@@ -18,6 +18,12 @@ means the same thing at any world size. Every rank returns the same weights; onl
 logs, shows progress and writes ``checkpoint_path``. A process group that :func:`train`
 created is destroyed before it returns.
 
+Resume: with ``resume_path``, the whole training state (weights, optimiser, step, both
+random streams, history) is written there after every epoch, and a later call with the same
+recipe continues from the last finished epoch instead of starting over. Continuing gives the
+same weights as an uninterrupted run: the epoch order and the augmentation draw from the
+restored streams, and the learning-rate schedule from the restored step.
+
 Example:
     >>> import torch
     >>> from hwprune.data import ImageDataset
@@ -69,6 +75,7 @@ class TrainResult:
     lr: float = 0.0  # the peak learning rate actually used (after batch scaling)
     world_size: int = 1
     rank: int = 0
+    resumed_at_epoch: int = 0  # epochs taken from ``resume_path`` (0: started from scratch)
 
 
 class TrainHooks:
@@ -193,6 +200,7 @@ def train(
     raise_on_nan: bool = True,
     device: torch.device | str | None = None,
     hooks: TrainHooks | None = None,
+    resume_path: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with SGD (Nesterov off) and a per-step cosine schedule.
 
@@ -222,6 +230,12 @@ def train(
             with False, return instead with ``stopped_reason="nan"``.
         device: where to train; under ``torchrun`` with CUDA, ``cuda:LOCAL_RANK``.
         hooks: a :class:`TrainHooks` (a regulariser, scheduled pruning); None for none.
+        resume_path: where the full training state goes after every epoch (rank 0 writes
+            it). If it already holds the state of a run with the same recipe (settings,
+            dataset size, world size, parameter shapes), training continues after its last
+            epoch; a state from another recipe, or an unreadable file, is reported through
+            ``log`` and replaced. The caller removes the file when it no longer needs it.
+            Not with ``hooks``, which may change the model's shapes mid-run.
 
     Returns:
         A :class:`TrainResult`.
@@ -239,6 +253,8 @@ def train(
         raise HwpruneError(f"need 0 <= kd_alpha <= 1 and kd_temperature > 0, got {kd_alpha}, {kd_temperature}")
     if len(train_ds) == 0:
         raise HwpruneError("the training set is empty")
+    if resume_path and hooks is not None:
+        raise HwpruneError("resume_path cannot be combined with hooks: they may change the model's shapes")
 
     dist_ctx = _DistContext.from_env()
     teacher_was_training = teacher.training if teacher is not None else False
@@ -247,7 +263,8 @@ def train(
                       weight_decay=weight_decay, batch_size=batch_size, seed=seed, teacher=teacher,
                       kd_temperature=kd_temperature, kd_alpha=kd_alpha, label_smoothing=label_smoothing,
                       augment=augment, val_ds=val_ds, log=log, checkpoint_path=checkpoint_path,
-                      progress=progress, raise_on_nan=raise_on_nan, device=device, hooks=hooks)
+                      progress=progress, raise_on_nan=raise_on_nan, device=device, hooks=hooks,
+                      resume_path=resume_path)
     finally:
         dist_ctx.close()
         if teacher is not None:
@@ -296,6 +313,16 @@ class _DistContext:
         t = torch.tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return t.tolist()
+
+    def all_gather_object(self, obj):
+        """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when not distributed)."""
+        if not self.active:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
 
     def close(self) -> None:
         if self.owned:
@@ -357,12 +384,15 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_state_dict(model_or_state: nn.Module | dict[str, torch.Tensor], path: str) -> None:
     """``torch.save`` a state_dict atomically: a temporary file in the same folder, then rename."""
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
-    state = {k: v.detach().cpu() for k, v in state.items()}
+    _save_atomic({k: v.detach().cpu() for k, v in state.items()}, path)
+
+
+def _save_atomic(obj, path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
         os.makedirs(folder, exist_ok=True)
-        torch.save(state, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch.save reports some write failures as RuntimeError
         msg = getattr(err, "strerror", None) or str(err).splitlines()[0]
@@ -374,7 +404,7 @@ def save_state_dict(model_or_state: nn.Module | dict[str, torch.Tensor], path: s
 
 def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, epochs, lr, momentum,
            weight_decay, batch_size, seed, teacher, kd_temperature, kd_alpha, label_smoothing, augment,
-           val_ds, log, checkpoint_path, progress, raise_on_nan, device, hooks) -> TrainResult:
+           val_ds, log, checkpoint_path, progress, raise_on_nan, device, hooks, resume_path) -> TrainResult:
     started = time.perf_counter()
     rank, world = dist_ctx.rank, dist_ctx.world_size
     if device is None and dist_ctx.active and torch.cuda.is_available():
@@ -410,7 +440,6 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
     def make_optimizer() -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=momentum, weight_decay=weight_decay)
 
-    net = wrap(model)
     optimizer = make_optimizer()
     mean, std = _norm_tensors(train_ds, device)
     # The permutation is shared by all ranks (same seed); the augmentation differs per rank.
@@ -419,12 +448,35 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
     # Validation shards are not padded, so every image counts exactly once in the all-reduced accuracy.
     val_order = np.arange(len(val_ds))[rank::world] if val_ds is not None and len(val_ds) else None
 
-    last_good = _state_copy(model)  # epoch 0: the weights we were given
-    last_good_at = "epoch 0"
     step = 0
+    first_epoch = 1
+    prior_seconds = 0.0
+    fingerprint = _recipe_fingerprint(model, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      batch_size=batch_size, seed=seed, world=world, n=n, augment=augment,
+                                      teacher=teacher, kd_temperature=kd_temperature, kd_alpha=kd_alpha,
+                                      label_smoothing=label_smoothing)
+    if resume_path:
+        saved = _load_resume_state(resume_path, fingerprint, say)
+        if saved is not None:
+            # Every rank reads the same file, so the weights agree before DDP wraps the model.
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            order_rng.bit_generator.state = saved["order_rng"]
+            aug_gen.set_state(saved["aug_rng"][rank])
+            step = int(saved["step"])
+            first_epoch = int(saved["epoch"]) + 1
+            prior_seconds = float(saved["seconds"])
+            result.history = list(saved["history"])
+            result.best_val_acc = saved["best_val_acc"]
+            result.epochs = result.resumed_at_epoch = int(saved["epoch"])
+            say(f"resuming from {resume_path} after epoch {saved['epoch']}/{epochs} (delete it to start over)")
+    net = wrap(model)
+
+    last_good = _state_copy(model)  # epoch 0 (or the resumed epoch): the weights we start from
+    last_good_at = f"epoch {first_epoch - 1}"
     say(f"training {n} images for {epochs} epochs: {steps_per_epoch} steps of {local_batch * world} "
         f"(x{world} ranks), peak lr {peak_lr:g}, cosine to 0" + (", distilling" if teacher is not None else ""))
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         epoch_start = time.perf_counter()
         net.train()
         order = _shard(order_rng.permutation(n), rank, world)
@@ -486,7 +538,7 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
             if checkpoint_path and dist_ctx.is_main:
                 save_state_dict(last_good, checkpoint_path)
             result.stopped_reason = "nan"
-            result.seconds = time.perf_counter() - started
+            result.seconds = prior_seconds + time.perf_counter() - started
             where = f" (saved to {checkpoint_path})" if checkpoint_path else ""
             message = (f"NaN loss at epoch {epoch} step {bad_step}; kept the last good checkpoint "
                        f"({last_good_at}){where}; try a lower --lr")
@@ -510,11 +562,53 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
         last_good_at = f"epoch {epoch}"
         if checkpoint_path and dist_ctx.is_main:
             save_state_dict(last_good, checkpoint_path)
+        if resume_path:
+            aug_states = dist_ctx.all_gather_object(aug_gen.get_state())
+            if dist_ctx.is_main:
+                _save_atomic({"format": RESUME_FORMAT, "fingerprint": fingerprint, "epoch": epoch, "step": step,
+                              "model": last_good, "optimizer": optimizer.state_dict(),
+                              "order_rng": order_rng.bit_generator.state, "aug_rng": aug_states,
+                              "history": result.history, "best_val_acc": result.best_val_acc,
+                              "seconds": prior_seconds + time.perf_counter() - started}, resume_path)
         say(f"epoch {epoch}/{epochs}: loss {row['loss']:.4f} train acc {row['acc']:.4f}"
             + (f" val acc {row['val_acc']:.4f}" if "val_acc" in row else "")
             + f" lr {current_lr:.3g} ({row['seconds']:.1f} s)")
-    result.seconds = time.perf_counter() - started
+    result.seconds = prior_seconds + time.perf_counter() - started
     return result
+
+
+RESUME_FORMAT = 1
+
+
+def _recipe_fingerprint(model: nn.Module, *, epochs, lr, momentum, weight_decay, batch_size, seed, world, n,
+                        augment, teacher, kd_temperature, kd_alpha, label_smoothing) -> dict:
+    """What must match for a saved training state to be continued (plain values, so == compares)."""
+    return {"epochs": int(epochs), "lr": float(lr), "momentum": float(momentum),
+            "weight_decay": float(weight_decay), "batch_size": int(batch_size), "seed": int(seed),
+            "world_size": int(world), "train_size": int(n), "augment": bool(augment),
+            "distill": [float(kd_temperature), float(kd_alpha)] if teacher is not None else None,
+            "label_smoothing": float(label_smoothing),
+            "shapes": [[k, list(v.shape)] for k, v in model.state_dict().items()]}
+
+
+def _load_resume_state(path: str, fingerprint: dict, say: Callable[[str], None]) -> dict | None:
+    """The saved state at ``path`` if it continues this recipe; None (after saying why) if not."""
+    if not os.path.exists(path):
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: start over rather than fail the run
+        say(f"ignoring {path}: not a readable training state ({str(err).splitlines()[0][:80]}); starting over")
+        return None
+    if not isinstance(saved, dict) or saved.get("format") != RESUME_FORMAT:
+        say(f"ignoring {path}: not a training state of this hwprune version; starting over")
+        return None
+    old = saved.get("fingerprint") or {}
+    differs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+    if differs:
+        say(f"ignoring {path}: it was saved by another recipe (differs in {', '.join(differs)}); starting over")
+        return None
+    return saved
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):

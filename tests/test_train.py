@@ -157,6 +157,68 @@ def test_train_is_reproducible_for_a_seed_and_reports_validation():
         assert torch.equal(states[0][key], states[1][key]), key
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def _stop_after_epoch(n: int):
+    """A log callback that interrupts training once epoch ``n``'s line is written (like Ctrl-C)."""
+    def log(message: str) -> None:
+        if message.startswith(f"epoch {n}/"):
+            raise _Interrupt(message)
+    return log
+
+
+def _fresh(width: int = 4) -> nn.Module:
+    torch.manual_seed(3)
+    return tiny_net(width)
+
+
+def test_train_resumed_after_an_interruption_equals_an_uninterrupted_run(tmp_path):
+    ds, val = two_class_images(128, seed=1), two_class_images(64, seed=2)
+    settings = dict(epochs=3, batch_size=32, lr=0.4, seed=5, val_ds=val, progress=False)
+    straight = _fresh()
+    whole = train(straight, ds, log=None, **settings)
+
+    state = str(tmp_path / "run.resume")
+    model = _fresh()
+    with pytest.raises(_Interrupt):
+        train(model, ds, log=_stop_after_epoch(2), resume_path=state, **settings)
+    assert torch.load(state, weights_only=True)["epoch"] == 2
+    lines = []
+    model = _fresh()  # a new process would start from fresh weights too
+    resumed = train(model, ds, log=lines.append, resume_path=state, **settings)
+    assert resumed.resumed_at_epoch == 2 and resumed.epochs == 3 and whole.resumed_at_epoch == 0
+    assert any(m.startswith(f"resuming from {state} after epoch 2/3") for m in lines)
+    assert sum(m.startswith("epoch ") for m in lines) == 1  # only epoch 3 was trained again
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in whole.history]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == strip
+    assert resumed.best_val_acc == whole.best_val_acc
+
+
+def test_train_starts_over_from_a_state_of_another_recipe_or_an_unreadable_file(tmp_path):
+    ds = two_class_images(64, seed=1)
+    state = str(tmp_path / "run.resume")
+    train(_fresh(), ds, epochs=1, batch_size=32, lr=0.4, seed=5, progress=False, log=None, resume_path=state)
+    lines = []
+    r = train(_fresh(), ds, epochs=2, batch_size=32, lr=0.2, seed=5, progress=False, log=lines.append,
+              resume_path=state)
+    assert r.resumed_at_epoch == 0 and r.epochs == 2
+    assert any("another recipe (differs in epochs, lr)" in m for m in lines)
+    assert torch.load(state, weights_only=True)["fingerprint"]["lr"] == 0.2  # replaced by this run's state
+
+    with open(state, "wb") as f:
+        f.write(b"not a torch file")
+    lines.clear()
+    r = train(_fresh(), ds, epochs=1, batch_size=32, lr=0.4, seed=5, progress=False, log=lines.append,
+              resume_path=state)
+    assert r.resumed_at_epoch == 0 and any("not a readable training state" in m for m in lines)
+    with pytest.raises(HwpruneError, match="resume_path cannot be combined with hooks"):
+        train(_fresh(), ds, epochs=1, resume_path=state, hooks=TrainHooks(), **quiet())
+
+
 def test_train_with_a_teacher_distills(trained):
     teacher, ds, _ = trained
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -413,6 +475,22 @@ def test_pretrain_writes_a_loadable_checkpoint_and_its_sidecar(tiny_fmnist, tmp_
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["r20.pt", "r20.pt.json"]  # no temporary leftovers
 
 
+def test_pretrain_run_again_after_an_interruption_continues_to_the_same_checkpoint(tiny_fmnist, tmp_path):
+    data = f"fashion-mnist:{tiny_fmnist}"
+    pretrain("resnet20", data, epochs=2, out=str(tmp_path / "a.pt"), batch_size=32, seed=1, progress=False, log=None)
+    out = tmp_path / "b.pt"
+    with pytest.raises(_Interrupt):
+        pretrain("resnet20", data, epochs=2, out=str(out), batch_size=32, seed=1, progress=False,
+                 log=_stop_after_epoch(1))
+    assert (tmp_path / "b.pt.resume").is_file() and (tmp_path / "b.pt.partial").is_file() and not out.exists()
+    r = pretrain("resnet20", data, epochs=2, out=str(out), batch_size=32, seed=1, progress=False, log=None)
+    a, b = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(out, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    side = json.loads((tmp_path / "b.pt.json").read_text())
+    assert side["resumed_at_epoch"] == 1 and len(side["history"]) == 2 and r.train.epochs == 2
+    assert not (tmp_path / "b.pt.resume").exists() and not (tmp_path / "b.pt.partial").exists()
+
+
 def _load(folder, split):
     from hwprune.data import load_dataset
 
@@ -462,7 +540,7 @@ _DDP_SCRIPT = textwrap.dedent("""
             f.write(message + "\\n")
 
     r = train(model, ds, epochs=2, batch_size=32, lr=0.4, val_ds=ds, log=log, progress=False,
-              checkpoint_path=os.path.join(out, "ckpt.pt"))
+              checkpoint_path=os.path.join(out, "ckpt.pt"), resume_path=os.path.join(out, "state.resume"))
     params = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"rank": r.rank, "world_size": r.world_size, "epochs": r.epochs, "seen": seen[0],
@@ -486,5 +564,8 @@ def test_torchrun_two_ranks_share_the_work_and_rank0_saves(tmp_path):
     assert (tmp_path / "log0.txt").read_text().count("epoch ") >= 2 and not (tmp_path / "log1.txt").exists()
     saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in saved)
+    state = torch.load(tmp_path / "state.resume", weights_only=True)  # each rank's augmentation stream
+    assert state["epoch"] == 2 and state["fingerprint"]["world_size"] == 2 and len(state["aug_rng"]) == 2
+    assert not torch.equal(state["aug_rng"][0], state["aug_rng"][1])
     assert np.allclose(torch.cat([saved[k].flatten() for k in ("0.weight", "0.bias")]).numpy(),
                        ranks[0]["params"][: saved["0.weight"].numel() + saved["0.bias"].numel()], atol=1e-6)
