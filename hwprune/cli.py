@@ -180,6 +180,27 @@ def _budget_pair(ctx, param, values):
     return pairs
 
 
+def _count_limit(ctx, param, value):
+    """``--max-params 40000`` (an absolute count) or ``--max-params 15%`` (of the dense model)."""
+    from hwprune.errors import HwpruneError
+
+    if value is None:
+        return None
+    flag, text = param.opts[0], str(value).strip()
+    try:
+        number = float(text[:-1] if text.endswith("%") else text)
+    except ValueError:
+        raise HwpruneError(f"{flag} expects a number or a percentage of the dense model such as 15%, "
+                           f"got '{value}'") from None
+    if text.endswith("%"):
+        if not 0 < number <= 100:
+            raise HwpruneError(f"{flag} as a percentage of the dense model must lie in (0%, 100%], got '{value}'")
+        return text
+    if not number > 0:
+        raise HwpruneError(f"{flag} must be positive, got '{value}'")
+    return number
+
+
 def _agent_options(ctx, param, values):
     """``KEY=VALUE`` pairs for the agent's constructor; values parsed as JSON when they can be."""
     import json
@@ -206,9 +227,11 @@ def _agent_options(ctx, param, values):
 @click.option("--weights", type=click.Path(dir_okay=False), help="Dense checkpoint (default: the committed one, if any).")
 @click.option("--latency-ms", type=float, help="Latency budget in ms (the device config's statistic).")
 @click.option("--speedup", type=float, help="Budget relative to the dense model measured on the device (2.0 = half).")
-@click.option("--max-params", type=float, help="Parameter budget.")
-@click.option("--max-macs", type=float, help="MACs budget.")
-@click.option("--max-memory", "max_memory_bytes", type=float, help="Peak activation memory budget (bytes).")
+@click.option("--max-params", callback=_count_limit,
+              help="Parameter budget: a count, or a percentage of the dense model (15%).")
+@click.option("--max-macs", callback=_count_limit, help="MACs budget: a count, or a percentage of the dense model.")
+@click.option("--max-memory", "max_memory_bytes", callback=_count_limit,
+              help="Peak activation memory budget: bytes, or a percentage of the dense model.")
 @click.option("--budget", multiple=True, callback=_budget_pair,
               help="User budget function module:function=LIMIT (called with the widths dict); repeatable.")
 @click.option("--agent", default=None, help="Search agent (default: rl when available, else knapsack).")

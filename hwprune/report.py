@@ -47,6 +47,14 @@ def write_plots(report: dict[str, Any], out: Path) -> list[str]:
     return written
 
 
+def _count_budget_text(b: dict[str, Any], key: str, label: str, unit: str = "") -> str:
+    """``, params <= 40827 (15% of dense)``: the resolved limit, and the percentage it came from."""
+    if not b.get(key):
+        return ""
+    given = (b.get("as_given") or {}).get(key)
+    return f", {label} <= {b[key]:g}{unit}" + (f" ({given} of dense)" if isinstance(given, str) else "")
+
+
 def write_markdown(report: dict[str, Any]) -> str:
     d, p = report["dense"], report["pruned"]
     b = report["budget"]
@@ -56,9 +64,9 @@ def write_markdown(report: dict[str, Any]) -> str:
         "",
         f"Agent `{report['agent']}`, budget: "
         + (f"{b['latency_ms']:.4f} ms ({b['statistic']})" if b.get("latency_ms") else "no latency budget")
-        + (f", params <= {b['max_params']:g}" if b.get("max_params") else "")
-        + (f", MACs <= {b['max_macs']:g}" if b.get("max_macs") else "")
-        + (f", peak activation memory <= {b['max_memory_bytes']:g} bytes" if b.get("max_memory_bytes") else "")
+        + _count_budget_text(b, "max_params", "params")
+        + _count_budget_text(b, "max_macs", "MACs")
+        + _count_budget_text(b, "max_memory_bytes", "peak activation memory", " bytes")
         + "".join(f", `{u['function']}` <= {u['limit']:g}" for u in b.get("user") or []),
         "",
         "| | test accuracy | p50 ms | p90 ms | predicted ms | params | MACs |",

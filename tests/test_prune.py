@@ -375,6 +375,22 @@ def test_params_budget_alone(env, tmp_path, uniform_run):
     assert not any(k.startswith("lut_latency") for k in r["pruned"]["budget_values"])
 
 
+def test_params_budget_as_a_percentage_of_the_dense_model(env, tmp_path, uniform_run):
+    _ok(uniform_run[0])
+    dense_params = _report(uniform_run[1])["dense"]["params"]
+    out = tmp_path / "run"
+    _ok(_invoke(_prune_args(env, out, "--max-params", "60%", "--agent", "uniform", "--finetune-epochs", "0")))
+    r = _report(out)
+    assert r["budget"]["max_params"] == pytest.approx(0.6 * dense_params)
+    assert r["budget"]["as_given"] == {"max_params": "60%"}
+    assert r["pruned"]["params"] <= 0.6 * dense_params
+    assert "--max-params 60%" in r["reproduce"] and "(60% of dense)" in (out / "report.md").read_text()
+    for bad, why in (("150%", "must lie in (0%, 100%]"), ("0", "must be positive"), ("lots", "expects a number")):
+        res = _invoke(_prune_args(env, tmp_path / "x", "--max-params", bad))
+        assert res.exit_code == 2
+        assert res.output.startswith("error: --max-params") and why in res.output and len(res.output.splitlines()) == 1
+
+
 def test_speedup_and_params_together(env, tmp_path, uniform_run):
     _ok(uniform_run[0])
     limit = int(0.5 * _report(uniform_run[1])["dense"]["params"])
