@@ -746,6 +746,17 @@ def test_a_final_measurement_far_over_budget_is_not_measured_again(env, tmp_path
     assert r["certificate"]["rounds"][0]["final_remeasured"] == 0
 
 
+def test_a_machine_that_stays_busy_gets_two_longer_pauses_then_its_measurement_stands(env, tmp_path, monkeypatch):
+    calls = _fake_timings(monkeypatch, lambda kind, call, key, budget: (0.9 * budget, 50),
+                          dense_scale={"final": 1.3, "again": 1.3})
+    out = tmp_path / "run"
+    _ok(_invoke(_prune_args(env, out, "--speedup", "1.3", "--agent", "uniform", "--finetune-epochs", "0")))
+    r = _report(out)
+    assert calls == ["round", "final", ("wait", RETAKE_WAIT_S[0]), "again", ("wait", RETAKE_WAIT_S[1]), "again"]
+    assert RETAKE_WAIT_S[1] > RETAKE_WAIT_S[0] > 0
+    assert r["certificate"]["rounds"][0]["final_retakes"] == 2 and r["certified"]
+
+
 def test_a_measurement_on_a_shifted_machine_is_taken_again(env, tmp_path, monkeypatch):
     # the final measurement catches a co-tenant's burst: the dense model 30% slower than at the
     # start and the pruned one 50% over the budget (15% over the loosened one: no close call);
