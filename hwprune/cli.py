@@ -222,7 +222,8 @@ def _agent_options(ctx, param, values):
 @click.option("--model", "-m", required=True, help="Zoo name or path/to/file.py:factory.")
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="fashion-mnist[:PATH], cifar10:PATH or imagefolder:PATH.")
-@click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False), help="LUT from `hwprune profile`.")
+@click.option("--lut", "lut_path", type=click.Path(dir_okay=False),
+              help="LUT from `hwprune profile`; needed for a latency budget, optional otherwise.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder to write.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Dense checkpoint (default: the committed one, if any).")
 @click.option("--latency-ms", type=float, help="Latency budget in ms (the device config's statistic).")

@@ -33,7 +33,7 @@ class PruneOptions:
 
     model: str
     device: str
-    lut: str
+    lut: str | None  # optional without a latency budget
     out: str
     data: str = "fashion-mnist"
     weights: str | None = None
@@ -289,6 +289,8 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     agent = create_agent(agent_name, **opts.agent_options)
     # User budget functions load before anything slow, so a typo fails at once.
     user_budgets = [CallableBudget(spec_fn, limit) for spec_fn, limit in opts.budget]
+    if n_latency and not opts.lut:
+        raise HwpruneError("a latency budget (--latency-ms, --speedup) needs --lut, the table from `hwprune profile`")
     cfg = load_device_config(opts.device)
     torch.manual_seed(opts.seed)
 
@@ -308,15 +310,22 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     groups = find_groups(dense, x)
     names = [g.name for g in groups]
 
-    lut = LatencyLUT.load(opts.lut)
-    if cfg.remote is None:
-        from profilers.environment import collect_manifest, fingerprint
+    # Without a latency budget the LUT only adds predictions to the report, so it is optional:
+    # a parameter or MACs budget needs no profiling run first.
+    lut = predictor = None
+    if opts.lut:
+        lut = LatencyLUT.load(opts.lut)
+        if cfg.remote is None:
+            from profilers.environment import collect_manifest, fingerprint
 
-        lut.check_device(fingerprint(collect_manifest(cfg)), opts.allow_other_device, opts.lut)
-    key = model_key(opts.model, tuple(x.shape))
-    predictor = lut.predictor(key, cfg.statistic, opts.lut)
-    if predictor.group_names != names:
-        raise HwpruneError(f"{opts.lut}: the LUT's groups for {key} do not match this model's; re-profile it")
+            lut.check_device(fingerprint(collect_manifest(cfg)), opts.allow_other_device, opts.lut)
+        key = model_key(opts.model, tuple(x.shape))
+        predictor = lut.predictor(key, cfg.statistic, opts.lut)
+        if predictor.group_names != names:
+            raise HwpruneError(f"{opts.lut}: the LUT's groups for {key} do not match this model's; re-profile it")
+
+    def predict(widths) -> float | None:
+        return predictor.predict(widths) if predictor is not None else None
 
     # -- the dense model on the device ----------------------------------------------------------
     dense_onnx = export_onnx(dense, x)
@@ -356,7 +365,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     rounds: list[dict[str, Any]] = []
     # The LUT's first limit: a speed-up applies to the LUT's own dense prediction (same frame);
     # an absolute budget is taken as given. Rounds then correct by measured/predicted.
-    lut_limit_ms = predictor.predict({}) / opts.speedup if opts.speedup is not None else budget_ms
+    lut_limit_ms = predict({}) / opts.speedup if opts.speedup is not None else budget_ms
     search_seconds = 0.0
     evaluations = 0
     certified = False
@@ -366,7 +375,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     kd_info = {"temperature": opts.kd_temperature, "weight": opts.kd_weight} if opts.kd else None
     n_rounds = max(1, opts.certify_rounds)
     tried: set[tuple[int, ...]] = set()  # architectures measured in earlier rounds
-    floor_ms = predictor.predict(space.smallest_widths())  # the LUT limit never goes below this
+    floor_ms = predict(space.smallest_widths())  # the LUT limit never goes below this
     for rnd in range(n_rounds):
         budgets = ([LUTLatencyBudget(predictor, lut_limit_ms)] if lut_limit_ms is not None else []) + other_budgets
         problem = Problem(space, proxy, budgets, importance, layer_info)
@@ -395,7 +404,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
                                      quiet_ms, log)
         dense_t = t["dense"]
         budget_ms = speedup_budget(_stat(dense_t, stat))
-        measured = [{"widths": w, "proxy_accuracy": score, "predicted_ms": predictor.predict(w), "timing": t[k],
+        measured = [{"widths": w, "proxy_accuracy": score, "predicted_ms": predict(w), "timing": t[k],
                      "upper_bound_ms": upper_bound(t[k]["samples_ms"], stat, 0.95) if budget_ms is not None else None}
                     for (w, score), k in zip(cands, keys)]
 
@@ -439,7 +448,8 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
                                        "predicted_ms": m["predicted_ms"], "upper_bound_ms": m["upper_bound_ms"]}
                                       for m in measured],
                        "agent_info": result.extra})
-        log(f"round {rnd + 1}: predicted {predicted_ms:.4f} ms, measured {stat} {measured_ms:.4f} ms"
+        log(f"round {rnd + 1}: " + (f"predicted {predicted_ms:.4f} ms, " if predicted_ms is not None else "")
+            + f"measured {stat} {measured_ms:.4f} ms"
             + (f" (95% upper bound {ucb:.4f} ms vs budget {budget_ms:.4f} ms)" if ucb is not None else ""))
         at_floor = lut_limit_ms is not None and lut_limit_ms <= floor_ms * (1 + 1e-9)
         last = rnd == n_rounds - 1 or at_floor
@@ -488,7 +498,7 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
 
     from profilers.environment import collect_manifest
 
-    env = collect_manifest(cfg) if cfg.remote is None else lut.meta.get("environment", {})
+    env = collect_manifest(cfg) if cfg.remote is None else (lut.meta.get("environment", {}) if lut else {})
     out.mkdir(parents=True, exist_ok=True)
     _clear_old_run(out)
     plan = {"format": 1, "model": opts.model, "input_shape": list(x.shape), "num_classes": spec.num_classes,
@@ -513,14 +523,15 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
         "dense": {"accuracy": dense_acc, "latency_ms": _latency_summary(dense_t), "params": count_params(dense),
                   "macs": macs_dense},
         "pruned": {"accuracy": pruned_acc, "latency_ms": _latency_summary(pruned_t),
-                   "predicted_latency_ms": predictor.predict(result.widths), "params": count_params(pruned),
+                   "predicted_latency_ms": predict(result.widths), "params": count_params(pruned),
                    "macs": macs_pruned,
                    "channels": {g.name: [g.channels, result.widths[g.name]] for g in groups},
                    "budget_values": {b.name: b.value(result.widths) for b in budgets}},
         "certified": bool(certified),
         "certificate": {"statistic": stat, "upper_bound_ms": ucb, "confidence": 0.95, "budget_ms": budget_ms,
                         "rounds": rounds},
-        "speedup": {"macs": macs_dense / macs_pruned, "predicted": predictor.predict({}) / predictor.predict(result.widths),
+        "speedup": {"macs": macs_dense / macs_pruned,
+                    "predicted": predict({}) / predict(result.widths) if predictor is not None else None,
                     "measured": _stat(dense_t, stat) / measured_ms},
         "search": {"evaluations": evaluations, "seconds": search_seconds, "proxy_evaluations": proxy.evaluations,
                    "proxy_cache_hits": proxy.cache_hits},
@@ -584,7 +595,7 @@ def _command_line(opts: PruneOptions) -> str:
     q = shlex.quote
     defaults = PruneOptions(model="", device="", lut="", out="")
     parts = ["hwprune prune", f"--device {q(opts.device)}", f"--model {q(opts.model)}", f"--data {q(opts.data)}",
-             f"--lut {q(opts.lut)}", f"--out {q(opts.out)}"]
+             *([f"--lut {q(opts.lut)}"] if opts.lut else []), f"--out {q(opts.out)}"]
     if opts.input_shape is not None:
         parts.append("--input-shape " + ",".join(str(d) for d in opts.input_shape))
     # repr, not :g, so that a limit such as --max-params 1234567 is reproduced exactly

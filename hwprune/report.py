@@ -32,9 +32,11 @@ def write_plots(report: dict[str, Any], out: Path) -> list[str]:
 
     sp = report["speedup"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    labels = ["MACs", "LUT predicted\nlatency", "measured\nlatency"]
-    vals = [sp["macs"], sp["predicted"], sp["measured"]]
-    bars = ax.bar(labels, vals, color=["#999999", "#ff7f0e", "#2ca02c"])
+    bars_spec = [("MACs", sp["macs"], "#999999"), ("LUT predicted\nlatency", sp["predicted"], "#ff7f0e"),
+                 ("measured\nlatency", sp["measured"], "#2ca02c")]
+    bars_spec = [b for b in bars_spec if b[1] is not None]  # no LUT prediction without a LUT
+    labels, vals = [b[0] for b in bars_spec], [b[1] for b in bars_spec]
+    bars = ax.bar(labels, vals, color=[b[2] for b in bars_spec])
     for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}x", ha="center", va="bottom")
     ax.axhline(1.0, color="black", lw=0.8)
@@ -74,14 +76,15 @@ def write_markdown(report: dict[str, Any]) -> str:
         f"| dense | {d['accuracy'] * 100:.2f}% | {d['latency_ms']['p50']:.4f} | {d['latency_ms']['p90']:.4f} | | "
         f"{d['params']:,} | {d['macs']:,} |",
         f"| pruned | {p['accuracy'] * 100:.2f}% | {p['latency_ms']['p50']:.4f} | {p['latency_ms']['p90']:.4f} | "
-        f"{p['predicted_latency_ms']:.4f} | {p['params']:,} | {p['macs']:,} |",
+        f"{_ms(p['predicted_latency_ms'])} | {p['params']:,} | {p['macs']:,} |",
         "",
         f"**Certified: {'yes' if report['certified'] else 'NO'}** — 95% upper bound of the measured "
         f"{cert['statistic']}: {cert['upper_bound_ms']:.4f} ms"
         + (f" vs budget {cert['budget_ms']:.4f} ms" if cert.get("budget_ms") else ""),
         "",
-        f"Speed-up over dense: MACs {report['speedup']['macs']:.2f}x, LUT-predicted {report['speedup']['predicted']:.2f}x, "
-        f"measured {report['speedup']['measured']:.2f}x.",
+        f"Speed-up over dense: MACs {report['speedup']['macs']:.2f}x, "
+        + (f"LUT-predicted {report['speedup']['predicted']:.2f}x, " if report['speedup'].get('predicted') else "")
+        + f"measured {report['speedup']['measured']:.2f}x.",
         "",
         f"Search: {report['search']['evaluations']} evaluations in {report['search']['seconds']:.1f} s; "
         f"fine-tuning ({report['finetune'].get('strategy', 'standard')}" + (", KD" if report['finetune'].get('kd') else "")
@@ -101,10 +104,15 @@ def write_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
 def _round_text(r: dict) -> str:
     """One certification round in words: what the LUT allowed, what the device said, and why
     it took more than one measurement (retakes on a shifted machine, close calls pooled)."""
-    text = f"round {r['round']}: LUT limit {r['lut_limit_ms']:.4f} ms, measured {r['measured_ms']:.4f} ms"
+    text = (f"round {r['round']}: " + (f"LUT limit {r['lut_limit_ms']:.4f} ms, " if r.get("lut_limit_ms") else "")
+            + f"measured {r['measured_ms']:.4f} ms")
     if r.get("upper_bound_ms") is not None and r.get("budget_ms") is not None:
         notes = [f"upper bound {r['upper_bound_ms']:.4f} vs budget {r['budget_ms']:.4f} ms"]
         if r.get("retakes"):

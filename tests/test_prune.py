@@ -391,6 +391,22 @@ def test_params_budget_as_a_percentage_of_the_dense_model(env, tmp_path, uniform
         assert res.output.startswith("error: --max-params") and why in res.output and len(res.output.splitlines()) == 1
 
 
+def test_params_budget_needs_no_lut_but_a_latency_budget_does(env, tmp_path):
+    args = [a for a in _prune_args(env, tmp_path / "run", "--max-params", "60%", "--agent", "uniform",
+                                   "--finetune-epochs", "0")]
+    at = args.index("--lut")
+    no_lut = args[:at] + args[at + 2:]
+    _ok(_invoke(no_lut))
+    r = _report(tmp_path / "run")
+    assert r["pruned"]["predicted_latency_ms"] is None and r["speedup"]["predicted"] is None
+    assert r["pruned"]["latency_ms"]["p50"] > 0 and "--lut" not in r["reproduce"]
+    assert "| pruned |" in (tmp_path / "run" / "report.md").read_text()
+    assert (tmp_path / "run" / "speedup.png").is_file()
+    res = _invoke(no_lut[:no_lut.index("--max-params")] + ["--speedup", "1.3", "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and res.output.strip() == (
+        "error: a latency budget (--latency-ms, --speedup) needs --lut, the table from `hwprune profile`")
+
+
 def test_speedup_and_params_together(env, tmp_path, uniform_run):
     _ok(uniform_run[0])
     limit = int(0.5 * _report(uniform_run[1])["dense"]["params"])
