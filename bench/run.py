@@ -128,7 +128,7 @@ def pareto_plot(cells: list[dict], path: Path) -> None:
         ax.scatter([dense["latency_ms"]["p50"]], [dense["accuracy"] * 100], marker="*", s=150, c="k", label="dense")
     ax.set_xlabel("measured p50 latency (ms)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("resnet20 / Fashion-MNIST / x86-cpu-ort")
+    ax.set_title(f"{', '.join(sorted({c['model'] for c in cells}))}: test accuracy vs measured latency")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
