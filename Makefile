@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: install data test-deps test test-all demo pretrain bench bench-quick clean
+.PHONY: install data test-deps test test-all demo pretrain pretrain-resnet56 bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,11 @@ demo: install data
 pretrain: install data
 	$(PY) -m hwprune.cli pretrain --model resnet20 --data fashion-mnist --epochs 8 \
 	  --out checkpoints/resnet20-fashion-mnist.pt
+
+# resnet56 for issue 6's larger search space (about 50 min on 2 cores; resumable: run it again).
+pretrain-resnet56: install data
+	$(PY) -m hwprune.cli pretrain --model resnet56 --data fashion-mnist --epochs 8 \
+	  --out checkpoints/resnet56-fashion-mnist.pt
 
 bench: install data
 	$(PY) bench/run.py --full
