@@ -182,23 +182,9 @@ def _budget_pair(ctx, param, values):
 
 def _count_limit(ctx, param, value):
     """``--max-params 40000`` (an absolute count) or ``--max-params 15%`` (of the dense model)."""
-    from hwprune.errors import HwpruneError
+    from hwprune.prune import parse_count_limit
 
-    if value is None:
-        return None
-    flag, text = param.opts[0], str(value).strip()
-    try:
-        number = float(text[:-1] if text.endswith("%") else text)
-    except ValueError:
-        raise HwpruneError(f"{flag} expects a number or a percentage of the dense model such as 15%, "
-                           f"got '{value}'") from None
-    if text.endswith("%"):
-        if not 0 < number <= 100:
-            raise HwpruneError(f"{flag} as a percentage of the dense model must lie in (0%, 100%], got '{value}'")
-        return text
-    if not number > 0:
-        raise HwpruneError(f"{flag} must be positive, got '{value}'")
-    return number
+    return None if value is None else parse_count_limit(value, param.opts[0])
 
 
 def _agent_options(ctx, param, values):

@@ -195,14 +195,27 @@ def _measure_again_pooled(dense_onnx: bytes, dense_t: dict[str, Any], onnx: byte
     return _pooled(dense_t, t2["dense"], cfg), _pooled(model_t, t2["pruned"], cfg)
 
 
+def parse_count_limit(value: float | str, flag: str) -> float | str:
+    """``40000`` -> 40000.0 (a count) or ``"15%"`` -> ``"15%"`` (of the dense model), checked;
+    the CLI calls it while parsing, :func:`prune` again for library callers."""
+    text = str(value).strip()
+    try:
+        number = float(text[:-1] if text.endswith("%") else text)
+    except ValueError:
+        raise HwpruneError(f"{flag} expects a number or a percentage of the dense model such as 15%, "
+                           f"got '{value}'") from None
+    if text.endswith("%"):
+        if not 0 < number <= 100:
+            raise HwpruneError(f"{flag} as a percentage of the dense model must lie in (0%, 100%], got '{value}'")
+        return text
+    if not number > 0:
+        raise HwpruneError(f"{flag} must be positive, got '{value}'")
+    return number
+
+
 def _resolve_count_limit(limit: float | str, dense_value: float) -> float:
-    """A count limit as given (``40000.0``), or a percentage of the dense model's (``"15%"``)."""
-    if isinstance(limit, str):
-        text = limit.strip()
-        if not text.endswith("%"):
-            return float(text)
-        return float(text[:-1]) / 100.0 * dense_value
-    return float(limit)
+    """A checked limit (see :func:`parse_count_limit`) as a count of the dense model's metric."""
+    return float(limit[:-1]) / 100.0 * dense_value if isinstance(limit, str) else float(limit)
 
 
 def _wait(seconds: float) -> None:
@@ -289,6 +302,9 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     agent = create_agent(agent_name, **opts.agent_options)
     # User budget functions load before anything slow, so a typo fails at once.
     user_budgets = [CallableBudget(spec_fn, limit) for spec_fn, limit in opts.budget]
+    limits_given = {attr: parse_count_limit(getattr(opts, attr), flag) for attr, flag in
+                    (("max_params", "--max-params"), ("max_macs", "--max-macs"), ("max_memory_bytes", "--max-memory"))
+                    if getattr(opts, attr)}
     if n_latency and not opts.lut:
         raise HwpruneError("a latency budget (--latency-ms, --speedup) needs --lut, the table from `hwprune profile`")
     cfg = load_device_config(opts.device)
@@ -349,9 +365,9 @@ def prune(opts: PruneOptions, log=print) -> dict[str, Any]:
     count_limits: dict[str, float] = {}  # resolved: a percentage becomes a count of the dense model
     for attr, budget_cls in (("max_params", ParamsBudget), ("max_macs", MacsBudget),
                              ("max_memory_bytes", PeakMemoryBudget)):
-        if getattr(opts, attr):
+        if attr in limits_given:
             dense_value = getattr(cost, budget_cls.metric)({})
-            count_limits[attr] = _resolve_count_limit(getattr(opts, attr), dense_value)
+            count_limits[attr] = _resolve_count_limit(limits_given[attr], dense_value)
             other_budgets.append(budget_cls(cost, count_limits[attr]))
     other_budgets.extend(user_budgets)
     # One thread: on a shared machine a second thread mostly waits (measured 0.6 s vs 4.2 s per
