@@ -564,8 +564,12 @@ def test_the_baseline_carries_a_drift_reference_that_regress_uses(uniform_run, e
     assert len(base["timing"]["samples_ms"]) >= 1000 and len(base["reference"]["timing"]["samples_ms"]) >= 1000
     res = _invoke(["regress", "--device", env["device"], "--baseline", out / "baseline.json", "--tolerance", "50%",
                    "--max-seconds", "5", "--json", tmp_path / "r.json"])
-    assert res.exit_code in (0, 3), res.output
+    # The verdict is a real 5-s measurement on a shared machine, so a busy moment may even read
+    # as a regression at 50%; what this test checks is that the reference was used, and that the
+    # exit code is the verdict's.
     r = json.loads((tmp_path / "r.json").read_text())
+    assert r["verdict"] in ("pass", "improved", "regressed", "inconclusive"), res.output
+    assert res.exit_code == r["exit_code"], res.output
     assert "reference-normalised" in json.dumps(r) and "warning" not in res.output
 
 
