@@ -264,9 +264,9 @@ def prune_cmd(lut_path, input_shape, quiet, **kw):
     for name, m in (("dense", d), ("pruned", p)):
         click.echo(f"{name:8s} {m['accuracy'] * 100:8.2f}% {m['latency_ms']['p50']:9.4f} {m['latency_ms']['p90']:9.4f} "
                    f"{m['params']:10,d} {m['macs']:12,d}")
-    c = r["certificate"]
-    click.echo(f"certified: {'yes' if r['certified'] else 'NO'} (95% upper bound of {c['statistic']} "
-               f"{c['upper_bound_ms']:.4f} ms" + (f" vs budget {c['budget_ms']:.4f} ms)" if c.get("budget_ms") else ")"))
+    from hwprune.report import certificate_text
+
+    click.echo("certified: {} ({})".format(*certificate_text(r)))
     click.echo(f"run folder: {opts.out} (report.md, report.json, plan.json, pruned.onnx, pruned.pt, baseline.json)")
 
 

@@ -365,10 +365,16 @@ def test_params_budget_alone(env, tmp_path, uniform_run):
     _ok(uniform_run[0])
     limit = int(0.6 * _report(uniform_run[1])["dense"]["params"])
     out = tmp_path / "run"
-    _ok(_invoke(_prune_args(env, out, "--max-params", limit, "--agent", "uniform")))
+    res = _invoke(_prune_args(env, out, "--max-params", limit, "--agent", "uniform"))
+    _ok(res)
     r = _report(out)
     assert r["budget"]["latency_ms"] is None and r["budget"]["max_params"] == limit
     assert r["certified"] is False  # nothing to certify without a latency budget
+    # ... which the user is told as such, not as a failed certificate, with the exact count check.
+    params_check = f"params {r['pruned']['params']:,} <= {limit:,}"
+    assert "certified: n/a (no latency budget)" in res.stdout and params_check in res.stdout
+    md = (out / "report.md").read_text()
+    assert "**Certified: n/a (no latency budget)**" in md and params_check in md and "NO" not in md
     assert r["certificate"]["upper_bound_ms"] > 0
     assert r["pruned"]["budget_values"]["params"] <= limit
     assert r["pruned"]["params"] <= limit
