@@ -61,7 +61,7 @@ def certificate_text(report: dict[str, Any]) -> tuple[str, str]:
     """(verdict, detail) for the certificate line of the CLI and report.md.
 
     Without a latency budget there is nothing to certify against, and a bare "NO" reads as a
-    failure; the count budgets (params, MACs, memory) are exact, so their check is a fact of
+    failure; the params and MACs budgets are exact counts, so their check is a fact of
     the architecture, shown beside the measured latency instead.
     """
     cert = report["certificate"]
