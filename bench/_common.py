@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -14,3 +15,11 @@ def hwprune_script() -> str:
     if not found:
         sys.exit("error: the hwprune console script is not installed (pip install -e .)")
     return found
+
+
+def mean_std(vals: list[float], fmt: str) -> str:
+    """``mean ± std`` over seeds in ``fmt`` (std 0 for one value, a dash for none)."""
+    if not vals:
+        return "—"
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{format(statistics.mean(vals), fmt)} ± {format(sd, fmt)}"

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _common import hwprune_script  # bench/ is on sys.path when a script runs
+from _common import hwprune_script, mean_std  # bench/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -62,12 +61,6 @@ def run_seed(args, seed: int) -> dict:
             "finetune_s": r["finetune"]["seconds"], "finetune_epochs": r["finetune"]["epochs"]}
 
 
-def _ms(vals: list[float], fmt: str) -> str:
-    if len(vals) < 2:
-        return format(vals[0], fmt) if vals else "-"
-    return f"{format(statistics.mean(vals), fmt)} ± {format(statistics.stdev(vals), fmt)}"
-
-
 def tables(rows: list[dict]) -> str:
     ok = [r for r in rows if "error" not in r]
     lines = ["| seed | dense acc % | pruned acc % | drop pts | params kept | MACs kept | measured speed-up "
@@ -85,10 +78,10 @@ def tables(rows: list[dict]) -> str:
     if ok:
         gap = [(r["dense_acc"] - r["pruned_acc"]) * 100 for r in ok]
         lines += ["", f"Over {len(ok)} seed(s): pruned test accuracy "
-                  f"{_ms([r['pruned_acc'] * 100 for r in ok], '.2f')}% against dense "
-                  f"{ok[0]['dense_acc'] * 100:.2f}%; drop {_ms(gap, '.2f')} points (worst {max(gap):.2f}); "
-                  f"parameters kept {_ms([r['pruned_params'] / r['dense_params'] * 100 for r in ok], '.2f')}%; "
-                  f"wall {_ms([r['wall_s'] for r in ok], '.0f')} s."]
+                  f"{mean_std([r['pruned_acc'] * 100 for r in ok], '.2f')}% against dense "
+                  f"{ok[0]['dense_acc'] * 100:.2f}%; drop {mean_std(gap, '.2f')} points (worst {max(gap):.2f}); "
+                  f"parameters kept {mean_std([r['pruned_params'] / r['dense_params'] * 100 for r in ok], '.2f')}%; "
+                  f"wall {mean_std([r['wall_s'] for r in ok], '.0f')} s."]
     return "\n".join(lines)
 
 

@@ -19,13 +19,12 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _common import hwprune_script  # bench/ is on sys.path when a script runs
+from _common import hwprune_script, mean_std  # bench/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -91,12 +90,7 @@ def summary_table(cells: list[dict]) -> str:
         if k not in keys:
             keys.append(k)
 
-    def ms(vals: list[float], fmt: str) -> str:
-        if not vals:
-            return "—"
-        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        return f"{format(statistics.mean(vals), fmt)} ± {format(sd, fmt)}"
-
+    ms = mean_std
     lines = ["| model | budget | agent | seeds | certified | test acc % | p50 ms | evals | search s | wall s |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model, fraction, agent in keys:
