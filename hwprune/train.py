@@ -311,18 +311,27 @@ class _DistContext:
         import torch.distributed as dist
 
         t = torch.tensor(values, dtype=torch.float64, device=device)
+        counts = _use_counts([t])
         dist.all_reduce(t)
+        _await_release([t], counts)
         return t.tolist()
 
-    def all_gather_object(self, obj):
-        """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when not distributed)."""
+    def all_gather_tensor(self, t: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+        """``[t of rank 0, t of rank 1, ...]`` on every rank, on the CPU (``[t]`` when not distributed).
+
+        ``t`` must have the same shape and dtype on every rank. Not ``all_gather_object``:
+        its pickling buffers live inside torch, where ``_await_release`` cannot see them.
+        """
         if not self.active:
-            return [obj]
+            return [t]
         import torch.distributed as dist
 
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
+        src = t.to(device)
+        out = [torch.empty_like(src) for _ in range(self.world_size)]
+        counts = _use_counts([src, *out])
+        dist.all_gather(out, src)
+        _await_release([src, *out], counts)
+        return [o.cpu() for o in out]
 
     def close(self) -> None:
         if self.owned:
@@ -331,6 +340,32 @@ class _DistContext:
             if dist.is_initialized():
                 dist.destroy_process_group()
             self.owned = False
+
+
+def _use_counts(tensors: list[torch.Tensor]) -> list[int] | None:
+    """How many C++ references each tensor has (None where torch cannot say)."""
+    try:
+        return [t._use_count() for t in tensors]
+    except AttributeError:  # a private API; without it we cannot wait, only hope
+        return None
+
+
+def _await_release(tensors: list[torch.Tensor], counts: list[int] | None, timeout_s: float = 10.0) -> None:
+    """Return once the backend's threads hold none of ``tensors`` (their ``counts`` from before).
+
+    A gloo worker thread drops its references to a collective's tensors a moment after the
+    caller's wait returns, and in torch 2.13 that drop takes the GIL to release the tensor's
+    Python object. Should the interpreter be finalizing by then (a rank that finishes its
+    job at once), the worker exits mid-destructor and the rank aborts with "terminate called
+    without an active exception": about 1 torchrun job in 25 on this 2-core machine, always
+    in ``~AsyncAllgatherWork`` (pytorch/pytorch pull 179291 describes the same race). Sleeping here
+    releases the GIL so the worker finishes while the interpreter is whole.
+    """
+    if counts is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while any(t._use_count() > c for t, c in zip(tensors, counts)) and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -563,7 +598,7 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, 
         if checkpoint_path and dist_ctx.is_main:
             save_state_dict(last_good, checkpoint_path)
         if resume_path:
-            aug_states = dist_ctx.all_gather_object(aug_gen.get_state())
+            aug_states = dist_ctx.all_gather_tensor(aug_gen.get_state(), device)
             if dist_ctx.is_main:
                 _save_atomic({"format": RESUME_FORMAT, "fingerprint": fingerprint, "epoch": epoch, "step": step,
                               "model": last_good, "optimizer": optimizer.state_dict(),

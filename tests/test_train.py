@@ -569,3 +569,27 @@ def test_torchrun_two_ranks_share_the_work_and_rank0_saves(tmp_path):
     assert not torch.equal(state["aug_rng"][0], state["aug_rng"][1])
     assert np.allclose(torch.cat([saved[k].flatten() for k in ("0.weight", "0.bias")]).numpy(),
                        ranks[0]["params"][: saved["0.weight"].numel() + saved["0.bias"].numel()], atol=1e-6)
+
+
+def test_await_release_waits_until_other_holders_let_go():
+    # A collective's worker thread holds the tensors for a moment after the call returns; a
+    # view stands in for it here (it holds a reference to its base) and is dropped by a thread.
+    import threading
+    import time
+
+    from hwprune.train import _await_release, _use_counts
+
+    t = torch.zeros(4)
+    counts = _use_counts([t])
+    holder = [t.view(4)]
+    assert t._use_count() > counts[0]
+    threading.Timer(0.2, holder.clear).start()
+    t0 = time.monotonic()
+    _await_release([t], counts, timeout_s=5.0)
+    assert 0.15 < time.monotonic() - t0 < 4.0 and t._use_count() == counts[0]
+
+    still_held = t.view(4)  # never released: it gives up after the timeout instead of hanging
+    t0 = time.monotonic()
+    _await_release([t], counts, timeout_s=0.1)
+    assert 0.1 <= time.monotonic() - t0 < 2.0 and still_held is not None
+    _await_release([t], None)  # a torch without _use_count: nothing to wait on
