@@ -28,6 +28,7 @@ def run_seed(args, seed: int) -> dict:
     import torch
 
     from hwprune.data import load_dataset, train_val_split
+    from hwprune.pretrain import SPLIT_SEED, VAL_FRACTION
     from hwprune.profile import ModelSpec
     from hwprune.prune import PruneOptions, default_weights
     from hwprune.train import evaluate, train
@@ -43,7 +44,7 @@ def run_seed(args, seed: int) -> dict:
     torch.manual_seed(seed)
     train_full = load_dataset(args.data, "train")
     test_ds = load_dataset(args.data, "test")
-    train_ds, val_ds = train_val_split(train_full, val_fraction=0.1, seed=0)
+    train_ds, val_ds = train_val_split(train_full, VAL_FRACTION, SPLIT_SEED)  # the rows prune holds out
     model = ModelSpec(args.model, (train_full.in_channels, *train_full.input_size), train_full.num_classes,
                       weights).build()
     dense_acc = evaluate(model, test_ds)
