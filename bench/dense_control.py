@@ -24,39 +24,52 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
-def run_seed(args, seed: int) -> dict:
-    import torch
+def result_path(args, seed: int) -> Path:
+    return RESULTS / f"dense_control_{args.model}_e{args.finetune_epochs}_s{seed}.json"
 
+
+def load_setup(args) -> dict:
+    """What every seed shares: the splits `hwprune prune` uses, the checkpoint, its accuracy."""
     from hwprune.data import load_dataset, train_val_split
     from hwprune.pretrain import SPLIT_SEED, VAL_FRACTION
     from hwprune.profile import ModelSpec
-    from hwprune.prune import PruneOptions, default_weights
+    from hwprune.prune import default_weights
+    from hwprune.train import evaluate
+
+    weights = default_weights(args.model, args.data)
+    if weights is None:
+        raise SystemExit(f"error: no dense checkpoint for {args.model} on {args.data} (make pretrain ...)")
+    train_full = load_dataset(args.data, "train")
+    test_ds = load_dataset(args.data, "test")
+    train_ds, val_ds = train_val_split(train_full, VAL_FRACTION, SPLIT_SEED)  # the rows prune holds out
+    spec = ModelSpec(args.model, (train_full.in_channels, *train_full.input_size), train_full.num_classes, weights)
+    return {"spec": spec, "weights": weights, "train_ds": train_ds, "val_ds": val_ds, "test_ds": test_ds,
+            "dense_acc": evaluate(spec.build(), test_ds)}
+
+
+def run_seed(args, seed: int, setup: dict | None) -> dict:
+    import torch
+
+    from hwprune.prune import PruneOptions
     from hwprune.train import evaluate, train
 
-    out = RESULTS / f"dense_control_{args.model}_e{args.finetune_epochs}_s{seed}.json"
+    out = result_path(args, seed)
     if out.is_file() and not args.overwrite:
         print(f"seed {seed}: reusing {out}", flush=True)
         return json.loads(out.read_text())
     defaults = PruneOptions(model=args.model, device="", lut="", out="")
-    weights = default_weights(args.model, args.data)
-    if weights is None:
-        raise SystemExit(f"error: no dense checkpoint for {args.model} on {args.data} (make pretrain ...)")
     torch.manual_seed(seed)
-    train_full = load_dataset(args.data, "train")
-    test_ds = load_dataset(args.data, "test")
-    train_ds, val_ds = train_val_split(train_full, VAL_FRACTION, SPLIT_SEED)  # the rows prune holds out
-    model = ModelSpec(args.model, (train_full.in_channels, *train_full.input_size), train_full.num_classes,
-                      weights).build()
-    dense_acc = evaluate(model, test_ds)
+    model = setup["spec"].build()
+    dense_acc = setup["dense_acc"]
     print(f"seed {seed}: dense checkpoint {dense_acc * 100:.2f}%; fine-tuning {args.finetune_epochs} epochs "
           f"at lr {defaults.lr:g}", flush=True)
     t0 = time.perf_counter()
-    r = train(model, train_ds, epochs=args.finetune_epochs, lr=defaults.lr, batch_size=defaults.batch_size,
-              seed=seed, val_ds=val_ds, log=print, progress=not args.quiet)
+    r = train(model, setup["train_ds"], epochs=args.finetune_epochs, lr=defaults.lr, batch_size=defaults.batch_size,
+              seed=seed, val_ds=setup["val_ds"], log=print, progress=not args.quiet)
     row = {"model": args.model, "data": args.data, "seed": seed, "finetune_epochs": args.finetune_epochs,
-           "lr": defaults.lr, "batch_size": defaults.batch_size, "weights": weights,
-           "dense_acc": dense_acc, "finetuned_acc": evaluate(model, test_ds), "best_val_acc": r.best_val_acc,
-           "seconds": time.perf_counter() - t0,
+           "lr": defaults.lr, "batch_size": defaults.batch_size, "weights": setup["weights"],
+           "dense_acc": dense_acc, "finetuned_acc": evaluate(model, setup["test_ds"]),
+           "best_val_acc": r.best_val_acc, "seconds": time.perf_counter() - t0,
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     out.write_text(json.dumps(row, indent=1))
     return row
@@ -71,7 +84,10 @@ def main() -> None:
     ap.add_argument("--overwrite", action="store_true", help="run seeds again even when their result exists")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args()
-    rows = [run_seed(args, int(s)) for s in args.seeds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    todo = args.overwrite or any(not result_path(args, s).is_file() for s in seeds)
+    setup = load_setup(args) if todo else None  # data and the dense accuracy, once for all seeds
+    rows = [run_seed(args, s, setup) for s in seeds]
     print("| seed | dense checkpoint % | + fine-tuned % | gain pts | best val % | s |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:

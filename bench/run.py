@@ -90,7 +90,6 @@ def summary_table(cells: list[dict]) -> str:
         if k not in keys:
             keys.append(k)
 
-    ms = mean_std
     lines = ["| model | budget | agent | seeds | certified | test acc % | p50 ms | evals | search s | wall s |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for model, fraction, agent in keys:
@@ -98,10 +97,10 @@ def summary_table(cells: list[dict]) -> str:
         n_all = sum((c["model"], c["fraction"], c["agent"]) == (model, fraction, agent) for c in cells)
         rep = [c["report"] for c in ok]
         lines.append(f"| {model} | {fraction:.0%} | {agent} | {n_all} | {sum(r['certified'] for r in rep)}/{n_all} | "
-                     f"{ms([r['pruned']['accuracy'] * 100 for r in rep], '.2f')} | "
-                     f"{ms([r['pruned']['latency_ms']['p50'] for r in rep], '.4f')} | "
-                     f"{ms([r['search']['evaluations'] for r in rep], '.0f')} | "
-                     f"{ms([r['search']['seconds'] for r in rep], '.0f')} | {ms([c['wall_s'] for c in ok], '.0f')} |")
+                     f"{mean_std([r['pruned']['accuracy'] * 100 for r in rep], '.2f')} | "
+                     f"{mean_std([r['pruned']['latency_ms']['p50'] for r in rep], '.4f')} | "
+                     f"{mean_std([r['search']['evaluations'] for r in rep], '.0f')} | "
+                     f"{mean_std([r['search']['seconds'] for r in rep], '.0f')} | {mean_std([c['wall_s'] for c in ok], '.0f')} |")
     return "\n".join(lines)
 
 
