@@ -108,7 +108,7 @@ def fake(monkeypatch):
     sampler (``reference``: the drift reference's samples); returns its call log."""
 
     def install(**dists):
-        dists = {rg.REFERENCE if k == "reference" else k: v for k, v in dists.items()}
+        dists = {rg.BASELINE_REFERENCE_KEY if k == "reference" else k: v for k, v in dists.items()}
         calls: list[dict] = []
         monkeypatch.setattr(rg, "open_sampler", lambda items, cfg: FakeSampler(items, cfg, dists, calls))
         return calls
@@ -367,7 +367,8 @@ def test_normalised_verdicts_through_the_cli(setup, fake, candidate, reference, 
     r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline_ref"],
              *_outputs(setup["root"]))
     assert r.exit_code == code, r.output
-    assert calls[0]["keys"] == [rg.CANDIDATE, rg.REFERENCE]  # the reference timed beside the model, now too
+    # the reference timed beside the model, now too
+    assert calls[0]["keys"] == [rg.CANDIDATE, rg.BASELINE_REFERENCE_KEY]
     data = json.loads((setup["root"] / "out" / "r.json").read_text())
     assert data["verdict"] == verdict and data["ratio_measure"] == "reference-normalised"
     assert data["warnings"] == [] and "warning" not in r.stderr
@@ -377,7 +378,7 @@ def test_normalised_verdicts_through_the_cli(setup, fake, candidate, reference, 
     assert c["raw_ratio"] == pytest.approx(candidate[0], rel=0.02)
     assert c["ratio"] == pytest.approx(c["raw_ratio"] / c["reference_ratio"])
     assert data["baseline"]["reference"]["onnx_sha256"] == rg._sha256(rg.reference_graph()[1])
-    assert len(data["samples_ms"][rg.REFERENCE]) == c["n_candidate_reference"]
+    assert len(data["samples_ms"][rg.BASELINE_REFERENCE_KEY]) == c["n_candidate_reference"]
     assert "ref now/then" in r.stdout and "normalised" in r.stdout
     md = (setup["root"] / "out" / "s.md").read_text()
     assert "**reference-normalised**" in md and "reference now / then" in md
@@ -688,7 +689,7 @@ def test_end_to_end_on_onnxruntime(setup):
     assert data["ratio_measure"] == "reference-normalised" and data["warnings"] == []
     c = data["comparisons"][0]
     assert c["ratio"] == pytest.approx(c["raw_ratio"] / c["reference_ratio"])
-    assert c["n_candidate_reference"] == len(data["samples_ms"][rg.REFERENCE]) >= 30
+    assert c["n_candidate_reference"] == len(data["samples_ms"][rg.BASELINE_REFERENCE_KEY]) >= 30
     assert data["measurement"]["seconds"] < 10
     xml = junitparser.JUnitXml.fromfile(str(root / "out" / "l.xml"))
     assert sum(1 for s in xml for _ in s) == 1
