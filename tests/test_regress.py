@@ -1,6 +1,6 @@
 """``hwprune regress``: the statistical test, verdicts and exit codes, outputs, and real runs.
 
-Most tests inject timings by replacing ``hwprune.regress.open_sampler`` with a sampler that
+Most tests inject timings by replacing ``hwprune.regress.run.open_sampler`` with a sampler that
 draws seeded synthetic samples, so verdicts are deterministic; a few run onnxruntime for real
 on tiny models (their assertions hold on a noisy machine: ratios of ~50x, or structure only).
 The drift reference's cases (a machine whose speed moved between the baseline's process and
@@ -110,7 +110,9 @@ def fake(monkeypatch):
     def install(**dists):
         dists = {rg.BASELINE_REFERENCE_KEY if k == "reference" else k: v for k, v in dists.items()}
         calls: list[dict] = []
-        monkeypatch.setattr(rg, "open_sampler", lambda items, cfg: FakeSampler(items, cfg, dists, calls))
+        # patched where the entry point looks it up, not the package's re-export
+        monkeypatch.setattr("hwprune.regress.run.open_sampler",
+                            lambda items, cfg: FakeSampler(items, cfg, dists, calls))
         return calls
 
     return install

@@ -1,0 +1,98 @@
+"""What ``hwprune regress`` takes: its options, their checks, and the command line that repeats them."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from hwprune.errors import HwpruneError
+from hwprune.regress.compare import STATISTICS
+
+
+@dataclass
+class RegressOptions:
+    """Everything ``hwprune regress`` takes; see ``hwprune.regress``'s docstring for the modes."""
+
+    device: str
+    model: str | None = None
+    baseline: str | None = None
+    against: str | None = None
+    lut: str | None = None
+    sample: int = 20
+    num_classes: int = 10
+    write_baseline: str | None = None
+    tolerance: str | float = "5%"
+    statistics: Sequence[str] = ()
+    confidence: float = 0.95
+    max_seconds: float = 60.0
+    resamples: int = 2000
+    seed: int = 0
+    junit: str | None = None
+    markdown: str | None = None
+    json: str | None = None
+    allow_env_change: bool = False
+
+    @property
+    def mode(self) -> str:
+        given = [m for m, v in (("baseline", self.baseline), ("against", self.against), ("lut", self.lut),
+                                ("write-baseline", self.write_baseline)) if v]
+        if not given:
+            raise HwpruneError("give one of --baseline, --against, --lut or --write-baseline")
+        if len(given) > 1:
+            raise HwpruneError(f"give only one of --baseline, --against, --lut, --write-baseline (got "
+                               f"{', '.join('--' + g for g in given)})")
+        return given[0]
+
+
+def parse_tolerance(value: str | float) -> float:
+    """``"5%"`` or ``0.05`` -> 0.05; must lie in (0, 1)."""
+    text = str(value).strip()
+    try:
+        t = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise HwpruneError(f"--tolerance must be a percentage like 5% or a fraction like 0.05, got '{value}'") from None
+    if not 0 < t < 1 or math.isnan(t):
+        raise HwpruneError(f"--tolerance must lie between 0% and 100% (exclusive), got '{value}'")
+    return t
+
+
+def _check_statistics(statistics: Sequence[str]) -> list[str]:
+    out = []
+    for s in statistics:
+        if s not in STATISTICS:
+            raise HwpruneError(f"unknown statistic '{s}' (known: {', '.join(STATISTICS)})")
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def _check_outputs(opts: RegressOptions) -> None:
+    for flag, path in (("--junit", opts.junit), ("--markdown", opts.markdown), ("--json", opts.json),
+                       ("--write-baseline", opts.write_baseline)):
+        if path and Path(path).is_dir():
+            raise HwpruneError(f"{flag} {path} is a folder; give a file path")
+
+
+def command_line(opts: RegressOptions) -> str:
+    """The ``hwprune regress`` command that repeats this check (printed beside every figure)."""
+    parts = ["hwprune", "regress", "--device", opts.device]
+    for flag, value in (("--model", opts.model), ("--baseline", opts.baseline), ("--against", opts.against),
+                        ("--lut", opts.lut), ("--write-baseline", opts.write_baseline)):
+        if value:
+            parts += [flag, str(value)]
+    if opts.lut:
+        parts += ["--sample", str(opts.sample)]
+    if not opts.write_baseline:
+        parts += ["--tolerance", str(opts.tolerance)]
+        for s in opts.statistics:
+            parts += ["--statistic", s]
+        if not opts.lut:  # a LUT check measures each row once: no budget to repeat
+            parts += ["--max-seconds", f"{opts.max_seconds:g}"]
+        parts += ["--seed", str(opts.seed)]
+    if opts.allow_env_change:
+        parts.append("--allow-env-change")
+    return " ".join(shlex.quote(p) for p in parts)
+
