@@ -32,8 +32,8 @@ def load_setup(args) -> dict:
     """What every seed shares: the splits `hwprune prune` uses, the checkpoint, its accuracy."""
     from hwprune.data import load_dataset, train_val_split
     from hwprune.pretrain import SPLIT_SEED, VAL_FRACTION
-    from hwprune.profile import ModelSpec
-    from hwprune.prune import default_weights
+    from hwprune.profiling import ModelSpec
+    from hwprune.pruning import default_weights
     from hwprune.train import evaluate
 
     weights = default_weights(args.model, args.data)
@@ -50,7 +50,7 @@ def load_setup(args) -> dict:
 def run_seed(args, seed: int, setup: dict | None) -> dict:
     import torch
 
-    from hwprune.prune import PruneOptions
+    from hwprune.pruning import PruneOptions
     from hwprune.train import evaluate, train
 
     out = result_path(args, seed)

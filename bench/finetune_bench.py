@@ -51,7 +51,7 @@ def main() -> None:
     from hwprune.data import load_dataset, train_val_split
     from hwprune.finetune import recover
     from hwprune.groups import count_params
-    from hwprune.profile import ModelSpec
+    from hwprune.profiling import ModelSpec
     from hwprune.train import evaluate
 
     if args.threads:
@@ -60,7 +60,7 @@ def main() -> None:
         report = json.loads((Path(args.run) / "report.json").read_text())
         widths = {g: int(kept) for g, (_, kept) in report["pruned"]["channels"].items()}
     else:
-        from hwprune.prune import default_weights
+        from hwprune.pruning import default_weights
 
         report = {"model": args.model, "data": args.data, "weights": default_weights(args.model, args.data)}
     train_full = load_dataset(report["data"], "train")

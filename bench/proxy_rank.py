@@ -33,7 +33,7 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from hwprune.data import load_dataset, train_val_split
-    from hwprune.profile import ModelSpec
+    from hwprune.profiling import ModelSpec
     from hwprune.proxy import AccuracyProxy
 
     torch.set_num_threads(1)

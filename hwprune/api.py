@@ -1,11 +1,207 @@
-"""The library entry points behind every CLI command (``hwprune.api.profile``, ``time_model``...)."""
+"""The library API behind every CLI command: ``hwprune.profile``, ``hwprune.prune``, ``hwprune.time_model`` ...
+
+Every function takes either a zoo name / ``file.py:factory`` (as the CLI does) or the user's own
+``nn.Module`` with an example input, and raises :class:`hwprune.HwpruneError` with one sentence
+on bad input. Results are typed objects.
+
+Example:
+    >>> import hwprune
+    >>> lut = hwprune.profile(model, torch.zeros(1, 3, 32, 32), device="x86-cpu-ort",
+    ...                       lut="lut.parquet")                                   # doctest: +SKIP
+    >>> result = hwprune.prune(model, torch.zeros(1, 3, 32, 32), device="x86-cpu-ort", lut=lut,
+    ...                        speedup=2.0, score_fn=my_metric, finetune_fn=my_train)  # doctest: +SKIP
+    >>> result.certified, result.certificate.upper_bound_ms, result.model          # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import torch
+from torch import nn
+
+from hwprune.errors import HwpruneError
+from hwprune.lut import LatencyLUT
+from hwprune.models.spec import ModelSpec, ModuleSpec
+from hwprune.pruning import PruneOptions, PruneResult, command_line, default_weights
 from profilers.config import load_device_config
 from profilers.fileio import atomic_write_json
+
+_quiet = lambda _m: None  # noqa: E731  (the library is silent unless given a log)
+
+
+def model_spec(model: nn.Module | str, example_input: torch.Tensor | None = None, *, name: str | None = None,
+               input_shape: Sequence[int] | None = None, num_classes: int | None = None,
+               weights: str | None = None) -> ModelSpec | ModuleSpec:
+    """What to build: the user's module with its example input, or a zoo name / ``file.py:factory``."""
+    if isinstance(model, nn.Module):
+        if example_input is None:
+            if input_shape is None:
+                raise HwpruneError("pass example_input= (e.g. torch.zeros(1, 3, 32, 32)) with your own model")
+            example_input = torch.zeros(1, *input_shape)
+        if weights:
+            from hwprune.models import load_weights
+
+            load_weights(model, weights)
+        return ModuleSpec(model, example_input, name=name, num_classes=num_classes)
+    if not isinstance(model, str) or not model.strip():
+        raise HwpruneError(f"model must be a torch.nn.Module or a zoo name / file.py:factory, got {model!r}")
+    if example_input is not None:
+        input_shape = tuple(example_input.shape[1:])
+    shape = tuple(input_shape) if input_shape is not None else (1, 28, 28)
+    if len(shape) != 3 or min(shape) < 1:
+        raise HwpruneError(f"input_shape must be three positive integers C,H,W, got {shape}")
+    if num_classes is not None and num_classes < 1:
+        raise HwpruneError(f"num_classes must be at least 1, got {num_classes}")
+    return ModelSpec(model, shape, 10 if num_classes is None else num_classes, weights)
+
+
+def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str,
+            lut: str | LatencyLUT, name: str | None = None, grid: Sequence[float] | None = None,
+            calibration_samples: int = 10, seed: int = 0, allow_other_device: bool = False,
+            input_shape: Sequence[int] | None = None, num_classes: int | None = None, weights: str | None = None,
+            fmt: str | None = None, show_progress: bool = False, log: Callable[[str], None] = _quiet) -> LatencyLUT:
+    """Measure every prunable layer of ``model`` at its channel grid on ``device`` into the LUT ``lut``.
+
+    ``lut`` is a path (created or extended, resumably) or a LUT loaded from one. Returns the
+    LUT as saved, with ``.profile_result`` (a :class:`hwprune.profiling.ProfileResult`).
+    """
+    from hwprune.profiling import profile as profile_spec
+
+    path = _lut_path(lut)
+    if calibration_samples < 0:
+        raise HwpruneError(f"calibration_samples must be >= 0, got {calibration_samples}")
+    spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
+                      weights=weights)
+    result = profile_spec(spec, device, path, ratios=tuple(grid) if grid else None,
+                          calibration_samples=calibration_samples, seed=seed, fmt=fmt,
+                          allow_other_device=allow_other_device, show_progress=show_progress, log=log)
+    table = LatencyLUT.load(result.lut_path)
+    table.profile_result = result
+    return table
+
+
+def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str,
+          lut: str | LatencyLUT | None = None, latency_ms: float | None = None, speedup: float | None = None,
+          max_params: float | str | None = None, max_macs: float | str | None = None,
+          max_memory_bytes: float | str | None = None, budgets: Sequence[tuple[Any, float]] = (),
+          score_fn: Callable[[nn.Module], float] | None = None,
+          finetune_fn: Callable[[nn.Module, nn.Module], nn.Module] | None = None,
+          data: str | None = None, bn_data: Iterable[Any] | None = None, agent: str | None = None,
+          agent_options: dict[str, Any] | None = None, max_evaluations: int = 100, out: str | None = None,
+          name: str | None = None, input_shape: Sequence[int] | None = None, num_classes: int | None = None,
+          weights: str | None = None, show_progress: bool = False, log: Callable[[str], None] = _quiet,
+          **options: Any) -> PruneResult:
+    """Prune ``model`` to a budget measured on ``device``, recover it, and certify the measured latency.
+
+    Args:
+        model: your ``nn.Module`` (with ``example_input``), or a zoo name / ``file.py:factory``.
+        example_input: one input of the model (its batch size is replaced by the device config's).
+        device: a shipped device config name (``hwprune devices``) or a YAML path.
+        lut: the LUT from :func:`profile` (object or path); needed for a latency budget.
+        latency_ms, speedup: the latency budget, absolute or relative to the dense model measured
+            beside the pruned one; ``max_params``/``max_macs``/``max_memory_bytes`` (a count or
+            ``"15%"`` of dense) and ``budgets`` (``(widths -> float callable, limit)`` pairs) add
+            budgets of their own.
+        score_fn: ``model -> float``, higher is better: the search objective and the reported
+            score (default: the built-in accuracy proxy on ``data``).
+        finetune_fn: ``(model, teacher) -> model``: your training loop recovers the pruned model
+            (``teacher`` is a frozen copy of the dense one); default: the built-in recipe on
+            ``data``, or no recovery without data.
+        data: a dataset spec (``fashion-mnist[:DIR]``, ``cifar10:DIR``, ``imagefolder:DIR``) for the
+            built-in proxy, recovery and test accuracy.
+        bn_data: inputs (or (input, target) batches) on which each candidate's BatchNorm is
+            re-estimated before ``score_fn`` scores it.
+        agent, agent_options, max_evaluations: the search (default agent ``rl``).
+        out: write the run folder here (all files or none); None writes nothing.
+        name: the model's name in the LUT (default: class name and a structure hash).
+        **options: any other :class:`hwprune.pruning.PruneOptions` field (``finetune``,
+            ``finetune_epochs``, ``lr``, ``seed``, ``certify_rounds``, ``overwrite`` ...).
+
+    Returns:
+        A :class:`PruneResult`: ``model``, ``certified``, ``certificate``, ``plan``, ``report``.
+    """
+    from hwprune.task import Datasets, Task, input_batches
+
+    fields = {f.name for f in dataclasses.fields(PruneOptions)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise HwpruneError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+    for flag in ("model", "device", "lut", "out", "data", "weights", "input_shape", "latency_ms", "speedup",
+                 "max_params", "max_macs", "max_memory_bytes", "budget", "agent", "agent_options", "max_evaluations",
+                 "show_progress"):
+        options.pop(flag, None)
+    user_module = isinstance(model, nn.Module)
+    if data is None and not user_module and score_fn is None:
+        data = "fashion-mnist"  # the CLI's default for zoo models
+    datasets = Datasets.load(data) if data is not None else None
+    if datasets is not None and example_input is None and input_shape is None:
+        input_shape = datasets.input_shape
+    if datasets is not None and num_classes is None:
+        num_classes = datasets.num_classes
+    if not user_module and weights is None and data is not None:
+        weights = default_weights(model, data)
+        if weights is None:
+            log(f"warning: no weights for {model} on {data}: pruning a randomly initialised model "
+                f"(train one with `hwprune pretrain`)")
+    spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
+                      weights=weights if not user_module else None)
+    task = Task(datasets, score_fn, finetune_fn, input_batches(bn_data))
+    opts = PruneOptions(model=spec.name, device=device, lut=None if isinstance(lut, LatencyLUT) else lut, out=out,
+                        data=data, weights=weights, input_shape=tuple(spec.input_shape), latency_ms=latency_ms,
+                        speedup=speedup, max_params=max_params, max_macs=max_macs,
+                        max_memory_bytes=max_memory_bytes, budget=[tuple(b) for b in budgets], agent=agent,
+                        agent_options=dict(agent_options or {}), max_evaluations=max_evaluations,
+                        show_progress=show_progress, **options)
+    if isinstance(lut, LatencyLUT):
+        opts.lut = str(lut.path) if lut.path else "the LUT"
+    return _run(opts, spec, task, lut=lut, log=log, reproduce=None)
+
+
+def prune_options(opts: PruneOptions, log: Callable[[str], None] = print) -> PruneResult:
+    """``hwprune prune``: a zoo or file model on a built-in dataset, from the CLI's options."""
+    from hwprune.task import Datasets, Task
+
+    opts.validate()  # before the data load: a bad flag costs nothing
+    datasets = Datasets.load(opts.data)
+    weights = opts.weights or default_weights(opts.model, opts.data)
+    if weights is None:
+        log(f"warning: no weights for {opts.model} on {opts.data}: pruning a randomly initialised model "
+            f"(train one with `hwprune pretrain`)")
+    spec = ModelSpec(opts.model, tuple(opts.input_shape or datasets.input_shape), datasets.num_classes, weights)
+    return _run(dataclasses.replace(opts, weights=weights), spec, Task(datasets), lut=opts.lut, log=log,
+                reproduce=command_line(opts))
+
+
+def _run(opts: PruneOptions, spec: ModelSpec | ModuleSpec, task, *, lut, log, reproduce) -> PruneResult:
+    from hwprune.pruning import run
+
+    opts.validate()
+    cfg = load_device_config(opts.device)
+    return run(opts, spec.build(), spec.example_input(cfg.batch_size), task, lut=lut, num_classes=spec.num_classes,
+               reproduce=reproduce, log=log)
+
+
+def apply_plan(model: nn.Module | str, plan: str, example_input: torch.Tensor | None = None, *,
+               weights: str | None = None, input_shape: Sequence[int] | None = None,
+               num_classes: int | None = None, dense_weights: str | None = None) -> nn.Module:
+    """The pruned model rebuilt from ``plan.json`` on the dense ``model`` (no unpickling).
+
+    ``weights`` is the run's ``pruned.pt``; ``dense_weights`` a dense checkpoint for a zoo model.
+    """
+    from hwprune.models import load_weights
+    from hwprune.plan import Plan, apply_plan as apply_to_spec
+
+    if isinstance(model, nn.Module):
+        spec = model_spec(model, example_input, input_shape=input_shape)
+        pruned = Plan.load(plan).apply(spec.build(), spec.example_input(1), plan)
+        if weights:
+            load_weights(pruned, weights)
+        return pruned.eval()
+    spec = model_spec(model, example_input, input_shape=input_shape, num_classes=num_classes, weights=dense_weights)
+    return apply_to_spec(spec, plan, weights)
 
 
 def time_model(onnx_path: str, device: str, json_path: str | None = None) -> dict[str, Any]:
@@ -29,3 +225,13 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None) -> dic
     if json_path:
         atomic_write_json(json_path, result)
     return result
+
+
+def _lut_path(lut: str | LatencyLUT) -> str:
+    if isinstance(lut, LatencyLUT):
+        if lut.path is None:
+            raise HwpruneError("lut= must be a path or a LUT loaded from one (this LUT has no file)")
+        return str(lut.path)
+    if not isinstance(lut, (str, bytes)) and not hasattr(lut, "__fspath__"):
+        raise HwpruneError(f"lut= must be a path or a LatencyLUT, got {type(lut).__name__}")
+    return str(lut)

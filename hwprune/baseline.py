@@ -57,7 +57,6 @@ _REFERENCE_INPUT = (1, 32, 56, 56)
 
 @functools.lru_cache(maxsize=1)
 def _reference_onnx() -> bytes:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -183,17 +183,24 @@ class PeakMemoryBudget(_ModelCostBudget):
 
 
 class CallableBudget(BudgetFunction):
-    """A user's ``module:function`` or ``path/file.py:function`` taking the widths dict."""
+    """A user's function of the widths dict: a callable, ``module:function`` or ``path/file.py:function``."""
 
     unit = ""
 
-    def __init__(self, spec: str, limit: float):
-        self.fn = load_callable(spec)
-        self.name = f"user:{spec.rsplit(':', 1)[-1]}"
+    def __init__(self, spec: str | Callable[[Widths], float], limit: float):
+        if callable(spec):
+            self.fn = spec
+            self.name = f"user:{getattr(spec, '__name__', type(spec).__name__)}"
+        else:
+            self.fn = load_callable(spec)
+            self.name = f"user:{spec.rsplit(':', 1)[-1]}"
         super().__init__(limit)
 
     def _value(self, widths: Widths) -> float:
-        v = self.fn(dict(widths))
+        from hwprune.errors import user_code
+
+        with user_code("budget function", self.fn):
+            v = self.fn(dict(widths))
         if not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(float(v)):
             raise HwpruneError(f"budget {self.name} returned {v!r}, not a finite number")
         return float(v)

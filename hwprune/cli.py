@@ -78,9 +78,10 @@ def _model_options(f):
 
 
 def _spec(model: str, input_shape: str, num_classes: int, weights: str | None):
-    from hwprune.profile import ModelSpec, parse_input_shape
+    from hwprune.api import model_spec
+    from hwprune.models.spec import parse_input_shape
 
-    return ModelSpec(model, parse_input_shape(input_shape), num_classes, weights)
+    return model_spec(model, input_shape=parse_input_shape(input_shape), num_classes=num_classes, weights=weights)
 
 
 @cli.command("profile")
@@ -98,13 +99,15 @@ def _spec(model: str, input_shape: str, num_classes: int, weights: str | None):
 def profile_cmd(device, model, input_shape, num_classes, weights, lut_path, fmt, grid, calibration_samples,
                 seed, allow_other_device, quiet):
     """Measure every prunable layer at its channel grid on DEVICE and build the latency LUT."""
-    from hwprune.profile import parse_ratios, profile
+    import hwprune
+    from hwprune.models.spec import parse_input_shape
+    from hwprune.profiling import parse_ratios
 
-    ratios = parse_ratios(grid) if grid else None
-    r = profile(_spec(model, input_shape, num_classes, weights), device, lut_path, ratios=ratios,
-                calibration_samples=calibration_samples, seed=seed, fmt=fmt,
-                allow_other_device=allow_other_device, show_progress=not quiet,
-                log=lambda m: click.echo(m, err=True))
+    r = hwprune.profile(model, device=device, lut=lut_path, grid=parse_ratios(grid) if grid else None,
+                        input_shape=parse_input_shape(input_shape), num_classes=num_classes, weights=weights,
+                        calibration_samples=calibration_samples, seed=seed, fmt=fmt,
+                        allow_other_device=allow_other_device, show_progress=not quiet,
+                        log=lambda m: click.echo(m, err=True)).profile_result
     cal = r.calibration
     click.echo(f"LUT {r.lut_path}: model {r.model_key}, {r.groups} groups, {r.units} units, "
                f"{r.signatures_total} signatures ({r.signatures_measured} measured now, {r.resumed_rows} resumed)")
@@ -182,7 +185,7 @@ def _budget_pair(ctx, param, values):
 
 def _count_limit(ctx, param, value):
     """``--max-params 40000`` (an absolute count) or ``--max-params 15%`` (of the dense model)."""
-    from hwprune.prune import parse_count_limit
+    from hwprune.pruning import parse_count_limit
 
     return None if value is None else parse_count_limit(value, param.opts[0])
 
@@ -253,12 +256,13 @@ def _agent_options(ctx, param, values):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def prune_cmd(lut_path, input_shape, quiet, **kw):
     """Prune a model to a budget on DEVICE, fine-tune, export, and certify the measured latency."""
-    from hwprune.profile import parse_input_shape
-    from hwprune.prune import PruneOptions, prune
+    from hwprune.api import prune_options
+    from hwprune.models.spec import parse_input_shape
+    from hwprune.pruning import PruneOptions
 
     opts = PruneOptions(lut=lut_path, input_shape=parse_input_shape(input_shape) if input_shape else None,
                         show_progress=not quiet, **kw)
-    r = prune(opts, log=lambda m: click.echo(m, err=True))
+    r = prune_options(opts, log=lambda m: click.echo(m, err=True)).report
     d, p = r["dense"], r["pruned"]
     click.echo(f"{'':8s} {'accuracy':>9s} {'p50 ms':>9s} {'p90 ms':>9s} {'params':>10s} {'MACs':>12s}")
     for name, m in (("dense", d), ("pruned", p)):
@@ -280,17 +284,21 @@ def prune_cmd(lut_path, input_shape, quiet, **kw):
 @click.option("--onnx", "onnx_out", type=click.Path(dir_okay=False), help="Export the pruned model here.")
 def apply_plan_cmd(model, plan_path, weights, dense_weights, input_shape, num_classes, onnx_out):
     """Rebuild a pruned model from plan.json (no unpickling) and optionally export it."""
+    import hwprune
     from hwprune.groups import count_params
-    from hwprune.prune import apply_plan
+    from hwprune.models.spec import parse_input_shape
 
-    spec = _spec(model, input_shape, num_classes, dense_weights)
-    pruned = apply_plan(spec, plan_path, weights)
+    shape = parse_input_shape(input_shape)
+    pruned = hwprune.apply_plan(model, plan_path, weights=weights, input_shape=shape, num_classes=num_classes,
+                                dense_weights=dense_weights)
     click.echo(f"{model} pruned by {plan_path}: {count_params(pruned):,} parameters")
     if onnx_out:
+        import torch
+
         from hwprune.export import export_onnx
         from profilers.fileio import atomic_write_bytes
 
-        atomic_write_bytes(onnx_out, export_onnx(pruned, spec.example_input(1)))
+        atomic_write_bytes(onnx_out, export_onnx(pruned, torch.zeros(1, *shape)))
         click.echo(f"wrote {onnx_out}")
 
 

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         ["lut", "check", "--device", args.device, "--model", args.model, "--lut", lut, "--samples", "10",
          "--json", f"{args.out}/lut-check.json"],
     ]
-    from hwprune.prune import default_weights
+    from hwprune.pruning import default_weights
 
     if default_weights(args.model, "fashion-mnist"):
         steps.append(["prune", "--device", args.device, "--model", args.model, "--data", "fashion-mnist",

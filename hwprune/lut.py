@@ -62,6 +62,7 @@ class LatencyLUT:
         self.meta: dict[str, Any] = meta or {"format": LUT_FORMAT, "models": {}}
         self.meta.setdefault("models", {})
         self._index: dict[str, int] | None = None
+        self.path: Path | None = None  # where it was loaded from or last saved to
 
     # -- storage ------------------------------------------------------------------------
     @classmethod
@@ -97,7 +98,9 @@ class LatencyLUT:
             raise HwpruneError(f"{path}: corrupt LUT: missing column(s) {', '.join(missing)}")
         if meta.get("format") != LUT_FORMAT:
             raise HwpruneError(f"{path}: LUT format {meta.get('format')} is not supported (expected {LUT_FORMAT})")
-        return cls(rows, meta)
+        lut = cls(rows, meta)
+        lut.path = path
+        return lut
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: Parquet with metadata, or CSV with a ``.meta.json`` sidecar."""

@@ -21,7 +21,7 @@ from hwprune.export import export_onnx
 from hwprune.groups import PrunableGroup, find_groups, prune_to_widths
 from hwprune.lut import LatencyLUT, model_key
 from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_bar, statistic_ms
-from hwprune.profile import ModelSpec, random_widths
+from hwprune.profiling import ModelSpec, random_widths
 from profilers.config import DeviceConfig, load_device_config
 from profilers.fileio import atomic_write_json
 

@@ -28,10 +28,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -40,7 +37,7 @@ from torch import nn
 
 from hwprune.data import ImageDataset
 from hwprune.errors import HwpruneError
-from hwprune.groups import PrunableGroup, channel_importance, find_groups, prune_to_widths
+from hwprune.objective import PrunedScore
 
 
 @torch.no_grad()
@@ -70,21 +67,8 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Modu
     return model
 
 
-@contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[None]:
-    if not threads:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-class AccuracyProxy:
-    """A cached ``widths -> accuracy (0..1)`` function for search agents.
+class AccuracyProxy(PrunedScore):
+    """A cached ``widths -> accuracy (0..1)`` function for search agents (see :class:`PrunedScore`).
 
     Args:
         dense_model: the trained dense model (copied; the original is not touched).
@@ -122,97 +106,33 @@ class AccuracyProxy:
             raise HwpruneError("the proxy's train_steps must be >= 0, its batch size >= 1 and its lr > 0")
         if len(train_ds) == 0 or len(val_ds) == 0:
             raise HwpruneError("the accuracy proxy needs non-empty training and validation sets")
-        self.criterion = criterion
-        self.cache_enabled = cache
-        self.eval_batch_size = max(1, int(eval_batch_size))
-        self.threads = threads
         self.train_steps = int(train_steps)
         self.train_lr = float(train_lr)
-        self.example_input = example_input.detach().cpu()
-        self.model = copy.deepcopy(dense_model).cpu().eval()
-        self.evaluations = 0
-        self.cache_hits = 0
-        self.seconds = 0.0
-        self._cache: dict[tuple[int, ...], float] = {}
+        self.eval_batch_size = max(1, int(eval_batch_size))
+        # Independent streams, so changing val_samples never changes the BN batches.
+        bn_rng, val_rng, train_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+        n_bn = min(bn_batches * bn_batch_size, len(train_ds))
+        bn_x, bn_y = train_ds.batch(bn_rng.permutation(len(train_ds))[:n_bn])
+        self._bn_batches = list(bn_x.split(bn_batch_size))
+        self._bn_labels = list(bn_y.split(bn_batch_size))
+        val_idx = np.sort(val_rng.permutation(len(val_ds))[:val_samples])
+        self._val_x, self._val_y = val_ds.batch(val_idx)
+        self._train_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.train_steps:
+            n_tr = min(self.train_steps * train_batch_size, len(train_ds))
+            tr_x, tr_y = train_ds.batch(train_rng.permutation(len(train_ds))[:n_tr])
+            self._train_batches = list(zip(tr_x.split(train_batch_size), tr_y.split(train_batch_size)))
+        super().__init__(dense_model, example_input, criterion=criterion, cache=cache, threads=threads)
 
-        with _num_threads(threads):
-            # Independent streams, so changing val_samples never changes the BN batches.
-            bn_rng, val_rng, train_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-            n_bn = min(bn_batches * bn_batch_size, len(train_ds))
-            bn_x, bn_y = train_ds.batch(bn_rng.permutation(len(train_ds))[:n_bn])
-            self._bn_batches = list(bn_x.split(bn_batch_size))
-            val_idx = np.sort(val_rng.permutation(len(val_ds))[:val_samples])
-            self._val_x, self._val_y = val_ds.batch(val_idx)
-            self._train_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-            if self.train_steps:
-                n_tr = min(self.train_steps * train_batch_size, len(train_ds))
-                tr_x, tr_y = train_ds.batch(train_rng.permutation(len(train_ds))[:n_tr])
-                self._train_batches = list(zip(tr_x.split(train_batch_size), tr_y.split(train_batch_size)))
+    def _importance(self) -> dict[str, torch.Tensor]:
+        if self.criterion == "taylor":
+            self._accumulate_gradients(self._bn_batches, self._bn_labels)
+        return super()._importance()
 
-            self.groups: list[PrunableGroup] = find_groups(self.model, self.example_input)
-            self.dense_widths: dict[str, int] = {g.name: g.channels for g in self.groups}
-            if criterion == "taylor":
-                self._accumulate_gradients(self._bn_batches, bn_y.split(bn_batch_size))
-            scores = channel_importance(self.model, self.example_input, criterion)
-            self.model.zero_grad(set_to_none=True)
-        # Channels of each group from most to least important (stable, so ties keep order).
-        self._ranking = {name: torch.argsort(scores[name], descending=True, stable=True).tolist()
-                         for name in self.dense_widths}
-
-    def __call__(self, widths: Mapping[str, int]) -> float:
-        """Accuracy (0..1) on the fixed val subset of the dense model pruned to ``widths``.
-
-        Groups not named keep all their channels.
-
-        Raises:
-            HwpruneError: an unknown group or a width outside ``[1, dense]``.
-        """
-        key = self.key(widths)
-        if self.cache_enabled and key in self._cache:
-            self.cache_hits += 1
-            return self._cache[key]
-        started = time.perf_counter()
-        with _num_threads(self.threads):
-            model = self.pruned_model(widths)
-            accuracy = self._score(model)
-        self.seconds += time.perf_counter() - started
-        self.evaluations += 1
-        if self.cache_enabled:
-            self._cache[key] = accuracy
-        return accuracy
-
-    def key(self, widths: Mapping[str, int]) -> tuple[int, ...]:
-        """The cache key: every group's width in network order (omitted groups are dense)."""
-        unknown = set(widths) - set(self.dense_widths)
-        if unknown:
-            raise HwpruneError(f"unknown group(s) {', '.join(sorted(unknown))} "
-                               f"(model groups: {', '.join(self.dense_widths)})")
-        key = []
-        for name, dense in self.dense_widths.items():
-            w = int(widths.get(name, dense))
-            if not 1 <= w <= dense:
-                raise HwpruneError(f"group '{name}': width {w} outside [1, {dense}]")
-            key.append(w)
-        return tuple(key)
-
-    def keep_indices(self, widths: Mapping[str, int]) -> dict[str, list[int]]:
-        """Per group, the sorted indices of the channels kept at ``widths`` (a plan's content)."""
-        key = self.key(widths)
-        return {name: sorted(self._ranking[name][:w]) for name, w in zip(self.dense_widths, key)}
-
-    def pruned_model(self, widths: Mapping[str, int]) -> nn.Module:
-        """A fresh copy of the dense model pruned to ``widths`` with BN re-estimated (eval mode)."""
-        keep = {name: idx for name, idx in self.keep_indices(widths).items()
-                if len(idx) < self.dense_widths[name]}
-        model = prune_to_widths(self.model, self.example_input, {}, criterion=self.criterion, keep=keep)
+    def _prepare(self, model: nn.Module) -> None:
         recalibrate_bn(model, self._bn_batches)
         if self.train_steps:
             self._short_train(model)
-        return model
-
-    @property
-    def cache_size(self) -> int:
-        return len(self._cache)
 
     @torch.inference_mode()
     def _score(self, model: nn.Module) -> float:

@@ -88,11 +88,11 @@ def write_markdown(report: dict[str, Any]) -> str:
         + _count_budget_text(b, "max_memory_bytes", "peak activation memory", " bytes")
         + "".join(f", `{u['function']}` <= {u['limit']:g}" for u in b.get("user") or []),
         "",
-        "| | test accuracy | p50 ms | p90 ms | predicted ms | params | MACs |",
+        f"| | {quality_label(report)} | p50 ms | p90 ms | predicted ms | params | MACs |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        f"| dense | {d['accuracy'] * 100:.2f}% | {d['latency_ms']['p50']:.4f} | {d['latency_ms']['p90']:.4f} | | "
+        f"| dense | {quality_text(d)} | {d['latency_ms']['p50']:.4f} | {d['latency_ms']['p90']:.4f} | | "
         f"{d['params']:,} | {d['macs']:,} |",
-        f"| pruned | {p['accuracy'] * 100:.2f}% | {p['latency_ms']['p50']:.4f} | {p['latency_ms']['p90']:.4f} | "
+        f"| pruned | {quality_text(p)} | {p['latency_ms']['p50']:.4f} | {p['latency_ms']['p90']:.4f} | "
         f"{_ms(p['predicted_latency_ms'])} | {p['params']:,} | {p['macs']:,} |",
         "",
         "**Certified: {}** — {}".format(*certificate_text(report)),
@@ -102,21 +102,32 @@ def write_markdown(report: dict[str, Any]) -> str:
         + f"measured {report['speedup']['measured']:.2f}x.",
         "",
         f"Search: {report['search']['evaluations']} evaluations in {report['search']['seconds']:.1f} s; "
-        f"fine-tuning ({report['finetune'].get('strategy', 'standard')}" + (", KD" if report['finetune'].get('kd') else "")
-        + f"): {report['finetune']['epochs']} epoch(s) in {report['finetune']['seconds']:.1f} s.",
+        f"recovery ({report['finetune'].get('strategy', 'standard')}" + (", KD" if report['finetune'].get('kd') else "")
+        + "): " + (f"{report['finetune']['epochs']} epoch(s) " if "epochs" in report["finetune"] else "")
+        + f"in {report['finetune']['seconds']:.1f} s.",
         "",
         "![channels per group](channels.png) ![speed-up audit](speedup.png)",
         "",
-        "Reproduce:",
-        "",
-        f"    {report['reproduce']}",
-        "",
     ]
+    if report.get("reproduce"):
+        lines += ["Reproduce:", "", f"    {report['reproduce']}", ""]
     if len(cert.get("rounds", [])) > 1:
         at = lines.index("![channels per group](channels.png) ![speed-up audit](speedup.png)")
         lines[at:at] = ["Certification rounds (the LUT budget is tightened by measured/predicted until the "
                         "measurement meets the budget): " + "; ".join(_round_text(r) for r in cert["rounds"]), ""]
     return "\n".join(lines)
+
+
+def quality_label(report: dict[str, Any]) -> str:
+    """The quality column's name: test accuracy with data, else the user's score."""
+    return "test accuracy" if report["dense"].get("accuracy") is not None else "score (score_fn)"
+
+
+def quality_text(m: dict[str, Any]) -> str:
+    """``91.23%`` (test accuracy) or the user's score, ``-0.0312``."""
+    if m.get("accuracy") is not None:
+        return f"{m['accuracy'] * 100:.2f}%"
+    return f"{m['score']:.4g}" if m.get("score") is not None else "n/a"
 
 
 def _ms(value: float | None) -> str:
@@ -144,3 +155,48 @@ def _round_text(r: dict) -> str:
         text += (f", after recovery: upper bound {r['final_upper_bound_ms']:.4f} vs budget "
                  f"{r['final_budget_ms']:.4f} ms" + (f" ({', '.join(extra)})" if extra else ""))
     return text
+
+
+def build_report(opts, agent: str, cert, setup, result, certificate, final, dense, pruned, x, dense_eval, pruned_eval,
+                 finetune: dict[str, Any], environment: dict[str, Any], limits: dict[str, Any], *, seconds: float,
+                 reproduce: str | None) -> dict[str, Any]:
+    """``report.json``'s content (DESIGN.md's fields) from a finished run's typed pieces.
+
+    ``opts`` is the run's ``PruneOptions``, ``cert`` its ``Certifier``, ``setup`` its
+    ``SearchSetup``, ``result`` the kept architecture's ``SearchResult``, ``certificate`` the
+    ``Certificate`` and ``final`` the ``FinalMeasurement`` behind it.
+    """
+    from hwprune.certify import latency_summary
+    from hwprune.errors import describe_callable
+    from hwprune.groups import count_macs, count_params
+
+    stat = cert.statistic
+    macs_dense, macs_pruned = count_macs(dense, x), count_macs(pruned, x)
+    predicted = setup.predict(result.widths)
+    channels = {n: [d, result.widths[n]] for n, d in zip(setup.space.group_names, setup.space.dense)}
+    return {
+        "model": opts.model, "device": cert.cfg.name, "agent": agent, "data": opts.data, "weights": opts.weights,
+        "budget": {"latency_ms": final.budget_ms, "statistic": stat, "speedup": opts.speedup,
+                   "dense_measured_alone_ms": cert.dense_alone_ms,
+                   **{k: setup.count_limits.get(k) for k in ("max_params", "max_macs", "max_memory_bytes")},
+                   "as_given": dict(limits),
+                   "user": [{"function": f if isinstance(f, str) else describe_callable(f), "limit": v}
+                            for f, v in opts.budget]},
+        "dense": {"accuracy": dense_eval.accuracy, "score": dense_eval.score,
+                  "latency_ms": latency_summary(final.dense), "params": count_params(dense), "macs": macs_dense},
+        "pruned": {"accuracy": pruned_eval.accuracy, "score": pruned_eval.score,
+                   "latency_ms": latency_summary(final.pruned), "predicted_latency_ms": predicted,
+                   "params": count_params(pruned), "macs": macs_pruned, "channels": channels,
+                   "budget_values": setup.values(result.widths)},
+        "certified": bool(certificate.certified),
+        "certificate": certificate.to_dict(),
+        "speedup": {"macs": macs_dense / macs_pruned,
+                    "predicted": setup.predict({}) / predicted if predicted is not None else None,
+                    "measured": cert.stat(final.dense) / final.measured_ms},
+        "search": {"evaluations": setup.evaluations, "seconds": setup.seconds,
+                   "proxy_evaluations": setup.objective.evaluations, "proxy_cache_hits": setup.objective.cache_hits},
+        "finetune": finetune,
+        "environment": environment,
+        "seconds": seconds,
+        "reproduce": reproduce,
+    }

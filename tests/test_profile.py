@@ -24,7 +24,7 @@ from hwprune.cli import cli
 from hwprune.errors import HwpruneError
 from hwprune.lut import LatencyLUT, model_key
 from hwprune.lutcheck import lut_check
-from hwprune.profile import ModelSpec, parse_input_shape, parse_ratios, profile
+from hwprune.profiling import ModelSpec, parse_input_shape, parse_ratios, profile
 from profilers.config import load_device_config
 
 torch.set_num_threads(1)

@@ -724,7 +724,7 @@ from test_profile import DEVICE_YAML as LUT_DEVICE_YAML, TINY_MODEL  # noqa: E40
 def profiled_lut(tmp_path_factory):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from hwprune.profile import ModelSpec, profile
+    from hwprune.profiling import ModelSpec, profile
 
     root = tmp_path_factory.mktemp("regress-lut")
     (root / "tiny.py").write_text(TINY_MODEL)

@@ -141,7 +141,7 @@ def test_state_has_geometry_and_budget_progress_and_tolerates_missing_layer_info
 
 
 def test_rl_is_registered_and_the_default_agent():
-    from hwprune.prune import default_agent
+    from hwprune.pruning import default_agent
 
     assert "rl" in list_agents() and default_agent() == "rl"
 

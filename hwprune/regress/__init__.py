@@ -112,7 +112,7 @@ from hwprune.regress.run import NO_REFERENCE_WARNING, regress, write_baseline
 from hwprune.regress.sampler import (BASELINE, BURST, CANDIDATE, HOPELESS_FACTOR, MAX_EXTRA_ROUNDS, BundleSampler,
                                      LocalSampler, open_sampler)
 
-# The drift reference's key under its old name (hwprune.prune imports it); prefer BASELINE_REFERENCE_KEY.
+# The drift reference's key under its old name (older callers import it); prefer BASELINE_REFERENCE_KEY.
 REFERENCE = BASELINE_REFERENCE_KEY
 
 __all__ = [

@@ -90,7 +90,7 @@ def regress_lut(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, stati
 
     from hwprune.candidates import build_width_graph
     from hwprune.groups import find_groups
-    from hwprune.profile import ModelSpec
+    from hwprune.models.spec import ModelSpec
 
     torch.manual_seed(opts.seed)
     c, h, w = structure["input_shape"][1:]

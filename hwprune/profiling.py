@@ -27,31 +27,10 @@ from hwprune.export import check_input_shape, export_onnx
 from hwprune.groups import PrunableGroup, find_groups, prune_to_widths, snap_channels
 from hwprune.lut import LatencyLUT, Predictor, fit_calibration, model_key
 from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_bar, statistic_ms, time_items
+from hwprune.models.spec import ModelSpec, parse_input_shape  # noqa: F401  (their old home; callers import them here)
 from profilers.config import DeviceConfig, load_device_config
 
 CALIBRATION_KEY = "calib:"
-
-
-@dataclass
-class ModelSpec:
-    """What to build: a model name (or ``file.py:factory``), input shape (C, H, W), weights."""
-
-    name: str
-    input_shape: tuple[int, int, int] = (1, 28, 28)
-    num_classes: int = 10
-    weights: str | None = None
-
-    def build(self) -> torch.nn.Module:
-        from hwprune.models import create_model, load_weights
-
-        c, h, w = self.input_shape
-        model = create_model(self.name, in_channels=c, num_classes=self.num_classes, input_size=(h, w))
-        if self.weights:
-            load_weights(model, self.weights)
-        return model.eval()
-
-    def example_input(self, batch: int) -> torch.Tensor:
-        return torch.zeros(batch, *self.input_shape)
 
 
 @dataclass
@@ -71,18 +50,6 @@ class ProfileResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def parse_input_shape(text: str) -> tuple[int, int, int]:
-    """``C,H,W`` or ``CxHxW`` (batch comes from the device config)."""
-    parts = text.replace("x", ",").split(",")
-    try:
-        dims = tuple(int(p) for p in parts if p.strip())
-    except ValueError:
-        raise HwpruneError(f"--input-shape must be C,H,W (integers), got '{text}'") from None
-    if len(dims) != 3 or min(dims) < 1:
-        raise HwpruneError(f"--input-shape must be three positive integers C,H,W, got '{text}'")
-    return dims  # type: ignore[return-value]
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:
@@ -123,7 +90,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     """Profile ``spec`` on ``device`` into the LUT at ``lut_path`` (created or extended).
 
     Example:
-        >>> from hwprune.profile import ModelSpec, profile
+        >>> from hwprune.profiling import ModelSpec, profile
         >>> r = profile(ModelSpec("resnet20"), "x86-cpu-ort", "lut.parquet")  # doctest: +SKIP
         >>> r.signatures_measured, r.overhead_ratio  # doctest: +SKIP
     """

@@ -1,0 +1,89 @@
+"""What to build: ``ModelSpec`` names a model (zoo name or ``file.py:factory``), its input shape, classes and weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hwprune.errors import HwpruneError
+
+
+@dataclass
+class ModelSpec:
+    """What to build: a model name (or ``file.py:factory``), input shape (C, H, W), weights."""
+
+    name: str
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    num_classes: int = 10
+    weights: str | None = None
+
+    def build(self) -> torch.nn.Module:
+        from hwprune.models import create_model, load_weights
+
+        c, h, w = self.input_shape
+        model = create_model(self.name, in_channels=c, num_classes=self.num_classes, input_size=(h, w))
+        if self.weights:
+            load_weights(model, self.weights)
+        return model.eval()
+
+    def example_input(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, *self.input_shape)
+
+
+def parse_input_shape(text: str) -> tuple[int, int, int]:
+    """``C,H,W`` or ``CxHxW`` (batch comes from the device config)."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        dims = tuple(int(p) for p in parts if p.strip())
+    except ValueError:
+        raise HwpruneError(f"--input-shape must be C,H,W (integers), got '{text}'") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise HwpruneError(f"--input-shape must be three positive integers C,H,W, got '{text}'")
+    return dims  # type: ignore[return-value]
+
+
+class ModuleSpec:
+    """A user's own ``nn.Module`` and example input, in :class:`ModelSpec`'s shape (what the commands build).
+
+    ``name`` keys the model in a LUT; by default the class name and a hash of the module's
+    printed structure (layer types and their settings), so two different networks of the same
+    class never share a LUT entry, while retrained weights keep theirs.
+    """
+
+    weights = None
+
+    def __init__(self, model: torch.nn.Module, example_input: torch.Tensor, name: str | None = None,
+                 num_classes: int | None = None) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise HwpruneError(f"model must be a torch.nn.Module (or a zoo name), got {type(model).__name__}")
+        if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
+            raise HwpruneError("example_input must be a tensor with a batch dimension, e.g. torch.zeros(1, 3, 32, 32)")
+        if name is not None and (not isinstance(name, str) or not name.strip() or "@" in name):
+            raise HwpruneError(f"name must be a non-empty string without '@', got {name!r}")
+        self.model = model
+        self.input = example_input.detach()[:1].clone()
+        self.name = name or default_module_name(model)
+        self.input_shape = tuple(self.input.shape[1:])
+        self.num_classes = num_classes
+
+    def build(self) -> torch.nn.Module:
+        return self.model.eval()
+
+    def example_input(self, batch: int) -> torch.Tensor:
+        return batch_of(self.input, batch)
+
+
+def default_module_name(model: torch.nn.Module) -> str:
+    import hashlib
+
+    return f"{type(model).__name__}-{hashlib.sha1(repr(model).encode()).hexdigest()[:8]}"
+
+
+def batch_of(example_input: torch.Tensor, batch: int) -> torch.Tensor:
+    """``example_input`` at ``batch`` samples (its first sample repeated)."""
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
+        raise HwpruneError(f"example_input must be a tensor with a batch dimension, got "
+                           f"{type(example_input).__name__}")
+    first = example_input[:1].detach()
+    return first.repeat(batch, *([1] * (first.dim() - 1))) if batch != 1 else first.clone()

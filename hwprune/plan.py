@@ -1,0 +1,124 @@
+"""The plan: ``plan.json``, a search's portable result (kept channel indices per group), and replaying it.
+
+Replaying a plan on the dense model reproduces the pruned architecture without unpickling
+anything: Torch-Pruning cuts exactly the listed channels.
+
+Example:
+    >>> plan = Plan.load("runs/r20/plan.json")                      # doctest: +SKIP
+    >>> pruned = plan.apply(dense_model, torch.zeros(1, 1, 28, 28))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwprune.errors import HwpruneError
+from hwprune.models.spec import ModelSpec
+
+PLAN_FORMAT = 1
+
+
+@dataclass
+class Plan:
+    """Per dependency group, its dense width and the sorted indices of the channels kept."""
+
+    model: str
+    input_shape: list[int]
+    num_classes: int | None
+    criterion: str
+    dense: dict[str, int]
+    kept: dict[str, list[int]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {name: len(k) for name, k in self.kept.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": PLAN_FORMAT, "model": self.model, "input_shape": list(self.input_shape),
+                "num_classes": self.num_classes, "criterion": self.criterion, **self.extra,
+                "groups": {n: {"dense": self.dense[n], "kept": list(self.kept[n])} for n in self.dense}}
+
+    def save(self, path: str | Path) -> None:
+        from profilers.fileio import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "plan") -> Plan:
+        """A plan from its JSON form, checked: every group's ``kept`` a list of distinct indices in range."""
+        if not isinstance(d, dict) or d.get("format") != PLAN_FORMAT or not isinstance(d.get("groups"), dict):
+            raise HwpruneError(f"{where}: not an hwprune plan (format {PLAN_FORMAT} with 'groups')")
+        dense, kept = {}, {}
+        for name, g in d["groups"].items():
+            ok = isinstance(g, dict) and isinstance(g.get("dense"), int) and isinstance(g.get("kept"), list)
+            if ok:
+                idx = g["kept"]
+                ok = (all(isinstance(i, int) and 0 <= i < g["dense"] for i in idx) and len(set(idx)) == len(idx)
+                      and len(idx) >= 1)
+            if not ok:
+                raise HwpruneError(f"{where}: group '{name}' needs 'dense' (an integer) and 'kept' (distinct "
+                                   f"channel indices below it, at least one)")
+            dense[name], kept[name] = g["dense"], sorted(g["kept"])
+        known = {"format", "model", "input_shape", "num_classes", "criterion", "groups"}
+        return cls(str(d.get("model")), list(d.get("input_shape") or []), d.get("num_classes"),
+                   str(d.get("criterion", "l1")), dense, kept, {k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise HwpruneError(f"plan not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise HwpruneError(f"{path}: not a valid plan.json ({err})") from None
+        except OSError as err:
+            raise HwpruneError(f"cannot read plan {path}: {err.strerror or err}") from None
+        return cls.from_dict(d, str(path))
+
+    def apply(self, model: nn.Module, example_input: torch.Tensor, where: str = "the plan") -> nn.Module:
+        """A pruned copy of the dense ``model`` with exactly the plan's channels (eval mode)."""
+        from hwprune.groups import find_groups, prune_to_widths
+
+        groups = {g.name: g.channels for g in find_groups(model, example_input)}
+        if groups != self.dense:
+            raise HwpruneError(f"{where} was made for model '{self.model}' with other groups; "
+                               f"it does not fit this model")
+        pruned = prune_to_widths(model, example_input, self.widths, keep=self.kept)
+        return pruned.eval()
+
+
+def load_plan(path: str) -> dict[str, Any]:
+    """``plan.json`` as checked JSON (see :meth:`Plan.from_dict`)."""
+    return Plan.load(path).to_dict()
+
+
+def apply_plan(spec: ModelSpec, plan_path: str, weights: str | None = None, batch: int = 1) -> nn.Module:
+    """Rebuild the pruned architecture from ``plan.json`` on the dense model (no unpickling).
+
+    ``weights``, when given, is a state_dict of the *pruned* model (``pruned.pt``). The plan's
+    recorded input shape and class count must be the spec's, when the plan records them.
+    """
+    from hwprune.models import load_weights
+
+    plan = Plan.load(plan_path)
+    if plan.model != spec.name:
+        raise HwpruneError(f"{plan_path} was made for model '{plan.model}' with other groups; "
+                           f"it does not fit {spec.name}")
+    if plan.input_shape and list(plan.input_shape[1:]) != list(spec.input_shape):
+        raise HwpruneError(f"{plan_path} was made for input shape {tuple(plan.input_shape[1:])}, "
+                           f"not {tuple(spec.input_shape)}: pass --input-shape "
+                           + ",".join(str(d) for d in plan.input_shape[1:]))
+    if plan.num_classes is not None and plan.num_classes != spec.num_classes:
+        raise HwpruneError(f"{plan_path} was made for {plan.num_classes} classes, not {spec.num_classes}: "
+                           f"pass --num-classes {plan.num_classes}")
+    pruned = plan.apply(spec.build(), spec.example_input(batch), plan_path)
+    if weights:
+        load_weights(pruned, weights)
+    return pruned.eval()

@@ -1,0 +1,356 @@
+"""``hwprune prune``: search widths under budgets, prune physically, recover, export, certify.
+
+The pipeline (:func:`run`): measure the dense model on the device; let an agent pick per-group
+widths under the budget functions (LUT latency first) with the task's objective; measure the
+search's best few architectures beside the dense model (:mod:`hwprune.certify`); recover the one
+that fits (:mod:`hwprune.task`); measure it again and certify that the 95% upper confidence bound
+of the measured statistic is within the budget — if a measurement misses, tighten the LUT limit
+by measured/predicted and search again; then write the run folder (:mod:`hwprune.rundir`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwprune.certify import (CONFIDENCE, Certificate, Certifier, FinalMeasurement, LatencyBudget, Measure, Proposal, Round, default_measure,
+                             measured_points, next_lut_limit, top_candidates)
+from hwprune.errors import HwpruneError, describe_callable
+from hwprune.export import check_input_shape, export_onnx
+from hwprune.groups import find_groups
+from hwprune.lut import LatencyLUT
+from hwprune.models.spec import batch_of
+from hwprune.plan import Plan
+from hwprune.search import COUNT_BUDGETS, SearchSetup, load_predictor, parse_count_limit, user_budget
+from hwprune.task import Recovered, RecoverySettings, Task
+
+FINETUNE_STRATEGIES = ("standard", "swd", "agp")
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+__all__ = ["PruneOptions", "PruneResult", "run", "parse_count_limit", "default_agent", "default_weights"]
+
+
+@dataclass
+class PruneOptions:
+    """Every setting of a prune run (``hwprune prune``'s options); saved as ``config.json`` beside the outputs."""
+
+    model: str
+    device: str
+    lut: str | None = None  # optional without a latency budget
+    out: str | None = None  # None: write no run folder (library use)
+    data: str | None = "fashion-mnist"
+    weights: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    latency_ms: float | None = None
+    speedup: float | None = None
+    max_params: float | str | None = None  # a count, or "15%" of the dense model
+    max_macs: float | str | None = None
+    max_memory_bytes: float | str | None = None
+    budget: list[tuple[Any, float]] = field(default_factory=list)  # (module:function or callable, limit)
+    agent: str | None = None
+    agent_options: dict[str, Any] = field(default_factory=dict)
+    max_evaluations: int = 100
+    importance: str = "l1"
+    # AGP, 2 epochs, lr 0.05: the best recovery at equal epochs in docs/BENCHMARKS.md (issue 7)
+    finetune_epochs: int = 2
+    lr: float = 0.05
+    batch_size: int = 128
+    finetune: str = "agp"
+    kd: bool = False
+    kd_temperature: float = 4.0
+    kd_weight: float = 0.9
+    seed: int = 0
+    certify_rounds: int = 5
+    val_samples: int = 1000
+    measure_top: int = 3
+    proxy_train_steps: int = 0
+    allow_other_device: bool = False
+    overwrite: bool = False
+    show_progress: bool = True
+
+    def validate(self) -> dict[str, float | str]:
+        """Check what needs nothing loaded; returns the count limits given, parsed (``{"max_params": "15%"}``)."""
+        if self.latency_ms is not None and self.speedup is not None:
+            raise HwpruneError("give either --latency-ms or --speedup, not both")
+        if self.speedup is not None and not (_is_number(self.speedup) and self.speedup > 1):
+            raise HwpruneError(f"--speedup must be a number > 1, got {self.speedup!r}")
+        if self.latency_ms is not None and not (_is_number(self.latency_ms) and self.latency_ms > 0):
+            raise HwpruneError(f"--latency-ms must be a positive number, got {self.latency_ms!r}")
+        limits = {attr: parse_count_limit(getattr(self, attr), flag) for attr, (_, flag) in COUNT_BUDGETS.items()
+                  if getattr(self, attr) is not None}
+        if not self.latency_budget and not limits and not self.budget:
+            raise HwpruneError("no budget given: pass --latency-ms, --speedup, --max-params, --max-macs or --budget")
+        if self.latency_budget and not self.lut:
+            raise HwpruneError("a latency budget (--latency-ms, --speedup) needs --lut, the table from "
+                               "`hwprune profile`")
+        if self.finetune not in FINETUNE_STRATEGIES:
+            raise HwpruneError(f"unknown --finetune '{self.finetune}' (known: {', '.join(FINETUNE_STRATEGIES)})")
+        if self.finetune in ("swd", "agp") and self.importance == "taylor":
+            raise HwpruneError(f"--finetune {self.finetune} ranks channels as it trains; use --importance l1, l2 "
+                               f"or bn-scale")
+        for flag, value, low in (("--max-evaluations", self.max_evaluations, 1), ("--finetune-epochs",
+                                 self.finetune_epochs, 0), ("--batch-size", self.batch_size, 1),
+                                 ("--certify-rounds", self.certify_rounds, 1), ("--measure-top", self.measure_top, 1),
+                                 ("--val-samples", self.val_samples, 1), ("--proxy-train-steps",
+                                                                          self.proxy_train_steps, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise HwpruneError(f"{flag} must be an integer of at least {low}, got {value!r}")
+        for flag, value, ok in (("--lr", self.lr, lambda v: v > 0), ("--kd-weight", self.kd_weight,
+                                                                    lambda v: 0 <= v <= 1),
+                                ("--kd-temperature", self.kd_temperature, lambda v: v > 0)):
+            if not (_is_number(value) and ok(value)):
+                raise HwpruneError(f"{flag} is out of range: {value!r}")
+        return limits
+
+    @property
+    def latency_budget(self) -> bool:
+        return self.latency_ms is not None or self.speedup is not None
+
+    def recovery(self, channel_multiple: int) -> RecoverySettings:
+        return RecoverySettings(self.finetune, self.finetune_epochs, self.lr, self.batch_size, self.seed,
+                                self.importance, self.kd, self.kd_temperature, self.kd_weight, channel_multiple,
+                                self.show_progress)
+
+    def to_json(self) -> dict[str, Any]:
+        """``config.json``: the options, with a callable budget named rather than pickled."""
+        d = asdict(self)
+        d["budget"] = [[f if isinstance(f, str) else describe_callable(f), v] for f, v in self.budget]
+        return d
+
+
+@dataclass
+class PruneResult:
+    """What a prune run produced.
+
+    ``model`` is the pruned, recovered ``nn.Module`` (eval mode); ``certificate`` the measured
+    verdict; ``plan`` the kept channels per group; ``report`` what ``report.json`` holds;
+    ``onnx`` the exported pruned model; ``baseline`` what ``baseline.json`` holds; ``out`` the
+    run folder, when one was written.
+    """
+
+    model: nn.Module
+    certificate: Certificate
+    plan: Plan
+    report: dict[str, Any]
+    onnx: bytes
+    baseline: dict[str, Any]
+    out: Path | None = None
+
+    @property
+    def certified(self) -> bool:
+        return self.certificate.certified
+
+
+@dataclass
+class _Outcome:
+    """The certification loop's result: the last search, its recovered model and every round."""
+
+    result: Any  # SearchResult of the kept architecture
+    recovered: Recovered
+    final: FinalMeasurement
+    onnx: bytes
+    rounds: list[Round]
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (not a bool, not NaN, not infinite)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def default_agent() -> str:
+    from hwprune.agents import list_agents
+
+    agents = list_agents()
+    return "rl" if "rl" in agents else "knapsack"
+
+
+def default_weights(model: str, data: str) -> str | None:
+    """The committed dense checkpoint for a zoo model on a dataset, if there is one."""
+    ds = data.split(":", 1)[0]
+    path = CHECKPOINT_DIR / f"{model}-{ds}.pt"
+    return str(path) if path.is_file() else None
+
+
+def run(opts: PruneOptions, model: nn.Module, example_input: torch.Tensor, task: Task, *,
+        lut: LatencyLUT | str | None = None, num_classes: int | None = None, reproduce: str | None = None,
+        log: Callable[[str], None] = print, measure: Measure = default_measure,
+        wait: Callable[[float], None] = time.sleep) -> PruneResult:
+    """Prune ``model`` (named ``opts.model`` in the LUT) to ``opts``' budgets on ``opts.device``.
+
+    ``example_input``'s batch dimension is replaced by the device config's batch size. With
+    ``opts.out`` the run folder is written (all files or none). ``measure`` and ``wait`` are
+    the device's measurement and the pause before a retake (seams for tests).
+    """
+    from hwprune.rundir import check_out_dir, write_run
+    from profilers.config import load_device_config
+
+    t0 = time.perf_counter()
+    limits = opts.validate()
+    if opts.out:
+        check_out_dir(Path(opts.out), opts.overwrite)
+    agent_name = opts.agent or default_agent()
+    user_budgets = [user_budget(f, limit) for f, limit in opts.budget]  # before anything slow: a typo fails at once
+    cfg = load_device_config(opts.device)
+    torch.manual_seed(opts.seed)
+    dense = model.eval()
+    x = batch_of(example_input, cfg.batch_size)
+    check_input_shape(dense, x)
+    groups = find_groups(dense, x)
+    table, predictor = load_predictor(lut if lut is not None else opts.lut, cfg, opts.model, x, groups,
+                                      opts.allow_other_device)
+    cert = Certifier(cfg, LatencyBudget(cfg.statistic, opts.latency_ms, opts.speedup), export_onnx(dense, x),
+                     measure=measure, wait=wait, log=log)
+    log(f"measuring the dense model on {cfg.name} ...")
+    cert.measure_dense()
+    objective = task.objective(dense, x, criterion=opts.importance, val_samples=opts.val_samples,
+                               train_steps=opts.proxy_train_steps)
+    setup = SearchSetup.build(dense, x, groups, cfg, objective, predictor, limits, user_budgets, agent_name,
+                              opts.agent_options, opts.importance)
+    outcome = _search_and_certify(opts, setup, cert, task, dense, x, log)
+    if cert.budget.given and not outcome.final.certified:
+        log(f"warning: not certified after {len(outcome.rounds)} round(s): the measured upper bound exceeds "
+            f"the budget")
+    pruned = outcome.recovered.model
+    plan = Plan(opts.model, list(x.shape), num_classes, opts.importance, {g.name: g.channels for g in groups},
+                outcome.recovered.kept)
+    env = _environment(cfg, table)
+    from hwprune.baseline import make_baseline
+    from hwprune.report import build_report
+
+    baseline = make_baseline(outcome.onnx, "pruned.onnx", cfg.name, cfg.statistic, outcome.final.pruned_first, env,
+                             reference=outcome.final.reference)
+    certificate = Certificate(outcome.final.certified, cfg.statistic, outcome.final.upper_bound_ms,
+                              outcome.final.budget_ms, CONFIDENCE, outcome.rounds)
+    report = build_report(opts, agent_name, cert, setup, outcome.result, certificate, outcome.final,
+                          dense, pruned, x, task.evaluate(dense), task.evaluate(pruned), outcome.recovered.report,
+                          env, limits, seconds=time.perf_counter() - t0, reproduce=reproduce)
+    out = None
+    if opts.out:
+        out = Path(opts.out)
+        write_run(out, plan=plan, onnx=outcome.onnx, model=pruned, baseline=baseline, report=report,
+                  config=opts.to_json())
+    return PruneResult(pruned, certificate, plan, report, outcome.onnx, baseline, out)
+
+
+def _search_and_certify(opts: PruneOptions, s: SearchSetup, cert: Certifier, task: Task, dense: nn.Module,
+                        x: torch.Tensor, log: Callable[[str], None]) -> _Outcome:
+    """Search, measure, recover and measure again until a recovered model is certified (or rounds run out)."""
+    from hwprune.baseline import BASELINE_REFERENCE_KEY, BASELINE_SAMPLES, reference_graph
+
+    cfg = cert.cfg
+    rounds: list[Round] = []
+    tried: set[tuple[int, ...]] = set()  # architectures measured in earlier rounds
+    # The LUT's first limit: a speed-up applies to the LUT's own dense prediction (same frame);
+    # an absolute budget is taken as given. Rounds then correct by measured/predicted.
+    lut_limit = s.predict({}) / opts.speedup if opts.speedup is not None else opts.latency_ms
+    floor_ms = s.floor_ms
+    for rnd in range(opts.certify_rounds):
+        result = s.search(rnd, lut_limit, seed=opts.seed, max_evaluations=opts.max_evaluations,
+                          show_progress=opts.show_progress, log=log)
+        cands = top_candidates(result, opts.measure_top, s.space, tried)
+        models = [s.objective.pruned_model(w) for w, _ in cands]  # the channels the objective scored
+        rm = cert.measure_round([Proposal(w, score, s.predict(w), export_onnx(m, x))
+                                 for (w, score), m in zip(cands, models)])
+        tried.update(s.space.key(w) for w, _ in cands)
+        kept = rm.kept
+        if rm.index:  # not the search's own best: the report's architecture is the one measured to fit
+            result = replace(result, widths=kept.widths, score=kept.proxy_accuracy, values=s.values(kept.widths))
+        r = Round(rnd + 1, lut_limit, result.widths, result.score, kept.predicted_ms, cert.stat(kept.timing),
+                  kept.upper_bound_ms, rm.budget_ms, result.evaluations, result.seconds, rm.remeasured, rm.retakes,
+                  rm.index + 1, [m.summary() for m in rm.measured], result.extra)
+        rounds.append(r)
+        log(f"round {r.round}: " + (f"predicted {r.predicted_ms:.4f} ms, " if r.predicted_ms is not None else "")
+            + f"measured {cfg.statistic} {r.measured_ms:.4f} ms"
+            + (f" (95% upper bound {r.upper_bound_ms:.4f} ms vs budget {r.budget_ms:.4f} ms)"
+               if r.upper_bound_ms is not None else ""))
+        last = rnd == opts.certify_rounds - 1 or (lut_limit is not None and lut_limit <= floor_ms * (1 + 1e-9))
+        if rm.accepted or last:
+            recovered = task.recover(dense, models[rm.index], s.objective.keep_indices(result.widths), result.widths,
+                                     x, opts.recovery(cfg.channel_multiple), log)
+            onnx = export_onnx(recovered.model, x)
+            # The drift reference rides along so that baseline.json can be compared later from
+            # another process (hwprune regress normalises by it); the stored side never gains
+            # samples later, so it gets plenty now.
+            r.final = cert.measure_final(onnx, (BASELINE_REFERENCE_KEY, reference_graph()[1]), BASELINE_SAMPLES)
+            if not cert.budget.given or r.final.certified or last:
+                return _Outcome(result, recovered, r.final, onnx, rounds)
+            # Measured again, the same widths came out over budget: the first measurement was
+            # lucky. That measurement stands; search again below the budget.
+            log(f"round {r.round}: the final measurement's upper bound {r.final.upper_bound_ms:.4f} ms exceeds the "
+                f"budget {r.final.budget_ms:.4f} ms; searching again")
+        # The measurement is the truth: tighten the LUT budget from the rounds measured so far.
+        lut_limit = next_lut_limit(measured_points(rounds), lut_limit, (1 - cfg.rel_ci) * 0.995, floor_ms)
+    raise AssertionError("unreachable: the last round always returns")
+
+
+def _environment(cfg, table: LatencyLUT | None) -> dict[str, Any]:
+    """This machine's manifest; for a remote device, the one its LUT recorded."""
+    if cfg.remote is None:
+        from profilers.environment import collect_manifest
+
+        return collect_manifest(cfg)
+    return table.meta.get("environment", {}) if table is not None else {}
+
+
+def command_line(opts: PruneOptions) -> str:
+    """The ``hwprune prune`` command that reproduces a CLI run."""
+    import shlex
+
+    q = shlex.quote
+    defaults = PruneOptions(model="", device="")
+    parts = ["hwprune prune", f"--device {q(opts.device)}", f"--model {q(opts.model)}", f"--data {q(str(opts.data))}",
+             *([f"--lut {q(opts.lut)}"] if opts.lut else []), *([f"--out {q(opts.out)}"] if opts.out else [])]
+    if opts.input_shape is not None:
+        parts.append("--input-shape " + ",".join(str(d) for d in opts.input_shape))
+    # repr, not :g, so that a limit such as --max-params 1234567 is reproduced exactly
+    for flag, v in (("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup), ("--max-params", opts.max_params),
+                    ("--max-macs", opts.max_macs), ("--max-memory", opts.max_memory_bytes),
+                    ("--weights", opts.weights), ("--agent", opts.agent)):
+        if v is not None:
+            parts.append(f"{flag} {v!r}" if isinstance(v, float) else f"{flag} {q(str(v))}")
+    for k, v in opts.agent_options.items():
+        parts.append(f"--agent-option {q(f'{k}={json.dumps(v)}')}")
+    for fn, limit in opts.budget:
+        parts.append(f"--budget {q(f'{fn}={float(limit)!r}')}")
+    for flag, attr in (("--max-evaluations", "max_evaluations"), ("--importance", "importance"), ("--lr", "lr"),
+                       ("--batch-size", "batch_size"), ("--kd-temperature", "kd_temperature"),
+                       ("--kd-weight", "kd_weight"), ("--finetune", "finetune"),
+                       ("--certify-rounds", "certify_rounds"), ("--proxy-train-steps", "proxy_train_steps"),
+                       ("--measure-top", "measure_top")):
+        if getattr(opts, attr) != getattr(defaults, attr):
+            parts.append(f"{flag} {getattr(opts, attr)!r}" if isinstance(getattr(opts, attr), float)
+                         else f"{flag} {getattr(opts, attr)}")
+    parts.append(f"--finetune-epochs {opts.finetune_epochs} --seed {opts.seed}")
+    if opts.kd:
+        parts.append("--kd")
+    if opts.allow_other_device:
+        parts.append("--allow-other-device")
+    return " ".join(parts)
+
+
+def prune(opts: PruneOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """``hwprune prune`` as before: a zoo or file model on a built-in dataset; returns the report dict.
+
+    Kept for scripts that called it; new code calls :func:`hwprune.prune`.
+    """
+    from hwprune.api import prune_options
+
+    return prune_options(opts, log=log).report
+
+
+def __getattr__(name: str):
+    # Old homes of names that moved into their own modules (certification, plans).
+    import hwprune.certify as certify
+    import hwprune.plan as plan
+
+    for module in (certify, plan):
+        if hasattr(module, name):
+            return getattr(module, name)
+    raise AttributeError(f"module 'hwprune.pruning' has no attribute {name!r}")

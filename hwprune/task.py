@@ -1,0 +1,222 @@
+"""What the model is for: how a candidate is scored, how the pruned model recovers, how the result is judged.
+
+A prune run needs three things that depend on the user's task, not on the hardware:
+
+- the search **objective** (widths -> score, higher is better): the built-in classification
+  proxy on a dataset, or the user's ``score_fn(model) -> float``;
+- the **recovery** of the chosen architecture: the built-in recipes (``agp``, ``swd``,
+  ``standard``) on a dataset, or the user's ``finetune_fn(model, teacher) -> model`` (their own
+  loop, Lightning, DDP, FSDP...), or none;
+- the **evaluation** of the dense and the pruned model for the report: top-1 on the test split
+  and/or the user's score.
+
+:class:`Task` holds whichever the user gave; with ``score_fn`` and ``finetune_fn`` no dataset is
+needed at all.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwprune.data import ImageDataset
+from hwprune.errors import HwpruneError, user_code
+from hwprune.objective import PrunedScore, UserScore, call_score_fn
+
+ScoreFn = Callable[[nn.Module], float]
+FinetuneFn = Callable[[nn.Module, nn.Module], nn.Module]
+
+
+@dataclass
+class Datasets:
+    """The built-in recipe's data: train (minus the held-out val split), val and test, and its name."""
+
+    name: str
+    train: ImageDataset
+    val: ImageDataset
+    test: ImageDataset
+
+    @classmethod
+    def load(cls, spec: str) -> Datasets:
+        """``fashion-mnist[:DIR]``, ``cifar10:DIR`` or ``imagefolder:DIR``, split as ``hwprune pretrain`` splits."""
+        from hwprune.data import load_dataset, train_val_split
+        from hwprune.pretrain import SPLIT_SEED, VAL_FRACTION
+
+        full = load_dataset(spec, "train")
+        train, val = train_val_split(full, val_fraction=VAL_FRACTION, seed=SPLIT_SEED)
+        return cls(spec, train, val, load_dataset(spec, "test"))
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.train.in_channels, *self.train.input_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+
+@dataclass
+class Recovered:
+    """The recovered model, the channels it kept (dense numbering, every group) and the report's entry."""
+
+    model: nn.Module
+    kept: dict[str, list[int]]
+    report: dict[str, Any]
+
+
+@dataclass
+class Evaluation:
+    """How good a model is: test top-1 (with data) and the user's score (with ``score_fn``)."""
+
+    accuracy: float | None = None
+    score: float | None = None
+
+
+@dataclass
+class RecoverySettings:
+    """The built-in recovery's recipe (``hwprune prune``'s fine-tuning options)."""
+
+    strategy: str = "agp"
+    epochs: int = 2
+    lr: float = 0.05
+    batch_size: int = 128
+    seed: int = 0
+    criterion: str = "l1"
+    kd: bool = False
+    kd_temperature: float = 4.0
+    kd_weight: float = 0.9
+    channel_multiple: int = 1
+    show_progress: bool = True
+
+
+@dataclass
+class Task:
+    """The user's task: any of a dataset, a ``score_fn`` and a ``finetune_fn`` (see the module docstring)."""
+
+    data: Datasets | None = None
+    score_fn: ScoreFn | None = None
+    finetune_fn: FinetuneFn | None = None
+    bn_batches: list[torch.Tensor] | None = None  # inputs for re-estimating BN before score_fn
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.data is None and self.score_fn is None:
+            raise HwpruneError("nothing to score candidates with: pass score_fn= (model -> float, higher is "
+                               "better) or data= (a dataset for the built-in accuracy proxy)")
+        if self.finetune_fn is not None and not callable(self.finetune_fn):
+            raise HwpruneError(f"finetune_fn must be callable ((model, teacher) -> model), "
+                               f"got {type(self.finetune_fn).__name__}")
+
+    def objective(self, dense: nn.Module, x: torch.Tensor, *, criterion: str, val_samples: int,
+                  train_steps: int) -> PrunedScore:
+        """The search objective; one thread, as the agents keep their own small networks on one.
+
+        On a shared machine a second thread mostly waits (measured 0.6 s vs 4.2 s per
+        evaluation under load on 2 cores).
+        """
+        if self.score_fn is not None:
+            return UserScore(dense, x, self.score_fn, criterion=criterion, bn_batches=self.bn_batches, threads=1)
+        from hwprune.proxy import AccuracyProxy
+
+        return AccuracyProxy(dense, x, self.data.train, self.data.val, criterion=criterion, val_samples=val_samples,
+                             threads=1, train_steps=train_steps, train_lr=0.02)
+
+    def recover(self, dense: nn.Module, pruned: nn.Module, kept: dict[str, list[int]], widths: Mapping[str, int],
+                x: torch.Tensor, settings: RecoverySettings, log: Callable[[str], None]) -> Recovered:
+        """Recover the chosen architecture: the user's loop, else the built-in recipe, else none."""
+        if self.finetune_fn is not None:
+            return _user_recovery(self.finetune_fn, dense, pruned, kept)
+        if self.data is None:
+            log("no recovery: pass finetune_fn= (your training loop) or data= (the built-in recipe)")
+            return Recovered(pruned, kept, {"strategy": "none", "epochs": 0, "seconds": 0.0, "history": []})
+        return _builtin_recovery(self.data, dense, pruned, kept, widths, x, settings, log)
+
+    def evaluate(self, model: nn.Module) -> Evaluation:
+        from hwprune.train import evaluate
+
+        return Evaluation(evaluate(model, self.data.test) if self.data is not None else None,
+                          call_score_fn(self.score_fn, model) if self.score_fn is not None else None)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A teacher: a copy in eval mode with no gradients, so the user's loop cannot change the dense model."""
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _user_recovery(finetune_fn: FinetuneFn, dense: nn.Module, pruned: nn.Module,
+                   kept: dict[str, list[int]]) -> Recovered:
+    """``finetune_fn(pruned, teacher)``, checked: it must return a module of the same architecture."""
+    shapes = param_shapes(pruned)
+    started = time.perf_counter()
+    with user_code("finetune_fn", finetune_fn):
+        model = finetune_fn(pruned, frozen_copy(dense))
+    if model is None:
+        raise HwpruneError("finetune_fn returned None; it must return the fine-tuned model "
+                           "(return the model it was given, trained)")
+    if not isinstance(model, nn.Module):
+        raise HwpruneError(f"finetune_fn returned {type(model).__name__}, not a torch.nn.Module")
+    after = param_shapes(model)
+    if after != shapes:
+        changed = sorted(k for k in set(shapes) | set(after) if shapes.get(k) != after.get(k))
+        raise HwpruneError(f"finetune_fn changed the pruned architecture ({len(changed)} tensor(s) differ, first: "
+                           f"{changed[0]}); it must train the model it is given, not reshape it")
+    return Recovered(model.eval(), kept, {"strategy": "finetune_fn", "function": _name(finetune_fn),
+                                          "seconds": time.perf_counter() - started, "history": []})
+
+
+def _builtin_recovery(data: Datasets, dense: nn.Module, pruned: nn.Module, kept: dict[str, list[int]],
+                      widths: Mapping[str, int], x: torch.Tensor, s: RecoverySettings,
+                      log: Callable[[str], None]) -> Recovered:
+    """Fine-tune with ``s.strategy``; SWD and AGP start from the dense model and choose their own
+    channels as they go (the plan is theirs, the widths, and so the latency, the search's)."""
+    teacher = dense if s.kd else None
+    kd_info = {"temperature": s.kd_temperature, "weight": s.kd_weight} if s.kd else None
+    if s.strategy == "standard":
+        from hwprune.train import train
+
+        # Train the architecture the proxy scored (its BN statistics re-estimated), so that
+        # --finetune-epochs 0 still ships the model the search chose, not a raw cut.
+        started = time.perf_counter()
+        ft = train(pruned, data.train, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size, seed=s.seed,
+                   teacher=teacher, kd_temperature=s.kd_temperature, kd_alpha=s.kd_weight, val_ds=data.val,
+                   log=log, progress=s.show_progress) if s.epochs > 0 else None
+        return Recovered(pruned, kept, {"strategy": "standard", "epochs": s.epochs,
+                                        "seconds": time.perf_counter() - started,
+                                        "history": ft.history if ft else [], "kd": kd_info})
+    from hwprune.finetune import recover
+
+    rec = recover(s.strategy, dense, x, widths, train_ds=data.train, val_ds=data.val, epochs=s.epochs, lr=s.lr,
+                  batch_size=s.batch_size, seed=s.seed, criterion=s.criterion, teacher=teacher,
+                  kd_temperature=s.kd_temperature, kd_weight=s.kd_weight, channel_multiple=s.channel_multiple,
+                  log=log, progress=s.show_progress)
+    return Recovered(rec.model, rec.kept, {**rec.summary(), "kd": kd_info})
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def input_batches(batches: Iterable[Any] | None) -> list[torch.Tensor] | None:
+    """BN re-estimation inputs from a loader: each item a tensor, or a tuple/list whose first item is."""
+    if batches is None:
+        return None
+    out = []
+    for b in batches:
+        t = b[0] if isinstance(b, (tuple, list)) else b
+        if not isinstance(t, torch.Tensor):
+            raise HwpruneError(f"bn_data must yield input tensors (or (input, target) pairs), got {type(t).__name__}")
+        out.append(t)
+    return out
