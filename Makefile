@@ -38,10 +38,11 @@ test-deps:
 	  echo "installed openssh-server"; \
 	else echo "sshd not found: the ssh tests will skip"; fi
 
-test: install test-deps
+# data too: the tests that read the real Fashion-MNIST run wherever it can be installed.
+test: install test-deps data
 	$(PY) -m pytest -q -m "not slow and not gpu and not tensorrt" $(PYTEST_ARGS)
 
-test-all: install test-deps
+test-all: install test-deps data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install data

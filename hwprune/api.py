@@ -133,6 +133,8 @@ def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, 
                  "max_params", "max_macs", "max_memory_bytes", "budget", "agent", "agent_options", "max_evaluations",
                  "show_progress"):
         options.pop(flag, None)
+    if lut is not None and not isinstance(lut, LatencyLUT):
+        lut = _lut_path(lut)  # a path, checked
     user_module = isinstance(model, nn.Module)
     if data is None and not user_module and score_fn is None:
         data = "fashion-mnist"  # the CLI's default for zoo models

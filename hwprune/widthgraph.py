@@ -327,8 +327,9 @@ class WidthGraph:
     def instantiate(self, nodes: Sequence[int] | None, widths: Sequence[int], seed: int = 0) -> bytes:
         """Serialized ONNX of the slice ``nodes`` (all nodes when None) at ``widths``.
 
-        Float weights are random (their values do not change latency on the runtimes we
-        target); integer initializers (shape operands) are recomputed for the widths.
+        Float weights that the widths resize are random (their values do not change latency on
+        the runtimes we target); integer initializers (shape operands) are recomputed for the
+        widths, and every other initializer keeps its values.
         """
         g = self.model.graph
         if nodes is None:
@@ -343,6 +344,10 @@ class WidthGraph:
             ints = self._int_init_array(name, widths)
             if ints is not None:
                 arr = ints
+            elif name not in self.shape_deps:
+                # Not resized by any width: its own values, which may be a shape operand (a
+                # Resize's scales, a Clip's bounds); random values there make an invalid graph.
+                arr = numpy_helper.to_array(src)
             else:
                 dtype = helper.tensor_dtype_to_np_dtype(src.data_type)
                 arr = (rng.standard_normal(shape) * 0.1).astype(dtype)

@@ -1,0 +1,183 @@
+"""The package API: ``hwprune.profile`` / ``hwprune.prune`` on the user's own module, metric and loop.
+
+A tiny module, a cheap deterministic ``score_fn`` and a fast CPU config: no dataset at all.
+Bad input raises :class:`hwprune.HwpruneError` with one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import hwprune
+from hwprune import HwpruneError
+from hwprune.lut import LatencyLUT
+
+torch.set_num_threads(1)
+
+DEVICE_YAML = """\
+name: test-cpu-api
+backend: onnxruntime
+threads: 1
+warmup: 1
+min_repeats: 5
+max_seconds: 0.01
+channel_multiple: 16
+statistic: p50
+"""
+
+
+def make_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 4)).eval()
+
+
+X = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def agreement(model: nn.Module) -> float:
+    """How close the model's outputs stay to the dense model's: a cheap, finite, higher-is-better score."""
+    with torch.no_grad():
+        return -float((model(X) - REFERENCE_OUT).abs().mean())
+
+
+REFERENCE_OUT = make_net()(X).detach()
+
+
+def light_finetune(model: nn.Module, teacher: nn.Module) -> nn.Module:
+    """A few steps of matching the teacher's outputs (a user's loop in miniature)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(3):
+        loss = (model(X) - teacher(X)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    (root / "device.yaml").write_text(DEVICE_YAML)
+    device = str(root / "device.yaml")
+    lut = hwprune.profile(make_net(), torch.zeros(1, 1, 16, 16), device=device, lut=str(root / "lut.parquet"),
+                          calibration_samples=0)
+    return {"root": root, "device": device, "lut": lut}
+
+
+def _prune(env, model=None, **kw):
+    args = dict(device=env["device"], lut=env["lut"], speedup=1.2, score_fn=agreement, finetune_fn=light_finetune,
+                agent="uniform", max_evaluations=4)
+    args.update(kw)
+    return hwprune.prune(model if model is not None else make_net(), torch.zeros(1, 1, 16, 16), **args)
+
+
+def test_profile_returns_the_saved_lut_and_what_it_measured(env):
+    lut = env["lut"]
+    assert isinstance(lut, LatencyLUT) and lut.path.is_file()
+    r = lut.profile_result
+    assert r.groups == 3 and r.signatures_total >= r.signatures_measured > 0
+    # the module's name keys it in the LUT: its class and a hash of its structure
+    assert len(lut.meta["models"]) == 1 and next(iter(lut.meta["models"])).startswith("Sequential-")
+    # profiling it again measures nothing new, and a LatencyLUT object is accepted as lut=
+    again = hwprune.profile(make_net(), torch.zeros(1, 1, 16, 16), device=env["device"], lut=lut,
+                            calibration_samples=0)
+    assert again.profile_result.signatures_measured == 0
+
+
+def test_prune_with_the_users_metric_and_loop_needs_no_dataset(env, tmp_path):
+    dense = make_net()
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    res = _prune(env, dense, out=str(tmp_path / "run"))
+    assert isinstance(res, hwprune.PruneResult)
+    assert res.certified is True and res.certificate.upper_bound_ms <= res.certificate.budget_ms
+    assert res.certificate.statistic == "p50" and res.certificate.confidence == 0.95 and res.certificate.rounds
+    assert not res.model.training and sum(p.numel() for p in res.model.parameters()) < \
+        sum(p.numel() for p in dense.parameters())
+    # the user's module is untouched
+    assert all(torch.equal(v, before[k]) for k, v in dense.state_dict().items())
+    # the report is report.json's content, with the user's score and no accuracy
+    assert json.loads((tmp_path / "run" / "report.json").read_text()) == json.loads(json.dumps(res.report))
+    assert res.report["dense"]["accuracy"] is None and res.report["pruned"]["score"] == pytest.approx(
+        agreement(res.model))
+    assert res.report["finetune"]["strategy"] == "finetune_fn"
+    # the plan replays on the dense module: same architecture, and with pruned.pt the same outputs
+    rebuilt = hwprune.apply_plan(make_net(), str(tmp_path / "run" / "plan.json"), torch.zeros(1, 1, 16, 16),
+                                 weights=str(tmp_path / "run" / "pruned.pt"))
+    assert res.plan.widths == {n: len(k) for n, k in res.plan.kept.items()}
+    assert torch.allclose(rebuilt(X), res.model(X), atol=1e-5)
+
+
+def test_prune_without_a_run_folder_writes_nothing(env, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = _prune(env, lut=str(env["lut"].path))  # a LUT path works as well as the object
+    assert res.out is None and list(tmp_path.iterdir()) == []
+    assert isinstance(res.onnx, bytes) and res.baseline["timing"]["samples_ms"]
+
+
+def test_count_and_callable_budgets_need_no_lut(env):
+    res = _prune(env, lut=None, speedup=None, max_params="60%", budgets=[(lambda w: sum(w.values()), 96)])
+    assert res.report["pruned"]["params"] <= 0.6 * res.report["dense"]["params"]
+    assert sum(res.plan.widths.values()) <= 96
+    assert res.report["budget"]["user"][0]["limit"] == 96
+
+
+def test_without_finetune_fn_or_data_the_cut_ships_unrecovered(env):
+    res = _prune(env, finetune_fn=None)
+    assert res.report["finetune"]["strategy"] == "none"
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    ({"score_fn": lambda m: float("nan")}, "score_fn returned nan"),
+    ({"score_fn": lambda m: "good"}, "score_fn must return a number"),
+    ({"finetune_fn": lambda m, t: None}, "finetune_fn returned None"),
+    ({"finetune_fn": lambda m, t: make_net()}, "finetune_fn changed the pruned architecture"),
+    ({"score_fn": None}, "pass score_fn="),
+    ({"speedup": float("nan")}, "--speedup"),
+    ({"latency_ms": -1.0, "speedup": None}, "--latency-ms"),
+    ({"max_evaluations": 0}, "--max-evaluations"),
+    ({"certify_rounds": 0}, "--certify-rounds"),
+    ({"colour": "blue"}, "unknown option(s) colour"),
+    ({"lut": 42}, "LUT"),
+])
+def test_bad_input_through_the_api_is_one_sentence(env, kw, fragment):
+    with pytest.raises(HwpruneError) as info:
+        _prune(env, **kw)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_users_code_raising_is_named_in_one_line(env):
+    def broken_metric(model):
+        raise RuntimeError("boom")
+
+    with pytest.raises(HwpruneError, match=r"your score_fn `.*broken_metric in .*test_api.py` raised RuntimeError: "
+                                           r"boom"):
+        _prune(env, score_fn=broken_metric)
+
+
+def test_an_example_input_of_the_wrong_shape_is_one_sentence(env):
+    with pytest.raises(HwpruneError, match=r"the model rejects input shape \(1, 3, 16, 16\)"):
+        hwprune.prune(make_net(), torch.zeros(1, 3, 16, 16), device=env["device"], lut=env["lut"], speedup=1.2,
+                      score_fn=agreement)
+
+
+def test_a_model_that_is_not_a_module_is_one_sentence(env):
+    with pytest.raises(HwpruneError, match="model must be a torch.nn.Module"):
+        hwprune.prune(object(), device=env["device"], speedup=1.2, score_fn=agreement)
+
+
+def test_import_hwprune_is_quick_and_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, hwprune; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert callable(hwprune.prune) and callable(hwprune.profile); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
