@@ -255,14 +255,21 @@ def _agent_options(ctx, param, values):
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def prune_cmd(lut_path, input_shape, quiet, **kw):
-    """Prune a model to a budget on DEVICE, fine-tune, export, and certify the measured latency."""
+    """Prune a model to a budget on DEVICE, fine-tune, export, and certify the measured latency.
+
+    Data-parallel recovery under torchrun (rank 0 searches and measures, every rank fine-tunes):
+    torchrun --standalone --nproc_per_node=2 -m hwprune.cli prune ...
+    """
     from hwprune.api import prune_options
     from hwprune.models.spec import parse_input_shape
     from hwprune.pruning import PruneOptions
 
     opts = PruneOptions(lut=lut_path, input_shape=parse_input_shape(input_shape) if input_shape else None,
                         show_progress=not quiet, **kw)
-    r = prune_options(opts, log=lambda m: click.echo(m, err=True)).report
+    res = prune_options(opts, log=lambda m: click.echo(m, err=True))
+    if not res.is_main:
+        return  # another rank of a torchrun job: rank 0 reports
+    r = res.report
     d, p = r["dense"], r["pruned"]
     click.echo(f"{'':8s} {'accuracy':>9s} {'p50 ms':>9s} {'p90 ms':>9s} {'params':>10s} {'MACs':>12s}")
     for name, m in (("dense", d), ("pruned", p)):

@@ -23,14 +23,16 @@ from torch import nn
 
 from hwprune.certify import (CONFIDENCE, Certificate, Certifier, FinalMeasurement, LatencyBudget, Measure, Proposal, Round, default_measure,
                              measured_points, next_lut_limit, top_candidates)
-from hwprune.errors import HwpruneError, describe_callable
+from hwprune.errors import HwpruneError, describe_callable, first_line
 from hwprune.export import check_input_shape, export_onnx
 from hwprune.groups import find_groups
 from hwprune.lut import LatencyLUT
 from hwprune.models.spec import batch_of
 from hwprune.plan import Plan
+from hwprune.ranks import Ranks
 from hwprune.search import COUNT_BUDGETS, SearchSetup, load_predictor, parse_count_limit, user_budget
 from hwprune.task import Recovered, RecoverySettings, Task
+from profilers.errors import ProfilerError
 
 FINETUNE_STRATEGIES = ("standard", "swd", "agp")
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -142,6 +144,7 @@ class PruneResult:
     onnx: bytes
     baseline: dict[str, Any]
     out: Path | None = None
+    is_main: bool = True  # False on the other ranks of a torchrun job: no report, files or ONNX there
 
     @property
     def certified(self) -> bool:
@@ -178,6 +181,32 @@ def default_weights(model: str, data: str) -> str | None:
     return str(path) if path.is_file() else None
 
 
+@dataclass
+class _Job:
+    """What every stage of one run shares: the options, the device, the dense model and the task."""
+
+    opts: PruneOptions
+    cfg: Any  # DeviceConfig
+    dense: nn.Module
+    x: torch.Tensor
+    groups: list
+    task: Task
+    ranks: Ranks
+    log: Callable[[str], None]
+
+    def objective(self):
+        return self.task.objective(self.dense, self.x, criterion=self.opts.importance,
+                                   val_samples=self.opts.val_samples, train_steps=self.opts.proxy_train_steps)
+
+    def recover(self, objective, widths: dict[str, int], pruned: nn.Module | None = None) -> Recovered:
+        """Every rank recovers the same architecture together (rank 0 says which first)."""
+        if self.ranks.is_main:
+            self.ranks.send({"recover": widths})
+        return self.task.recover(self.dense, pruned if pruned is not None else objective.pruned_model(widths),
+                                 objective.keep_indices(widths), widths, self.x,
+                                 self.opts.recovery(self.cfg.channel_multiple), self.log)
+
+
 def run(opts: PruneOptions, model: nn.Module, example_input: torch.Tensor, task: Task, *,
         lut: LatencyLUT | str | None = None, num_classes: int | None = None, reproduce: str | None = None,
         log: Callable[[str], None] = print, measure: Measure = default_measure,
@@ -186,65 +215,101 @@ def run(opts: PruneOptions, model: nn.Module, example_input: torch.Tensor, task:
 
     ``example_input``'s batch dimension is replaced by the device config's batch size. With
     ``opts.out`` the run folder is written (all files or none). ``measure`` and ``wait`` are
-    the device's measurement and the pause before a retake (seams for tests).
+    the device's measurement and the pause before a retake (seams for tests). Under
+    ``torchrun`` rank 0 searches, measures and writes; every rank recovers (:mod:`hwprune.ranks`).
     """
-    from hwprune.rundir import check_out_dir, write_run
     from profilers.config import load_device_config
 
     t0 = time.perf_counter()
     limits = opts.validate()
     if opts.out:
+        from hwprune.rundir import check_out_dir
+
         check_out_dir(Path(opts.out), opts.overwrite)
-    agent_name = opts.agent or default_agent()
     user_budgets = [user_budget(f, limit) for f, limit in opts.budget]  # before anything slow: a typo fails at once
     cfg = load_device_config(opts.device)
     torch.manual_seed(opts.seed)
     dense = model.eval()
     x = batch_of(example_input, cfg.batch_size)
     check_input_shape(dense, x)
-    groups = find_groups(dense, x)
-    table, predictor = load_predictor(lut if lut is not None else opts.lut, cfg, opts.model, x, groups,
+    ranks = Ranks.start()
+    job = _Job(opts, cfg, dense, x, find_groups(dense, x), task, ranks, log if ranks.is_main else (lambda _m: None))
+    try:
+        if not ranks.is_main:
+            return _follow(job, num_classes)
+        try:
+            return _lead(job, lut, limits, user_budgets, num_classes, reproduce, measure, wait, t0)
+        except BaseException as err:
+            ranks.send({"abort": first_line(err) if isinstance(err, ProfilerError)
+                        else f"{type(err).__name__}: {first_line(err)}"})
+            raise
+    finally:
+        ranks.close()
+
+
+def _lead(job: _Job, lut, limits, user_budgets, num_classes, reproduce, measure, wait, t0) -> PruneResult:
+    """Rank 0's run: measure, search, certify, report and write."""
+    from hwprune.baseline import make_baseline
+    from hwprune.report import build_report
+    from hwprune.rundir import write_run
+
+    opts, cfg, dense, x, log = job.opts, job.cfg, job.dense, job.x, job.log
+    table, predictor = load_predictor(lut if lut is not None else opts.lut, cfg, opts.model, x, job.groups,
                                       opts.allow_other_device)
     cert = Certifier(cfg, LatencyBudget(cfg.statistic, opts.latency_ms, opts.speedup), export_onnx(dense, x),
                      measure=measure, wait=wait, log=log)
     log(f"measuring the dense model on {cfg.name} ...")
     cert.measure_dense()
-    objective = task.objective(dense, x, criterion=opts.importance, val_samples=opts.val_samples,
-                               train_steps=opts.proxy_train_steps)
-    setup = SearchSetup.build(dense, x, groups, cfg, objective, predictor, limits, user_budgets, agent_name,
+    agent_name = opts.agent or default_agent()
+    setup = SearchSetup.build(dense, x, job.groups, cfg, job.objective(), predictor, limits, user_budgets, agent_name,
                               opts.agent_options, opts.importance)
-    outcome = _search_and_certify(opts, setup, cert, task, dense, x, log)
-    if cert.budget.given and not outcome.final.certified:
+    outcome = _search_and_certify(job, setup, cert)
+    f = outcome.final
+    job.ranks.send({"done": True, "certified": f.certified, "upper_bound_ms": f.upper_bound_ms,
+                    "budget_ms": f.budget_ms, "kept": outcome.recovered.kept})
+    if cert.budget.given and not f.certified:
         log(f"warning: not certified after {len(outcome.rounds)} round(s): the measured upper bound exceeds "
             f"the budget")
     pruned = outcome.recovered.model
-    plan = Plan(opts.model, list(x.shape), num_classes, opts.importance, {g.name: g.channels for g in groups},
-                outcome.recovered.kept)
+    plan = _plan(job, num_classes, outcome.recovered.kept)
     env = _environment(cfg, table)
-    from hwprune.baseline import make_baseline
-    from hwprune.report import build_report
-
-    baseline = make_baseline(outcome.onnx, "pruned.onnx", cfg.name, cfg.statistic, outcome.final.pruned_first, env,
-                             reference=outcome.final.reference)
-    certificate = Certificate(outcome.final.certified, cfg.statistic, outcome.final.upper_bound_ms,
-                              outcome.final.budget_ms, CONFIDENCE, outcome.rounds)
-    report = build_report(opts, agent_name, cert, setup, outcome.result, certificate, outcome.final,
-                          dense, pruned, x, task.evaluate(dense), task.evaluate(pruned), outcome.recovered.report,
-                          env, limits, seconds=time.perf_counter() - t0, reproduce=reproduce)
-    out = None
-    if opts.out:
-        out = Path(opts.out)
+    baseline = make_baseline(outcome.onnx, "pruned.onnx", cfg.name, cfg.statistic, f.pruned_first, env,
+                             reference=f.reference)
+    certificate = Certificate(f.certified, cfg.statistic, f.upper_bound_ms, f.budget_ms, CONFIDENCE, outcome.rounds)
+    report = build_report(opts, agent_name, cert, setup, outcome.result, certificate, f, dense, pruned, x,
+                          job.task.evaluate(dense), job.task.evaluate(pruned), outcome.recovered.report, env, limits,
+                          seconds=time.perf_counter() - t0, reproduce=reproduce)
+    report["ranks"] = job.ranks.world_size
+    out = Path(opts.out) if opts.out else None
+    if out is not None:
         write_run(out, plan=plan, onnx=outcome.onnx, model=pruned, baseline=baseline, report=report,
                   config=opts.to_json())
     return PruneResult(pruned, certificate, plan, report, outcome.onnx, baseline, out)
 
 
-def _search_and_certify(opts: PruneOptions, s: SearchSetup, cert: Certifier, task: Task, dense: nn.Module,
-                        x: torch.Tensor, log: Callable[[str], None]) -> _Outcome:
+def _follow(job: _Job, num_classes: int | None) -> PruneResult:
+    """A rank other than 0: recover what rank 0 says, until it says done. Returns the recovered
+    model with rank 0's verdict; the report, ONNX and files are rank 0's alone."""
+    objective = job.objective()
+    recovered = None
+    while "done" not in (message := job.ranks.receive()):
+        recovered = job.recover(objective, message["recover"])
+    model = recovered.model if recovered is not None else job.dense
+    certificate = Certificate(message["certified"], job.cfg.statistic, message["upper_bound_ms"],
+                              message["budget_ms"], CONFIDENCE, [])
+    return PruneResult(model, certificate, _plan(job, num_classes, message["kept"]), {}, b"", {}, None, is_main=False)
+
+
+def _plan(job: _Job, num_classes: int | None, kept: dict[str, list[int]]) -> Plan:
+    return Plan(job.opts.model, list(job.x.shape), num_classes, job.opts.importance,
+                {g.name: g.channels for g in job.groups}, kept)
+
+
+def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
     """Search, measure, recover and measure again until a recovered model is certified (or rounds run out)."""
     from hwprune.baseline import BASELINE_REFERENCE_KEY, BASELINE_SAMPLES, reference_graph
 
-    cfg = cert.cfg
+    opts, cfg, x, log = job.opts, cert.cfg, job.x, job.log
     rounds: list[Round] = []
     tried: set[tuple[int, ...]] = set()  # architectures measured in earlier rounds
     # The LUT's first limit: a speed-up applies to the LUT's own dense prediction (same frame);
@@ -272,8 +337,7 @@ def _search_and_certify(opts: PruneOptions, s: SearchSetup, cert: Certifier, tas
                if r.upper_bound_ms is not None else ""))
         last = rnd == opts.certify_rounds - 1 or (lut_limit is not None and lut_limit <= floor_ms * (1 + 1e-9))
         if rm.accepted or last:
-            recovered = task.recover(dense, models[rm.index], s.objective.keep_indices(result.widths), result.widths,
-                                     x, opts.recovery(cfg.channel_multiple), log)
+            recovered = job.recover(s.objective, result.widths, models[rm.index])
             onnx = export_onnx(recovered.model, x)
             # The drift reference rides along so that baseline.json can be compared later from
             # another process (hwprune regress normalises by it); the stored side never gains

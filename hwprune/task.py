@@ -195,7 +195,8 @@ def _builtin_recovery(data: Datasets, dense: nn.Module, pruned: nn.Module, kept:
                    log=log, progress=s.show_progress) if s.epochs > 0 else None
         return Recovered(pruned, kept, {"strategy": "standard", "epochs": s.epochs,
                                         "seconds": time.perf_counter() - started,
-                                        "history": ft.history if ft else [], "kd": kd_info})
+                                        "history": ft.history if ft else [], "kd": kd_info,
+                                        "ranks": ft.world_size if ft else 1})
     from hwprune.finetune import recover
 
     rec = recover(s.strategy, dense, x, widths, train_ds=data.train, val_ds=data.val, epochs=s.epochs, lr=s.lr,

@@ -288,7 +288,10 @@ class _DistContext:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls) -> _DistContext:
+    def from_env(cls, timeout_s: float | None = None) -> _DistContext:
+        """The torchrun rank and world; the process group is started (and owned) when torchrun set
+        WORLD_SIZE > 1 and none runs yet, with ``timeout_s`` for its collectives (torch's default
+        when None)."""
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
@@ -302,8 +305,33 @@ class _DistContext:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        if timeout_s is None:
+            dist.init_process_group(backend=backend)
+        else:
+            import datetime
+
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
         return cls(dist.get_rank(), dist.get_world_size(), local_rank, owned=True)
+
+    def broadcast_bytes(self, data: bytes | None) -> bytes:
+        """Rank 0's ``data`` on every rank (``data`` is ignored elsewhere); on the CPU, so any backend
+        that can broadcast CPU tensors carries it. Two broadcasts: the length, then the bytes."""
+        if not self.active:
+            return data or b""
+        import torch.distributed as dist
+
+        size = torch.tensor([len(data) if self.is_main else 0], dtype=torch.int64)
+        counts = _use_counts([size])
+        dist.broadcast(size, src=0)
+        _await_release([size], counts)
+        if size.item() == 0:
+            return b""
+        payload = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.is_main and size.item()
+                   else torch.zeros(int(size.item()), dtype=torch.uint8))
+        counts = _use_counts([payload])
+        dist.broadcast(payload, src=0)
+        _await_release([payload], counts)
+        return payload.numpy().tobytes()
 
     def all_sum(self, values: list[float], device: torch.device) -> list[float]:
         if not self.active:

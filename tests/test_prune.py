@@ -602,3 +602,41 @@ def test_a_round_keeps_the_best_scoring_candidate_that_fits_end_to_end(env, tmp_
     assert "final_upper_bound_ms" in first and script.calls == ["round", "final"]  # accepted in round 1
     # baseline.json keeps the samples taken beside the reference, the report the verdict's
     assert len(json.loads((tmp_path / "run" / "baseline.json").read_text())["timing"]["samples_ms"]) == 60
+
+
+# -- data-parallel recovery under torchrun --------------------------------------------------------
+
+def _torchrun(args, timeout=300):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "hwprune.cli", *[str(a) for a in args]], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_torchrun_two_ranks_recover_together_and_rank0_reports(env, tmp_path):
+    out = tmp_path / "run"
+    proc = _torchrun(_prune_args(env, out, "--max-params", "700", "--agent", "uniform", "--finetune", "standard"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r = _report(out)
+    assert r["ranks"] == 2 and r["finetune"]["ranks"] == 2 and r["finetune"]["history"]
+    assert r["pruned"]["params"] <= 700
+    # one report on stdout: rank 0's (the other rank prints nothing)
+    assert proc.stdout.count("certified:") == 1 and proc.stdout.count("run folder:") == 1
+    assert set(RUN_OUTPUTS) <= {p.name for p in out.iterdir()}
+
+
+def test_torchrun_ranks_stop_together_when_rank0_fails(env, tmp_path):
+    # a LUT profiled for another model: rank 0 refuses it after the other rank has started waiting
+    other_lut = tmp_path / "other.parquet"
+    profile(ModelSpec(env["other"], (1, 8, 8)), env["device"], str(other_lut), calibration_samples=0,
+            show_progress=False, log=lambda m: None)
+    args = _prune_args(env, tmp_path / "run", "--speedup", "1.3", "--agent", "uniform")
+    args[args.index("--lut") + 1] = str(other_lut)
+    proc = _torchrun(args, timeout=240)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and any(e.startswith("error: rank 0 stopped: ") and "has no profile" in e for e in errors), proc.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
