@@ -237,3 +237,69 @@ def _lut_path(lut: str | LatencyLUT) -> str:
     if not isinstance(lut, (str, bytes)) and not hasattr(lut, "__fspath__"):
         raise HwpruneError(f"lut= must be a path or a LatencyLUT, got {type(lut).__name__}")
     return str(lut)
+
+
+def devices() -> list:
+    """The shipped device configs (``device_configs/*.yaml``), loaded and checked."""
+    from profilers.config import shipped_configs
+
+    return [load_device_config(n) for n in shipped_configs()]
+
+
+@dataclasses.dataclass
+class LutSummary:
+    """A LUT's device and one model's per-unit latency at its dense widths (``hwprune lut show``)."""
+
+    path: str
+    device: str | None
+    fingerprint: str | None
+    signatures: int
+    model_key: str
+    statistic: str
+    units: list[dict[str, Any]]   # unit, ops, widths, latency_ms
+    raw_ms: float                 # the units' sum plus the per-call overhead
+    predicted_ms: float           # the calibrated prediction for the dense model
+
+
+def lut_show(lut: str | LatencyLUT, model_key: str | None = None) -> LutSummary:
+    """What a LUT holds for one model (``model_key`` may be left out when it holds only one)."""
+    from hwprune.lut import unit_breakdown
+
+    table = lut if isinstance(lut, LatencyLUT) else LatencyLUT.load(_lut_path(lut))
+    models = sorted(table.meta["models"])
+    if model_key is None:
+        if len(models) != 1:
+            raise HwpruneError(f"the LUT holds {len(models)} models; pick one with --model"
+                               + (f" ({', '.join(models)})" if models else ""))
+        model_key = models[0]
+    pred = table.predictor(model_key)
+    return LutSummary(str(table.path or "LUT"), table.meta.get("device"), table.meta.get("fingerprint"),
+                      len(table.rows), model_key, pred.statistic, unit_breakdown(table, model_key),
+                      pred.predict_raw({}), pred.predict({}))
+
+
+def lut_check(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str, lut: str,
+              samples: int = 50, seed: int = 0, name: str | None = None, input_shape: Sequence[int] | None = None,
+              num_classes: int | None = None, weights: str | None = None, allow_other_device: bool = False,
+              json_path: str | None = None, show_progress: bool = False) -> dict[str, Any]:
+    """Measure ``samples`` random sub-networks end to end and compare them with the LUT's predictions."""
+    from hwprune.lutcheck import lut_check as check
+
+    spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
+                      weights=weights)
+    return check(spec, device, _lut_path(lut), samples=samples, seed=seed, allow_other_device=allow_other_device,
+                 json_path=json_path, show_progress=show_progress)
+
+
+def pretrain(model: str, data: str = "fashion-mnist", **kw: Any):
+    """Train a dense model from scratch (see :func:`hwprune.pretrain.pretrain`)."""
+    from hwprune.pretrain import pretrain as train_dense
+
+    return train_dense(model, data, **kw)
+
+
+def regress(options, log: Callable[[str], None] = _quiet) -> dict[str, Any]:
+    """Re-measure a model or LUT rows and test for a latency regression (see :mod:`hwprune.regress`)."""
+    from hwprune.regress import regress as check
+
+    return check(options, log=log)

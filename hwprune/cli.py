@@ -1,4 +1,4 @@
-"""The ``hwprune`` command line: thin click commands over ``hwprune.api``.
+"""The ``hwprune`` command line: thin click commands over ``hwprune.api`` (the package API).
 
 Every command parses options, calls one library function and prints its result. Heavy
 modules (torch, onnxruntime) are imported inside the commands so ``hwprune --help`` is
@@ -39,9 +39,9 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the configs as JSON.")
 def devices_cmd(as_json: bool) -> None:
     """List the shipped device configs (device_configs/*.yaml)."""
-    from profilers.config import load_device_config, shipped_configs
+    from hwprune.api import devices
 
-    cfgs = [load_device_config(n) for n in shipped_configs()]
+    cfgs = devices()
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in cfgs], indent=2))
         return
@@ -75,13 +75,6 @@ def _model_options(f):
                           "or torchvision:NAME / timm:NAME when installed.")(f)
     f = click.option("--device", "-d", required=True, help="Shipped device name (see `hwprune devices`) or a YAML path.")(f)
     return f
-
-
-def _spec(model: str, input_shape: str, num_classes: int, weights: str | None):
-    from hwprune.api import model_spec
-    from hwprune.models.spec import parse_input_shape
-
-    return model_spec(model, input_shape=parse_input_shape(input_shape), num_classes=num_classes, weights=weights)
 
 
 @cli.command("profile")
@@ -137,9 +130,12 @@ def lut_group() -> None:
 def lut_check_cmd(device, model, input_shape, num_classes, weights, lut_path, samples, seed, json_path,
                   allow_other_device, quiet):
     """Measure random sub-networks end to end on DEVICE and compare with the LUT's predictions."""
-    from hwprune.lutcheck import format_check_table, lut_check
+    from hwprune.api import lut_check
+    from hwprune.lutcheck import format_check_table
+    from hwprune.models.spec import parse_input_shape
 
-    r = lut_check(_spec(model, input_shape, num_classes, weights), device, lut_path, samples=samples, seed=seed,
+    r = lut_check(model, device=device, lut=lut_path, input_shape=parse_input_shape(input_shape),
+                  num_classes=num_classes, weights=weights, samples=samples, seed=seed,
                   allow_other_device=allow_other_device, json_path=json_path, show_progress=not quiet)
     click.echo(format_check_table(r))
 
@@ -149,25 +145,17 @@ def lut_check_cmd(device, model, input_shape, num_classes, weights, lut_path, sa
 @click.option("--model", "-m", "key", default=None, help="Model key (name@shape); default: the only model in the LUT.")
 def lut_show_cmd(lut_path, key):
     """Print a LUT's models and the per-layer latency of the dense model."""
-    from hwprune.lut import LatencyLUT, unit_breakdown
+    from hwprune.api import lut_show
 
-    lut = LatencyLUT.load(lut_path)
-    models = sorted(lut.meta["models"])
-    if key is None:
-        if len(models) != 1:
-            raise click.UsageError(f"the LUT holds {len(models)} models; pick one with --model ({', '.join(models)})")
-        key = models[0]
-    rows = unit_breakdown(lut, key)
-    pred = lut.predictor(key)
-    click.echo(f"{lut_path}: device {lut.meta.get('device')} (fingerprint {lut.meta.get('fingerprint')}), "
-               f"{len(lut.rows)} measured signatures; model {key}, statistic {pred.statistic}")
+    r = lut_show(lut_path, key)
+    click.echo(f"{lut_path}: device {r.device} (fingerprint {r.fingerprint}), "
+               f"{r.signatures} measured signatures; model {r.model_key}, statistic {r.statistic}")
     click.echo(f"{'layer (unit)':48s} {'ops':34s} {'channels':>10s} {'ms':>9s}")
-    for r in rows:
-        click.echo(f"{r['unit'][:48]:48s} {r['ops'][:34]:34s} {'x'.join(map(str, r['widths'])) or '-':>10s} "
-                   f"{r['latency_ms']:9.4f}")
-    raw = pred.predict_raw({})
-    click.echo(f"{'sum + per-call overhead':48s} {'':34s} {'':>10s} {raw:9.4f}")
-    click.echo(f"{'calibrated prediction (dense model)':48s} {'':34s} {'':>10s} {pred.predict({}):9.4f}")
+    for u in r.units:
+        click.echo(f"{u['unit'][:48]:48s} {u['ops'][:34]:34s} {'x'.join(map(str, u['widths'])) or '-':>10s} "
+                   f"{u['latency_ms']:9.4f}")
+    click.echo(f"{'sum + per-call overhead':48s} {'':34s} {'':>10s} {r.raw_ms:9.4f}")
+    click.echo(f"{'calibrated prediction (dense model)':48s} {'':34s} {'':>10s} {r.predicted_ms:9.4f}")
 
 
 def _budget_pair(ctx, param, values):
@@ -330,7 +318,7 @@ def pretrain_cmd(model, data, epochs, out, lr, batch_size, seed, threads, quiet)
     from OUT.resume after the last finished epoch. Data-parallel under torchrun:
     torchrun --standalone --nproc_per_node=2 -m hwprune.cli pretrain ...
     """
-    from hwprune.pretrain import pretrain
+    from hwprune.api import pretrain
 
     r = pretrain(model, data, epochs=epochs, out=out, lr=lr, batch_size=batch_size, seed=seed, threads=threads,
                  progress=not quiet, log=lambda m: click.echo(m, err=True))
@@ -370,7 +358,8 @@ def regress_cmd(ctx, **kw):
     Exit codes: 0 pass or improved, 1 regressed (or stale LUT), 2 bad input or changed
     environment, 3 inconclusive.
     """
-    from hwprune.regress import RegressOptions, format_text, regress
+    from hwprune.api import regress
+    from hwprune.regress import RegressOptions, format_text
 
     r = regress(RegressOptions(**kw), log=lambda m: click.echo(m, err=True))
     click.echo(format_text(r))

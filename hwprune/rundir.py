@@ -34,6 +34,8 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any((out / f).exists() for f in RUN_FILES) and not overwrite:
         raise HwpruneError(f"--out {out} already holds a run; pass --overwrite to replace it")
     parent = _existing_parent(out.parent)
+    if not parent.is_dir():
+        raise HwpruneError(f"--out {out}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise HwpruneError(f"--out {out}: cannot write in {parent} (permission denied)")
 

@@ -1,0 +1,79 @@
+"""The run folder is written all at once: the old run or the new one, never a mix; the user's umask."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from hwprune.errors import HwpruneError
+from hwprune.plan import Plan
+from hwprune.rundir import RUN_FILES, check_out_dir, write_run
+
+REPORT = {"model": "m", "device": "d", "agent": "uniform",
+          "budget": {"latency_ms": 1.0, "statistic": "p50"},
+          "dense": {"accuracy": 0.9, "latency_ms": {"p50": 2.0, "p90": 2.1}, "params": 10, "macs": 100},
+          "pruned": {"accuracy": 0.8, "latency_ms": {"p50": 1.0, "p90": 1.1}, "params": 5, "macs": 50,
+                     "predicted_latency_ms": 0.9, "channels": {"g": [4, 2]}},
+          "certified": True, "certificate": {"statistic": "p50", "upper_bound_ms": 0.95, "budget_ms": 1.0,
+                                             "rounds": []},
+          "speedup": {"macs": 2.0, "predicted": 2.1, "measured": 2.0},
+          "search": {"evaluations": 3, "seconds": 1.0}, "finetune": {"strategy": "none", "seconds": 0.0},
+          "reproduce": "hwprune prune ..."}
+
+
+def _write(out, tag="new", **kw):
+    plan = Plan("m", [1, 1, 4, 4], 10, "l1", {"g": 4}, {"g": [0, 1]})
+    write_run(out, plan=plan, onnx=b"onnx-" + tag.encode(), model=torch.nn.Linear(2, 2),
+              baseline={"tag": tag}, report={**REPORT, "tag": tag}, config={"tag": tag}, **kw)
+
+
+def test_a_new_folder_gets_every_file_with_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _write(tmp_path / "run")
+    finally:
+        os.umask(old)
+    out = tmp_path / "run"
+    assert set(RUN_FILES) <= {p.name for p in out.iterdir()}
+    assert oct((out / "report.json").stat().st_mode & 0o777) == oct(0o644)
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
+
+
+def test_overwriting_replaces_the_run_and_keeps_the_users_own_files(tmp_path):
+    out = tmp_path / "run"
+    _write(out, "old")
+    (out / "notes.txt").write_text("mine")
+    _write(out, "new")
+    assert json.loads((out / "baseline.json").read_text()) == {"tag": "new"}
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_failure_while_writing_leaves_the_old_run_whole(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _write(out, "old")
+
+    def disk_full(report, folder):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("hwprune.report.write_plots", disk_full)
+    with pytest.raises(HwpruneError, match="cannot write the run folder .*No space left on device"):
+        _write(out, "new")
+    assert json.loads((out / "baseline.json").read_text()) == {"tag": "old"}
+    assert (out / "pruned.onnx").read_bytes() == b"onnx-old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_an_out_that_is_a_file_or_holds_a_run_is_refused(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(HwpruneError, match="is not a folder"):
+        check_out_dir(tmp_path / "f", overwrite=True)
+    with pytest.raises(HwpruneError, match="f is a file, not a folder"):
+        check_out_dir(tmp_path / "f" / "run", overwrite=True)
+    _write(tmp_path / "run")
+    with pytest.raises(HwpruneError, match="--overwrite"):
+        check_out_dir(tmp_path / "run", overwrite=False)
+    check_out_dir(tmp_path / "run", overwrite=True)
