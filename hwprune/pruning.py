@@ -228,23 +228,24 @@ def run(opts: PruneOptions, model: nn.Module, example_input: torch.Tensor, task:
         check_out_dir(Path(opts.out), opts.overwrite)
     user_budgets = [user_budget(f, limit) for f, limit in opts.budget]  # before anything slow: a typo fails at once
     cfg = load_device_config(opts.device)
-    torch.manual_seed(opts.seed)
-    dense = model.eval()
-    x = batch_of(example_input, cfg.batch_size)
-    check_input_shape(dense, x)
-    ranks = Ranks.start()
-    job = _Job(opts, cfg, dense, x, find_groups(dense, x), task, ranks, log if ranks.is_main else (lambda _m: None))
-    try:
-        if not ranks.is_main:
-            return _follow(job, num_classes)
+    with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state restored after
+        torch.manual_seed(opts.seed)
+        dense = model.eval()
+        x = batch_of(example_input, cfg.batch_size)
+        check_input_shape(dense, x)
+        ranks = Ranks.start()
+        job = _Job(opts, cfg, dense, x, find_groups(dense, x), task, ranks, log if ranks.is_main else (lambda _m: None))
         try:
-            return _lead(job, lut, limits, user_budgets, num_classes, reproduce, measure, wait, t0)
-        except BaseException as err:
-            ranks.send({"abort": first_line(err) if isinstance(err, ProfilerError)
-                        else f"{type(err).__name__}: {first_line(err)}"})
-            raise
-    finally:
-        ranks.close()
+            if not ranks.is_main:
+                return _follow(job, num_classes)
+            try:
+                return _lead(job, lut, limits, user_budgets, num_classes, reproduce, measure, wait, t0)
+            except BaseException as err:
+                ranks.send({"abort": first_line(err) if isinstance(err, ProfilerError)
+                            else f"{type(err).__name__}: {first_line(err)}"})
+                raise
+        finally:
+            ranks.close()
 
 
 def _lead(job: _Job, lut, limits, user_budgets, num_classes, reproduce, measure, wait, t0) -> PruneResult:

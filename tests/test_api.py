@@ -93,9 +93,12 @@ def test_profile_returns_the_saved_lut_and_what_it_measured(env):
 
 
 def test_prune_with_the_users_metric_and_loop_needs_no_dataset(env, tmp_path):
-    dense = make_net()
+    dense = make_net().train()
     before = {k: v.clone() for k, v in dense.state_dict().items()}
+    rng = torch.random.get_rng_state()
     res = _prune(env, dense, out=str(tmp_path / "run"))
+    # no global state: the caller's random stream and the module's mode are as they were
+    assert torch.equal(torch.random.get_rng_state(), rng) and dense.training
     assert isinstance(res, hwprune.PruneResult)
     assert res.certified is True and res.certificate.upper_bound_ms <= res.certificate.budget_ms
     assert res.certificate.statistic == "p50" and res.certificate.confidence == 0.95 and res.certificate.rounds

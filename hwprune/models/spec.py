@@ -68,7 +68,10 @@ class ModuleSpec:
         self.num_classes = num_classes
 
     def build(self) -> torch.nn.Module:
-        return self.model.eval()
+        """A copy in eval mode: the user's module (its weights and its train/eval mode) is never touched."""
+        import copy
+
+        return copy.deepcopy(self.model).eval()
 
     def example_input(self, batch: int) -> torch.Tensor:
         return batch_of(self.input, batch)
