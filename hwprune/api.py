@@ -16,6 +16,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -36,25 +38,29 @@ def model_spec(model: nn.Module | str, example_input: torch.Tensor | None = None
                input_shape: Sequence[int] | None = None, num_classes: int | None = None,
                weights: str | None = None) -> ModelSpec | ModuleSpec:
     """What to build: the user's module with its example input, or a zoo name / ``file.py:factory``."""
+    if input_shape is not None and not (isinstance(input_shape, (tuple, list)) and input_shape
+                                        and all(isinstance(d, int) and d >= 1 for d in input_shape)):
+        raise HwpruneError(f"input_shape must be positive integers (C, H, W without the batch), got {input_shape!r}")
+    if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                                    or num_classes < 1):
+        raise HwpruneError(f"num_classes must be an integer of at least 1, got {num_classes!r}")
+    if example_input is not None and not isinstance(example_input, torch.Tensor):
+        raise HwpruneError(f"example_input must be a tensor with a batch dimension, got {type(example_input).__name__}")
     if isinstance(model, nn.Module):
         if example_input is None:
             if input_shape is None:
                 raise HwpruneError("pass example_input= (e.g. torch.zeros(1, 3, 32, 32)) with your own model")
             example_input = torch.zeros(1, *input_shape)
-        if weights:
-            from hwprune.models import load_weights
-
-            load_weights(model, weights)
-        return ModuleSpec(model, example_input, name=name, num_classes=num_classes)
+        return ModuleSpec(model, example_input, name=name, num_classes=num_classes, weights=weights)
     if not isinstance(model, str) or not model.strip():
         raise HwpruneError(f"model must be a torch.nn.Module or a zoo name / file.py:factory, got {model!r}")
+    if name is not None:
+        raise HwpruneError("name= is for your own nn.Module; a zoo or file model is keyed by its own name")
     if example_input is not None:
         input_shape = tuple(example_input.shape[1:])
     shape = tuple(input_shape) if input_shape is not None else (1, 28, 28)
-    if len(shape) != 3 or min(shape) < 1:
+    if len(shape) != 3:
         raise HwpruneError(f"input_shape must be three positive integers C,H,W, got {shape}")
-    if num_classes is not None and num_classes < 1:
-        raise HwpruneError(f"num_classes must be at least 1, got {num_classes}")
     return ModelSpec(model, shape, 10 if num_classes is None else num_classes, weights)
 
 
@@ -123,67 +129,98 @@ def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, 
     Returns:
         A :class:`PruneResult`: ``model``, ``certified``, ``certificate``, ``plan``, ``report``.
     """
-    from hwprune.task import Datasets, Task, input_batches
+    from hwprune.task import Task, input_batches
 
-    fields = {f.name for f in dataclasses.fields(PruneOptions)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise HwpruneError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
-    for flag in ("model", "device", "lut", "out", "data", "weights", "input_shape", "latency_ms", "speedup",
-                 "max_params", "max_macs", "max_memory_bytes", "budget", "agent", "agent_options", "max_evaluations",
-                 "show_progress"):
-        options.pop(flag, None)
-    if lut is not None and not isinstance(lut, LatencyLUT):
-        lut = _lut_path(lut)  # a path, checked
+    started = time.perf_counter()
+    if not isinstance(model, (nn.Module, str)):
+        raise HwpruneError(f"model must be a torch.nn.Module or a zoo name / file.py:factory, got "
+                           f"{type(model).__name__}")
+    _check_options(options)
+    lut = lut if lut is None or isinstance(lut, LatencyLUT) else _lut_path(lut)
+    if agent_options is not None and not isinstance(agent_options, dict):
+        raise HwpruneError(f"agent_options must be a dict of the agent's settings, got {type(agent_options).__name__}")
+    if score_fn is not None and options.get("importance") == "taylor":
+        raise HwpruneError("importance='taylor' needs the built-in proxy's loss gradients; with score_fn use "
+                           "'l1', 'l2' or 'bn-scale'")
     user_module = isinstance(model, nn.Module)
     if data is None and not user_module and score_fn is None:
         data = "fashion-mnist"  # the CLI's default for zoo models
-    datasets = Datasets.load(data) if data is not None else None
+    opts = PruneOptions(model=model if isinstance(model, str) else "model", device=device,
+                        lut=None if lut is None else str(getattr(lut, "path", None) or lut), out=out, data=data,
+                        weights=weights, latency_ms=latency_ms, speedup=speedup, max_params=max_params,
+                        max_macs=max_macs, max_memory_bytes=max_memory_bytes, budget=_check_budgets(budgets),
+                        agent=agent, agent_options=dict(agent_options or {}), max_evaluations=max_evaluations,
+                        show_progress=show_progress, **options)
+    opts.validate()  # every option before the data load: a bad one costs nothing
+    task = Task(None, score_fn, finetune_fn, input_batches(bn_data), data_spec=data)
+    datasets = task.data
     if datasets is not None and example_input is None and input_shape is None:
         input_shape = datasets.input_shape
     if datasets is not None and num_classes is None:
         num_classes = datasets.num_classes
     if not user_module and weights is None and data is not None:
-        weights = default_weights(model, data)
-        if weights is None:
-            log(f"warning: no weights for {model} on {data}: pruning a randomly initialised model "
-                f"(train one with `hwprune pretrain`)")
+        weights = _default_weights(model, data, log)
     spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
-                      weights=weights if not user_module else None)
-    task = Task(datasets, score_fn, finetune_fn, input_batches(bn_data))
-    opts = PruneOptions(model=spec.name, device=device, lut=None if isinstance(lut, LatencyLUT) else lut, out=out,
-                        data=data, weights=weights, input_shape=tuple(spec.input_shape), latency_ms=latency_ms,
-                        speedup=speedup, max_params=max_params, max_macs=max_macs,
-                        max_memory_bytes=max_memory_bytes, budget=[tuple(b) for b in budgets], agent=agent,
-                        agent_options=dict(agent_options or {}), max_evaluations=max_evaluations,
-                        show_progress=show_progress, **options)
-    if isinstance(lut, LatencyLUT):
-        opts.lut = str(lut.path) if lut.path else "the LUT"
-    return _run(opts, spec, task, lut=lut, log=log, reproduce=None)
+                      weights=weights)
+    opts = dataclasses.replace(opts, model=spec.name, weights=weights, input_shape=tuple(spec.input_shape))
+    return _run(opts, spec, task, lut=lut, log=log, reproduce=None, started=started)
 
 
 def prune_options(opts: PruneOptions, log: Callable[[str], None] = print) -> PruneResult:
     """``hwprune prune``: a zoo or file model on a built-in dataset, from the CLI's options."""
-    from hwprune.task import Datasets, Task
+    from hwprune.task import Task
 
+    started = time.perf_counter()
     opts.validate()  # before the data load: a bad flag costs nothing
-    datasets = Datasets.load(opts.data)
-    weights = opts.weights or default_weights(opts.model, opts.data)
-    if weights is None:
-        log(f"warning: no weights for {opts.model} on {opts.data}: pruning a randomly initialised model "
+    task = Task(data_spec=opts.data)
+    weights = opts.weights or _default_weights(opts.model, opts.data, log)
+    spec = ModelSpec(opts.model, tuple(opts.input_shape or task.data.input_shape), task.data.num_classes, weights)
+    return _run(dataclasses.replace(opts, weights=weights), spec, task, lut=opts.lut, log=log,
+                reproduce=command_line(opts), started=started)
+
+
+def _default_weights(model: str, data: str, log: Callable[[str], None]) -> str | None:
+    """The committed checkpoint for a zoo model on a dataset; a warning (rank 0 only) when there is none."""
+    weights = default_weights(model, data)
+    if weights is None and int(os.environ.get("RANK", "0") or 0) == 0:
+        log(f"warning: no weights for {model} on {data}: pruning a randomly initialised model "
             f"(train one with `hwprune pretrain`)")
-    spec = ModelSpec(opts.model, tuple(opts.input_shape or datasets.input_shape), datasets.num_classes, weights)
-    return _run(dataclasses.replace(opts, weights=weights), spec, Task(datasets), lut=opts.lut, log=log,
-                reproduce=command_line(opts))
+    return weights
 
 
-def _run(opts: PruneOptions, spec: ModelSpec | ModuleSpec, task, *, lut, log, reproduce) -> PruneResult:
+def _check_options(options: dict[str, Any]) -> None:
+    """``**options`` of :func:`prune`: ``PruneOptions`` fields that have no keyword of their own."""
+    fields = {f.name for f in dataclasses.fields(PruneOptions)}
+    own = {"model", "device", "lut", "out", "data", "weights", "input_shape", "latency_ms", "speedup", "max_params",
+           "max_macs", "max_memory_bytes", "agent", "agent_options", "max_evaluations", "show_progress"}
+    if "budget" in options:
+        raise HwpruneError("budget= is spelt budgets= here: a list of (function of the widths, limit) pairs")
+    unknown = sorted(set(options) - (fields - own))
+    if unknown:
+        raise HwpruneError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(fields - own))})")
+
+
+def _check_budgets(budgets: Any) -> list[tuple[Any, float]]:
+    """``budgets=[(fn, limit), ...]``: each fn a callable, ``module:function`` or ``BudgetFunction``."""
+    from hwprune.budgets import BudgetFunction
+
+    pairs = []
+    for b in budgets if isinstance(budgets, (list, tuple)) else [None]:
+        if isinstance(b, BudgetFunction):
+            b = (b, b.limit)
+        if not (isinstance(b, (list, tuple)) and len(b) == 2 and (callable(b[0]) or isinstance(b[0], str))
+                and isinstance(b[1], (int, float)) and not isinstance(b[1], bool)):
+            raise HwpruneError("budgets= must be a list of (function of the widths dict, limit) pairs, "
+                               f"e.g. [(my_cost, 1e6)]; got {budgets!r}"[:200])
+        pairs.append((b[0], float(b[1])))
+    return pairs
+
+
+def _run(opts: PruneOptions, spec: ModelSpec | ModuleSpec, task, *, lut, log, reproduce, started) -> PruneResult:
     from hwprune.pruning import run
 
-    opts.validate()
-    cfg = load_device_config(opts.device)
-    return run(opts, spec.build(), spec.example_input(cfg.batch_size), task, lut=lut, num_classes=spec.num_classes,
-               reproduce=reproduce, log=log)
+    return run(opts, spec, task, lut=lut, num_classes=spec.num_classes, reproduce=reproduce, log=log,
+               started=started)
 
 
 def apply_plan(model: nn.Module | str, plan: str, example_input: torch.Tensor | None = None, *,

@@ -62,12 +62,13 @@ class LatencyBudget:
     speedup: float | None = None
 
     def __post_init__(self) -> None:
+        # Named as the CLI's flags; the API's keywords are the same words (latency_ms, speedup).
         if self.latency_ms is not None and self.speedup is not None:
-            raise HwpruneError("give either latency_ms or speedup, not both")
-        if self.latency_ms is not None and not (math.isfinite(self.latency_ms) and self.latency_ms > 0):
-            raise HwpruneError(f"latency_ms must be a positive number, got {self.latency_ms}")
-        if self.speedup is not None and not (math.isfinite(self.speedup) and self.speedup > 1):
-            raise HwpruneError(f"speedup must be a number > 1, got {self.speedup}")
+            raise HwpruneError("give either --latency-ms or --speedup, not both")
+        if self.latency_ms is not None and not (_finite(self.latency_ms) and self.latency_ms > 0):
+            raise HwpruneError(f"--latency-ms must be a positive number, got {self.latency_ms!r}")
+        if self.speedup is not None and not (_finite(self.speedup) and self.speedup > 1):
+            raise HwpruneError(f"--speedup must be a number > 1, got {self.speedup!r}")
 
     @property
     def given(self) -> bool:
@@ -78,6 +79,10 @@ class LatencyBudget:
         if self.speedup is not None:
             return dense_ms / self.speedup
         return self.latency_ms
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass

@@ -113,6 +113,7 @@ class LatencyLUT:
             # metadata over a superset of its rows (consistent), never new metadata over old rows.
             atomic_write(path, lambda tmp: out.to_csv(tmp, index=False))
             atomic_write_json(_meta_path(path), self.meta)
+            self.path = path
             return
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -121,6 +122,7 @@ class LatencyLUT:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                META_KEY: json.dumps(self.meta).encode()})
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        self.path = path
 
     # -- rows ---------------------------------------------------------------------------
     def has(self, signature: str, fingerprint: str, precision: str, batch: int) -> bool:

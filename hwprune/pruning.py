@@ -27,7 +27,6 @@ from hwprune.errors import HwpruneError, describe_callable, first_line
 from hwprune.export import check_input_shape, export_onnx
 from hwprune.groups import find_groups
 from hwprune.lut import LatencyLUT
-from hwprune.models.spec import batch_of
 from hwprune.plan import Plan
 from hwprune.ranks import Ranks
 from hwprune.search import COUNT_BUDGETS, SearchSetup, load_predictor, parse_count_limit, user_budget
@@ -78,13 +77,8 @@ class PruneOptions:
     show_progress: bool = True
 
     def validate(self) -> dict[str, float | str]:
-        """Check what needs nothing loaded; returns the count limits given, parsed (``{"max_params": "15%"}``)."""
-        if self.latency_ms is not None and self.speedup is not None:
-            raise HwpruneError("give either --latency-ms or --speedup, not both")
-        if self.speedup is not None and not (_is_number(self.speedup) and self.speedup > 1):
-            raise HwpruneError(f"--speedup must be a number > 1, got {self.speedup!r}")
-        if self.latency_ms is not None and not (_is_number(self.latency_ms) and self.latency_ms > 0):
-            raise HwpruneError(f"--latency-ms must be a positive number, got {self.latency_ms!r}")
+        """Check what needs nothing loaded (``--out`` included); returns the count limits given, parsed (``{"max_params": "15%"}``)."""
+        LatencyBudget("p50", self.latency_ms, self.speedup)  # in range, or one line naming the flag
         limits = {attr: parse_count_limit(getattr(self, attr), flag) for attr, (_, flag) in COUNT_BUDGETS.items()
                   if getattr(self, attr) is not None}
         if not self.latency_budget and not limits and not self.budget:
@@ -109,6 +103,10 @@ class PruneOptions:
                                 ("--kd-temperature", self.kd_temperature, lambda v: v > 0)):
             if not (_is_number(value) and ok(value)):
                 raise HwpruneError(f"{flag} is out of range: {value!r}")
+        if self.out:
+            from hwprune.rundir import check_out_dir
+
+            check_out_dir(Path(self.out), self.overwrite)
         return limits
 
     @property
@@ -198,40 +196,38 @@ class _Job:
         return self.task.objective(self.dense, self.x, criterion=self.opts.importance,
                                    val_samples=self.opts.val_samples, train_steps=self.opts.proxy_train_steps)
 
-    def recover(self, objective, widths: dict[str, int], pruned: nn.Module | None = None) -> Recovered:
-        """Every rank recovers the same architecture together (rank 0 says which first)."""
-        if self.ranks.is_main:
-            self.ranks.send({"recover": widths})
-        return self.task.recover(self.dense, pruned if pruned is not None else objective.pruned_model(widths),
-                                 objective.keep_indices(widths), widths, self.x,
-                                 self.opts.recovery(self.cfg.channel_multiple), self.log)
+    def recover(self, pruned: nn.Module, kept: dict[str, list[int]], widths: dict[str, int]) -> Recovered:
+        """Rank 0: recover ``pruned``, every other rank recovering the same architecture beside it."""
+        with self.ranks.together({"recover": True, "kept": kept}):
+            return self.task.recover(self.dense, pruned, kept, widths, self.x,
+                                     self.opts.recovery(self.cfg.channel_multiple), self.log)
 
 
-def run(opts: PruneOptions, model: nn.Module, example_input: torch.Tensor, task: Task, *,
-        lut: LatencyLUT | str | None = None, num_classes: int | None = None, reproduce: str | None = None,
-        log: Callable[[str], None] = print, measure: Measure = default_measure,
-        wait: Callable[[float], None] = time.sleep) -> PruneResult:
-    """Prune ``model`` (named ``opts.model`` in the LUT) to ``opts``' budgets on ``opts.device``.
+def run(opts: PruneOptions, spec, task: Task, *, lut: LatencyLUT | str | None = None, num_classes: int | None = None,
+        reproduce: str | None = None, log: Callable[[str], None] = print, measure: Measure = default_measure,
+        wait: Callable[[float], None] = time.sleep, started: float | None = None) -> PruneResult:
+    """Prune ``spec``'s model (a ``ModelSpec`` or ``ModuleSpec``, named ``opts.model`` in the LUT) to
+    ``opts``' budgets on ``opts.device``.
 
-    ``example_input``'s batch dimension is replaced by the device config's batch size. With
-    ``opts.out`` the run folder is written (all files or none). ``measure`` and ``wait`` are
-    the device's measurement and the pause before a retake (seams for tests). Under
-    ``torchrun`` rank 0 searches, measures and writes; every rank recovers (:mod:`hwprune.ranks`).
+    The model is built at the device config's batch size after seeding with ``opts.seed`` (the
+    caller's random state is restored after). With ``opts.out`` the run folder is written (all
+    files or none). ``measure`` and ``wait`` are the device's measurement and the pause before a
+    retake (seams for tests); ``started`` is when the caller's work began (``report.seconds``).
+    Under ``torchrun`` rank 0 searches, measures and writes; every rank recovers (:mod:`hwprune.ranks`).
     """
+    from hwprune.agents import create_agent
     from profilers.config import load_device_config
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if started is None else started
     limits = opts.validate()
-    if opts.out:
-        from hwprune.rundir import check_out_dir
-
-        check_out_dir(Path(opts.out), opts.overwrite)
-    user_budgets = [user_budget(f, limit) for f, limit in opts.budget]  # before anything slow: a typo fails at once
+    # before anything slow, so that a typo fails at once
+    user_budgets = [user_budget(f, limit) for f, limit in opts.budget]
+    agent = create_agent(opts.agent or default_agent(), **opts.agent_options)
     cfg = load_device_config(opts.device)
     with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state restored after
         torch.manual_seed(opts.seed)
-        dense = model.eval()
-        x = batch_of(example_input, cfg.batch_size)
+        dense = spec.build()
+        x = spec.example_input(cfg.batch_size)
         check_input_shape(dense, x)
         ranks = Ranks.start()
         job = _Job(opts, cfg, dense, x, find_groups(dense, x), task, ranks, log if ranks.is_main else (lambda _m: None))
@@ -239,16 +235,16 @@ def run(opts: PruneOptions, model: nn.Module, example_input: torch.Tensor, task:
             if not ranks.is_main:
                 return _follow(job, num_classes)
             try:
-                return _lead(job, lut, limits, user_budgets, num_classes, reproduce, measure, wait, t0)
+                return _lead(job, lut, limits, user_budgets, agent, num_classes, reproduce, measure, wait, t0)
             except BaseException as err:
-                ranks.send({"abort": first_line(err) if isinstance(err, ProfilerError)
-                            else f"{type(err).__name__}: {first_line(err)}"})
+                ranks.abort(first_line(err) if isinstance(err, ProfilerError)
+                            else f"{type(err).__name__}: {first_line(err)}")
                 raise
         finally:
             ranks.close()
 
 
-def _lead(job: _Job, lut, limits, user_budgets, num_classes, reproduce, measure, wait, t0) -> PruneResult:
+def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, measure, wait, t0) -> PruneResult:
     """Rank 0's run: measure, search, certify, report and write."""
     from hwprune.baseline import make_baseline
     from hwprune.report import build_report
@@ -261,13 +257,11 @@ def _lead(job: _Job, lut, limits, user_budgets, num_classes, reproduce, measure,
                      measure=measure, wait=wait, log=log)
     log(f"measuring the dense model on {cfg.name} ...")
     cert.measure_dense()
-    agent_name = opts.agent or default_agent()
-    setup = SearchSetup.build(dense, x, job.groups, cfg, job.objective(), predictor, limits, user_budgets, agent_name,
+    agent_name = agent.name
+    setup = SearchSetup.build(dense, x, job.groups, cfg, job.objective(), predictor, limits, user_budgets, agent,
                               opts.agent_options, opts.importance)
     outcome = _search_and_certify(job, setup, cert)
     f = outcome.final
-    job.ranks.send({"done": True, "certified": f.certified, "upper_bound_ms": f.upper_bound_ms,
-                    "budget_ms": f.budget_ms, "kept": outcome.recovered.kept})
     if cert.budget.given and not f.certified:
         log(f"warning: not certified after {len(outcome.rounds)} round(s): the measured upper bound exceeds "
             f"the budget")
@@ -285,16 +279,26 @@ def _lead(job: _Job, lut, limits, user_budgets, num_classes, reproduce, measure,
     if out is not None:
         write_run(out, plan=plan, onnx=outcome.onnx, model=pruned, baseline=baseline, report=report,
                   config=opts.to_json())
+    job.ranks.send({"done": True, "certified": f.certified, "upper_bound_ms": f.upper_bound_ms,
+                    "budget_ms": f.budget_ms, "kept": outcome.recovered.kept})  # last: nothing can fail after it
     return PruneResult(pruned, certificate, plan, report, outcome.onnx, baseline, out)
 
 
 def _follow(job: _Job, num_classes: int | None) -> PruneResult:
     """A rank other than 0: recover what rank 0 says, until it says done. Returns the recovered
-    model with rank 0's verdict; the report, ONNX and files are rank 0's alone."""
-    objective = job.objective()
+    model with rank 0's verdict; the report, ONNX and files are rank 0's alone.
+
+    The architecture is cut to rank 0's kept channels (no objective here: building one would
+    load the CPU while rank 0 measures); DDP then starts every rank from rank 0's weights."""
+    from hwprune.groups import prune_to_widths
+
     recovered = None
     while "done" not in (message := job.ranks.receive()):
-        recovered = job.recover(objective, message["recover"])
+        kept = message["kept"]
+        widths = {name: len(k) for name, k in kept.items()}
+        pruned = prune_to_widths(job.dense, job.x, widths, keep=kept).eval()
+        recovered = job.task.recover(job.dense, pruned, kept, widths, job.x,
+                                     job.opts.recovery(job.cfg.channel_multiple), job.log)
     model = recovered.model if recovered is not None else job.dense
     certificate = Certificate(message["certified"], job.cfg.statistic, message["upper_bound_ms"],
                               message["budget_ms"], CONFIDENCE, [])
@@ -315,10 +319,10 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
     tried: set[tuple[int, ...]] = set()  # architectures measured in earlier rounds
     # The LUT's first limit: a speed-up applies to the LUT's own dense prediction (same frame);
     # an absolute budget is taken as given. Rounds then correct by measured/predicted.
-    lut_limit = s.predict({}) / opts.speedup if opts.speedup is not None else opts.latency_ms
+    lut_limit_ms = s.predict({}) / opts.speedup if opts.speedup is not None else opts.latency_ms
     floor_ms = s.floor_ms
     for rnd in range(opts.certify_rounds):
-        result = s.search(rnd, lut_limit, seed=opts.seed, max_evaluations=opts.max_evaluations,
+        result = s.search(rnd, lut_limit_ms, seed=opts.seed, max_evaluations=opts.max_evaluations,
                           show_progress=opts.show_progress, log=log)
         cands = top_candidates(result, opts.measure_top, s.space, tried)
         models = [s.objective.pruned_model(w) for w, _ in cands]  # the channels the objective scored
@@ -328,7 +332,7 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
         kept = rm.kept
         if rm.index:  # not the search's own best: the report's architecture is the one measured to fit
             result = replace(result, widths=kept.widths, score=kept.proxy_accuracy, values=s.values(kept.widths))
-        r = Round(rnd + 1, lut_limit, result.widths, result.score, kept.predicted_ms, cert.stat(kept.timing),
+        r = Round(rnd + 1, lut_limit_ms, result.widths, result.score, kept.predicted_ms, cert.stat(kept.timing),
                   kept.upper_bound_ms, rm.budget_ms, result.evaluations, result.seconds, rm.remeasured, rm.retakes,
                   rm.index + 1, [m.summary() for m in rm.measured], result.extra)
         rounds.append(r)
@@ -336,9 +340,9 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
             + f"measured {cfg.statistic} {r.measured_ms:.4f} ms"
             + (f" (95% upper bound {r.upper_bound_ms:.4f} ms vs budget {r.budget_ms:.4f} ms)"
                if r.upper_bound_ms is not None else ""))
-        last = rnd == opts.certify_rounds - 1 or (lut_limit is not None and lut_limit <= floor_ms * (1 + 1e-9))
+        last = rnd == opts.certify_rounds - 1 or (lut_limit_ms is not None and lut_limit_ms <= floor_ms * (1 + 1e-9))
         if rm.accepted or last:
-            recovered = job.recover(s.objective, result.widths, models[rm.index])
+            recovered = job.recover(models[rm.index], s.objective.keep_indices(result.widths), result.widths)
             onnx = export_onnx(recovered.model, x)
             # The drift reference rides along so that baseline.json can be compared later from
             # another process (hwprune regress normalises by it); the stored side never gains
@@ -351,7 +355,7 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
             log(f"round {r.round}: the final measurement's upper bound {r.final.upper_bound_ms:.4f} ms exceeds the "
                 f"budget {r.final.budget_ms:.4f} ms; searching again")
         # The measurement is the truth: tighten the LUT budget from the rounds measured so far.
-        lut_limit = next_lut_limit(measured_points(rounds), lut_limit, (1 - cfg.rel_ci) * 0.995, floor_ms)
+        lut_limit_ms = next_lut_limit(measured_points(rounds), lut_limit_ms, (1 - cfg.rel_ci) * 0.995, floor_ms)
     raise AssertionError("unreachable: the last round always returns")
 
 

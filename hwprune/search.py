@@ -101,7 +101,7 @@ class SearchSetup:
     @classmethod
     def build(cls, dense: nn.Module, x: torch.Tensor, groups: Sequence[PrunableGroup], cfg: DeviceConfig,
               objective: PrunedScore, predictor: Predictor | None, count_limits: dict[str, float | str],
-              user_budgets: list[BudgetFunction], agent_name: str, agent_options: dict[str, Any],
+              user_budgets: list[BudgetFunction], agent: Agent, agent_options: dict[str, Any],
               criterion: str) -> SearchSetup:
         from hwprune.candidates import build_width_graph
 
@@ -114,10 +114,10 @@ class SearchSetup:
                 resolved[attr] = resolve_count_limit(limit, getattr(cost, budget_cls.metric)({}))
                 budgets.append(budget_cls(cost, resolved[attr]))
         importance = channel_importance(dense, x, criterion if criterion != "taylor" else "l1")
-        return cls(agent_name, dict(agent_options), SearchSpace(names, [g.channels for g in groups],
+        return cls(agent.name, dict(agent_options), SearchSpace(names, [g.channels for g in groups],
                                                                  cfg.channel_multiple),
                    objective, predictor, budgets + list(user_budgets), resolved, importance,
-                   group_layer_info(dense, x, groups), agent=create_agent(agent_name, **agent_options))
+                   group_layer_info(dense, x, groups), agent=agent)
 
     def predict(self, widths: dict[str, int]) -> float | None:
         return self.predictor.predict(widths) if self.predictor is not None else None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -80,19 +80,19 @@ class Evaluation:
 
 @dataclass
 class RecoverySettings:
-    """The built-in recovery's recipe (``hwprune prune``'s fine-tuning options)."""
+    """The built-in recovery's recipe (``hwprune prune``'s fine-tuning options; their defaults live there)."""
 
-    strategy: str = "agp"
-    epochs: int = 2
-    lr: float = 0.05
-    batch_size: int = 128
-    seed: int = 0
-    criterion: str = "l1"
-    kd: bool = False
-    kd_temperature: float = 4.0
-    kd_weight: float = 0.9
-    channel_multiple: int = 1
-    show_progress: bool = True
+    strategy: str
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    criterion: str
+    kd: bool
+    kd_temperature: float
+    kd_weight: float
+    channel_multiple: int
+    show_progress: bool
 
 
 @dataclass
@@ -103,9 +103,13 @@ class Task:
     score_fn: ScoreFn | None = None
     finetune_fn: FinetuneFn | None = None
     bn_batches: list[torch.Tensor] | None = None  # inputs for re-estimating BN before score_fn
-    extra: dict[str, Any] = field(default_factory=dict)
+    data_spec: str | None = None  # loaded into ``data`` when given (``fashion-mnist``, ``cifar10:DIR``...)
 
     def __post_init__(self) -> None:
+        if self.score_fn is not None and not callable(self.score_fn):
+            raise HwpruneError(f"score_fn must be callable (model -> float), got {type(self.score_fn).__name__}")
+        if self.data is None and self.data_spec is not None:
+            self.data = Datasets.load(self.data_spec)
         if self.data is None and self.score_fn is None:
             raise HwpruneError("nothing to score candidates with: pass score_fn= (model -> float, higher is "
                                "better) or data= (a dataset for the built-in accuracy proxy)")
@@ -129,13 +133,19 @@ class Task:
 
     def recover(self, dense: nn.Module, pruned: nn.Module, kept: dict[str, list[int]], widths: Mapping[str, int],
                 x: torch.Tensor, settings: RecoverySettings, log: Callable[[str], None]) -> Recovered:
-        """Recover the chosen architecture: the user's loop, else the built-in recipe, else none."""
+        """Recover the chosen architecture: the user's loop, else the built-in recipe, else none.
+
+        The recovered model comes back on the CPU (a loop may have trained it on a GPU), where it
+        is exported and measured."""
         if self.finetune_fn is not None:
-            return _user_recovery(self.finetune_fn, dense, pruned, kept)
-        if self.data is None:
+            rec = _user_recovery(self.finetune_fn, dense, pruned, kept)
+        elif self.data is None:
             log("no recovery: pass finetune_fn= (your training loop) or data= (the built-in recipe)")
-            return Recovered(pruned, kept, {"strategy": "none", "epochs": 0, "seconds": 0.0, "history": []})
-        return _builtin_recovery(self.data, dense, pruned, kept, widths, x, settings, log)
+            rec = Recovered(pruned, kept, {"strategy": "none", "epochs": 0, "seconds": 0.0, "history": []})
+        else:
+            rec = _builtin_recovery(self.data, dense, pruned, kept, widths, x, settings, log)
+        rec.model = rec.model.cpu().eval()
+        return rec
 
     def evaluate(self, model: nn.Module) -> Evaluation:
         from hwprune.train import evaluate
@@ -214,8 +224,15 @@ def input_batches(batches: Iterable[Any] | None) -> list[torch.Tensor] | None:
     """BN re-estimation inputs from a loader: each item a tensor, or a tuple/list whose first item is."""
     if batches is None:
         return None
+    if isinstance(batches, torch.Tensor):
+        batches = [batches]  # one batch
+    try:
+        items = list(batches)
+    except TypeError:
+        raise HwpruneError(f"bn_data must be an iterable of input batches (a DataLoader, a list of tensors), "
+                           f"got {type(batches).__name__}") from None
     out = []
-    for b in batches:
+    for b in items:
         t = b[0] if isinstance(b, (tuple, list)) else b
         if not isinstance(t, torch.Tensor):
             raise HwpruneError(f"bn_data must yield input tensors (or (input, target) pairs), got {type(t).__name__}")

@@ -256,7 +256,7 @@ def train(
     if resume_path and hooks is not None:
         raise HwpruneError("resume_path cannot be combined with hooks: they may change the model's shapes")
 
-    dist_ctx = _DistContext.from_env()
+    dist_ctx = DistContext.from_env()
     teacher_was_training = teacher.training if teacher is not None else False
     try:
         return _train(model, train_ds, dist_ctx, epochs=epochs, lr=lr, momentum=momentum,
@@ -273,7 +273,7 @@ def train(
 
 # --- internals -------------------------------------------------------------------------------
 
-class _DistContext:
+class DistContext:
     """The torchrun environment: rank, world size, and whether we own the process group."""
 
     def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, owned: bool = False):
@@ -288,10 +288,9 @@ class _DistContext:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, timeout_s: float | None = None) -> _DistContext:
+    def from_env(cls) -> DistContext:
         """The torchrun rank and world; the process group is started (and owned) when torchrun set
-        WORLD_SIZE > 1 and none runs yet, with ``timeout_s`` for its collectives (torch's default
-        when None)."""
+        WORLD_SIZE > 1 and none runs yet."""
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
@@ -305,31 +304,27 @@ class _DistContext:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        if timeout_s is None:
-            dist.init_process_group(backend=backend)
-        else:
-            import datetime
-
-            dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(backend=backend)
         return cls(dist.get_rank(), dist.get_world_size(), local_rank, owned=True)
 
-    def broadcast_bytes(self, data: bytes | None) -> bytes:
-        """Rank 0's ``data`` on every rank (``data`` is ignored elsewhere); on the CPU, so any backend
-        that can broadcast CPU tensors carries it. Two broadcasts: the length, then the bytes."""
+    def broadcast_bytes(self, data: bytes | None, group=None) -> bytes:
+        """Rank 0's ``data`` on every rank (``data`` is ignored elsewhere), over ``group`` (a process
+        group that carries CPU tensors, e.g. gloo; the default group when None). Two broadcasts:
+        the length, then the bytes."""
         if not self.active:
             return data or b""
         import torch.distributed as dist
 
         size = torch.tensor([len(data) if self.is_main else 0], dtype=torch.int64)
         counts = _use_counts([size])
-        dist.broadcast(size, src=0)
+        dist.broadcast(size, src=0, group=group)
         _await_release([size], counts)
         if size.item() == 0:
             return b""
         payload = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.is_main and size.item()
                    else torch.zeros(int(size.item()), dtype=torch.uint8))
         counts = _use_counts([payload])
-        dist.broadcast(payload, src=0)
+        dist.broadcast(payload, src=0, group=group)
         _await_release([payload], counts)
         return payload.numpy().tobytes()
 
@@ -465,7 +460,7 @@ def _save_atomic(obj, path: str) -> None:
             os.remove(tmp)
 
 
-def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: _DistContext, *, epochs, lr, momentum,
+def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: DistContext, *, epochs, lr, momentum,
            weight_decay, batch_size, seed, teacher, kd_temperature, kd_alpha, label_smoothing, augment,
            val_ds, log, checkpoint_path, progress, raise_on_nan, device, hooks, resume_path) -> TrainResult:
     started = time.perf_counter()

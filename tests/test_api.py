@@ -149,11 +149,31 @@ def test_without_finetune_fn_or_data_the_cut_ships_unrecovered(env):
     ({"certify_rounds": 0}, "--certify-rounds"),
     ({"colour": "blue"}, "unknown option(s) colour"),
     ({"lut": 42}, "LUT"),
+    ({"budget": [("m:f", 1.0)]}, "spelt budgets="),
+    ({"budgets": ("m:f", 1.0)}, "budgets= must be a list of"),
+    ({"agent_options": ["patience"]}, "agent_options must be a dict"),
+    ({"agent": "nope"}, "unknown agent 'nope'"),
+    ({"agent_options": {"nonsense": 1}}, "agent 'uniform'"),
+    ({"bn_data": 5}, "bn_data must be an iterable"),
+    ({"importance": "taylor"}, "taylor"),
+    ({"num_classes": 2.5}, "num_classes must be an integer"),
+    ({"name": "a@b"}, "name must be a non-empty string"),
 ])
 def test_bad_input_through_the_api_is_one_sentence(env, kw, fragment):
     with pytest.raises(HwpruneError) as info:
         _prune(env, **kw)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_weights_for_the_users_module_load_into_the_copy(env, tmp_path):
+    trained = make_net()
+    with torch.no_grad():
+        trained[0].weight.mul_(1.5)  # different weights, same architecture
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    mine = make_net()
+    res = _prune(env, mine, weights=str(tmp_path / "w.pt"))
+    assert res.report["dense"]["score"] == pytest.approx(agreement(trained))
+    assert torch.equal(mine[0].weight, make_net()[0].weight)  # loaded into the copy, not into mine
 
 
 def test_the_users_code_raising_is_named_in_one_line(env):

@@ -52,8 +52,8 @@ def test_a_speedup_budget_follows_the_dense_model_measured_beside_the_candidate(
     assert c.dense_alone_ms == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("kw, fragment", [({"latency_ms": 0.0}, "latency_ms"), ({"latency_ms": float("nan")},
-                                           "latency_ms"), ({"speedup": 1.0}, "speedup"),
+@pytest.mark.parametrize("kw, fragment", [({"latency_ms": 0.0}, "--latency-ms"), ({"latency_ms": float("nan")},
+                                           "--latency-ms"), ({"speedup": 1.0}, "--speedup"),
                                           ({"speedup": float("inf")}, "speedup"),
                                           ({"latency_ms": 1.0, "speedup": 2.0}, "not both")])
 def test_a_budget_out_of_range_is_one_sentence(kw, fragment):

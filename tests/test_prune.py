@@ -566,8 +566,7 @@ def _run_scripted(env, tmp_path, value, **kw):
     opts = PruneOptions(model=env["model"], device=env["device"], lut=env["lut"], out=str(tmp_path / "run"),
                         data=env["data"], weights=env["weights"], show_progress=False, **settings)
     spec = Spec(env["model"], (1, 8, 8), 10, env["weights"])
-    res = run(opts, spec.build(), spec.example_input(1), Task(Datasets.load(env["data"])), measure=script,
-              wait=script.wait, log=lambda m: None)
+    res = run(opts, spec, Task(Datasets.load(env["data"])), measure=script, wait=script.wait, log=lambda m: None)
     return res, script
 
 

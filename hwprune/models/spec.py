@@ -1,4 +1,4 @@
-"""What to build: ``ModelSpec`` names a model (zoo name or ``file.py:factory``), its input shape, classes and weights."""
+"""What to build: a zoo or file model by name (``ModelSpec``) or the user's own module (``ModuleSpec``), with its input."""
 
 from __future__ import annotations
 
@@ -51,10 +51,8 @@ class ModuleSpec:
     class never share a LUT entry, while retrained weights keep theirs.
     """
 
-    weights = None
-
     def __init__(self, model: torch.nn.Module, example_input: torch.Tensor, name: str | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, weights: str | None = None) -> None:
         if not isinstance(model, torch.nn.Module):
             raise HwpruneError(f"model must be a torch.nn.Module (or a zoo name), got {type(model).__name__}")
         if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
@@ -66,12 +64,22 @@ class ModuleSpec:
         self.name = name or default_module_name(model)
         self.input_shape = tuple(self.input.shape[1:])
         self.num_classes = num_classes
+        self.weights = weights
 
     def build(self) -> torch.nn.Module:
-        """A copy in eval mode: the user's module (its weights and its train/eval mode) is never touched."""
+        """A copy in eval mode, with ``weights`` loaded into it: the user's module is never touched."""
         import copy
 
-        return copy.deepcopy(self.model).eval()
+        try:
+            model = copy.deepcopy(self.model)
+        except Exception as err:
+            raise HwpruneError(f"cannot copy your model ({type(err).__name__}: {err}); hwprune works on a copy "
+                               f"so that yours is left as it is") from None
+        if self.weights:
+            from hwprune.models import load_weights
+
+            load_weights(model, self.weights)
+        return model.eval()
 
     def example_input(self, batch: int) -> torch.Tensor:
         return batch_of(self.input, batch)
