@@ -86,11 +86,17 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
     return correct / total
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, finetune=None, name: str = "own_training_loop",
+         default_out: str = "runs/example-own-loop") -> dict:
+    """Train the dense model, profile it, prune it with our metric and loop, print a summary.
+
+    ``finetune(train_loader, epochs, lr)`` may build another ``finetune_fn`` (the Lightning
+    example passes one); by default it is :func:`train_epochs` with distillation.
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--device", default="x86-cpu-ort", help="device config name or YAML path")
-    ap.add_argument("--out", default="runs/example-own-loop")
+    ap.add_argument("--out", default=default_out)
     ap.add_argument("--speedup", type=float, default=1.5)
     ap.add_argument("--fast", action="store_true", help="tiny data and search: a smoke run in seconds")
     args = ap.parse_args(argv)
@@ -102,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                       generator=torch.Generator().manual_seed(0))
     train_loader = DataLoader(train_set, batch_size=128, shuffle=True)
     val_loader, test_loader = DataLoader(val_set, batch_size=500), DataLoader(test_set, batch_size=500)
+    if finetune is None:
+        def finetune(loader, epochs, lr):
+            return lambda m, teacher: train_epochs(m, loader, epochs, lr, teacher)
 
     started = time.perf_counter()
     model = train_epochs(SmallNet(), train_loader, dense_epochs, lr=0.05)
@@ -112,11 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
                           calibration_samples=0 if args.fast else 10)
     result = hwprune.prune(
         model, example, device=args.device, lut=lut, speedup=args.speedup,
-        score_fn=lambda m: accuracy(m, val_loader),                                 # the search's objective
-        finetune_fn=lambda m, teacher: train_epochs(m, train_loader, ft_epochs, 0.02, teacher),  # recovery
-        bn_data=[x for x, _ in list(train_loader)[:4]],          # re-estimate BN before scoring a candidate
+        score_fn=lambda m: accuracy(m, val_loader),                 # the search's objective
+        finetune_fn=finetune(train_loader, ft_epochs, 0.02),        # recovery: our own loop
+        bn_data=[x for x, _ in list(train_loader)[:4]],             # re-estimate BN before scoring a candidate
         agent="uniform" if args.fast else "rl", max_evaluations=evals, out=str(out), overwrite=True)
-    summary = {"example": "own_training_loop", "certified": result.certified,
+    summary = {"example": name, "certified": result.certified,
                "upper_bound_ms": result.certificate.upper_bound_ms, "budget_ms": result.certificate.budget_ms,
                "params_dense": result.report["dense"]["params"], "params_pruned": result.report["pruned"]["params"],
                "test_acc_dense": dense_acc, "test_acc_pruned": accuracy(result.model, test_loader),
