@@ -29,7 +29,7 @@ from hwprune.lut import LatencyLUT
 from hwprune.models.spec import ModelSpec, ModuleSpec
 from hwprune.pruning import PruneOptions, PruneResult, command_line, default_weights
 from profilers.config import load_device_config
-from profilers.fileio import atomic_write_json
+from profilers.fileio import atomic_write_json, check_writable
 
 _quiet = lambda _m: None  # noqa: E731  (the library is silent unless given a log)
 
@@ -77,6 +77,7 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
     from hwprune.profiling import profile as profile_spec
 
     path = _lut_path(lut)
+    check_writable(path, "--lut")
     if calibration_samples < 0:
         raise HwpruneError(f"calibration_samples must be >= 0, got {calibration_samples}")
     spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
@@ -255,6 +256,13 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None) -> dic
     from profilers.runners import make_runner
 
     cfg = load_device_config(device)
+    if json_path:
+        check_writable(json_path, "--json")
+    if cfg.remote is not None:
+        result = _time_remote(onnx_path, cfg)
+        if json_path:
+            atomic_write_json(json_path, result)
+        return result
     with make_runner(onnx_path, cfg) as runner:
         stats = runner.measure()
         extra = {k: v.to_dict() for k, v in runner.extra_timings().items()}
@@ -264,6 +272,43 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None) -> dic
     if json_path:
         atomic_write_json(json_path, result)
     return result
+
+
+def _time_remote(onnx_path: str, cfg) -> dict[str, Any]:
+    """Time one ONNX file on a remote device through a bundle (as ``profile`` does), with that
+    device's own environment manifest."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from hwprune.measure import time_items
+    from profilers.errors import ModelFileError
+
+    try:
+        blob = Path(onnx_path).read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"ONNX file not found: {onnx_path}") from None
+    except OSError as err:
+        raise ModelFileError(f"cannot read {onnx_path}: {err.strerror or err}") from None
+    key = Path(onnx_path).name
+    records: dict[str, dict[str, Any]] = {}
+
+    def on_record(rec: dict[str, Any]) -> None:
+        if rec.get("type") == "error":
+            raise HwpruneError(f"{onnx_path} failed on {cfg.name}: {rec['error']}")
+        records.setdefault(rec.get("type"), rec)
+
+    work = Path(tempfile.mkdtemp(prefix="hwprune-time-"))
+    try:
+        time_items([(key, blob, {})], cfg, work, on_record)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    row, session = records.get("row"), records.get("session", {})
+    if row is None:
+        raise HwpruneError(f"{cfg.name} returned no timing for {onnx_path}")
+    return {"device": cfg.name, "model": onnx_path, "timed_scope": row.get("timed_scope"),
+            "timing": row["timing"], "extra_timings": row.get("extra", {}),
+            "environment": session.get("environment", {})}
 
 
 def _lut_path(lut: str | LatencyLUT) -> str:
@@ -322,6 +367,8 @@ def lut_check(model: nn.Module | str, example_input: torch.Tensor | None = None,
     """Measure ``samples`` random sub-networks end to end and compare them with the LUT's predictions."""
     from hwprune.lutcheck import lut_check as check
 
+    if json_path:
+        check_writable(json_path, "--json")
     spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
                       weights=weights)
     return check(spec, device, _lut_path(lut), samples=samples, seed=seed, allow_other_device=allow_other_device,

@@ -284,6 +284,10 @@ def apply_plan_cmd(model, plan_path, weights, dense_weights, input_shape, num_cl
     from hwprune.models.spec import parse_input_shape
 
     shape = parse_input_shape(input_shape)
+    if onnx_out:
+        from profilers.fileio import check_writable
+
+        check_writable(onnx_out, "--onnx")
     pruned = hwprune.apply_plan(model, plan_path, weights=weights, input_shape=shape, num_classes=num_classes,
                                 dense_weights=dense_weights)
     click.echo(f"{model} pruned by {plan_path}: {count_params(pruned):,} parameters")

@@ -15,13 +15,14 @@ Example:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,6 +51,14 @@ def model_key(model: str, input_shape: Sequence[int]) -> str:
     return f"{name}@{'x'.join(str(d) for d in input_shape)}"
 
 
+def structure_sha(model) -> str:
+    """A model's identity beyond its name and input shape: a hash of its printed structure (layer
+    types and settings, so the class count and any builder option), not of its weights."""
+    import hashlib
+
+    return hashlib.sha1(repr(model).encode()).hexdigest()[:16]
+
+
 def _meta_path(path: Path) -> Path:
     return path.with_name(path.name + ".meta.json")
 
@@ -63,6 +72,7 @@ class LatencyLUT:
         self.meta.setdefault("models", {})
         self._index: dict[str, int] | None = None
         self.path: Path | None = None  # where it was loaded from or last saved to
+        self._disk_mtime_ns: int | None = None  # that file's mtime then (see merge_saved)
 
     # -- storage ------------------------------------------------------------------------
     @classmethod
@@ -96,11 +106,54 @@ class LatencyLUT:
         missing = [c for c in COLUMNS if c not in rows.columns]
         if missing:
             raise HwpruneError(f"{path}: corrupt LUT: missing column(s) {', '.join(missing)}")
+        if not isinstance(meta, dict) or not isinstance(meta.get("models", {}), dict):
+            raise HwpruneError(f"{path}: corrupt LUT: its hwprune metadata is not a JSON object with 'models'")
         if meta.get("format") != LUT_FORMAT:
             raise HwpruneError(f"{path}: LUT format {meta.get('format')} is not supported (expected {LUT_FORMAT})")
         lut = cls(rows, meta)
         lut.path = path
+        lut._disk_mtime_ns = path.stat().st_mtime_ns
         return lut
+
+    @staticmethod
+    @contextlib.contextmanager
+    def locked(path: str | os.PathLike[str]) -> Iterator[None]:
+        """Hold an exclusive lock while merging and saving the LUT at ``path``, so that two processes
+        extending one LUT never overwrite each other's rows. The lock is on the LUT's folder (the
+        file itself is replaced by every save, and a lock file would be left behind); saves of
+        other LUTs in that folder wait the few milliseconds a save takes."""
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform: saves are still atomic
+            yield
+            return
+        folder = Path(path).resolve().parent
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError as err:
+            raise HwpruneError(f"cannot lock {path}: {err.strerror or err}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def merge_saved(self, path: str | os.PathLike[str], own_model: str) -> None:
+        """Take in what another process saved at ``path`` since this table last read or wrote it:
+        its rows and its other models (``own_model``'s entry stays this table's). Call it under
+        :meth:`locked`, then :meth:`save`."""
+        path = Path(path)
+        if not path.is_file() or path.stat().st_mtime_ns == self._disk_mtime_ns:
+            return
+        disk = LatencyLUT.load(path)
+        if len(disk.rows):
+            self.add_rows(disk.rows.to_dict("records"))
+        for k, v in disk.meta["models"].items():
+            if k != own_model:
+                self.meta["models"][k] = v
+        for k in ("fingerprint", "environment"):
+            if self.meta.get(k) is None and disk.meta.get(k) is not None:
+                self.meta[k] = disk.meta[k]
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: Parquet with metadata, or CSV with a ``.meta.json`` sidecar."""
@@ -114,6 +167,7 @@ class LatencyLUT:
             atomic_write(path, lambda tmp: out.to_csv(tmp, index=False))
             atomic_write_json(_meta_path(path), self.meta)
             self.path = path
+            self._disk_mtime_ns = path.stat().st_mtime_ns
             return
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -123,6 +177,7 @@ class LatencyLUT:
                                                META_KEY: json.dumps(self.meta).encode()})
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         self.path = path
+        self._disk_mtime_ns = path.stat().st_mtime_ns
 
     # -- rows ---------------------------------------------------------------------------
     def has(self, signature: str, fingerprint: str, precision: str, batch: int) -> bool:
@@ -188,6 +243,14 @@ class LatencyLUT:
         except KeyError:
             known = ", ".join(sorted(self.meta["models"])) or "none"
             raise HwpruneError(f"{path} has no profile of model {key} (profiled: {known})") from None
+
+    def check_structure(self, key: str, model, path: str = "LUT") -> None:
+        """Refuse a profile made for another variant of the model (same name and input shape, other
+        layers: a class count, a width option). LUTs older than the check carry no hash and pass."""
+        stored = self.model(key, path).get("structure_sha")
+        if stored is not None and stored != structure_sha(model):
+            raise HwpruneError(f"{path}: its profile of {key} was made for another variant of the model (other "
+                               f"layers, e.g. another --num-classes); profile this one into another LUT")
 
     def predictor(self, key: str, statistic: str | None = None, path: str = "LUT") -> "Predictor":
         m = self.model(key, path)

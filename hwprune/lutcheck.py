@@ -64,6 +64,7 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
     model = spec.build()
     x = spec.example_input(cfg.batch_size)
     key = model_key(spec.name, tuple(x.shape))
+    lut.check_structure(key, model, lut_path)
     predictor = lut.predictor(key, cfg.statistic, lut_path)
     groups = find_groups(model, x)
     if [g.name for g in groups] != predictor.group_names:

@@ -90,6 +90,8 @@ def pretrain(model: str, data: str = "fashion-mnist", *, epochs: int = 30, out: 
     out_dir = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
         raise HwpruneError(f"--out {out} is a directory; give a file path such as {os.path.join(out, 'model.pt')}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise HwpruneError(f"--threads must be at least 1, got {threads}")
     if threads:
         torch.set_num_threads(int(threads))
     train_full = load_dataset(data, "train")

@@ -25,7 +25,7 @@ from hwprune.candidates import build_width_graph, enumerate_candidates, grids_fo
 from hwprune.errors import HwpruneError
 from hwprune.export import check_input_shape, export_onnx
 from hwprune.groups import PrunableGroup, find_groups, prune_to_widths, snap_channels
-from hwprune.lut import LatencyLUT, Predictor, fit_calibration, model_key
+from hwprune.lut import LatencyLUT, Predictor, fit_calibration, model_key, structure_sha
 from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_bar, statistic_ms, time_items
 from hwprune.models.spec import ModelSpec, parse_input_shape  # noqa: F401  (their old home; callers import them here)
 from profilers.config import DeviceConfig, load_device_config
@@ -103,7 +103,11 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         raise HwpruneError(f"LUT path must end in .parquet or .csv, got {path.name}")
     lut = LatencyLUT.load(path) if path.exists() else LatencyLUT()
     local_fp = None
-    if cfg.remote is None:
+    if cfg.remote is not None:
+        from profilers.remote import check_reachable
+
+        check_reachable(cfg)  # before minutes of export
+    else:
         from profilers.environment import collect_manifest, fingerprint
 
         local_fp = fingerprint(collect_manifest(cfg))
@@ -132,7 +136,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
                if not (fp_known and lut.has(s, fp_known, cfg.precision, cfg.batch_size))}
 
     structure = {
-        "model": spec.name, "input_shape": list(x.shape), "batch": cfg.batch_size, "precision": cfg.precision,
+        "model": spec.name, "structure_sha": structure_sha(model), "input_shape": list(x.shape),
+        "batch": cfg.batch_size, "precision": cfg.precision,
         "weights": spec.weights, "ratios": list(ratios) if ratios else None, "channel_multiple": cfg.channel_multiple,
         "groups": [{"name": g.name, "channels": g.channels, "grid": grid, "members": list(g.members)}
                    for g, grid in zip(groups, grids)],
@@ -152,7 +157,9 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
             pruned = prune_to_widths(model, x, {g.name: wi for g, wi in zip(groups, w)})
             calib_items.append((f"{CALIBRATION_KEY}{i}:{h}", export_onnx(pruned, x), {"widths": w}))
 
-    work = path.with_name(path.name + ".work")
+    # The journal belongs to one model on one device config: another profile of the same LUT
+    # (another model, another config) keeps a journal of its own.
+    work = path.with_name(f"{path.name}.work-{_journal_id(key, cfg)}")
     items = []
     for sig, (ui, point) in missing.items():
         u = units[ui]
@@ -179,7 +186,9 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         runs = lut.meta["models"].get(key, {}).get("profile_runs", [])  # the history survives re-saves
         lut.meta["models"][key] = {**structure, "overhead_ms": _overhead(sessions, cfg, lut, key),
                                    "calibration": calibration, "profile_runs": runs}
-        lut.save(path)
+        with LatencyLUT.locked(path):  # another profile may have saved other models meanwhile
+            lut.merge_saved(path, key)
+            lut.save(path)
 
     if items:
         if work.exists():
@@ -267,6 +276,11 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         {k: v for k, v in result.to_dict().items() if k not in ("calibration", "errors")})
     save()
     return result
+
+
+def _journal_id(key: str, cfg: DeviceConfig) -> str:
+    """What a journal's rows are valid for: the model and the device config that measures it."""
+    return hashlib.sha1(json.dumps([key, cfg.to_dict()], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _overhead(sessions: dict[str, dict[str, Any]], cfg: DeviceConfig, lut: LatencyLUT, key: str) -> float:

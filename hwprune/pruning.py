@@ -251,7 +251,7 @@ def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, m
     from hwprune.rundir import write_run
 
     opts, cfg, dense, x, log = job.opts, job.cfg, job.dense, job.x, job.log
-    table, predictor = load_predictor(lut if lut is not None else opts.lut, cfg, opts.model, x, job.groups,
+    table, predictor = load_predictor(lut if lut is not None else opts.lut, cfg, opts.model, dense, x, job.groups,
                                       opts.allow_other_device)
     cert = Certifier(cfg, LatencyBudget(cfg.statistic, opts.latency_ms, opts.speedup), export_onnx(dense, x),
                      measure=measure, wait=wait, log=log)

@@ -3,7 +3,8 @@
 The files are written into a temporary folder next to ``DIR``; only when all of them are
 complete does the folder take ``DIR``'s place (a rename), and an old run is removed after,
 not before. A run that is killed or runs out of disk leaves the old folder or the new one,
-never a mix; the staging folder of a killed run is left as ``.DIR.staging-*`` and never read.
+never a mix; the staging folder of a killed run (``.DIR.staging-PID-*``) is never read, and the
+next run into ``DIR`` removes it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 
 from hwprune.errors import HwpruneError
 from hwprune.plan import Plan
-from profilers.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from profilers.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, current_umask
 
 RUN_FILES = ("report.json", "plan.json", "pruned.onnx", "pruned.pt", "baseline.json")
 OLD_RUN_FILES = RUN_FILES + ("report.md", "config.json", "channels.png", "speedup.png", "search.csv")
@@ -52,9 +53,10 @@ def write_run(out: Path, *, plan: Plan, onnx: bytes, model: nn.Module, baseline:
     """Write the run folder ``out`` all at once (see the module docstring)."""
     from hwprune.report import write_markdown, write_plots
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
     except OSError as err:
         raise HwpruneError(f"cannot write the run folder beside {out}: {err.strerror or err}") from None
     try:
@@ -79,10 +81,21 @@ def write_run(out: Path, *, plan: Plan, onnx: bytes, model: nn.Module, baseline:
         raise
 
 
+def _remove_stale_staging(out: Path) -> None:
+    """Staging folders beside ``out`` left by runs that were killed (their process is gone)."""
+    for p in out.parent.glob(f".{out.name}.staging-*"):
+        try:
+            pid = int(p.name.rsplit(".staging-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)  # raises when no such process: the run that staged it was killed
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue  # not ours, or another user's live process
+
+
 def _apply_umask(folder: Path) -> None:
     """Give the staged files the user's umask (temporary files are created 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = current_umask()
     os.chmod(folder, 0o777 & ~mask)
     for f in folder.iterdir():
         os.chmod(f, 0o666 & ~mask)

@@ -61,10 +61,11 @@ def user_budget(spec: Any, limit: float) -> BudgetFunction:
     return CallableBudget(spec, limit)
 
 
-def load_predictor(lut: LatencyLUT | str | None, cfg: DeviceConfig, name: str, x: torch.Tensor,
+def load_predictor(lut: LatencyLUT | str | None, cfg: DeviceConfig, name: str, model: nn.Module, x: torch.Tensor,
                    groups: Sequence[PrunableGroup], allow_other_device: bool) -> tuple[LatencyLUT | None,
                                                                                       Predictor | None]:
-    """The LUT (loaded when a path) and its predictor for this model, checked against the device and groups."""
+    """The LUT (loaded when a path) and its predictor for this model, checked against the device, the
+    model's structure and its groups."""
     if lut is None:
         return None, None
     where = str(lut) if not isinstance(lut, LatencyLUT) else (getattr(lut, "path", None) or "the LUT")
@@ -74,6 +75,7 @@ def load_predictor(lut: LatencyLUT | str | None, cfg: DeviceConfig, name: str, x
 
         table.check_device(fingerprint(collect_manifest(cfg)), allow_other_device, where)
     key = model_key(name, tuple(x.shape))
+    table.check_structure(key, model, where)
     predictor = table.predictor(key, cfg.statistic, where)
     if predictor.group_names != [g.name for g in groups]:
         raise HwpruneError(f"{where}: the LUT's groups for {key} do not match this model's; re-profile it")

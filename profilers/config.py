@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,11 @@ def _check_values(cfg: DeviceConfig, source: str) -> None:
     def bad(fieldname: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: field '{fieldname}' {why}")
 
+    if not cfg.name.strip():
+        raise bad("name", "must not be empty")
+    for name in ("max_seconds", "min_seconds", "rel_ci", "confidence", "cv_threshold"):
+        if not math.isfinite(getattr(cfg, name)):  # NaN fails every comparison; infinity never ends a measurement
+            raise bad(name, f"must be a finite number, got {getattr(cfg, name)}")
     if cfg.backend not in BACKENDS:
         raise bad("backend", f"must be one of {', '.join(BACKENDS)}, got '{cfg.backend}'")
     if cfg.precision not in PRECISIONS:
@@ -218,6 +224,8 @@ def _check_values(cfg: DeviceConfig, source: str) -> None:
 
 def shipped_config_dir() -> Path:
     env = os.environ.get("HWPRUNE_DEVICE_CONFIGS")
+    if env and not Path(env).is_dir():
+        raise ConfigError(f"HWPRUNE_DEVICE_CONFIGS={env} is not a folder of device configs")
     return Path(env) if env else SHIPPED_CONFIG_DIR
 
 

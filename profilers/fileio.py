@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from profilers.errors import ProfilerError
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], durable: bool = True) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
@@ -16,19 +18,52 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], dur
     the file. Use it only for files that can be regenerated (bundle ONNX candidates).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise ProfilerError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
     try:
         write(tmp)
         if durable:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600: give the file the user's umask
         os.replace(tmp, path)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ProfilerError(f"cannot write {path}: {err.strerror or err}") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_writable(path: str | os.PathLike[str], flag: str) -> None:
+    """Refuse, before any work, an output file whose folder cannot be made or written.
+
+    ``flag`` names the option in the message (``--json``). A missing folder is fine when its
+    nearest existing ancestor is a writable folder (it will be made).
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise ProfilerError(f"{flag} {path} is a folder; give a file path")
+    folder = p.resolve().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ProfilerError(f"{flag} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ProfilerError(f"{flag} {path}: cannot write in {folder} (permission denied)")
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no other way to read it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:

@@ -111,14 +111,25 @@ class OrtRunner(BaseRunner):
         return specs
 
     def infer(self, feeds=None):
-        outputs = self.session.run(None, feeds if feeds is not None else self._feeds)
+        try:
+            outputs = self.session.run(None, feeds if feeds is not None else self._feeds)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise self._run_error(err) from None
         return {o.name: v for o, v in zip(self.session.get_outputs(), outputs)}
 
     def time_once_ms(self) -> float:
         run, feeds = self.session.run, self._feeds
         t0 = time.perf_counter()
-        run(None, feeds)
+        try:  # free when nothing is raised (zero-cost exceptions): the timing is unchanged
+            run(None, feeds)
+        except Exception as err:
+            raise self._run_error(err) from None
         return (time.perf_counter() - t0) * 1e3
+
+    def _run_error(self, err: Exception) -> ModelFileError:
+        """A model that loads but fails when run: one line with onnxruntime's words (they name the node)."""
+        text = " ".join(str(err).split()) or type(err).__name__
+        return ModelFileError(f"{self.name} loads but fails when run on onnxruntime: {text[:300]}")
 
     def deactivate_impl(self) -> None:
         self.session = None

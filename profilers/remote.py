@@ -115,6 +115,18 @@ class _Ssh:
         return ["scp", "-q", *self.options(), "-P", str(self.r.port), local, f"{dest}:{remote_path}"]
 
 
+def check_reachable(config: DeviceConfig) -> None:
+    """One quick ``ssh HOST true`` before any local work: an unreachable host, a refused port or an
+    unknown host key is one line now, not after minutes of exporting and three retries."""
+    if config.remote is None:
+        return
+    ssh = _Ssh(config.remote)
+    try:
+        _run_short(ssh.ssh("true"), ssh, "ssh", timeout_s=config.remote.connect_timeout_s + 10)
+    except _Lost as lost:
+        raise RemoteError(f"cannot reach {config.name} at {ssh.where}: {lost.line}") from None
+
+
 def _remote_dir_expr(workdir: str) -> str:
     """A shell word for ``workdir``; ``~`` becomes the login directory, where ssh commands start."""
     if workdir in ("~", "~/"):

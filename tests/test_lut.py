@@ -11,6 +11,7 @@ import pytest
 
 from hwprune.errors import HwpruneError
 from hwprune.lut import COLUMNS, LatencyLUT, Predictor, fit_calibration, model_key
+from profilers.errors import ProfilerError
 
 # f(a, b) = C0 + C1·a + C2·b + C3·a·b is bilinear, so multilinear interpolation between grid
 # points must reproduce it exactly, not approximately.
@@ -220,7 +221,7 @@ def test_a_failed_save_leaves_the_old_file_and_no_temporary_file(tmp_path, monke
     monkeypatch.setattr(pq, "write_table", broken_write)
     bigger = _lut_with_rows()
     bigger.add_rows([_row("s9")])
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ProfilerError, match=f"cannot write {path}: disk full"):  # one line, naming the file
         bigger.save(path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["lut.parquet"]

@@ -174,16 +174,18 @@ def test_profile_into_a_csv_path_without_format(env, tmp_path):
 
 # -- resume after a kill -----------------------------------------------------------------------
 
-def _journal_rows(journal: Path) -> int:
+def _journal_rows(lut_path: Path) -> int:
+    """Rows in the journal of the one profile running on ``lut_path`` (its work folder is per model
+    and device config)."""
+    journals = list(lut_path.parent.glob(f"{lut_path.name}.work-*/results.jsonl"))
     try:
-        return journal.read_bytes().count(b'"type": "row"')
+        return sum(j.read_bytes().count(b'"type": "row"') for j in journals)
     except FileNotFoundError:
         return 0
 
 
 def test_a_killed_profile_resumes_without_remeasuring_or_losing_rows(env, tmp_path):
     path = tmp_path / "lut.parquet"
-    journal = tmp_path / "lut.parquet.work" / "results.jsonl"
     exe = Path(sys.executable).with_name("hwprune")
     assert exe.is_file(), f"console script missing next to {sys.executable}"
     cmd = [str(exe), "profile", "-d", env["slow"], "-m", env["model"], "--input-shape", "1,8,8",
@@ -192,7 +194,7 @@ def test_a_killed_profile_resumes_without_remeasuring_or_losing_rows(env, tmp_pa
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     try:
-        while _journal_rows(journal) < 3:
+        while _journal_rows(path) < 3:
             if proc.poll() is not None:
                 pytest.fail(f"profile ended (rc {proc.returncode}) before it could be killed; "
                             f"make the slow config slower. stderr: {proc.stderr.read().decode()[-500:]}")
@@ -207,7 +209,7 @@ def test_a_killed_profile_resumes_without_remeasuring_or_losing_rows(env, tmp_pa
             proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    rows_at_kill = _journal_rows(journal)
+    rows_at_kill = _journal_rows(path)
     assert rows_at_kill >= 3
 
     r = profile(ModelSpec(env["model"], SHAPE), env["slow"], str(path), calibration_samples=3,
@@ -220,7 +222,27 @@ def test_a_killed_profile_resumes_without_remeasuring_or_losing_rows(env, tmp_pa
     assert lut.rows.signature.is_unique
     assert len(lut.rows) == r.signatures_total
     lut.predictor(r.model_key)  # every unit's grid is complete
-    assert not journal.parent.exists()  # the work folder goes once the LUT is whole
+    assert not list(tmp_path.glob("lut.parquet.work*"))  # the work folder goes once the LUT is whole
+
+
+def test_two_profiles_of_different_models_on_one_lut_lose_no_row(env, tmp_path):
+    # both run at once and save every 30 s and at the end; each merges the other's rows and
+    # model under the LUT's lock before its atomic save, and keeps a journal of its own
+    path = tmp_path / "lut.parquet"
+    exe = Path(sys.executable).with_name("hwprune")
+    procs = [subprocess.Popen([str(exe), "profile", "-d", env["slow"], "-m", m, "--input-shape", "1,8,8",
+                               "--lut", str(path), "--calibration-samples", "0", "-q"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for m in (env["model"], env["gray"])]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-1000:]
+    lut = LatencyLUT.load(path)
+    assert set(lut.meta["models"]) == {_key(env["model"]), _key(env["gray"])}
+    for m in (env["model"], env["gray"]):
+        lut.predictor(_key(m))  # every unit of both models has its rows
+    assert lut.rows.signature.is_unique
+    assert not list(tmp_path.glob("lut.parquet.work*"))
 
 
 # -- lut check ---------------------------------------------------------------------------------

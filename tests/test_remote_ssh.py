@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 
 from profilers.bundle import write_bundle
 from profilers.config import from_dict
-from profilers.errors import RemoteError
+from profilers.errors import ProfilerError, RemoteError
 from profilers.remote import profile_remote
 
 pytestmark = pytest.mark.ssh
@@ -292,3 +292,25 @@ def test_config_without_remote_section(tmp_path):
     write_bundle(tmp_path / "b", cfg, [("m", _matmul(1), {})])
     with pytest.raises(RemoteError, match="no 'remote' section"):
         profile_remote(tmp_path / "b", cfg, tmp_path / "r.jsonl")
+
+
+def test_time_honours_the_remote_section(sshd, tmp_path):
+    # `hwprune time` on a config with `remote:` times on that host (here: the local sshd), and
+    # an unreachable host is one line, not a local timing labelled with the remote's name
+    from hwprune.api import time_model
+
+    model = tmp_path / "mm.onnx"
+    model.write_bytes(_matmul(1))
+    cfg = _config(sshd, tmp_path / "remote")
+    cfg_path = tmp_path / "ssh.json"
+    cfg_path.write_text(json.dumps(cfg.to_dict()))
+    r = time_model(str(model), str(cfg_path), json_path=str(tmp_path / "t.json"))
+    assert r["device"] == "ssh-test" and r["timing"]["n"] >= 2 and r["environment"]
+    assert any(p.name == "results.jsonl" for p in (tmp_path / "remote").rglob("*"))  # it ran over there
+    assert json.loads((tmp_path / "t.json").read_text())["timing"]["n"] == r["timing"]["n"]
+
+    bad = _config(sshd, tmp_path / "remote2", host="127.0.0.1", port=_free_port(), retries=0)
+    bad_path = tmp_path / "bad.json"
+    bad_path.write_text(json.dumps(bad.to_dict()))
+    with pytest.raises(ProfilerError):
+        time_model(str(model), str(bad_path))

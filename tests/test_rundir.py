@@ -77,3 +77,18 @@ def test_an_out_that_is_a_file_or_holds_a_run_is_refused(tmp_path):
     with pytest.raises(HwpruneError, match="--overwrite"):
         check_out_dir(tmp_path / "run", overwrite=False)
     check_out_dir(tmp_path / "run", overwrite=True)
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    stale = tmp_path / f".run.staging-{dead.stdout.strip()}-abc"
+    stale.mkdir()
+    (stale / "plan.json").write_text("{}")
+    live = tmp_path / f".run.staging-{os.getpid()}-xyz"  # a run still writing: left alone
+    live.mkdir()
+    _write(tmp_path / "run")
+    assert not stale.exists() and live.exists()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, user_code
 
 _MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -138,7 +138,10 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt/unsafe pickles
-        raise HwpruneError(f"cannot read weights {path}: {_one_line(err)}") from err
+        if _is_not_a_checkpoint(path):
+            raise HwpruneError(f"{path} is not a PyTorch checkpoint (expected a state_dict saved with "
+                               f"torch.save)") from None
+        raise HwpruneError(f"cannot read weights {path}: {_one_line(err)}") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -158,6 +161,13 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
             raise HwpruneError(f"weights {path} do not match the model: unexpected key {key!r}")
     model.load_state_dict(obj, strict=True)
     return model
+
+
+def _is_not_a_checkpoint(path: str) -> bool:
+    """Neither torch.save's zip archive nor its legacy pickle (which starts with a PROTO opcode)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80")
 
 
 def _import_builtin_zoo() -> None:
@@ -215,17 +225,21 @@ def _create_from_file(
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as err:  # the user's file may raise anything at import time
+    except (Exception, SystemExit) as err:  # the user's file may raise anything at import time, or exit
         sys.modules.pop(module_name, None)
-        raise HwpruneError(
-            f"model file {file_path} failed to import: {type(err).__name__}: {_one_line(err)}"
-        ) from err
+        what = f"called sys.exit({err.code!r})" if isinstance(err, SystemExit) else \
+            f"{type(err).__name__}: {_one_line(err)}"
+        raise HwpruneError(f"model file {file_path} failed to import: {what}") from None
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise HwpruneError(f"model file {file_path} has no callable factory {factory_name!r}")
     offered = {"in_channels": in_channels, "num_classes": num_classes, "input_size": input_size}
     offered.update(kwargs)
-    model = _call_with_supported(factory, offered)
+    try:
+        with user_code("factory", factory):
+            model = _call_with_supported(factory, offered)
+    except SystemExit as err:
+        raise HwpruneError(f"your factory `{factory_name}` in {file_path} called sys.exit({err.code!r})") from None
     if not isinstance(model, nn.Module):
         raise HwpruneError(
             f"factory {factory_name!r} in {file_path} returned {type(model).__name__}, "

@@ -250,6 +250,16 @@ def compare_samples(baseline_ms: Sequence[float], candidate_ms: Sequence[float],
     common.update(raw_ci_low=raw_lo, raw_ci_high=raw_hi)
     verdict = decide(lo, hi, tolerance)
     pct = f"{int(round(confidence * 100))}%"
+    if refs and verdict == "regressed" and decide(raw_lo, raw_hi, tolerance) != "regressed":
+        # Normalising by a drift reference that ran faster now than then turns an unchanged
+        # model into a "regression" (measured under load: +0.8% raw read as +11.4%). A verdict
+        # that fails a CI job needs both measures to agree; more samples do not settle it.
+        reason = (f"{pct} CI of the {statistic} ratio normalised by the drift reference [{lo:.4f}, {hi:.4f}] lies "
+                  f"above 1+t = {1 + tolerance:.4f}, but the raw ratio's [{raw_lo:.4f}, {raw_hi:.4f}] does not: the "
+                  f"reference ran {scale_c / scale_b:.3f}x its stored time, so the machine, not the model, may "
+                  f"have changed; measure again on a quieter machine")
+        return Comparison(verdict="inconclusive", reason=reason, ci_low=lo, ci_high=hi, samples_to_decide=None,
+                          **common)
     what = f"{statistic} ratio" + (" (normalised by the drift reference)" if refs else "")
     span = f"{pct} CI of {what} [{lo:.4f}, {hi:.4f}]"
     reason = {

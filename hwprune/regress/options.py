@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import shlex
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from hwprune.errors import HwpruneError
 from hwprune.regress.compare import STATISTICS
+from profilers.fileio import check_writable
 
 
 @dataclass
@@ -72,8 +72,8 @@ def _check_statistics(statistics: Sequence[str]) -> list[str]:
 def _check_outputs(opts: RegressOptions) -> None:
     for flag, path in (("--junit", opts.junit), ("--markdown", opts.markdown), ("--json", opts.json),
                        ("--write-baseline", opts.write_baseline)):
-        if path and Path(path).is_dir():
-            raise HwpruneError(f"{flag} {path} is a folder; give a file path")
+        if path:
+            check_writable(path, flag)
 
 
 def command_line(opts: RegressOptions) -> str:

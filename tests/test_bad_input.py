@@ -1,0 +1,177 @@
+"""Bad input through the real CLI, one row a case: exit 2, one ``error:`` line naming the problem, no traceback,
+and no new file left behind.
+
+Each row is (id, argv, environment, fragments the error line must contain). Add a row for every
+new option. Files the rows point at are made once by the ``files`` fixture; the check that
+nothing new is left behind compares the folder's listing before and after each command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from hwprune.cli import cli
+
+DEVICE = """\
+name: bad-input-cpu
+backend: onnxruntime
+threads: 1
+warmup: 1
+min_repeats: 5
+max_seconds: 0.01
+channel_multiple: 8
+statistic: p50
+"""
+
+MODELS = """\
+import sys
+import torch.nn as nn
+
+
+def net(in_channels=1, num_classes=10):
+    return nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, num_classes))
+
+
+def boom(**kw):
+    raise RuntimeError("boom")
+
+
+def bye(**kw):
+    sys.exit(3)
+"""
+
+
+def _reshape_impossible() -> bytes:
+    """Loads fine, fails when run: a Reshape of 6 values into 4."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [2, 2])
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"], name="impossible_reshape")],
+                              "bad", [x], [y], initializer=[shape])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad-input")
+    (d / "device.yaml").write_text(DEVICE)
+    for name, extra in (("inf.yaml", "min_seconds: .inf\n"), ("nan.yaml", "rel_ci: .nan\n")):
+        (d / name).write_text(DEVICE.replace("max_seconds: 0.01\n", "max_seconds: 0.01\n" + extra))
+    (d / "maxnan.yaml").write_text(DEVICE.replace("max_seconds: 0.01", "max_seconds: .nan"))
+    (d / "noname.yaml").write_text(DEVICE.replace("name: bad-input-cpu", 'name: ""'))
+    (d / "models.py").write_text(MODELS)
+    (d / "exits.py").write_text("import sys\nsys.exit(0)\n")
+    (d / "weights.txt").write_text("these are not weights\n")
+    (d / "bad_run.onnx").write_bytes(_reshape_impossible())
+    (d / "a_file").write_text("x")
+    (d / "plan_all.json").write_text(json.dumps({"format": 1, "model": "resnet20", "input_shape": [1, 1, 28, 28],
+                                                 "groups": {"conv1": {"dense": 16, "kept": "all"}}}))
+    from hwprune.lut import META_KEY, LatencyLUT
+
+    LatencyLUT().save(d / "empty.parquet")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(d / "empty.parquet")
+    pq.write_table(table.replace_schema_metadata({META_KEY: b"[1, 2]"}), d / "listmeta.parquet")
+    onnx.save(onnx.load_from_string(_reshape_impossible()), d / "also_bad.onnx")
+    return d
+
+
+def _rows(d):
+    dev, model = str(d / "device.yaml"), f"{d / 'models.py'}:net"
+    prune = ["prune", "-d", dev, "-m", model, "--data", f"fashion-mnist:{d / 'no-data-here'}", "--out",
+             str(d / "run"), "-q"]
+    return [
+        # outputs that cannot be written: refused before any work
+        ("time-json-unwritable", ["time", str(d / "bad_run.onnx"), "-d", dev, "--json", str(d / "a_file" / "t.json")],
+         {}, ["--json", "is a file, not a folder"]),
+        ("regress-junit-unwritable", ["regress", "-d", dev, "--model", str(d / "bad_run.onnx"), "--against",
+                                      str(d / "bad_run.onnx"), "--junit", str(d / "a_file" / "j.xml")],
+         {}, ["--junit", "is a file"]),
+        ("profile-lut-unwritable", ["profile", "-d", dev, "-m", model, "--lut", str(d / "a_file" / "L.parquet")],
+         {}, ["--lut", "is a file"]),
+        ("prune-out-unwritable", prune[:-3] + ["--out", str(d / "a_file" / "run"), "--max-params", "50%", "-q"],
+         {}, ["--out", "is a file"]),
+        ("apply-plan-onnx-unwritable", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_all.json"),
+                                        "--onnx", str(d / "a_file" / "x.onnx")], {}, ["--onnx", "is a file"]),
+        # the user's code failing
+        ("factory-raises", ["profile", "-d", dev, "-m", f"{d / 'models.py'}:boom", "--lut", str(d / "L.parquet")],
+         {}, ["your factory `boom in", "models.py` raised RuntimeError: boom"]),
+        ("factory-exits", ["profile", "-d", dev, "-m", f"{d / 'models.py'}:bye", "--lut", str(d / "L.parquet")],
+         {}, ["factory `bye`", "sys.exit(3)"]),
+        ("model-file-exits", ["profile", "-d", dev, "-m", f"{d / 'exits.py'}:net", "--lut", str(d / "L.parquet")],
+         {}, ["exits.py failed to import", "sys.exit(0)"]),
+        ("onnx-fails-when-run", ["time", str(d / "bad_run.onnx"), "-d", dev], {},
+         ["loads but fails when run", "Reshape"]),
+        # hostile file contents
+        ("lut-meta-a-list", ["lut", "show", "--lut", str(d / "listmeta.parquet")], {}, ["not a JSON object"]),
+        ("lut-without-models", ["lut", "show", "--lut", str(d / "empty.parquet")], {}, ["holds 0 models"]),
+        ("plan-kept-all", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_all.json")], {},
+         ["group 'conv1'", "'kept'"]),
+        ("weights-a-text-file", ["profile", "-d", dev, "-m", model, "--weights", str(d / "weights.txt"),
+                                 "--lut", str(d / "L.parquet")], {}, ["not a PyTorch checkpoint"]),
+        ("pretrain-threads", ["pretrain", "-m", model, "--data", f"fashion-mnist:{d / 'no-data-here'}",
+                              "--out", str(d / "m.pt"), "--threads", "-2"], {}, ["--threads"]),
+        # device configs
+        ("config-min-seconds-inf", ["time", str(d / "bad_run.onnx"), "-d", str(d / "inf.yaml")], {},
+         ["min_seconds", "finite"]),
+        ("config-max-seconds-nan", ["time", str(d / "bad_run.onnx"), "-d", str(d / "maxnan.yaml")], {},
+         ["'max_seconds'", "finite"]),
+        ("config-rel-ci-nan", ["time", str(d / "bad_run.onnx"), "-d", str(d / "nan.yaml")], {}, ["rel_ci"]),
+        ("config-empty-name", ["time", str(d / "bad_run.onnx"), "-d", str(d / "noname.yaml")], {},
+         ["'name'", "empty"]),
+        ("configs-folder-missing", ["devices"], {"HWPRUNE_DEVICE_CONFIGS": str(d / "nowhere")},
+         ["HWPRUNE_DEVICE_CONFIGS", "not a folder"]),
+        # numbers out of range, refused before the data load (the data folder does not exist)
+        ("finetune-epochs-negative", prune + ["--max-params", "50%", "--finetune-epochs", "-1"], {},
+         ["--finetune-epochs"]),
+        ("batch-size-zero", prune + ["--max-params", "50%", "--batch-size", "0"], {}, ["--batch-size"]),
+        ("lr-nan", prune + ["--max-params", "50%", "--lr", "nan"], {}, ["--lr"]),
+        ("kd-weight-5", prune + ["--max-params", "50%", "--kd-weight", "5"], {}, ["--kd-weight"]),
+        ("certify-rounds-zero", prune + ["--max-params", "50%", "--certify-rounds", "0"], {}, ["--certify-rounds"]),
+        ("max-evaluations-zero", prune + ["--max-params", "50%", "--max-evaluations", "0"], {},
+         ["--max-evaluations"]),
+        ("latency-zero", prune + ["--latency-ms", "0", "--lut", str(d / "empty.parquet")], {}, ["--latency-ms"]),
+        ("latency-negative", prune + ["--latency-ms", "-1", "--lut", str(d / "empty.parquet")], {},
+         ["--latency-ms"]),
+        ("latency-nan", prune + ["--latency-ms", "nan", "--lut", str(d / "empty.parquet")], {}, ["--latency-ms"]),
+        ("speedup-inf", prune + ["--speedup", "inf", "--lut", str(d / "empty.parquet")], {}, ["--speedup"]),
+        ("max-params-nan", prune + ["--max-params", "nan"], {}, ["--max-params"]),
+        ("num-classes-zero", ["profile", "-d", dev, "-m", model, "--num-classes", "0", "--lut", str(d / "L.parquet")],
+         {}, ["num_classes"]),
+        ("calibration-samples-negative", ["profile", "-d", dev, "-m", model, "--calibration-samples", "-3",
+                                          "--lut", str(d / "L.parquet")], {}, ["calibration_samples"]),
+    ]
+
+
+def _listing(d) -> set[str]:
+    return {str(p.relative_to(d)) for p in d.rglob("*")}
+
+
+@pytest.mark.parametrize("row", range(32))
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(files, row, monkeypatch):
+    rows = _rows(files)
+    assert len(rows) == 32, "the parametrize range must cover every row"
+    name, argv, env, fragments = rows[row]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    before = _listing(files)
+    res = CliRunner().invoke(cli, argv)
+    after = _listing(files)
+    err = res.stderr.strip().splitlines()
+    assert res.exit_code == 2, (name, res.output, res.exception)
+    assert "Traceback" not in res.output, name
+    error_lines = [line for line in err if line.startswith("error:")]
+    assert len(error_lines) == 1, (name, res.stderr)
+    for f in fragments:
+        assert f in error_lines[0], (name, error_lines[0])
+    assert after == before, (name, sorted(after - before))
