@@ -255,7 +255,14 @@ class LatencyLUT:
     def predictor(self, key: str, statistic: str | None = None, path: str = "LUT") -> "Predictor":
         m = self.model(key, path)
         stat = statistic or self.meta.get("statistic", "p50")
-        lat = self.latency_ms(self.meta["fingerprint"], m["precision"], m["batch"], stat)
+        lat = self.latency_ms(self.meta.get("fingerprint"), m["precision"], m["batch"], stat)
+        if not lat and len(self.rows):
+            # Rows exist, none under the device the metadata names: an inconsistent file, not a
+            # missing unit (saying "incomplete for unit ..." sent users to re-profile one model).
+            found = sorted(set(self.rows.device_fingerprint.astype(str)))
+            raise HwpruneError(f"{path}: its rows were measured on device fingerprint(s) {', '.join(found[:3])}, "
+                               f"but its metadata names {self.meta.get('fingerprint')}: the LUT is inconsistent; "
+                               f"re-profile into a new file")
         return Predictor(m, lat, statistic=stat)
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from hwprune.errors import HwpruneError
+from profilers.fileio import check_writable
 from hwprune.train import TrainResult, evaluate, save_state_dict, train
 
 VAL_FRACTION = 0.1
@@ -90,6 +91,7 @@ def pretrain(model: str, data: str = "fashion-mnist", *, epochs: int = 30, out: 
     out_dir = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
         raise HwpruneError(f"--out {out} is a directory; give a file path such as {os.path.join(out, 'model.pt')}")
+    check_writable(out, "--out")  # before hours of training
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise HwpruneError(f"--threads must be at least 1, got {threads}")
     if threads:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 
-import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
@@ -60,6 +59,19 @@ def _reshape_impossible() -> bytes:
     return m.SerializeToString()
 
 
+def _inconsistent_lut(path) -> None:
+    """A LUT whose metadata names one device fingerprint and whose rows carry another."""
+    from hwprune.lut import COLUMNS, LatencyLUT
+
+    lut = LatencyLUT(meta={"format": 1, "fingerprint": "aaaa", "statistic": "p50", "models": {"m@1x1x8x8": {
+        "model": "m", "input_shape": [1, 1, 8, 8], "batch": 1, "precision": "fp32", "groups": [], "units": [],
+        "overhead_ms": 0.0, "calibration": None}}})
+    lut.add_rows([{**{c: None for c in COLUMNS}, "signature": "s1", "device_fingerprint": "bbbb", "precision": "fp32",
+                   "batch": 1, "p50_ms": 0.1, "mean_ms": 0.1, "p90_ms": 0.1, "p99_ms": 0.1, "overhead_ms": 0.0,
+                   "n": 5, "samples_ms": [0.1] * 5}])
+    lut.save(path)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad-input")
@@ -78,11 +90,19 @@ def files(tmp_path_factory):
     from hwprune.lut import META_KEY, LatencyLUT
 
     LatencyLUT().save(d / "empty.parquet")
+    _inconsistent_lut(d / "inconsistent.parquet")
     import pyarrow.parquet as pq
 
     table = pq.read_table(d / "empty.parquet")
     pq.write_table(table.replace_schema_metadata({META_KEY: b"[1, 2]"}), d / "listmeta.parquet")
-    onnx.save(onnx.load_from_string(_reshape_impossible()), d / "also_bad.onnx")
+    (d / "plan_cifar.json").write_text(json.dumps({"format": 1, "model": "resnet20", "input_shape": [1, 3, 32, 32],
+                                                   "num_classes": 10, "groups": {"conv1": {"dense": 16, "kept": [0]}}}))
+    (d / "plan_100.json").write_text(json.dumps({"format": 1, "model": "resnet20", "input_shape": [1, 1, 28, 28],
+                                                 "num_classes": 100, "groups": {"conv1": {"dense": 16, "kept": [0]}}}))
+    from hwprune.profiling import ModelSpec, profile
+
+    profile(ModelSpec(f"{d / 'models.py'}:net", (1, 8, 8), 10), str(d / "device.yaml"), str(d / "net.parquet"),
+            calibration_samples=0, show_progress=False, log=lambda m: None)
     return d
 
 
@@ -115,6 +135,18 @@ def _rows(d):
         # hostile file contents
         ("lut-meta-a-list", ["lut", "show", "--lut", str(d / "listmeta.parquet")], {}, ["not a JSON object"]),
         ("lut-without-models", ["lut", "show", "--lut", str(d / "empty.parquet")], {}, ["holds 0 models"]),
+        ("lut-rows-of-another-device", ["lut", "show", "--lut", str(d / "inconsistent.parquet")], {},
+         ["fingerprint(s) bbbb", "names aaaa", "inconsistent"]),
+        ("plan-for-another-input-shape", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_cifar.json"),
+                                          "--input-shape", "1,28,28"], {}, ["input shape (3, 32, 32)",
+                                                                           "--input-shape 3,32,32"]),
+        ("plan-for-another-class-count", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_100.json")], {},
+         ["100 classes", "--num-classes 100"]),
+        ("lut-of-another-class-count", ["lut", "check", "-d", dev, "-m", model, "--input-shape", "1,8,8",
+                                        "--num-classes", "3", "--lut", str(d / "net.parquet")], {},
+         ["another variant of the model"]),
+        ("pretrain-out-unwritable", ["pretrain", "-m", model, "--data", f"fashion-mnist:{d / 'no-data-here'}",
+                                     "--out", str(d / "a_file" / "m.pt")], {}, ["--out", "is a file"]),
         ("plan-kept-all", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_all.json")], {},
          ["group 'conv1'", "'kept'"]),
         ("weights-a-text-file", ["profile", "-d", dev, "-m", model, "--weights", str(d / "weights.txt"),
@@ -157,10 +189,10 @@ def _listing(d) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")}
 
 
-@pytest.mark.parametrize("row", range(32))
+@pytest.mark.parametrize("row", range(37))
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(files, row, monkeypatch):
     rows = _rows(files)
-    assert len(rows) == 32, "the parametrize range must cover every row"
+    assert len(rows) == 37, "the parametrize range must cover every row"
     name, argv, env, fragments = rows[row]
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -384,3 +384,14 @@ def test_rows_are_put_on_the_typical_machine_speed_by_the_drift_reference():
     assert lat["a"] == pytest.approx(1.0) and lat["b"] == pytest.approx(2.0)
     assert lat["c"] == pytest.approx(2.0)  # 4.0 ms at half speed is 2.0 ms at the typical speed
     assert lut.reference_ms("fp-1", "p50") == pytest.approx(0.05)
+
+
+def test_a_saved_lut_gets_the_users_umask_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _lut_with_rows().save(tmp_path / "lut.parquet")
+        _lut_with_rows().save(tmp_path / "lut.csv")
+    finally:
+        os.umask(old)
+    for name in ("lut.parquet", "lut.csv", "lut.csv.meta.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

@@ -639,3 +639,33 @@ def test_torchrun_ranks_stop_together_when_rank0_fails(env, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 2 and any(e.startswith("error: rank 0 stopped: ") and "has no profile" in e for e in errors), proc.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_prune_killed_mid_run_leaves_no_run_folder_and_its_rerun_writes_one(env, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("hwprune")
+    args = [str(a) for a in _prune_args(env, out, "--max-params", "700", "--agent", "uniform")]
+    args[args.index("--finetune-epochs") + 1] = "30"  # a recovery long enough to be killed in
+    for moment in ("measuring the dense model", "recovery:"):
+        proc = subprocess.Popen([str(exe), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            for line in proc.stderr:
+                if moment in line:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == -signal.SIGKILL, moment
+        assert not out.exists(), moment  # all or nothing: nothing yet
+    args[args.index("--finetune-epochs") + 1] = "1"
+    _ok(_invoke(args))
+    assert set(RUN_OUTPUTS) <= {p.name for p in out.iterdir()}
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]

@@ -314,3 +314,20 @@ def test_time_honours_the_remote_section(sshd, tmp_path):
     bad_path.write_text(json.dumps(bad.to_dict()))
     with pytest.raises(ProfilerError):
         time_model(str(model), str(bad_path))
+
+
+def test_profile_to_an_unreachable_host_fails_at_once_and_leaves_nothing(sshd, tmp_path):
+    from hwprune.profiling import ModelSpec, profile
+
+    (tmp_path / "m.py").write_text("import torch.nn as nn\n\ndef net(in_channels=1, num_classes=10):\n"
+                                   "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3), nn.ReLU(), "
+                                   "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))\n")
+    bad = _config(sshd, tmp_path / "remote", port=_free_port(), retries=2)
+    cfg_path = tmp_path / "bad.json"
+    cfg_path.write_text(json.dumps(bad.to_dict()))
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError, match="cannot reach ssh-test"):
+        profile(ModelSpec(f"{tmp_path / 'm.py'}:net", (1, 8, 8)), str(cfg_path), str(tmp_path / "L.parquet"),
+                show_progress=False, log=lambda m: None)
+    assert time.monotonic() - t0 < 15  # one quick probe, not three retries after the export
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "m.py"]
