@@ -284,12 +284,15 @@ def _time_remote(onnx_path: str, cfg) -> dict[str, Any]:
     from hwprune.measure import time_items
     from profilers.errors import ModelFileError
 
+    from profilers.remote import check_reachable
+
     try:
         blob = Path(onnx_path).read_bytes()
     except FileNotFoundError:
         raise ModelFileError(f"ONNX file not found: {onnx_path}") from None
     except OSError as err:
         raise ModelFileError(f"cannot read {onnx_path}: {err.strerror or err}") from None
+    check_reachable(cfg)
     key = Path(onnx_path).name
     records: dict[str, dict[str, Any]] = {}
 

@@ -72,7 +72,6 @@ class LatencyLUT:
         self.meta.setdefault("models", {})
         self._index: dict[str, int] | None = None
         self.path: Path | None = None  # where it was loaded from or last saved to
-        self._disk_mtime_ns: int | None = None  # that file's mtime then (see merge_saved)
 
     # -- storage ------------------------------------------------------------------------
     @classmethod
@@ -112,7 +111,6 @@ class LatencyLUT:
             raise HwpruneError(f"{path}: LUT format {meta.get('format')} is not supported (expected {LUT_FORMAT})")
         lut = cls(rows, meta)
         lut.path = path
-        lut._disk_mtime_ns = path.stat().st_mtime_ns
         return lut
 
     @staticmethod
@@ -133,17 +131,23 @@ class LatencyLUT:
         except OSError as err:
             raise HwpruneError(f"cannot lock {path}: {err.strerror or err}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # a file system without flock (some NFS mounts): atomic, not merged-safe
+                pass
             yield
         finally:
             os.close(fd)  # closing releases the lock
 
     def merge_saved(self, path: str | os.PathLike[str], own_model: str) -> None:
-        """Take in what another process saved at ``path`` since this table last read or wrote it:
-        its rows and its other models (``own_model``'s entry stays this table's). Call it under
-        :meth:`locked`, then :meth:`save`."""
+        """Take in what another process saved at ``path``: its rows and its other models
+        (``own_model``'s entry stays this table's). Call it under :meth:`locked`, then :meth:`save`.
+
+        The file is read every time: a modification time cannot tell two saves apart within one
+        tick of the file system's clock (milliseconds on many), and a save skipped on it would
+        lose the other process's rows."""
         path = Path(path)
-        if not path.is_file() or path.stat().st_mtime_ns == self._disk_mtime_ns:
+        if not path.is_file():
             return
         disk = LatencyLUT.load(path)
         if len(disk.rows):
@@ -167,7 +171,6 @@ class LatencyLUT:
             atomic_write(path, lambda tmp: out.to_csv(tmp, index=False))
             atomic_write_json(_meta_path(path), self.meta)
             self.path = path
-            self._disk_mtime_ns = path.stat().st_mtime_ns
             return
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -177,7 +180,6 @@ class LatencyLUT:
                                                META_KEY: json.dumps(self.meta).encode()})
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         self.path = path
-        self._disk_mtime_ns = path.stat().st_mtime_ns
 
     # -- rows ---------------------------------------------------------------------------
     def has(self, signature: str, fingerprint: str, precision: str, batch: int) -> bool:

@@ -24,6 +24,7 @@ from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_
 from hwprune.profiling import ModelSpec, random_widths
 from profilers.config import DeviceConfig, load_device_config
 from profilers.fileio import atomic_write_json
+from profilers.remote import check_reachable
 
 # Calibration uses seed s; checks use s + this offset so they never share a sample.
 CHECK_SEED_OFFSET = 1_000_003
@@ -54,6 +55,7 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
     from scipy.stats import kendalltau
 
     cfg = device if isinstance(device, DeviceConfig) else load_device_config(device)
+    check_reachable(cfg)
     if samples < 2:
         raise HwpruneError("--samples must be at least 2")
     lut = LatencyLUT.load(lut_path)

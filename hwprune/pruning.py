@@ -32,6 +32,7 @@ from hwprune.ranks import Ranks
 from hwprune.search import COUNT_BUDGETS, SearchSetup, load_predictor, parse_count_limit, user_budget
 from hwprune.task import Recovered, RecoverySettings, Task
 from profilers.errors import ProfilerError
+from profilers.remote import check_reachable
 
 FINETUNE_STRATEGIES = ("standard", "swd", "agp")
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -224,6 +225,7 @@ def run(opts: PruneOptions, spec, task: Task, *, lut: LatencyLUT | str | None = 
     user_budgets = [user_budget(f, limit) for f, limit in opts.budget]
     agent = create_agent(opts.agent or default_agent(), **opts.agent_options)
     cfg = load_device_config(opts.device)
+    check_reachable(cfg)  # a remote device: before the model is built and exported
     with torch.random.fork_rng(devices=[]):  # seeded here, the caller's random state restored after
         torch.manual_seed(opts.seed)
         dense = spec.build()

@@ -3,12 +3,14 @@
 The files are written into a temporary folder next to ``DIR``; only when all of them are
 complete does the folder take ``DIR``'s place (a rename), and an old run is removed after,
 not before. A run that is killed or runs out of disk leaves the old folder or the new one,
-never a mix; the staging folder of a killed run (``.DIR.staging-PID-*``) is never read, and the
-next run into ``DIR`` removes it.
+never a mix: what a killed run leaves (``.DIR.staging-HOST-PID-*``, and ``.DIR.old-HOST-PID-*``
+when it died between the swap's two renames) is never read, and the next run into ``DIR`` on
+that host removes the one and puts the other back.
 """
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import shutil
@@ -30,11 +32,14 @@ OLD_RUN_FILES = RUN_FILES + ("report.md", "config.json", "channels.png", "speedu
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse, before any work, an ``--out`` that is a file, holds a run (without ``--overwrite``)
     or cannot be written."""
-    if out.exists() and not out.is_dir():
-        raise HwpruneError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any((out / f).exists() for f in RUN_FILES) and not overwrite:
-        raise HwpruneError(f"--out {out} already holds a run; pass --overwrite to replace it")
-    parent = _existing_parent(out.parent)
+    try:
+        if out.exists() and not out.is_dir():
+            raise HwpruneError(f"--out {out} exists and is not a folder")
+        if out.is_dir() and any((out / f).exists() for f in RUN_FILES) and not overwrite:
+            raise HwpruneError(f"--out {out} already holds a run; pass --overwrite to replace it")
+        parent = _existing_parent(out.parent)
+    except OSError as err:  # e.g. under a folder this user cannot enter
+        raise HwpruneError(f"--out {out}: {err.strerror or err}") from None
     if not parent.is_dir():
         raise HwpruneError(f"--out {out}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -55,8 +60,8 @@ def write_run(out: Path, *, plan: Plan, onnx: bytes, model: nn.Module, baseline:
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(out)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{os.getpid()}-", dir=out.parent))
+        _recover_interrupted_swap(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-{_owner()}-", dir=out.parent))
     except OSError as err:
         raise HwpruneError(f"cannot write the run folder beside {out}: {err.strerror or err}") from None
     try:
@@ -81,16 +86,41 @@ def write_run(out: Path, *, plan: Plan, onnx: bytes, model: nn.Module, baseline:
         raise
 
 
-def _remove_stale_staging(out: Path) -> None:
-    """Staging folders beside ``out`` left by runs that were killed (their process is gone)."""
-    for p in out.parent.glob(f".{out.name}.staging-*"):
-        try:
-            pid = int(p.name.rsplit(".staging-", 1)[1].split("-", 1)[0])
-            os.kill(pid, 0)  # raises when no such process: the run that staged it was killed
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue  # not ours, or another user's live process
+def _owner() -> str:
+    """``HOST-PID`` of this process, in staging folder names: another host's live run sharing the
+    folder is never taken for a dead one."""
+    import socket
+
+    host = "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _dead_here(owner: str) -> bool:
+    """True when ``owner`` (``HOST-PID``) names a process of this host that no longer runs."""
+    host, _, pid = owner.rpartition("-")
+    if host != _owner().rpartition("-")[0] or not pid.isdigit() or len(pid) > 9:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
+def _recover_interrupted_swap(out: Path) -> None:
+    """Tidy what a run killed on this host left beside ``out``: its staging folder (removed), and,
+    when it was killed between the two renames of the swap, the old run (put back in place)."""
+    for kind in ("staging", "old"):
+        for p in out.parent.glob(f".{glob.escape(out.name)}.{kind}-*"):
+            owner = p.name[len(f".{out.name}.{kind}-"):].rsplit("-", 1)[0]
+            if not _dead_here(owner):
+                continue
+            if kind == "old" and not out.exists():
+                os.rename(p, out)  # the finished run it was replacing
+            else:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _apply_umask(folder: Path) -> None:
@@ -112,7 +142,7 @@ def _swap_in(staging: Path, out: Path) -> None:
         out.rmdir()
         os.rename(staging, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-{_owner()}-", dir=out.parent))
     os.rmdir(old)
     os.rename(out, old)
     try:

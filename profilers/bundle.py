@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 
 from profilers import runners
 from profilers.config import DeviceConfig, from_dict
-from profilers.errors import ProfilerError
+from profilers.errors import OutputError, ProfilerError
 from profilers.fileio import atomic_write_bytes, atomic_write_json
 
 BUNDLE_FORMAT = 1
@@ -261,9 +261,12 @@ class ResultsFile:
     def append(self, record: dict[str, Any]) -> None:
         if self._f is None:
             raise RuntimeError("results file is not open: use it as a context manager")
-        self._f.write((json.dumps(record) + "\n").encode())
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write((json.dumps(record) + "\n").encode())
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as err:  # disk full: the journal so far stays valid, a rerun resumes from it
+            raise OutputError(f"cannot write the journal {self._f.name}: {err.strerror or err}") from None
         self.records.append(record)
 
 

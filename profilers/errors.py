@@ -23,3 +23,8 @@ class BackendUnavailable(ProfilerError):
 
 class RemoteError(ProfilerError):
     """An SSH host that cannot be reached, or a remote command that failed."""
+
+
+class OutputError(ProfilerError, OSError):
+    """A file that cannot be written (read-only folder, disk full). Also an ``OSError``, so code that
+    treats a failed write as recoverable (a cache) still catches it."""

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from profilers.errors import ProfilerError
+from profilers.errors import OutputError, ProfilerError
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], durable: bool = True) -> None:
@@ -22,19 +22,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], dur
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise ProfilerError(f"cannot write {path}: {err.strerror or err}") from None
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
     try:
         write(tmp)
         if durable:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600: give the file the user's umask
+        _chmod_by_umask(tmp)
         os.replace(tmp, path)
     except OSError as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise ProfilerError(f"cannot write {path}: {err.strerror or err}") from None
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -48,11 +48,14 @@ def check_writable(path: str | os.PathLike[str], flag: str) -> None:
     nearest existing ancestor is a writable folder (it will be made).
     """
     p = Path(path)
-    if p.is_dir():
-        raise ProfilerError(f"{flag} {path} is a folder; give a file path")
-    folder = p.resolve().parent
-    while not folder.exists():
-        folder = folder.parent
+    try:
+        if p.is_dir():
+            raise ProfilerError(f"{flag} {path} is a folder; give a file path")
+        folder = p.resolve().parent
+        while not folder.exists():
+            folder = folder.parent
+    except OSError as err:  # e.g. a path under a folder this user cannot enter
+        raise ProfilerError(f"{flag} {path}: {err.strerror or err}") from None
     if not folder.is_dir():
         raise ProfilerError(f"{flag} {path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -60,10 +63,30 @@ def check_writable(path: str | os.PathLike[str], flag: str) -> None:
 
 
 def current_umask() -> int:
-    """The process umask (read by setting and restoring it; there is no other way to read it)."""
+    """The process umask: from /proc where Linux has it, else by setting and restoring it (which
+    another thread could observe for an instant)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _chmod_by_umask(path: str) -> None:
+    """mkstemp makes 0600 files: give the file the mode an ordinary open would (0666 less the
+    umask). A file system without permissions (vfat, some network shares) keeps its own."""
+    import errno
+
+    try:
+        os.chmod(path, 0o666 & ~current_umask())
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:

@@ -518,7 +518,7 @@ class TrtRunner(BaseRunner):
             try:
                 atomic_write_bytes(self.engine_path, serialized)
             except OSError as err:  # a read-only cache costs a rebuild next time, not this run
-                warnings.warn(f"could not write TensorRT engine cache {self.engine_path}: {err.strerror}")
+                warnings.warn(f"could not write TensorRT engine cache {self.engine_path}: {err.strerror or err}")
             self._engine = self._runtime.deserialize_cuda_engine(serialized)
             if self._engine is None:
                 raise ModelFileError(f"TensorRT could not load the engine it built for {self.name}")

@@ -9,7 +9,6 @@ nothing new is left behind compares the folder's listing before and after each c
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from click.testing import CliRunner

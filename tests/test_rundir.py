@@ -85,10 +85,33 @@ def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
-    stale = tmp_path / f".run.staging-{dead.stdout.strip()}-abc"
+    from hwprune.rundir import _owner
+
+    host = _owner().rpartition("-")[0]
+    stale = tmp_path / f".run.staging-{host}-{dead.stdout.strip()}-abc"
     stale.mkdir()
     (stale / "plan.json").write_text("{}")
-    live = tmp_path / f".run.staging-{os.getpid()}-xyz"  # a run still writing: left alone
+    live = tmp_path / f".run.staging-{host}-{os.getpid()}-xyz"  # a run still writing: left alone
     live.mkdir()
+    elsewhere = tmp_path / f".run.staging-otherhost-{dead.stdout.strip()}-abc"  # another host's: left alone
+    elsewhere.mkdir()
     _write(tmp_path / "run")
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and elsewhere.exists()
+
+
+def test_a_run_killed_between_the_swaps_two_renames_gets_its_old_run_back(tmp_path):
+    import subprocess
+    import sys
+
+    from hwprune.rundir import _owner
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    host = _owner().rpartition("-")[0]
+    _write(tmp_path / "run", "old")
+    (tmp_path / "run").rename(tmp_path / f".run.old-{host}-{dead}-abc")  # killed right after the first rename
+    _write(tmp_path / "other")  # another folder's run: the old one is not touched
+    assert not (tmp_path / "run").exists()
+    _write(tmp_path / "run", "new")  # the next run into run/ puts the old one back, then replaces it
+    assert json.loads((tmp_path / "run" / "baseline.json").read_text()) == {"tag": "new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "run"]

@@ -165,8 +165,11 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
 
 def _is_not_a_checkpoint(path: str) -> bool:
     """Neither torch.save's zip archive nor its legacy pickle (which starts with a PROTO opcode)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False  # unreadable: torch's own message says why
     return not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80")
 
 

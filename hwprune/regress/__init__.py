@@ -46,6 +46,11 @@ pass           hi <= 1 + t           a slowdown beyond t is ruled out (and not i
 inconclusive   lo <= 1 + t < hi      a slowdown beyond t is neither ruled out nor shown
 =============  ====================  ==================================================
 
+Against a stored baseline with a drift reference, [lo, hi] is the normalised ratio's; a
+``regressed`` there also needs the raw ratio's interval to lie above 1 + t, else the verdict is
+``inconclusive``: normalising by a reference that ran faster now than when it was stored turned
+an unchanged model into a regression on a loaded machine (+0.8% raw read as +11.4%).
+
 An inconclusive comparison estimates how many samples would decide it: the interval's
 half-width on the log scale shrinks like 1/sqrt(n) for the side that is still measured (a
 stored baseline's share of the variance, estimated from its bootstrap, does not shrink), so

@@ -258,7 +258,13 @@ def compare_samples(baseline_ms: Sequence[float], candidate_ms: Sequence[float],
                   f"above 1+t = {1 + tolerance:.4f}, but the raw ratio's [{raw_lo:.4f}, {raw_hi:.4f}] does not: the "
                   f"reference ran {scale_c / scale_b:.3f}x its stored time, so the machine, not the model, may "
                   f"have changed; measure again on a quieter machine")
-        return Comparison(verdict="inconclusive", reason=reason, ci_low=lo, ci_high=hi, samples_to_decide=None,
+        more = None
+        if decide(raw_lo, raw_hi, tolerance) == "inconclusive":
+            # the raw interval straddles 1 + t: more samples may confirm the regression on it too
+            raw_share = float(log_b.var()) / (float(log_b.var()) + float(log_c.var())) \
+                if float(log_b.var()) + float(log_c.var()) > 0 else 0.0
+            more = samples_to_decide(raw_ratio, raw_lo, raw_hi, tolerance, nc, raw_share, baseline_fixed)
+        return Comparison(verdict="inconclusive", reason=reason, ci_low=lo, ci_high=hi, samples_to_decide=more,
                           **common)
     what = f"{statistic} ratio" + (" (normalised by the drift reference)" if refs else "")
     span = f"{pct} CI of {what} [{lo:.4f}, {hi:.4f}]"

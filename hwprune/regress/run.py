@@ -18,6 +18,7 @@ from hwprune.regress.report import RESULT_FORMAT, write_outputs
 from hwprune.regress.sampler import BASELINE, CANDIDATE, _measure_until_decided, open_sampler
 from profilers.config import DeviceConfig, load_device_config
 from profilers.fileio import atomic_write_json
+from profilers.remote import check_reachable
 
 NO_REFERENCE_WARNING = ("the baseline holds no drift reference (written by an older hwprune): the comparison "
                         "is raw, exposed to process-level drift (docs/BENCHMARKS.md); re-write it with "
@@ -53,6 +54,7 @@ def regress(opts: RegressOptions, log: Callable[[str], None] = lambda m: None) -
         return write_baseline(opts, statistics, log)
     tolerance = parse_tolerance(opts.tolerance)
     cfg = load_device_config(opts.device)
+    check_reachable(cfg)  # a remote device: before any local work
     if mode == "lut":
         result = regress_lut(opts, cfg, tolerance, statistics, log)
     else:
@@ -70,6 +72,7 @@ def write_baseline(opts: RegressOptions, statistics: Sequence[str] = (),
     if not opts.model:
         raise HwpruneError("--write-baseline needs --model (the ONNX file to time)")
     cfg = load_device_config(opts.device)
+    check_reachable(cfg)
     blob = _read_model(opts.model)
     ref_name, ref_blob = reference_graph()
     env = _local_environment(cfg)
