@@ -18,7 +18,7 @@ import numpy as np
 
 from hwprune.errors import HwpruneError
 from hwprune.export import export_onnx
-from hwprune.groups import PrunableGroup, find_groups, prune_to_widths
+from hwprune.groups import PrunableGroup, count_macs, find_groups, prune_to_widths
 from hwprune.lut import LatencyLUT, model_key
 from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_bar, statistic_ms
 from hwprune.profiling import ModelSpec, random_widths
@@ -96,11 +96,17 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
                      "drift_adjusted_error_pct": (pred - meas * drift) / (meas * drift) * 100})
     err = np.abs([r["error_pct"] for r in rows])
     adj = np.abs([r["drift_adjusted_error_pct"] for r in rows])
+    macs_line = macs_baseline(model, x, groups, lut.model(key).get("calibration") or {}, rows)
     tau = kendalltau([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]).statistic
     result = {
         "model": key, "device": cfg.name, "lut": str(lut_path), "statistic": cfg.statistic, "samples": samples,
         "median_abs_error_pct": float(np.median(err)), "p90_abs_error_pct": float(np.percentile(err, 90)),
         "max_abs_error_pct": float(err.max()), "kendall_tau": float(tau) if not math.isnan(tau) else None,
+        # the field's figures (nn-Meter, LitePred): the share of samples within ±5% and ±10%
+        "within_5pct": float(np.mean(err <= 5.0)), "within_10pct": float(np.mean(err <= 10.0)),
+        # what a FLOPs-based tool predicts: latency proportional to MACs, fitted on the same
+        # calibration points as the LUT's own correction (None without calibration points)
+        "macs_baseline": macs_line,
         "predictor_calls_per_s": predictor_calls_per_s(predictor, groups, cfg.channel_multiple),
         # The machine's speed now relative to while the LUT was measured (drift reference):
         # errors above are against raw measurements; these take that speed difference out.
@@ -114,6 +120,33 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
     return result
 
 
+def macs_baseline(model, x, groups, calibration: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A MACs-proportional predictor (measured = k x MACs, least squares through the origin) fitted
+    on the LUT's calibration points, scored on the check's samples; each row gains its
+    ``macs`` and ``macs_predicted_ms``."""
+    from scipy.stats import kendalltau
+
+    points = calibration.get("points") or []
+    if not points:
+        return None
+
+    def macs(widths: list[int]) -> int:
+        return count_macs(prune_to_widths(model, x, {g.name: w for g, w in zip(groups, widths)}), x)
+
+    cal_macs = np.array([macs(p["widths"]) for p in points], dtype=float)
+    cal_ms = np.array([p["measured_ms"] for p in points], dtype=float)
+    k = float(cal_macs @ cal_ms / (cal_macs @ cal_macs))
+    for r in rows:
+        r["macs"] = macs(r["widths"])
+        r["macs_predicted_ms"] = k * r["macs"]
+    err = np.abs([(r["macs_predicted_ms"] - r["measured_ms"]) / r["measured_ms"] * 100 for r in rows])
+    tau = kendalltau([r["macs_predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]).statistic
+    return {"fitted_on": len(points), "ms_per_gmac": k * 1e9, "median_abs_error_pct": float(np.median(err)),
+            "p90_abs_error_pct": float(np.percentile(err, 90)), "max_abs_error_pct": float(err.max()),
+            "within_5pct": float(np.mean(err <= 5.0)), "within_10pct": float(np.mean(err <= 10.0)),
+            "kendall_tau": float(tau) if not math.isnan(tau) else None}
+
+
 def format_check_table(r: dict[str, Any]) -> str:
     """A plain-text table of the per-sample comparison and the summary figures."""
     lines = [f"{'sample':>10} {'predicted ms':>13} {'measured ms':>12} {'error %':>8}"]
@@ -125,4 +158,11 @@ def format_check_table(r: dict[str, Any]) -> str:
                  f"max {r['max_abs_error_pct']:.2f}%, Kendall tau {tau if tau is None else round(tau, 3)}, "
                  f"predictor {r['predictor_calls_per_s']:.0f} calls/s; machine speed vs LUT {1 / r['drift_factor']:.3f}x "
                  f"(drift-adjusted median |error| {r['drift_adjusted_median_abs_error_pct']:.2f}%)")
+    lines.append(f"within ±5%: {r['within_5pct'] * 100:.0f}% of samples, within ±10%: {r['within_10pct'] * 100:.0f}%")
+    m = r.get("macs_baseline")
+    if m:
+        mt = m["kendall_tau"]
+        lines.append(f"a MACs-proportional line fitted on the same {m['fitted_on']} calibration points: median |error| "
+                     f"{m['median_abs_error_pct']:.2f}%, within ±5% {m['within_5pct'] * 100:.0f}%, within ±10% "
+                     f"{m['within_10pct'] * 100:.0f}%, Kendall tau {mt if mt is None else round(mt, 3)}")
     return "\n".join(lines)

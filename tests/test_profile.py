@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from hwprune.cli import cli
 from hwprune.errors import HwpruneError
 from hwprune.lut import LatencyLUT, model_key
-from hwprune.lutcheck import lut_check
+from hwprune.lutcheck import format_check_table, lut_check
 from hwprune.profiling import ModelSpec, parse_input_shape, parse_ratios, profile
 from profilers.config import load_device_config
 
@@ -260,6 +260,15 @@ def test_lut_check_reports_the_error_figures(profiled, env, tmp_path):
     assert 0 <= r["median_abs_error_pct"] <= r["p90_abs_error_pct"] <= r["max_abs_error_pct"]
     assert r["kendall_tau"] is None or -1 <= r["kendall_tau"] <= 1
     assert all(row["measured_ms"] > 0 and row["raw_predicted_ms"] > 0 for row in r["rows"])
+    # the field's figures, and what a MACs-proportional predictor fitted on the same 5
+    # calibration points gets on the same samples
+    errs = [abs(row["error_pct"]) for row in r["rows"]]
+    assert r["within_5pct"] == sum(e <= 5 for e in errs) / 5 and r["within_10pct"] == sum(e <= 10 for e in errs) / 5
+    m = r["macs_baseline"]
+    assert m["fitted_on"] == 5 and m["ms_per_gmac"] > 0 and 0 <= m["within_5pct"] <= m["within_10pct"] <= 1
+    row = r["rows"][0]
+    assert row["macs_predicted_ms"] == pytest.approx(m["ms_per_gmac"] * 1e-9 * row["macs"])
+    assert "MACs-proportional" in format_check_table(r)
     assert os.listdir(tmp_path) == ["check.json"]  # written atomically: no temp file beside it
     written = json.loads(out.read_text())
     assert {k: written[k] for k in CHECK_KEYS} == {k: r[k] for k in CHECK_KEYS}
