@@ -5,6 +5,7 @@ VENV ?= .venv
 # The CPU build of torch lies on this machine's disk; an open range pulls a multi-GB CUDA
 # build. Override for another platform: make install TORCH_REQ='torch==2.9.1'
 TORCH_REQ ?= torch==2.13.0
+PYTORCHCV_REQ ?= pytorchcv==0.0.74
 PY := $(VENV)/bin/python
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
@@ -18,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_REQ)"
 	$(PY) -m pip install -q -e ".[dev]"
+	# pytorchcv's third-party architectures for pytorchcv:NAME (and its tests); --no-deps: its
+	# torchvision requirement would replace the CPU torch with a multi-GB CUDA build.
+	$(PY) -m pip install -q --no-deps "$(PYTORCHCV_REQ)"
 	touch $@
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist, when missing and apt is usable.

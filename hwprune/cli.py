@@ -72,7 +72,7 @@ def _model_options(f):
                      help="Input C,H,W (batch comes from the device config).")(f)
     f = click.option("--model", "-m", required=True,
                      help="Zoo name (resnet20, resnet56, vgg11_bn, vgg16_bn, mobilenetv2), path/to/file.py:factory, "
-                          "or torchvision:NAME / timm:NAME when installed.")(f)
+                          "pytorchcv:NAME, or torchvision:NAME / timm:NAME when installed.")(f)
     f = click.option("--device", "-d", required=True, help="Shipped device name (see `hwprune devices`) or a YAML path.")(f)
     return f
 

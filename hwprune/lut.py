@@ -45,7 +45,7 @@ STAT_COLUMNS = {"p50": "p50_ms", "p90": "p90_ms", "p99": "p99_ms", "mean": "mean
 def model_key(model: str, input_shape: Sequence[int]) -> str:
     """How a model's structure is keyed in a LUT: name and full input shape (batch first)."""
     name = model
-    if ":" in model and not model.startswith(("torchvision:", "timm:")):
+    if ":" in model and not model.startswith(("torchvision:", "timm:", "pytorchcv:")):
         file, factory = model.rsplit(":", 1)
         name = f"{Path(file).name}:{factory}"  # the same file given by another path is the same model
     return f"{name}@{'x'.join(str(d) for d in input_shape)}"

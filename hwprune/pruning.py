@@ -35,7 +35,8 @@ from profilers.errors import ProfilerError
 from profilers.remote import check_reachable
 
 FINETUNE_STRATEGIES = ("standard", "swd", "agp")
-CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+# Inside the package, so a wheel carries them (the checkout's top-level checkpoints/ links here).
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 __all__ = ["PruneOptions", "PruneResult", "run", "parse_count_limit", "default_agent", "default_weights"]
 
 

@@ -49,9 +49,9 @@ KNOWN_PROVIDERS = (
     "WebGpuExecutionProvider",
 )
 
-# Where shipped configs live: the top-level device_configs/ folder of the checkout, or a
-# folder named by HWPRUNE_DEVICE_CONFIGS.
-SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent.parent / "device_configs"
+# Where shipped configs live: inside this package (so a wheel carries them; the checkout's
+# top-level device_configs/ links here), or the folder named by HWPRUNE_DEVICE_CONFIGS.
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "device_configs"
 
 
 @dataclass(frozen=True)

@@ -238,3 +238,27 @@ def test_register_model_adds_a_name_and_refuses_a_clash():
             registry.register_model(other)
     finally:
         registry._MODEL_BUILDERS.pop("hwprune_test_tiny", None)
+
+
+# -- pytorchcv:NAME (installed by make install with --no-deps) ---------------------------------
+
+@pytest.mark.parametrize("name, side_px, classes, groups", [("resnet20_cifar10", 32, 10, 12),
+                                                            ("densenet40_k12_cifar10", 32, 10, 39),
+                                                            ("mobilenetv2_w1", 224, 7, 26)])
+def test_pytorchcv_models_build_trace_and_export(name, side_px, classes, groups):
+    pytest.importorskip("pytorchcv", reason="make install installs pytorchcv (--no-deps)")
+    from hwprune.export import export_onnx
+    from hwprune.groups import find_groups
+
+    model = create_model(f"pytorchcv:{name}", in_channels=1, num_classes=classes,
+                         input_size=(side_px, side_px)).eval()
+    x = torch.zeros(1, 1, side_px, side_px)
+    assert model(x).shape == (1, classes)
+    assert len(find_groups(model, x)) == groups
+    assert len(export_onnx(model, x)) > 0
+
+
+def test_an_unknown_pytorchcv_model_is_one_sentence():
+    pytest.importorskip("pytorchcv", reason="make install installs pytorchcv (--no-deps)")
+    with pytest.raises(HwpruneError, match="pytorchcv has no model 'nosuchnet'"):
+        create_model("pytorchcv:nosuchnet")

@@ -7,12 +7,14 @@ is the single place a ``--model`` string becomes a module, as in timm's ``_regis
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from hwprune.errors import HwpruneError, user_code
 _MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 # Which pip package provides each third-party model namespace.
-_EXTERNAL_ZOOS = {"torchvision": "torchvision", "timm": "timm"}
+_EXTERNAL_ZOOS = {"torchvision": "torchvision", "timm": "timm", "pytorchcv": "pytorchcv"}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -69,8 +71,8 @@ def create_model(
 
     Args:
         name: a registered name (see :func:`list_models`); ``path/to/file.py:factory`` for a
-            factory function in a user file; or ``torchvision:NAME`` / ``timm:NAME`` when
-            that package is installed.
+            factory function in a user file; or ``torchvision:NAME`` / ``timm:NAME`` /
+            ``pytorchcv:NAME`` when that package is installed.
         in_channels: input image channels (1 for Fashion-MNIST, 3 for CIFAR/ImageNet).
         num_classes: size of the classifier output.
         input_size: (height, width) of the input; some builders use it to pick strides.
@@ -92,7 +94,7 @@ def create_model(
     input_size = _as_hw(input_size)
     prefix, sep, rest = name.partition(":")
     if sep and prefix in _EXTERNAL_ZOOS:
-        return _create_external(prefix, rest, in_channels, num_classes, **kwargs)
+        return _create_external(prefix, rest, in_channels, num_classes, input_size=_as_hw(input_size), **kwargs)
     if sep:
         # Registered names never contain ':', so anything else with one is FILE:FACTORY;
         # split at the last ':' so Windows drive letters survive.
@@ -161,6 +163,31 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
             raise HwpruneError(f"weights {path} do not match the model: unexpected key {key!r}")
     model.load_state_dict(obj, strict=True)
     return model
+
+
+@functools.lru_cache(maxsize=None)
+def _pytorchcv_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder ``name`` of pytorchcv, imported from the one module that defines it.
+
+    pytorchcv's own ``get_model`` imports every model module, some of which need torchvision
+    (which cannot be installed beside a CPU-only torch here); finding the defining module by
+    its source text imports only what the model needs.
+    """
+    import re
+
+    spec = importlib.util.find_spec("pytorchcv")
+    models_dir = Path(next(iter(spec.submodule_search_locations))) / "models"
+    pattern = re.compile(rf"^def {re.escape(name)}\(", re.M)
+    for f in sorted(models_dir.glob("*.py")):
+        if pattern.search(f.read_text(encoding="utf-8", errors="ignore")):
+            try:
+                module = importlib.import_module(f"pytorchcv.models.{f.stem}")
+            except ImportError as err:
+                raise HwpruneError(f"pytorchcv:{name} needs {err.name or 'a package that is missing'}: "
+                                   f"{_one_line(err)}") from None
+            return getattr(module, name)
+    raise HwpruneError(f"pytorchcv has no model '{name}' (names as in pytorchcv's model list, e.g. resnet18, "
+                       f"mobilenetv2_w1)")
 
 
 def _is_not_a_checkpoint(path: str) -> bool:
@@ -252,7 +279,8 @@ def _create_from_file(
 
 
 def _create_external(
-    zoo: str, model_name: str, in_channels: int, num_classes: int, **kwargs: Any
+    zoo: str, model_name: str, in_channels: int, num_classes: int, input_size: tuple[int, int] = (224, 224),
+    **kwargs: Any
 ) -> nn.Module:
     package = _EXTERNAL_ZOOS[zoo]
     if importlib.util.find_spec(package) is None:
@@ -265,6 +293,9 @@ def _create_external(
             return timm.create_model(
                 model_name, in_chans=in_channels, num_classes=num_classes, **kwargs
             )
+        if zoo == "pytorchcv":
+            return _pytorchcv_builder(model_name)(pretrained=False, in_channels=in_channels,
+                                                  num_classes=num_classes, in_size=tuple(input_size), **kwargs)
         if in_channels != 3:
             # torchvision builders have no in_channels argument and assume RGB.
             raise HwpruneError(
