@@ -143,6 +143,14 @@ def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, 
     if score_fn is not None and options.get("importance") == "taylor":
         raise HwpruneError("importance='taylor' needs the built-in proxy's loss gradients; with score_fn use "
                            "'l1', 'l2' or 'bn-scale'")
+    for given, options_it_voids in ((score_fn, ("val_samples", "proxy_train_steps")),
+                                    (finetune_fn, ("finetune", "finetune_epochs", "lr", "batch_size", "kd",
+                                                   "kd_temperature", "kd_weight"))):
+        unused = [o for o in options_it_voids if o in options]
+        if given is not None and unused:
+            role = "score_fn" if given is score_fn else "finetune_fn"
+            raise HwpruneError(f"{', '.join(unused)} set the built-in {'proxy' if role == 'score_fn' else 'recovery'}, "
+                               f"which your {role} replaces; leave them out")
     user_module = isinstance(model, nn.Module)
     if data is None and not user_module and score_fn is None:
         data = "fashion-mnist"  # the CLI's default for zoo models

@@ -158,6 +158,8 @@ def test_without_finetune_fn_or_data_the_cut_ships_unrecovered(env):
     ({"importance": "taylor"}, "taylor"),
     ({"num_classes": 2.5}, "num_classes must be an integer"),
     ({"name": "a@b"}, "name must be a non-empty string"),
+    ({"val_samples": 500}, "val_samples set the built-in proxy, which your score_fn replaces"),
+    ({"finetune_epochs": 3, "lr": 0.1}, "finetune_epochs, lr set the built-in recovery, which your finetune_fn"),
 ])
 def test_bad_input_through_the_api_is_one_sentence(env, kw, fragment):
     with pytest.raises(HwpruneError) as info:
