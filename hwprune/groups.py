@@ -65,7 +65,14 @@ def _build_graph(model: nn.Module, example_input: torch.Tensor):
                            f"{tuple(example_input.shape)}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
-def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module]):
+def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable: list | None = None):
+    """Torch-Pruning's groups that hwprune prunes, as (name, root, handler, group, members).
+
+    A group that a grouped (not depthwise) convolution produces or consumes is left out,
+    wherever groups are listed (search, importance, cuts, recovery): cutting it needs the
+    same number of channels cut in each of the convolution's groups, which the pruner does not
+    guarantee. ``unprunable``, when given, receives an ``UnprunableGroup`` for each.
+    """
     tp = _tp()
     names = {id(m): n for n, m in model.named_modules()}
     for g in dg.get_all_groups(ignored_layers=list(ignored),
@@ -83,6 +90,11 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module]):
             n = names.get(id(mod))
             if n is not None and n not in members and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
                 members.append(n)
+        reason = _grouped_conv_in(g, names)
+        if reason is not None:
+            if unprunable is not None:
+                unprunable.append(UnprunableGroup(names[id(root)], _out_channels(root), reason))
+            continue
         yield names[id(root)], root, handler, g, tuple(members)
 
 
@@ -90,23 +102,50 @@ def _out_channels(m: nn.Module) -> int:
     return m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
 
 
-def find_groups(model: nn.Module, example_input: torch.Tensor,
-                ignored: Sequence[nn.Module] | None = None) -> list[PrunableGroup]:
+@dataclass(frozen=True)
+class UnprunableGroup:
+    """A dependency group left at full width, and why (listed in warnings and reports)."""
+
+    name: str
+    channels: int
+    reason: str
+
+
+def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: Sequence[nn.Module] | None = None,
+                unprunable: list[UnprunableGroup] | None = None) -> list[PrunableGroup]:
     """The prunable dependency groups of ``model``, in network order.
 
-    ``ignored`` layers keep their output channels; the classifier is always ignored.
+    ``ignored`` layers keep their output channels; the classifier is always ignored. A group
+    whose channels a grouped convolution (not depthwise) produces or consumes stays at full
+    width (see ``_iter_groups``), so the rest of the model still prunes; ``unprunable``, when
+    given, receives those groups and why.
     """
     model = model.eval()
     clf = classifier_layer(model)
     ignored_layers = list(ignored or []) + ([clf] if clf is not None else [])
     dg = _build_graph(model, example_input)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    skipped: list[UnprunableGroup] = []
     groups = [PrunableGroup(name, _out_channels(root), members)
-              for name, root, _, _, members in _iter_groups(model, dg, ignored_layers)]
+              for name, root, _, _, members in _iter_groups(model, dg, ignored_layers, skipped)]
     groups.sort(key=lambda g: order[g.name])
+    skipped.sort(key=lambda u: order[u.name])
+    if unprunable is not None:
+        unprunable.extend(skipped)
     if not groups:
-        raise HwpruneError("the model has no prunable conv or linear layer groups")
+        raise HwpruneError("the model has no prunable conv or linear layer groups"
+                           + (f" ({skipped[0].name}: {skipped[0].reason})" if skipped else ""))
     return groups
+
+
+def _grouped_conv_in(group, names: dict[int, str]) -> str | None:
+    """Why ``group`` (a Torch-Pruning group) cannot be cut: it touches a grouped, non-depthwise conv."""
+    for item in group:
+        mod = item.dep.target.module
+        if isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1 and mod.groups != mod.in_channels:
+            return (f"{names.get(id(mod), type(mod).__name__)} is a grouped convolution (groups={mod.groups}); "
+                    f"kept at full width")
+    return None
 
 
 def snap_channels(channels: float, dense: int, multiple: int) -> int:

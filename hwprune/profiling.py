@@ -10,6 +10,7 @@ the next run picks up where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -24,7 +25,7 @@ import torch
 from hwprune.candidates import build_width_graph, enumerate_candidates, grids_for
 from hwprune.errors import HwpruneError
 from hwprune.export import check_input_shape, export_onnx
-from hwprune.groups import PrunableGroup, find_groups, prune_to_widths, snap_channels
+from hwprune.groups import PrunableGroup, UnprunableGroup, find_groups, prune_to_widths, snap_channels
 from hwprune.lut import LatencyLUT, Predictor, fit_calibration, model_key, structure_sha
 from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_bar, statistic_ms, time_items
 from hwprune.models.spec import ModelSpec, parse_input_shape  # noqa: F401  (their old home; callers import them here)
@@ -117,7 +118,10 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     model = spec.build()
     x = spec.example_input(cfg.batch_size)
     check_input_shape(model, x)
-    groups = find_groups(model, x)
+    unprunable: list[UnprunableGroup] = []
+    groups = find_groups(model, x, unprunable=unprunable)
+    for u in unprunable:
+        log(f"warning: group {u.name} ({u.channels} channels) is left at full width: {u.reason}")
     log(f"{spec.name}: {len(groups)} prunable groups; exporting the width-parametric graph ...")
     wg = build_width_graph(model, x, groups)
     units = wg.units()
@@ -141,6 +145,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         "weights": spec.weights, "ratios": list(ratios) if ratios else None, "channel_multiple": cfg.channel_multiple,
         "groups": [{"name": g.name, "channels": g.channels, "grid": grid, "members": list(g.members)}
                    for g, grid in zip(groups, grids)],
+        "unprunable": [dataclasses.asdict(u) for u in unprunable],
         "units": [{"name": u.name, "label": u.label, "groups": list(u.groups), "table": t}
                   for u, t in zip(units, unit_tables)],
     }

@@ -25,7 +25,7 @@ from hwprune.certify import (CONFIDENCE, Certificate, Certifier, FinalMeasuremen
                              measured_points, next_lut_limit, top_candidates)
 from hwprune.errors import HwpruneError, describe_callable, first_line
 from hwprune.export import check_input_shape, export_onnx
-from hwprune.groups import find_groups
+from hwprune.groups import UnprunableGroup, find_groups
 from hwprune.lut import LatencyLUT
 from hwprune.plan import Plan
 from hwprune.ranks import Ranks
@@ -193,6 +193,7 @@ class _Job:
     task: Task
     ranks: Ranks
     log: Callable[[str], None]
+    unprunable: list = field(default_factory=list)  # UnprunableGroup: left at full width, and why
 
     def objective(self):
         return self.task.objective(self.dense, self.x, criterion=self.opts.importance,
@@ -233,7 +234,12 @@ def run(opts: PruneOptions, spec, task: Task, *, lut: LatencyLUT | str | None = 
         x = spec.example_input(cfg.batch_size)
         check_input_shape(dense, x)
         ranks = Ranks.start()
-        job = _Job(opts, cfg, dense, x, find_groups(dense, x), task, ranks, log if ranks.is_main else (lambda _m: None))
+        unprunable: list[UnprunableGroup] = []
+        groups = find_groups(dense, x, unprunable=unprunable)
+        job = _Job(opts, cfg, dense, x, groups, task, ranks, log if ranks.is_main else (lambda _m: None),
+                   unprunable)
+        for u in unprunable:
+            job.log(f"warning: group {u.name} ({u.channels} channels) is left at full width: {u.reason}")
         try:
             if not ranks.is_main:
                 return _follow(job, num_classes)
@@ -278,6 +284,7 @@ def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, m
                           job.task.evaluate(dense), job.task.evaluate(pruned), outcome.recovered.report, env, limits,
                           seconds=time.perf_counter() - t0, reproduce=reproduce)
     report["ranks"] = job.ranks.world_size
+    report["unprunable_groups"] = [asdict(u) for u in job.unprunable]
     out = Path(opts.out) if opts.out else None
     if out is not None:
         write_run(out, plan=plan, onnx=outcome.onnx, model=pruned, baseline=baseline, report=report,

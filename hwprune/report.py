@@ -111,6 +111,10 @@ def write_markdown(report: dict[str, Any]) -> str:
     ]
     if report.get("reproduce"):
         lines += ["Reproduce:", "", f"    {report['reproduce']}", ""]
+    if report.get("unprunable_groups"):
+        at = lines.index("![channels per group](channels.png) ![speed-up audit](speedup.png)")
+        lines[at:at] = ["Left at full width: " + "; ".join(f"`{u['name']}` ({u['reason']})"
+                                                        for u in report["unprunable_groups"]), ""]
     if len(cert.get("rounds", [])) > 1:
         at = lines.index("![channels per group](channels.png) ![speed-up audit](speedup.png)")
         lines[at:at] = ["Certification rounds (the LUT budget is tightened by measured/predicted until the "

@@ -669,3 +669,57 @@ def test_a_prune_killed_mid_run_leaves_no_run_folder_and_its_rerun_writes_one(en
     _ok(_invoke(args))
     assert set(RUN_OUTPUTS) <= {p.name for p in out.iterdir()}
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+GROUPED_MODEL = """\
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    # an inverted residual, a two-branch concatenation and a grouped (not depthwise) conv
+    def __init__(self, in_channels=1, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(32, 64, 1), nn.BatchNorm2d(64), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.BatchNorm2d(64), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(64, 32, 1), nn.BatchNorm2d(32))
+        self.left = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.right = nn.Sequential(nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, groups=2), nn.BatchNorm2d(64), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.project(self.dw(self.expand(x)))
+        x = torch.cat([self.left(x), self.right(x)], dim=1)
+        return self.head(self.grouped(x))
+
+
+def net(in_channels=1, num_classes=10):
+    return Net(in_channels, num_classes)
+"""
+
+
+def test_a_grouped_convolution_is_left_at_full_width_and_the_rest_still_prunes(env, tmp_path):
+    # the grouped conv's input and output groups stay dense, listed as such; the model profiles,
+    # prunes (the other groups) and certifies instead of failing on the first width probe
+    (tmp_path / "grouped.py").write_text(GROUPED_MODEL)
+    model, lut = f"{tmp_path / 'grouped.py'}:net", tmp_path / "g.parquet"
+    prof = _invoke(["profile", "-d", env["device"], "-m", model, "--input-shape", SHAPE, "--lut", str(lut),
+                    "--calibration-samples", "0", "-q"])
+    _ok(prof)
+    assert "is left at full width: grouped.0 is a grouped convolution (groups=2)" in prof.stderr
+    out = tmp_path / "run"
+    res = _invoke(["prune", "-d", env["device"], "-m", model, "--data", env["data"], "--lut", str(lut),
+                   "--out", str(out), "--input-shape", SHAPE, "--max-params", "85%", "--agent", "uniform",
+                   "--finetune-epochs", "0", "--max-evaluations", "4", "-q"])
+    _ok(res)
+    r = _report(out)
+    # the concatenation's two producers feed the grouped conv, whose output is its own group
+    assert {u["name"] for u in r["unprunable_groups"]} == {"left.0", "right.0", "grouped.0"}
+    assert set(r["pruned"]["channels"]) == {"dw.0", "project.0"}  # the inverted residual still prunes
+    assert r["pruned"]["params"] < r["dense"]["params"]
+    assert "Left at full width" in (out / "report.md").read_text()
+    sess = ort.InferenceSession(str(out / "pruned.onnx"))  # the pruned ONNX runs
+    assert sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 10)
