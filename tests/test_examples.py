@@ -92,3 +92,17 @@ def test_lightning_trainer_as_finetune_fn(setup, tmp_path):
     s = _run("lightning_recovery", setup, tmp_path)
     report = json.loads((tmp_path / "lightning_recovery" / "report.json").read_text())
     assert report["finetune"]["strategy"] == "finetune_fn" and s["seconds"] > 0
+
+
+def test_the_readmes_python_api_example_runs_as_written(tmp_path):
+    # the first ```python block of README.md, run as a newcomer would paste it, in an empty folder
+    import subprocess
+
+    text = (EXAMPLES.parent / "README.md").read_text()
+    start = text.index("```python\n") + len("```python\n")
+    (tmp_path / "example.py").write_text(text[start:text.index("```", start)])
+    r = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    certified, upper_ms, budget_ms = r.stdout.split()[-3:]
+    assert certified == "True" and float(upper_ms) <= float(budget_ms)
+    assert (tmp_path / "runs" / "mynet" / "plan.json").is_file() and (tmp_path / "lut.parquet").is_file()
