@@ -26,7 +26,7 @@ from torch import nn
 
 from hwprune.errors import HwpruneError
 from hwprune.lut import LatencyLUT
-from hwprune.models.spec import ModelSpec, ModuleSpec
+from hwprune.models.spec import ModelSpec, ModuleSpec, check_example_input
 from hwprune.pruning import PruneOptions, PruneResult, command_line, default_weights
 from profilers.config import load_device_config
 from profilers.fileio import atomic_write_json, check_writable
@@ -44,8 +44,8 @@ def model_spec(model: nn.Module | str, example_input: torch.Tensor | None = None
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
         raise HwpruneError(f"num_classes must be an integer of at least 1, got {num_classes!r}")
-    if example_input is not None and not isinstance(example_input, torch.Tensor):
-        raise HwpruneError(f"example_input must be a tensor with a batch dimension, got {type(example_input).__name__}")
+    if example_input is not None:
+        check_example_input(example_input)
     if isinstance(model, nn.Module):
         if example_input is None:
             if input_shape is None:
@@ -199,9 +199,10 @@ def _default_weights(model: str, data: str, log: Callable[[str], None]) -> str |
 
 def _check_options(options: dict[str, Any]) -> None:
     """``**options`` of :func:`prune`: ``PruneOptions`` fields that have no keyword of their own."""
+    import inspect
+
     fields = {f.name for f in dataclasses.fields(PruneOptions)}
-    own = {"model", "device", "lut", "out", "data", "weights", "input_shape", "latency_ms", "speedup", "max_params",
-           "max_macs", "max_memory_bytes", "agent", "agent_options", "max_evaluations", "show_progress"}
+    own = fields & set(inspect.signature(prune).parameters)  # set through prune's own keywords
     if "budget" in options:
         raise HwpruneError("budget= is spelt budgets= here: a list of (function of the widths, limit) pairs")
     unknown = sorted(set(options) - (fields - own))

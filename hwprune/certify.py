@@ -65,9 +65,9 @@ class LatencyBudget:
         # Named as the CLI's flags; the API's keywords are the same words (latency_ms, speedup).
         if self.latency_ms is not None and self.speedup is not None:
             raise HwpruneError("give either --latency-ms or --speedup, not both")
-        if self.latency_ms is not None and not (_finite(self.latency_ms) and self.latency_ms > 0):
+        if self.latency_ms is not None and not (is_finite_number(self.latency_ms) and self.latency_ms > 0):
             raise HwpruneError(f"--latency-ms must be a positive number, got {self.latency_ms!r}")
-        if self.speedup is not None and not (_finite(self.speedup) and self.speedup > 1):
+        if self.speedup is not None and not (is_finite_number(self.speedup) and self.speedup > 1):
             raise HwpruneError(f"--speedup must be a number > 1, got {self.speedup!r}")
 
     @property
@@ -81,7 +81,8 @@ class LatencyBudget:
         return self.latency_ms
 
 
-def _finite(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
+    """A finite real number: not a bool, not NaN, not infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

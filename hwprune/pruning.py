@@ -11,7 +11,6 @@ by measured/predicted and search again; then write the run folder (:mod:`hwprune
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwprune.certify import (CONFIDENCE, Certificate, Certifier, FinalMeasurement, LatencyBudget, Measure, Proposal, Round, default_measure,
+from hwprune.certify import (CONFIDENCE, Certificate, Certifier, is_finite_number, FinalMeasurement, LatencyBudget, Measure, Proposal, Round, default_measure,
                              measured_points, next_lut_limit, top_candidates)
 from hwprune.errors import HwpruneError, describe_callable, first_line
 from hwprune.export import check_input_shape, export_onnx
@@ -103,7 +102,7 @@ class PruneOptions:
         for flag, value, ok in (("--lr", self.lr, lambda v: v > 0), ("--kd-weight", self.kd_weight,
                                                                     lambda v: 0 <= v <= 1),
                                 ("--kd-temperature", self.kd_temperature, lambda v: v > 0)):
-            if not (_is_number(value) and ok(value)):
+            if not (is_finite_number(value) and ok(value)):
                 raise HwpruneError(f"{flag} is out of range: {value!r}")
         if self.out:
             from hwprune.rundir import check_out_dir
@@ -160,11 +159,6 @@ class _Outcome:
     final: FinalMeasurement
     onnx: bytes
     rounds: list[Round]
-
-
-def _is_number(value: Any) -> bool:
-    """A finite real number (not a bool, not NaN, not infinite)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def default_agent() -> str:
@@ -412,24 +406,3 @@ def command_line(opts: PruneOptions) -> str:
     if opts.allow_other_device:
         parts.append("--allow-other-device")
     return " ".join(parts)
-
-
-def prune(opts: PruneOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """``hwprune prune`` as before: a zoo or file model on a built-in dataset; returns the report dict.
-
-    Kept for scripts that called it; new code calls :func:`hwprune.prune`.
-    """
-    from hwprune.api import prune_options
-
-    return prune_options(opts, log=log).report
-
-
-def __getattr__(name: str):
-    # Old homes of names that moved into their own modules (certification, plans).
-    import hwprune.certify as certify
-    import hwprune.plan as plan
-
-    for module in (certify, plan):
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise AttributeError(f"module 'hwprune.pruning' has no attribute {name!r}")

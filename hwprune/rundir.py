@@ -124,11 +124,9 @@ def _recover_interrupted_swap(out: Path) -> None:
 
 
 def _apply_umask(folder: Path) -> None:
-    """Give the staged files the user's umask (temporary files are created 0600)."""
-    mask = current_umask()
-    os.chmod(folder, 0o777 & ~mask)
-    for f in folder.iterdir():
-        os.chmod(f, 0o666 & ~mask)
+    """Give the staging folder (mkdtemp makes it 0700) the user's umask; its files already have it
+    (``atomic_write``)."""
+    os.chmod(folder, 0o777 & ~current_umask())
 
 
 def _swap_in(staging: Path, out: Path) -> None:

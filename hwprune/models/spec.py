@@ -55,8 +55,7 @@ class ModuleSpec:
                  num_classes: int | None = None, weights: str | None = None) -> None:
         if not isinstance(model, torch.nn.Module):
             raise HwpruneError(f"model must be a torch.nn.Module (or a zoo name), got {type(model).__name__}")
-        if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
-            raise HwpruneError("example_input must be a tensor with a batch dimension, e.g. torch.zeros(1, 3, 32, 32)")
+        check_example_input(example_input)
         if name is not None and (not isinstance(name, str) or not name.strip() or "@" in name):
             raise HwpruneError(f"name must be a non-empty string without '@', got {name!r}")
         self.model = model
@@ -93,8 +92,13 @@ def default_module_name(model: torch.nn.Module) -> str:
 
 def batch_of(example_input: torch.Tensor, batch: int) -> torch.Tensor:
     """``example_input`` at ``batch`` samples (its first sample repeated)."""
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
-        raise HwpruneError(f"example_input must be a tensor with a batch dimension, got "
-                           f"{type(example_input).__name__}")
+    check_example_input(example_input)
     first = example_input[:1].detach()
     return first.repeat(batch, *([1] * (first.dim() - 1))) if batch != 1 else first.clone()
+
+
+def check_example_input(example_input) -> None:
+    """A tensor with a batch dimension, or one sentence saying what is expected."""
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
+        raise HwpruneError(f"example_input must be a tensor with a batch dimension such as torch.zeros(1, 3, 32, 32), "
+                           f"got {type(example_input).__name__}")
