@@ -90,8 +90,9 @@ def summary_table(cells: list[dict]) -> str:
         if k not in keys:
             keys.append(k)
 
-    lines = ["| model | budget | agent | seeds | certified | test acc % | p50 ms | evals | search s | wall s |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | budget | agent | seeds | certified | test acc % | p50 ms | budget used, median | rounds, mean "
+             "| evals | search s | wall s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for model, fraction, agent in keys:
         ok = [c for c in cells if (c["model"], c["fraction"], c["agent"]) == (model, fraction, agent) and "report" in c]
         n_all = sum((c["model"], c["fraction"], c["agent"]) == (model, fraction, agent) for c in cells)
@@ -99,9 +100,23 @@ def summary_table(cells: list[dict]) -> str:
         lines.append(f"| {model} | {fraction:.0%} | {agent} | {n_all} | {sum(r['certified'] for r in rep)}/{n_all} | "
                      f"{mean_std([r['pruned']['accuracy'] * 100 for r in rep], '.2f')} | "
                      f"{mean_std([r['pruned']['latency_ms']['p50'] for r in rep], '.4f')} | "
+                     f"{_median([utilisation(r) for r in rep]):.3f} | "
+                     f"{sum(len(r['certificate']['rounds']) for r in rep) / max(len(rep), 1):.2f} | "
                      f"{mean_std([r['search']['evaluations'] for r in rep], '.0f')} | "
                      f"{mean_std([r['search']['seconds'] for r in rep], '.0f')} | {mean_std([c['wall_s'] for c in ok], '.0f')} |")
     return "\n".join(lines)
+
+
+def utilisation(report: dict) -> float:
+    """The final model's measured upper bound / budget (reports before issue 19 lack the field)."""
+    cert = report["certificate"]
+    return cert.get("utilisation") or cert["upper_bound_ms"] / cert["budget_ms"]
+
+
+def _median(values: list[float]) -> float:
+    import statistics
+
+    return statistics.median(values) if values else float("nan")
 
 
 def pareto_plot(cells: list[dict], path: Path) -> None:

@@ -253,8 +253,12 @@ def apply_plan(model: nn.Module | str, plan: str, example_input: torch.Tensor | 
     return apply_to_spec(spec, plan, weights)
 
 
-def time_model(onnx_path: str, device: str, json_path: str | None = None) -> dict[str, Any]:
+def time_model(onnx_path: str, device: str, json_path: str | None = None, processes: int = 1) -> dict[str, Any]:
     """Time one ONNX file on a device config; returns the device name, timing and environment.
+
+    With ``processes`` > 1 the model is timed in that many fresh processes one after another
+    (:mod:`hwprune.processes`): ``timing`` pools every process's samples and
+    ``across_processes`` gives each process's statistic and their spread.
 
     Example:
         >>> from hwprune import api
@@ -263,10 +267,17 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None) -> dic
     """
     from profilers.environment import collect_manifest
     from profilers.runners import make_runner
+    from hwprune.processes import check_processes
 
     cfg = load_device_config(device)
+    check_processes(processes)
     if json_path:
         check_writable(json_path, "--json")
+    if processes > 1:
+        result = _time_in_processes(onnx_path, cfg, processes)
+        if json_path:
+            atomic_write_json(json_path, result)
+        return result
     if cfg.remote is not None:
         result = _time_remote(onnx_path, cfg)
         if json_path:
@@ -283,6 +294,39 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None) -> dic
     return result
 
 
+def _read_onnx(onnx_path: str) -> bytes:
+    from pathlib import Path
+
+    from profilers.errors import ModelFileError
+
+    try:
+        return Path(onnx_path).read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"ONNX file not found: {onnx_path}") from None
+    except OSError as err:
+        raise ModelFileError(f"cannot read {onnx_path}: {err.strerror or err}") from None
+
+
+def _time_in_processes(onnx_path: str, cfg, processes: int) -> dict[str, Any]:
+    """``hwprune time --processes N``: the model in N fresh processes, each process's figures and the spread."""
+    from hwprune.processes import measure_in_processes, spread
+    from profilers.environment import collect_manifest
+    from profilers.remote import check_reachable
+    from profilers.stats import summarize
+
+    blob = _read_onnx(onnx_path)
+    check_reachable(cfg)
+    runs = measure_in_processes([("model", blob)], cfg, processes)
+    samples = [s for r in runs for s in r["model"]["samples_ms"]]
+    pooled = summarize(samples, cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci).to_dict()
+    return {"device": cfg.name, "model": onnx_path, "timed_scope": "session.run", "timing": pooled,
+            "processes": processes,
+            "across_processes": {**spread(runs, "model", cfg.statistic).to_dict(),
+                                 "per_process": [{k: v for k, v in r["model"].items() if k != "samples_ms"}
+                                                 for r in runs]},
+            "extra_timings": {}, "environment": collect_manifest(cfg) if cfg.remote is None else {}}
+
+
 def _time_remote(onnx_path: str, cfg) -> dict[str, Any]:
     """Time one ONNX file on a remote device through a bundle (as ``profile`` does), with that
     device's own environment manifest."""
@@ -291,16 +335,9 @@ def _time_remote(onnx_path: str, cfg) -> dict[str, Any]:
     from pathlib import Path
 
     from hwprune.measure import time_items
-    from profilers.errors import ModelFileError
-
     from profilers.remote import check_reachable
 
-    try:
-        blob = Path(onnx_path).read_bytes()
-    except FileNotFoundError:
-        raise ModelFileError(f"ONNX file not found: {onnx_path}") from None
-    except OSError as err:
-        raise ModelFileError(f"cannot read {onnx_path}: {err.strerror or err}") from None
+    blob = _read_onnx(onnx_path)
     check_reachable(cfg)
     key = Path(onnx_path).name
     records: dict[str, dict[str, Any]] = {}
@@ -374,17 +411,19 @@ def lut_show(lut: str | LatencyLUT, model_key: str | None = None) -> LutSummary:
 
 def lut_check(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str, lut: str,
               samples: int = 50, seed: int = 0, name: str | None = None, input_shape: Sequence[int] | None = None,
-              num_classes: int | None = None, weights: str | None = None, allow_other_device: bool = False,
-              json_path: str | None = None, show_progress: bool = False) -> dict[str, Any]:
-    """Measure ``samples`` random sub-networks end to end and compare them with the LUT's predictions."""
+              num_classes: int | None = None, weights: str | None = None, calibration_samples: int = 6,
+              allow_other_device: bool = False, json_path: str | None = None,
+              show_progress: bool = False) -> dict[str, Any]:
+    """Measure ``samples`` random sub-networks end to end and compare them with the LUT's predictions,
+    calibrated first on ``calibration_samples`` other sub-networks measured in this process."""
     from hwprune.lutcheck import lut_check as check
 
     if json_path:
         check_writable(json_path, "--json")
     spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
                       weights=weights)
-    return check(spec, device, _lut_path(lut), samples=samples, seed=seed, allow_other_device=allow_other_device,
-                 json_path=json_path, show_progress=show_progress)
+    return check(spec, device, _lut_path(lut), samples=samples, seed=seed, calibration_samples=calibration_samples,
+                 allow_other_device=allow_other_device, json_path=json_path, show_progress=show_progress)
 
 
 def pretrain(model: str, data: str = "fashion-mnist", **kw: Any):

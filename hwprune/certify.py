@@ -141,6 +141,37 @@ class FinalMeasurement:
     remeasured: int
     retakes: int
     pruned_first: Timing  # the samples taken beside the reference (baseline.json keeps these)
+    across: "AcrossProcesses | None" = None  # the pair again in fresh processes (--processes N)
+
+
+@dataclass
+class ProcessVerdict:
+    """The dense/pruned pair as one fresh process measured it."""
+
+    dense_ms: float
+    pruned_ms: float
+    upper_bound_ms: float
+    budget_ms: float | None
+    certified: bool
+
+
+@dataclass
+class AcrossProcesses:
+    """The final pair measured in N fresh processes: certified only when every process certifies."""
+
+    processes: list[ProcessVerdict]
+
+    @property
+    def certified(self) -> bool:
+        return all(p.certified for p in self.processes)
+
+    def to_dict(self) -> dict[str, Any]:
+        ratios = [p.pruned_ms / p.dense_ms for p in self.processes]
+        uses = [budget_utilisation(p.upper_bound_ms, p.budget_ms) for p in self.processes]
+        return {"n": len(self.processes), "certified": self.certified,
+                "processes": [asdict(p) for p in self.processes],
+                "pruned_over_dense": {"min": min(ratios), "max": max(ratios)},
+                "utilisation": {"min": min(uses), "max": max(uses)} if None not in uses else None}
 
 
 @dataclass
@@ -166,11 +197,18 @@ class Round:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "final"}
+        d["utilisation"] = budget_utilisation(self.upper_bound_ms, self.budget_ms)
         if self.final is not None:
             f = self.final
             d.update(final_upper_bound_ms=f.upper_bound_ms, final_budget_ms=f.budget_ms,
-                     final_measured_ms=f.measured_ms, final_remeasured=f.remeasured, final_retakes=f.retakes)
+                     final_measured_ms=f.measured_ms, final_remeasured=f.remeasured, final_retakes=f.retakes,
+                     final_utilisation=budget_utilisation(f.upper_bound_ms, f.budget_ms))
         return d
+
+
+def budget_utilisation(upper_bound_ms: float | None, budget_ms: float | None) -> float | None:
+    """Upper bound / budget: how much of the latency budget a measured model uses (None without one)."""
+    return upper_bound_ms / budget_ms if upper_bound_ms is not None and budget_ms else None
 
 
 @dataclass
@@ -183,11 +221,19 @@ class Certificate:
     budget_ms: float | None
     confidence: float
     rounds: list[Round]
+    across: AcrossProcesses | None = None  # --processes N: the final pair in N fresh processes
 
     def to_dict(self) -> dict[str, Any]:
         """``report.json``'s ``certificate``."""
         return {"statistic": self.statistic, "upper_bound_ms": self.upper_bound_ms, "confidence": self.confidence,
-                "budget_ms": self.budget_ms, "rounds": [r.to_dict() for r in self.rounds]}
+                "budget_ms": self.budget_ms, "utilisation": self.utilisation,
+                "across_processes": self.across.to_dict() if self.across is not None else None,
+                "rounds": [r.to_dict() for r in self.rounds]}
+
+    @property
+    def utilisation(self) -> float | None:
+        """The final model's upper bound / budget."""
+        return budget_utilisation(self.upper_bound_ms, self.budget_ms)
 
 
 def latency_summary(t: Timing) -> dict[str, float]:
@@ -216,11 +262,14 @@ class Certifier:
 
     def __init__(self, cfg: DeviceConfig, budget: LatencyBudget, dense_onnx: bytes, *,
                  measure: Measure = default_measure, wait: Callable[[float], None] = time.sleep,
-                 log: Callable[[str], None] = lambda _m: None) -> None:
+                 log: Callable[[str], None] = lambda _m: None, measure_processes=None) -> None:
+        from hwprune.processes import measure_in_processes
+
         self.cfg = cfg
         self.budget = budget
         self.dense_onnx = dense_onnx
         self._measure = measure
+        self._measure_processes = measure_processes or measure_in_processes
         self._wait = wait
         self._log = log
         self.dense: Timing | None = None       # the dense model's latest measurement (a pair's dense side)
@@ -241,11 +290,15 @@ class Certifier:
             return self.budget.latency_ms
         return self.budget.ms(self.stat(self.dense))
 
-    def measure_dense(self) -> Timing:
-        """The dense model alone, at the start: the first budget and the quiet machine's speed."""
-        self.dense = self._measure([("dense", self.dense_onnx)], self.cfg, "dense")["dense"]
+    def measure_dense(self, extra: Sequence[tuple[str, bytes]] = ()) -> dict[str, Timing]:
+        """The dense model at the start, interleaved with ``extra`` (the in-process calibration's
+        sub-networks, :mod:`hwprune.calibrate`): the first budget and the quiet machine's speed.
+        Returns every timing, the dense one under ``"dense"``."""
+        t = self._measure([("dense", self.dense_onnx)] + list(extra), self.cfg,
+                          "dense and calibration" if extra else "dense")
+        self.dense = t["dense"]
         self.dense_alone_ms = self.quiet_ms = self.stat(self.dense)
-        return self.dense
+        return t
 
     def has_room(self, upper_bound: float | None, budget_ms: float | None) -> bool:
         """Room for the final re-measurement's own ±rel_ci: the model is measured again after
@@ -315,6 +368,18 @@ class Certifier:
             remeasured += 1
         return FinalMeasurement(self.dense, pruned, t[reference[0]] if reference else None, self.stat(pruned), ucb,
                                 budget_ms, bool(certified), remeasured, retakes, first)
+
+    def across_processes(self, pruned_onnx: bytes, processes: int) -> AcrossProcesses:
+        """The dense/pruned pair in ``processes`` fresh processes, each held to the budget against
+        the dense model it measured beside the pruned one."""
+        runs = self._measure_processes([("dense", self.dense_onnx), ("pruned", pruned_onnx)], self.cfg, processes)
+        verdicts = []
+        for t in runs:
+            budget_ms = self.budget.ms(self.stat(t["dense"]))
+            ucb = upper_bound_ms(t["pruned"], self.statistic)
+            verdicts.append(ProcessVerdict(self.stat(t["dense"]), self.stat(t["pruned"]), ucb, budget_ms,
+                                           budget_ms is not None and ucb <= budget_ms))
+        return AcrossProcesses(verdicts)
 
     def _steady(self, items: list[tuple[str, bytes]], label: str,
                 cfg: DeviceConfig | None = None) -> tuple[dict[str, Timing], int]:

@@ -53,16 +53,23 @@ def devices_cmd(as_json: bool) -> None:
 @click.argument("onnx_path", type=click.Path(dir_okay=False))
 @click.option("--device", "-d", required=True, help="Shipped device name or path to a device YAML.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the figures (with samples) here.")
-def time_cmd(onnx_path: str, device: str, json_path: str | None) -> None:
+@click.option("--processes", type=int, default=1, show_default=True,
+              help="Time in this many fresh processes, one after another, and report the spread (raise it on a "
+                   "shared machine, where each process runs at its own speed).")
+def time_cmd(onnx_path: str, device: str, json_path: str | None, processes: int) -> None:
     """Time one ONNX model on a device and print p50/p90/p99 with a confidence interval."""
     from hwprune import api
 
-    result = api.time_model(onnx_path, device, json_path=json_path)
+    result = api.time_model(onnx_path, device, json_path=json_path, processes=processes)
     s = result["timing"]
     click.echo(f"{onnx_path} on {result['device']}: n={s['n']} p50={s['p50_ms']:.4f} ms "
                f"p90={s['p90_ms']:.4f} ms p99={s['p99_ms']:.4f} ms mean={s['mean_ms']:.4f} ms "
                f"{s['statistic']} {int(s['confidence'] * 100)}% CI [{s['ci_low_ms']:.4f}, {s['ci_high_ms']:.4f}] "
                f"cv={s['cv']:.3f}{'' if s['stable'] else ' UNSTABLE'}")
+    if processes > 1:
+        a = result["across_processes"]
+        click.echo(f"{processes} processes: {a['statistic']} " + " / ".join(f"{v:.4f}" for v in a["values_ms"])
+                   + f" ms; median {a['median_ms']:.4f} ms, spread (max - min) / median {a['spread_pct']:.1f}%")
 
 
 def _model_options(f):
@@ -124,11 +131,14 @@ def lut_group() -> None:
 @click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False), help="The LUT to check.")
 @click.option("--samples", type=int, default=50, show_default=True, help="Random sub-networks to measure.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (offset from calibration's).")
+@click.option("--calibration-samples", type=int, default=6, show_default=True,
+              help="Sub-networks (the smallest architecture among them, none of the checked ones) measured in this "
+                   "process to refit the LUT's ms scale before checking; 0 checks the stored calibration alone.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures and per-sample rows here.")
 @click.option("--allow-other-device", is_flag=True, help="Use a LUT measured on another device.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def lut_check_cmd(device, model, input_shape, num_classes, weights, lut_path, samples, seed, json_path,
-                  allow_other_device, quiet):
+def lut_check_cmd(device, model, input_shape, num_classes, weights, lut_path, samples, seed, calibration_samples,
+                  json_path, allow_other_device, quiet):
     """Measure random sub-networks end to end on DEVICE and compare with the LUT's predictions."""
     from hwprune.api import lut_check
     from hwprune.lutcheck import format_check_table
@@ -136,7 +146,8 @@ def lut_check_cmd(device, model, input_shape, num_classes, weights, lut_path, sa
 
     r = lut_check(model, device=device, lut=lut_path, input_shape=parse_input_shape(input_shape),
                   num_classes=num_classes, weights=weights, samples=samples, seed=seed,
-                  allow_other_device=allow_other_device, json_path=json_path, show_progress=not quiet)
+                  calibration_samples=calibration_samples, allow_other_device=allow_other_device,
+                  json_path=json_path, show_progress=not quiet)
     click.echo(format_check_table(r))
 
 
@@ -238,6 +249,12 @@ def _agent_options(ctx, param, values):
 @click.option("--measure-top", type=int, default=3, show_default=True,
               help="Per round, measure this many of the search's best feasible architectures on the device "
                    "and keep the best-scoring one that fits.")
+@click.option("--calibration-samples", type=int, default=6, show_default=True,
+              help="Sub-networks measured beside the dense model at the start to refit the LUT's ms scale in "
+                   "this process (the smallest architecture among them); 0 keeps the LUT's stored calibration.")
+@click.option("--processes", type=int, default=1, show_default=True,
+              help="Measure the final dense/pruned pair again in this many fresh processes and certify only if "
+                   "every one does (raise it on a shared machine, where each process runs at its own speed).")
 @click.option("--input-shape", default=None, help="Input C,H,W (default: from the data).")
 @click.option("--allow-other-device", is_flag=True, help="Use a LUT measured on another device.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")

@@ -34,6 +34,9 @@ from profilers.errors import ProfilerError
 from profilers.remote import check_reachable
 
 FINETUNE_STRATEGIES = ("standard", "swd", "agp")
+# A certified round whose upper bound uses less of the budget than this searches again, looser:
+# budget left unused is accuracy thrown away (issue 19).
+USE_BUDGET = 0.95
 # Inside the package, so a wheel carries them (the checkout's top-level checkpoints/ links here).
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 __all__ = ["PruneOptions", "PruneResult", "run", "parse_count_limit", "default_agent", "default_weights"]
@@ -72,6 +75,12 @@ class PruneOptions:
     certify_rounds: int = 5
     val_samples: int = 1000
     measure_top: int = 3
+    # Whole sub-networks measured beside the dense model at the start to refit the LUT's ms scale
+    # in this process (hwprune.calibrate); 0 keeps the LUT's stored calibration.
+    calibration_samples: int = 6
+    # Fresh processes the final dense/pruned pair is measured in again; certified only if every one
+    # certifies (hwprune.processes). 1 on a dedicated device; raise it on a shared machine.
+    processes: int = 1
     proxy_train_steps: int = 0
     allow_other_device: bool = False
     overwrite: bool = False
@@ -96,7 +105,9 @@ class PruneOptions:
                                  self.finetune_epochs, 0), ("--batch-size", self.batch_size, 1),
                                  ("--certify-rounds", self.certify_rounds, 1), ("--measure-top", self.measure_top, 1),
                                  ("--val-samples", self.val_samples, 1), ("--proxy-train-steps",
-                                                                          self.proxy_train_steps, 0)):
+                                                                          self.proxy_train_steps, 0),
+                                 ("--calibration-samples", self.calibration_samples, 0),
+                                 ("--processes", self.processes, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise HwpruneError(f"{flag} must be an integer of at least {low}, got {value!r}")
         for flag, value, ok in (("--lr", self.lr, lambda v: v > 0), ("--kd-weight", self.kd_weight,
@@ -202,14 +213,15 @@ class _Job:
 
 def run(opts: PruneOptions, spec, task: Task, *, lut: LatencyLUT | str | None = None, num_classes: int | None = None,
         reproduce: str | None = None, log: Callable[[str], None] = print, measure: Measure = default_measure,
-        wait: Callable[[float], None] = time.sleep, started: float | None = None) -> PruneResult:
+        wait: Callable[[float], None] = time.sleep, started: float | None = None,
+        measure_processes=None) -> PruneResult:
     """Prune ``spec``'s model (a ``ModelSpec`` or ``ModuleSpec``, named ``opts.model`` in the LUT) to
     ``opts``' budgets on ``opts.device``.
 
     The model is built at the device config's batch size after seeding with ``opts.seed`` (the
     caller's random state is restored after). With ``opts.out`` the run folder is written (all
-    files or none). ``measure`` and ``wait`` are the device's measurement and the pause before a
-    retake (seams for tests); ``started`` is when the caller's work began (``report.seconds``).
+    files or none). ``measure``, ``wait`` and ``measure_processes`` are the device's measurement, the
+    pause before a retake and the measurement in fresh processes (seams for tests); ``started`` is when the caller's work began (``report.seconds``).
     Under ``torchrun`` rank 0 searches, measures and writes; every rank recovers (:mod:`hwprune.ranks`).
     """
     from hwprune.agents import create_agent
@@ -238,7 +250,8 @@ def run(opts: PruneOptions, spec, task: Task, *, lut: LatencyLUT | str | None = 
             if not ranks.is_main:
                 return _follow(job, num_classes)
             try:
-                return _lead(job, lut, limits, user_budgets, agent, num_classes, reproduce, measure, wait, t0)
+                return _lead(job, lut, limits, user_budgets, agent, num_classes, reproduce,
+                             dict(measure=measure, wait=wait, measure_processes=measure_processes), t0)
             except BaseException as err:
                 ranks.abort(first_line(err) if isinstance(err, ProfilerError)
                             else f"{type(err).__name__}: {first_line(err)}")
@@ -247,7 +260,8 @@ def run(opts: PruneOptions, spec, task: Task, *, lut: LatencyLUT | str | None = 
             ranks.close()
 
 
-def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, measure, wait, t0) -> PruneResult:
+def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, device: dict[str, Any],
+          t0) -> PruneResult:
     """Rank 0's run: measure, search, certify, report and write."""
     from hwprune.baseline import make_baseline
     from hwprune.report import build_report
@@ -257,9 +271,10 @@ def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, m
     table, predictor = load_predictor(lut if lut is not None else opts.lut, cfg, opts.model, dense, x, job.groups,
                                       opts.allow_other_device)
     cert = Certifier(cfg, LatencyBudget(cfg.statistic, opts.latency_ms, opts.speedup), export_onnx(dense, x),
-                     measure=measure, wait=wait, log=log)
-    log(f"measuring the dense model on {cfg.name} ...")
-    cert.measure_dense()
+                     log=log, **device)
+    calibration = _calibrate(job, cert, predictor)
+    if calibration is not None:
+        predictor = calibration.predictor
     agent_name = agent.name
     setup = SearchSetup.build(dense, x, job.groups, cfg, job.objective(), predictor, limits, user_budgets, agent,
                               opts.agent_options, opts.importance)
@@ -273,10 +288,12 @@ def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, m
     env = _environment(cfg, table)
     baseline = make_baseline(outcome.onnx, "pruned.onnx", cfg.name, cfg.statistic, f.pruned_first, env,
                              reference=f.reference)
-    certificate = Certificate(f.certified, cfg.statistic, f.upper_bound_ms, f.budget_ms, CONFIDENCE, outcome.rounds)
+    certificate = Certificate(f.certified, cfg.statistic, f.upper_bound_ms, f.budget_ms, CONFIDENCE, outcome.rounds,
+                              f.across)
     report = build_report(opts, agent_name, cert, setup, outcome.result, certificate, f, dense, pruned, x,
                           job.task.evaluate(dense), job.task.evaluate(pruned), outcome.recovered.report, env, limits,
                           seconds=time.perf_counter() - t0, reproduce=reproduce)
+    report["calibration"] = calibration.to_dict() if calibration is not None else None
     report["ranks"] = job.ranks.world_size
     report["unprunable_groups"] = [asdict(u) for u in job.unprunable]
     out = Path(opts.out) if opts.out else None
@@ -286,6 +303,35 @@ def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, m
     job.ranks.send({"done": True, "certified": f.certified, "upper_bound_ms": f.upper_bound_ms,
                     "budget_ms": f.budget_ms, "kept": outcome.recovered.kept})  # last: nothing can fail after it
     return PruneResult(pruned, certificate, plan, report, outcome.onnx, baseline, out)
+
+
+def _calibrate(job: _Job, cert: Certifier, predictor):
+    """Measure the dense model, with the calibration sub-networks beside it when there is a LUT;
+    returns the in-process calibration (None without a LUT). A latency budget below the smallest
+    architecture as measured here is refused now, with that measurement."""
+    from hwprune.calibrate import calibration_points, fit_here
+
+    opts, cfg, log = job.opts, job.cfg, job.log
+    points = []
+    if predictor is not None and opts.calibration_samples:
+        points = calibration_points(predictor, job.dense, job.x, job.groups, multiple=cfg.channel_multiple,
+                                    samples=opts.calibration_samples, seed=opts.seed)
+    log(f"measuring the dense model on {cfg.name}"
+        + (f" beside {len(points)} calibration sub-networks" if points else "") + " ...")
+    timings = cert.measure_dense([(p.key, p.onnx) for p in points])
+    if predictor is None:
+        return None
+    cal = fit_here(predictor, points, timings, cfg.statistic)
+    if cal.source == "in-process":
+        log(f"LUT calibrated in this process on {len(points) + 1} models: measured = {cal.a:.4f} ms + {cal.b:.4f} x "
+            f"raw (fit median |error| {cal.fit_median_abs_error_pct:.1f}%); the smallest architecture measured "
+            f"{cal.floor_ms:.4f} ms")
+    budget_ms = cert.budget_ms
+    if budget_ms is not None and cal.floor_ms is not None and cal.floor_ms > budget_ms:
+        raise HwpruneError(f"the latency budget {budget_ms:.4g} ms ({cfg.statistic}) is unreachable on {cfg.name}: "
+                           f"the smallest architecture (one channel multiple per group) measured {cal.floor_ms:.4g} ms "
+                           f"in this process, beside the dense model at {cert.stat(cert.dense):.4g} ms")
+    return cal
 
 
 def _follow(job: _Job, num_classes: int | None) -> PruneResult:
@@ -315,52 +361,107 @@ def _plan(job: _Job, num_classes: int | None, kept: dict[str, list[int]]) -> Pla
 
 
 def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
-    """Search, measure, recover and measure again until a recovered model is certified (or rounds run out)."""
-    from hwprune.baseline import BASELINE_REFERENCE_KEY, BASELINE_SAMPLES, reference_graph
+    """Search, measure, recover and measure again until a recovered model is certified with the
+    budget used (upper bound at least ``USE_BUDGET`` of it), or rounds run out.
 
-    opts, cfg, x, log = job.opts, cert.cfg, job.x, job.log
+    A round over budget tightens the LUT limit; a certified round that leaves more than
+    1 - ``USE_BUDGET`` of the budget unused loosens it and searches again, and the run keeps the
+    certified architecture with the best proxy score (the search's own validation objective,
+    never the test set). A loosened round that does not fit ends the run on the certified one.
+    """
+    opts, log = job.opts, job.log
     rounds: list[Round] = []
     tried: set[tuple[int, ...]] = set()  # architectures measured in earlier rounds
+    best: _Outcome | None = None
     # The LUT's first limit: a speed-up applies to the LUT's own dense prediction (same frame);
-    # an absolute budget is taken as given. Rounds then correct by measured/predicted.
-    lut_limit_ms = s.predict({}) / opts.speedup if opts.speedup is not None else opts.latency_ms
+    # an absolute budget is taken as given. Rounds then correct by measured/predicted. Never
+    # below the smallest architecture: a budget it fits (measured, hwprune.calibrate) is searched.
     floor_ms = s.floor_ms
+    lut_limit_ms = s.predict({}) / opts.speedup if opts.speedup is not None else opts.latency_ms
+    if lut_limit_ms is not None and floor_ms is not None:
+        lut_limit_ms = max(lut_limit_ms, floor_ms)
     for rnd in range(opts.certify_rounds):
-        result = s.search(rnd, lut_limit_ms, seed=opts.seed, max_evaluations=opts.max_evaluations,
-                          show_progress=opts.show_progress, log=log)
-        cands = top_candidates(result, opts.measure_top, s.space, tried)
-        models = [s.objective.pruned_model(w) for w, _ in cands]  # the channels the objective scored
-        rm = cert.measure_round([Proposal(w, score, s.predict(w), export_onnx(m, x))
-                                 for (w, score), m in zip(cands, models)])
-        tried.update(s.space.key(w) for w, _ in cands)
-        kept = rm.kept
-        if rm.index:  # not the search's own best: the report's architecture is the one measured to fit
-            result = replace(result, widths=kept.widths, score=kept.proxy_accuracy, values=s.values(kept.widths))
-        r = Round(rnd + 1, lut_limit_ms, result.widths, result.score, kept.predicted_ms, cert.stat(kept.timing),
-                  kept.upper_bound_ms, rm.budget_ms, result.evaluations, result.seconds, rm.remeasured, rm.retakes,
-                  rm.index + 1, [m.summary() for m in rm.measured], result.extra)
+        searched = _measured_round(job, s, cert, rnd, lut_limit_ms, tried,
+                                   stop_at=s.space.key(best.result.widths) if best is not None else None)
+        if searched is None:
+            log(f"round {rnd + 1}: the looser limit finds the certified architecture again; keeping it")
+            return best
+        r, rm, result, models = searched
         rounds.append(r)
-        log(f"round {r.round}: " + (f"predicted {r.predicted_ms:.4f} ms, " if r.predicted_ms is not None else "")
+        if best is not None and not rm.accepted:
+            return best  # a loosened round that does not fit: the certified architecture stands
+        last = rnd == opts.certify_rounds - 1 or (lut_limit_ms is not None and lut_limit_ms <= floor_ms * (1 + 1e-9))
+        if rm.accepted or last:
+            outcome = _recover_and_measure(job, s, cert, r, result, models[rm.index], rounds)
+            if not cert.budget.given:
+                return outcome
+            if r.final.certified:
+                best = outcome if best is None or outcome.result.score > best.result.score else best
+                use = r.final.upper_bound_ms / r.final.budget_ms
+                if use >= USE_BUDGET or rnd == opts.certify_rounds - 1:
+                    return best
+                log(f"round {r.round}: certified using {use:.1%} of the budget; searching again with a looser "
+                    f"LUT limit")
+            elif best is not None or last:
+                return best or outcome
+            else:
+                # Measured again, the same widths came out over budget: the first measurement was
+                # lucky. That measurement stands; search again below the budget.
+                log(f"round {r.round}: the final measurement's upper bound {r.final.upper_bound_ms:.4f} ms "
+                    f"exceeds the budget {r.final.budget_ms:.4f} ms; searching again")
+        # The measurement is the truth: move the LUT limit by the rounds measured so far
+        # (tighter after a miss, looser after a round with budget to spare).
+        lut_limit_ms = next_lut_limit(measured_points(rounds), lut_limit_ms, (1 - cert.cfg.rel_ci) * 0.995, floor_ms)
+    raise AssertionError("unreachable: the last round always returns")
+
+
+def _measured_round(job: _Job, s: SearchSetup, cert: Certifier, rnd: int, lut_limit_ms: float | None,
+                    tried: set, stop_at: tuple[int, ...] | None = None) -> tuple[Round, Any, Any, list[nn.Module]] | None:
+    """One round: search under ``lut_limit_ms``, measure its best few beside the dense model, keep one.
+    None, with nothing measured, when the search's answer is ``stop_at`` (the architecture already certified)."""
+    opts, cfg, x = job.opts, cert.cfg, job.x
+    result = s.search(rnd, lut_limit_ms, seed=opts.seed, max_evaluations=opts.max_evaluations,
+                      show_progress=opts.show_progress, log=job.log)
+    if stop_at is not None and s.space.key(result.widths) == stop_at:
+        return None
+    cands = top_candidates(result, opts.measure_top, s.space, tried)
+    models = [s.objective.pruned_model(w) for w, _ in cands]  # the channels the objective scored
+    rm = cert.measure_round([Proposal(w, score, s.predict(w), export_onnx(m, x))
+                             for (w, score), m in zip(cands, models)])
+    tried.update(s.space.key(w) for w, _ in cands)
+    kept = rm.kept
+    if rm.index:  # not the search's own best: the report's architecture is the one measured to fit
+        result = replace(result, widths=kept.widths, score=kept.proxy_accuracy, values=s.values(kept.widths))
+    r = Round(rnd + 1, lut_limit_ms, result.widths, result.score, kept.predicted_ms, cert.stat(kept.timing),
+              kept.upper_bound_ms, rm.budget_ms, result.evaluations, result.seconds, rm.remeasured, rm.retakes,
+              rm.index + 1, [m.summary() for m in rm.measured], result.extra)
+    job.log(f"round {r.round}: " + (f"predicted {r.predicted_ms:.4f} ms, " if r.predicted_ms is not None else "")
             + f"measured {cfg.statistic} {r.measured_ms:.4f} ms"
             + (f" (95% upper bound {r.upper_bound_ms:.4f} ms vs budget {r.budget_ms:.4f} ms)"
                if r.upper_bound_ms is not None else ""))
-        last = rnd == opts.certify_rounds - 1 or (lut_limit_ms is not None and lut_limit_ms <= floor_ms * (1 + 1e-9))
-        if rm.accepted or last:
-            recovered = job.recover(models[rm.index], s.objective.keep_indices(result.widths), result.widths)
-            onnx = export_onnx(recovered.model, x)
-            # The drift reference rides along so that baseline.json can be compared later from
-            # another process (hwprune regress normalises by it); the stored side never gains
-            # samples later, so it gets plenty now.
-            r.final = cert.measure_final(onnx, (BASELINE_REFERENCE_KEY, reference_graph()[1]), BASELINE_SAMPLES)
-            if not cert.budget.given or r.final.certified or last:
-                return _Outcome(result, recovered, r.final, onnx, rounds)
-            # Measured again, the same widths came out over budget: the first measurement was
-            # lucky. That measurement stands; search again below the budget.
-            log(f"round {r.round}: the final measurement's upper bound {r.final.upper_bound_ms:.4f} ms exceeds the "
-                f"budget {r.final.budget_ms:.4f} ms; searching again")
-        # The measurement is the truth: tighten the LUT budget from the rounds measured so far.
-        lut_limit_ms = next_lut_limit(measured_points(rounds), lut_limit_ms, (1 - cfg.rel_ci) * 0.995, floor_ms)
-    raise AssertionError("unreachable: the last round always returns")
+    return r, rm, result, models
+
+
+def _recover_and_measure(job: _Job, s: SearchSetup, cert: Certifier, r: Round, result, model: nn.Module,
+                         rounds: list[Round]) -> _Outcome:
+    """Recover the round's architecture and take the final measurement (``r.final``)."""
+    from hwprune.baseline import BASELINE_REFERENCE_KEY, BASELINE_SAMPLES, reference_graph
+
+    recovered = job.recover(model, s.objective.keep_indices(result.widths), result.widths)
+    onnx = export_onnx(recovered.model, job.x)
+    # The drift reference rides along so that baseline.json can be compared later from another
+    # process (hwprune regress normalises by it); the stored side never gains samples later, so
+    # it gets plenty now.
+    r.final = cert.measure_final(onnx, (BASELINE_REFERENCE_KEY, reference_graph()[1]), BASELINE_SAMPLES)
+    if job.opts.processes > 1 and cert.budget.given and r.final.certified:
+        # Certified here; a certificate is about the device, so ask again in fresh processes.
+        across = cert.across_processes(onnx, job.opts.processes)
+        ratios = [p.upper_bound_ms / p.budget_ms for p in across.processes]
+        job.log(f"round {r.round}: in {len(ratios)} fresh processes the upper bound used "
+                + " / ".join(f"{u:.0%}" for u in ratios) + " of the budget"
+                + ("" if across.certified else "; not certified in every process"))
+        r.final = replace(r.final, across=across, certified=across.certified)
+    return _Outcome(result, recovered, r.final, onnx, rounds)
 
 
 def _environment(cfg, table: LatencyLUT | None) -> dict[str, Any]:
@@ -396,7 +497,8 @@ def command_line(opts: PruneOptions) -> str:
                        ("--batch-size", "batch_size"), ("--kd-temperature", "kd_temperature"),
                        ("--kd-weight", "kd_weight"), ("--finetune", "finetune"),
                        ("--certify-rounds", "certify_rounds"), ("--proxy-train-steps", "proxy_train_steps"),
-                       ("--measure-top", "measure_top")):
+                       ("--measure-top", "measure_top"), ("--calibration-samples", "calibration_samples"),
+                       ("--processes", "processes")):
         if getattr(opts, attr) != getattr(defaults, attr):
             parts.append(f"{flag} {getattr(opts, attr)!r}" if isinstance(getattr(opts, attr), float)
                          else f"{flag} {getattr(opts, attr)}")

@@ -67,7 +67,13 @@ def certificate_text(report: dict[str, Any]) -> tuple[str, str]:
     cert = report["certificate"]
     bound = f"95% upper bound of the measured {cert['statistic']}: {cert['upper_bound_ms']:.4f} ms"
     if cert.get("budget_ms"):
-        return ("yes" if report["certified"] else "NO"), f"{bound} vs budget {cert['budget_ms']:.4f} ms"
+        detail = f"{bound} vs budget {cert['budget_ms']:.4f} ms ({cert['upper_bound_ms'] / cert['budget_ms']:.0%} of it)"
+        across = cert.get("across_processes")
+        if across and across.get("utilisation"):
+            u = across["utilisation"]
+            detail += (f"; in {across['n']} fresh processes {u['min']:.0%}–{u['max']:.0%} of the budget"
+                       + ("" if across["certified"] else ", over it in at least one"))
+        return ("yes" if report["certified"] else "NO"), detail
     b, p = report["budget"], report["pruned"]
     counts = [f"{label} {p[field]:,} <= {b[key]:,.0f}" for key, field, label in
               (("max_params", "params", "params"), ("max_macs", "macs", "MACs")) if b.get(key) and field in p]
@@ -117,8 +123,9 @@ def write_markdown(report: dict[str, Any]) -> str:
                                                         for u in report["unprunable_groups"]), ""]
     if len(cert.get("rounds", [])) > 1:
         at = lines.index("![channels per group](channels.png) ![speed-up audit](speedup.png)")
-        lines[at:at] = ["Certification rounds (the LUT budget is tightened by measured/predicted until the "
-                        "measurement meets the budget): " + "; ".join(_round_text(r) for r in cert["rounds"]), ""]
+        lines[at:at] = ["Certification rounds (the LUT limit is tightened by measured/predicted after a miss, "
+                        "loosened after a certified round that used under 95% of the budget): "
+                        + "; ".join(_round_text(r) for r in cert["rounds"]), ""]
     return "\n".join(lines)
 
 
@@ -144,7 +151,8 @@ def _round_text(r: dict) -> str:
     text = (f"round {r['round']}: " + (f"LUT limit {r['lut_limit_ms']:.4f} ms, " if r.get("lut_limit_ms") else "")
             + f"measured {r['measured_ms']:.4f} ms")
     if r.get("upper_bound_ms") is not None and r.get("budget_ms") is not None:
-        notes = [f"upper bound {r['upper_bound_ms']:.4f} vs budget {r['budget_ms']:.4f} ms"]
+        notes = [f"upper bound {r['upper_bound_ms']:.4f} vs budget {r['budget_ms']:.4f} ms, "
+                 f"{r['upper_bound_ms'] / r['budget_ms']:.0%} of it"]
         if r.get("retakes"):
             notes.append(f"{r['retakes']} retake(s) on a shifted machine")
         if r.get("remeasured"):
@@ -157,7 +165,8 @@ def _round_text(r: dict) -> str:
         if r.get("final_remeasured"):
             extra.append(f"measured again {r['final_remeasured']}x, pooled")
         text += (f", after recovery: upper bound {r['final_upper_bound_ms']:.4f} vs budget "
-                 f"{r['final_budget_ms']:.4f} ms" + (f" ({', '.join(extra)})" if extra else ""))
+                 f"{r['final_budget_ms']:.4f} ms, {r['final_upper_bound_ms'] / r['final_budget_ms']:.0%} of it"
+                 + (f" ({', '.join(extra)})" if extra else ""))
     return text
 
 

@@ -1,4 +1,4 @@
-"""The device-side command line: ``python -m profilers run BUNDLE`` and ``python -m profilers time FILE``.
+"""The device-side command line: ``python -m profilers run BUNDLE``, ``time FILE`` and ``interleave NAME=FILE ...``.
 
 It needs only numpy and onnxruntime (argparse, no click), because it is what runs on a
 target device after ``profilers.remote`` has copied this package there. ``run`` prints
@@ -9,6 +9,7 @@ stderr and exit code 2.
 Example:
     python -m profilers run bundle --results bundle/results.jsonl
     python -m profilers time model.onnx --device x86-cpu-ort
+    python -m profilers interleave dense=dense.onnx pruned=pruned.onnx --device x86-cpu-ort
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     time_.add_argument("--device", metavar="CONFIG", required=True,
                        help="device config: shipped name or JSON/YAML path")
     time_.add_argument("--samples", action="store_true", help="include the raw samples in the output")
+
+    inter = sub.add_parser("interleave", help="time several ONNX files interleaved and print their statistics as JSON",
+                           description="Time NAME=FILE.onnx models in alternating bursts (one process, one "
+                                       "machine state) and print {NAME: statistics with samples} as JSON.")
+    inter.add_argument("models", metavar="NAME=FILE.onnx", nargs="+", help="models to time, each with its name")
+    inter.add_argument("--device", metavar="CONFIG", required=True,
+                       help="device config: shipped name or JSON/YAML path")
     return p
 
 
@@ -76,10 +84,31 @@ def _cmd_time(args: argparse.Namespace) -> None:
     print(json.dumps(stats.to_dict(with_samples=args.samples), indent=2))
 
 
+def _cmd_interleave(args: argparse.Namespace) -> None:
+    from contextlib import ExitStack
+
+    from profilers.config import load_device_config
+    from profilers.errors import ConfigError
+    from profilers.interleave import measure_interleaved
+    from profilers.runners import make_runner
+
+    config = load_device_config(args.device)
+    named = []
+    for spec in args.models:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"expected NAME=FILE.onnx, got '{spec}'")
+        named.append((name, path))
+    with ExitStack() as stack:
+        runners = [stack.enter_context(make_runner(path, config, name=name)) for name, path in named]
+        stats = measure_interleaved(runners)
+    print(json.dumps({name: s.to_dict(with_samples=True) for (name, _), s in zip(named, stats)}))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"run": _cmd_run, "time": _cmd_time}[args.command](args)
+        {"run": _cmd_run, "time": _cmd_time, "interleave": _cmd_interleave}[args.command](args)
     except ProfilerError as err:
         print(f"error: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}",
               file=sys.stderr)

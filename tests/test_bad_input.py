@@ -131,6 +131,14 @@ def _rows(d):
          {}, ["exits.py failed to import", "sys.exit(0)"]),
         ("onnx-fails-when-run", ["time", str(d / "bad_run.onnx"), "-d", dev], {},
          ["loads but fails when run", "Reshape"]),
+        ("onnx-fails-in-a-fresh-process", ["time", str(d / "bad_run.onnx"), "-d", dev, "--processes", "2"], {},
+         ["measuring process 1 of 2 failed", "loads but fails when run"]),
+        ("time-processes-zero", ["time", str(d / "bad_run.onnx"), "-d", dev, "--processes", "0"], {},
+         ["--processes must be an integer of at least 1"]),
+        ("prune-processes-zero", prune + ["--max-params", "50%", "--processes", "0"], {},
+         ["--processes must be an integer of at least 1"]),
+        ("prune-calibration-samples-negative", prune + ["--max-params", "50%", "--calibration-samples", "-1"], {},
+         ["--calibration-samples must be an integer of at least 0"]),
         # hostile file contents
         ("lut-meta-a-list", ["lut", "show", "--lut", str(d / "listmeta.parquet")], {}, ["not a JSON object"]),
         ("lut-without-models", ["lut", "show", "--lut", str(d / "empty.parquet")], {}, ["holds 0 models"]),
@@ -188,10 +196,10 @@ def _listing(d) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")}
 
 
-@pytest.mark.parametrize("row", range(37))
+@pytest.mark.parametrize("row", range(41))
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(files, row, monkeypatch):
     rows = _rows(files)
-    assert len(rows) == 37, "the parametrize range must cover every row"
+    assert len(rows) == 41, "the parametrize range must cover every row"
     name, argv, env, fragments = rows[row]
     for k, v in env.items():
         monkeypatch.setenv(k, v)

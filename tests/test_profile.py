@@ -260,12 +260,21 @@ def test_lut_check_reports_the_error_figures(profiled, env, tmp_path):
     assert 0 <= r["median_abs_error_pct"] <= r["p90_abs_error_pct"] <= r["max_abs_error_pct"]
     assert r["kendall_tau"] is None or -1 <= r["kendall_tau"] <= 1
     assert all(row["measured_ms"] > 0 and row["raw_predicted_ms"] > 0 for row in r["rows"])
-    # the field's figures, and what a MACs-proportional predictor fitted on the same 5
-    # calibration points gets on the same samples
+    # the field's figures, and what a MACs-proportional predictor fitted on the same calibration
+    # points (the default 6 sub-networks and the dense model, measured here) gets on the same samples
     errs = [abs(row["error_pct"]) for row in r["rows"]]
     assert r["within_5pct"] == sum(e <= 5 for e in errs) / 5 and r["within_10pct"] == sum(e <= 10 for e in errs) / 5
     m = r["macs_baseline"]
-    assert m["fitted_on"] == 5 and m["ms_per_gmac"] > 0 and 0 <= m["within_5pct"] <= m["within_10pct"] <= 1
+    assert m["fitted_on"] == 7 and m["ms_per_gmac"] > 0 and 0 <= m["within_5pct"] <= m["within_10pct"] <= 1
+    # calibrated in this process, on sub-networks none of which is checked; the stored line's figures beside
+    cal = r["in_process_calibration"]
+    assert r["calibrated_in_process"] and cal["source"] == "in-process" and cal["n"] == 7
+    assert cal["floor_measured_ms"] > 0 and cal["points"][0]["key"] == "calibration:floor"
+    assert not {tuple(p["widths"]) for p in cal["points"]} & {tuple(row["widths"]) for row in r["rows"]}
+    for row in r["rows"]:
+        assert row["predicted_ms"] == pytest.approx(cal["a"] + cal["b"] * row["raw_predicted_ms"])
+    assert {"median_abs_error_pct", "within_5pct", "line"} <= set(r["stored_calibration"])
+    assert {"a", "b", "n"} <= set(r["stored_calibration"]["line"])
     row = r["rows"][0]
     assert row["macs_predicted_ms"] == pytest.approx(m["ms_per_gmac"] * 1e-9 * row["macs"])
     assert "MACs-proportional" in format_check_table(r)
@@ -282,6 +291,18 @@ def test_lut_check_through_the_cli(profiled, env, tmp_path):
     assert result.exit_code == 0, result.output
     assert "5 sub-networks" in result.stdout and "Kendall tau" in result.stdout
     assert CHECK_KEYS <= set(json.loads(out.read_text()))
+
+
+def test_lut_check_without_calibration_samples_checks_the_stored_line(profiled, env):
+    _, path = profiled
+    r = lut_check(ModelSpec(env["model"], SHAPE), env["device"], str(path), samples=4, calibration_samples=0,
+                  show_progress=False)
+    assert not r["calibrated_in_process"] and r["in_process_calibration"] is None
+    assert r["median_abs_error_pct"] == r["stored_calibration"]["median_abs_error_pct"]
+    assert r["macs_baseline"]["fitted_on"] == 5  # the LUT's own calibration points
+    with pytest.raises(HwpruneError, match="--calibration-samples must be an integer of at least 0"):
+        lut_check(ModelSpec(env["model"], SHAPE), env["device"], str(path), samples=4, calibration_samples=-1,
+                  show_progress=False)
 
 
 def test_lut_check_needs_two_samples(profiled, env):

@@ -472,7 +472,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_fails(env, uniform_run, tm
     (("--latency-ms", "1", "--speedup", "2"), ("--latency-ms", "--speedup"), True),
     ((), ("no budget",), True),
     (("--speedup", "0.5"), ("--speedup", "> 1"), True),
-    (("--latency-ms", "1e-6"), ("unreachable", "needs"), False),
+    (("--latency-ms", "1e-6"), ("unreachable", "measured"), False),
     (("--budget", "foo.py:channels=10"), ("foo.py",), False),
 ], ids=["latency-and-speedup", "no-budget", "speedup-below-1", "unreachable-latency", "missing-budget-file"])
 def test_bad_budgets_are_one_line_errors(env, tmp_path, extra, fragments, alone):
@@ -484,9 +484,9 @@ def test_bad_budgets_are_one_line_errors(env, tmp_path, extra, fragments, alone)
 def test_unreachable_latency_says_the_minimum(env, tmp_path):
     out = tmp_path / "run"
     line = _user_error(_invoke(_prune_args(env, out, "--agent", "uniform", "--latency-ms", "1e-6")), "unreachable")
-    # "... the smallest architecture (...) needs X ms": X is a positive number
-    needs = line.split("needs", 1)[1].split()
-    assert float(needs[0]) > 1e-6 and needs[1] == "ms"
+    # "... the smallest architecture (...) measured X ms in this process": the device's word, not the LUT's
+    measured = line.split("measured", 1)[1].split()
+    assert float(measured[0]) > 1e-6 and measured[1:4] == ["ms", "in", "this"]
 
 
 def test_missing_dataset_names_the_path_and_how_to_install(env, tmp_path):
@@ -560,20 +560,23 @@ def _run_scripted(env, tmp_path, value, **kw):
     from profilers.config import load_device_config
     from scripted_device import Script
 
-    script = Script(load_device_config(env["device"]), value)
-    settings = dict(speedup=1.3, agent="uniform", finetune_epochs=0, max_evaluations=5)
+    script = Script(load_device_config(env["device"]), value, calibration=kw.pop("calibration", None))
+    measure_processes = kw.pop("measure_processes", None)
+    # the stored calibration unless a test scripts the in-process one
+    settings = dict(speedup=1.3, agent="uniform", finetune_epochs=0, max_evaluations=5, calibration_samples=0)
     settings.update(kw)
     opts = PruneOptions(model=env["model"], device=env["device"], lut=env["lut"], out=str(tmp_path / "run"),
                         data=env["data"], weights=env["weights"], show_progress=False, **settings)
     spec = Spec(env["model"], (1, 8, 8), 10, env["weights"])
-    res = run(opts, spec, Task(Datasets.load(env["data"])), measure=script, wait=script.wait, log=lambda m: None)
+    res = run(opts, spec, Task(Datasets.load(env["data"])), measure=script, wait=script.wait, log=lambda m: None,
+              measure_processes=measure_processes)
     return res, script
 
 
 def test_a_final_measurement_over_budget_sends_the_search_round_again(env, tmp_path):
     # every round fits; the first final measurement comes out 50% over, later ones fit
     def value(kind, call, key, budget):
-        return (1.5 * budget if kind == "final" and call == 1 else 0.9 * budget), 50
+        return (1.5 * budget if kind == "final" and call == 1 else 0.97 * budget), 50
 
     res, script = _run_scripted(env, tmp_path, value)
     rounds = res.certificate.rounds
@@ -591,7 +594,7 @@ def test_a_final_measurement_over_budget_sends_the_search_round_again(env, tmp_p
 def test_a_round_keeps_the_best_scoring_candidate_that_fits_end_to_end(env, tmp_path):
     # the top one well over (no close call), the others well under
     res, script = _run_scripted(env, tmp_path, lambda kind, call, key, budget: (
-        (1.2 if key == "pruned" and kind == "round" else 0.9) * budget, 60), agent="random", max_evaluations=8)
+        (1.2 if key == "pruned" and kind == "round" else 0.97) * budget, 60), agent="random", max_evaluations=8)
     r = res.report
     first = r["certificate"]["rounds"][0]
     assert len(first["candidates"]) >= 2 and first["candidate"] == 2 and not first["remeasured"]
@@ -601,6 +604,74 @@ def test_a_round_keeps_the_best_scoring_candidate_that_fits_end_to_end(env, tmp_
     assert "final_upper_bound_ms" in first and script.calls == ["round", "final"]  # accepted in round 1
     # baseline.json keeps the samples taken beside the reference, the report the verdict's
     assert len(json.loads((tmp_path / "run" / "baseline.json").read_text())["timing"]["samples_ms"]) == 60
+
+
+def test_a_round_with_budget_to_spare_searches_again_looser_and_keeps_the_best_certified(env, tmp_path):
+    # round 1 certified at 80% of the budget; round 2 (looser) fits at 97%: round 2 is kept
+    res, script = _run_scripted(env, tmp_path, lambda kind, call, key, budget: (
+        (0.8 if call == 1 else 0.97) * budget, 50), agent="random", max_evaluations=8)
+    rounds = res.certificate.rounds
+    assert script.calls[:4] == ["round", "final", "round", "final"] and res.certified
+    assert rounds[1].lut_limit_ms > rounds[0].predicted_ms  # looser, from the measured 80%
+    assert rounds[1].proxy_accuracy >= rounds[0].proxy_accuracy
+    assert res.plan.widths == rounds[1].widths and res.certificate.utilisation == pytest.approx(0.97)
+    r = res.report["certificate"]
+    assert r["utilisation"] == pytest.approx(0.97) and r["rounds"][0]["final_utilisation"] == pytest.approx(0.8)
+    assert "80% of it" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_looser_round_that_does_not_fit_keeps_the_certified_one(env, tmp_path):
+    res, script = _run_scripted(env, tmp_path, lambda kind, call, key, budget: (
+        (0.8 if call == 1 else 1.3) * budget, 50), agent="random", max_evaluations=8)
+    rounds = res.certificate.rounds
+    assert script.calls == ["round", "final", "round"] and res.certified and len(rounds) == 2
+    assert res.plan.widths == rounds[0].widths and res.certificate.utilisation == pytest.approx(0.8)
+
+
+def test_a_certificate_needs_every_fresh_process(env, tmp_path):
+    from scripted_device import constant
+
+    asked = []
+
+    def across(items, cfg, n):
+        # the first final pair: the second of three processes measures it over budget (1.3 = speed-up)
+        asked.append((n, [k for k, _ in items]))
+        uses = [0.9, 1.2, 0.9] if len(asked) == 1 else [0.96] * n
+        return [{"dense": constant(cfg, 1.0, 50), "pruned": constant(cfg, u / 1.3, 50)} for u in uses]
+
+    res, script = _run_scripted(env, tmp_path, lambda kind, call, key, budget: (0.97 * budget, 50),
+                                processes=3, measure_processes=across)
+    rounds = res.certificate.rounds
+    assert asked == [(3, ["dense", "pruned"])] * 2 and len(rounds) == 2 and res.certified
+    assert not rounds[0].final.certified and not rounds[0].final.across.certified
+    a = res.report["certificate"]["across_processes"]
+    assert a["n"] == 3 and a["certified"] and a["utilisation"]["max"] == pytest.approx(0.96)
+    assert "in 3 fresh processes 96%–96% of the budget" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_prune_calibrates_the_lut_in_its_own_process(env, tmp_path):
+    # the floor at 0.3 ms, the other calibration sub-networks 0.4 .. 0.8 ms, beside the dense 1 ms
+    def calibration(key):
+        return 0.3 if key.endswith("floor") else 0.3 + 0.1 * int(key.rsplit(":", 1)[1])
+
+    res, script = _run_scripted(env, tmp_path, lambda kind, call, key, budget: (0.97 * budget, 50),
+                                calibration=calibration, calibration_samples=6)
+    cal = res.report["calibration"]
+    assert cal["source"] == "in-process" and cal["n"] == 7 and cal["floor_measured_ms"] == pytest.approx(0.3)
+    assert cal["dense_measured_ms"] == pytest.approx(1.0)
+    r = res.certificate.rounds[0]
+    raw = res.report["calibration"]["points"][0]["raw_ms"]
+    assert raw > 0 and r.predicted_ms is not None
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["calibration_samples"] == 6
+
+
+def test_a_budget_under_the_measured_floor_is_refused_with_that_measurement(env, tmp_path):
+    from hwprune.errors import HwpruneError
+
+    with pytest.raises(HwpruneError, match=r"unreachable .*smallest architecture .*measured 0\.9 ms in this process"):
+        _run_scripted(env, tmp_path, lambda kind, call, key, budget: (0.97 * budget, 50),
+                      calibration=lambda key: 0.9, calibration_samples=3)
+    assert not (tmp_path / "run").exists()
 
 
 # -- data-parallel recovery under torchrun --------------------------------------------------------

@@ -1,0 +1,118 @@
+"""Measurements across fresh processes: the same models timed, interleaved, in N new interpreters one after another.
+
+On a shared machine each process runs at its own speed level (issue 2 measured the dense
+resnet20 at 0.52 ms in one process and 0.7–0.95 ms in others), so a latency, or a verdict on
+one, measured in a single process is a statement about that process. ``--processes N`` asks
+the same question in N fresh processes and reports the spread; a certificate holds when it
+holds in every one of them.
+
+Locally each process is ``python -m profilers interleave`` (:mod:`profilers.__main__`); a
+remote device already times every request in a fresh process on the device (one bundle run
+over SSH each), so there N requests are N processes.
+
+Example:
+    >>> runs = measure_in_processes([("dense", dense_onnx), ("pruned", pruned_onnx)], cfg, 5)  # doctest: +SKIP
+    >>> spread(runs, "pruned", "p50").spread_pct                                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from hwprune.errors import HwpruneError
+from profilers.config import DeviceConfig
+
+Timing = dict[str, Any]
+MeasureProcesses = Callable[[Sequence[tuple[str, bytes]], DeviceConfig, int], list[dict[str, Timing]]]
+
+
+@dataclass
+class Spread:
+    """One model's statistic in each process, and how far apart the processes were."""
+
+    key: str
+    statistic: str
+    values_ms: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        import numpy as np
+
+        return float(np.median(self.values_ms))
+
+    @property
+    def spread_pct(self) -> float:
+        """(max - min) / median, in percent."""
+        return (max(self.values_ms) - min(self.values_ms)) / self.median_ms * 100
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "median_ms": self.median_ms, "min_ms": min(self.values_ms),
+                "max_ms": max(self.values_ms), "spread_pct": self.spread_pct}
+
+
+def check_processes(processes: Any, flag: str = "--processes") -> int:
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise HwpruneError(f"{flag} must be an integer of at least 1, got {processes!r}")
+    return processes
+
+
+def spread(runs: Sequence[dict[str, Timing]], key: str, statistic: str) -> Spread:
+    from hwprune.measure import statistic_ms
+
+    return Spread(key, statistic, [statistic_ms(r[key], statistic) for r in runs])
+
+
+def measure_in_processes(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, processes: int,
+                         progress: Callable[[int], None] | None = None) -> list[dict[str, Timing]]:
+    """``items`` timed interleaved in each of ``processes`` fresh processes, one after another
+    (never side by side: two measuring processes would slow each other). One dict per process."""
+    check_processes(processes)
+    if cfg.remote is not None:
+        from hwprune.measure import measure_many
+
+        runs = []
+        for i in range(processes):
+            runs.append(measure_many(items, cfg, f"process {i + 1}/{processes}", show_progress=False))
+            if progress:
+                progress(i + 1)
+        return runs
+    with tempfile.TemporaryDirectory(prefix="hwprune-processes-") as tmp:
+        work = Path(tmp)
+        device = work / "device.json"
+        device.write_text(json.dumps(cfg.to_dict()))
+        names = {}
+        for i, (key, blob) in enumerate(items):
+            (work / f"m{i}.onnx").write_bytes(blob)
+            names[f"m{i}"] = key
+        command = [sys.executable, "-m", "profilers", "interleave", "--device", str(device),
+                   *[f"{n}={work / n}.onnx" for n in names]]
+        runs = []
+        for i in range(processes):
+            out = _run_one(command, i, processes)
+            runs.append({names[n]: t for n, t in out.items()})
+            if progress:
+                progress(i + 1)
+        return runs
+
+
+def _run_one(command: list[str], i: int, processes: int) -> dict[str, Timing]:
+    import profilers
+
+    root = str(Path(profilers.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise HwpruneError(f"measuring process {i + 1} of {processes} failed: {last}")
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise HwpruneError(f"measuring process {i + 1} of {processes} printed no timings") from None
