@@ -411,7 +411,7 @@ def lut_show(lut: str | LatencyLUT, model_key: str | None = None) -> LutSummary:
 
 def lut_check(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str, lut: str,
               samples: int = 50, seed: int = 0, name: str | None = None, input_shape: Sequence[int] | None = None,
-              num_classes: int | None = None, weights: str | None = None, calibration_samples: int = 6,
+              num_classes: int | None = None, weights: str | None = None, calibration_samples: int = 8,
               allow_other_device: bool = False, json_path: str | None = None,
               show_progress: bool = False) -> dict[str, Any]:
     """Measure ``samples`` random sub-networks end to end and compare them with the LUT's predictions,

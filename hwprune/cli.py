@@ -131,7 +131,7 @@ def lut_group() -> None:
 @click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False), help="The LUT to check.")
 @click.option("--samples", type=int, default=50, show_default=True, help="Random sub-networks to measure.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (offset from calibration's).")
-@click.option("--calibration-samples", type=int, default=6, show_default=True,
+@click.option("--calibration-samples", type=int, default=8, show_default=True,
               help="Sub-networks (the smallest architecture among them, none of the checked ones) measured in this "
                    "process to refit the LUT's ms scale before checking; 0 checks the stored calibration alone.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the figures and per-sample rows here.")
@@ -249,7 +249,7 @@ def _agent_options(ctx, param, values):
 @click.option("--measure-top", type=int, default=3, show_default=True,
               help="Per round, measure this many of the search's best feasible architectures on the device "
                    "and keep the best-scoring one that fits.")
-@click.option("--calibration-samples", type=int, default=6, show_default=True,
+@click.option("--calibration-samples", type=int, default=8, show_default=True,
               help="Sub-networks measured beside the dense model at the start to refit the LUT's ms scale in "
                    "this process (the smallest architecture among them); 0 keeps the LUT's stored calibration.")
 @click.option("--processes", type=int, default=1, show_default=True,

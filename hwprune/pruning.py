@@ -77,7 +77,7 @@ class PruneOptions:
     measure_top: int = 3
     # Whole sub-networks measured beside the dense model at the start to refit the LUT's ms scale
     # in this process (hwprune.calibrate); 0 keeps the LUT's stored calibration.
-    calibration_samples: int = 6
+    calibration_samples: int = 8
     # Fresh processes the final dense/pruned pair is measured in again; certified only if every one
     # certifies (hwprune.processes). 1 on a dedicated device; raise it on a shared machine.
     processes: int = 1

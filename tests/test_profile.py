@@ -261,14 +261,14 @@ def test_lut_check_reports_the_error_figures(profiled, env, tmp_path):
     assert r["kendall_tau"] is None or -1 <= r["kendall_tau"] <= 1
     assert all(row["measured_ms"] > 0 and row["raw_predicted_ms"] > 0 for row in r["rows"])
     # the field's figures, and what a MACs-proportional predictor fitted on the same calibration
-    # points (the default 6 sub-networks and the dense model, measured here) gets on the same samples
+    # points (the default 8 sub-networks and the dense model, measured here) gets on the same samples
     errs = [abs(row["error_pct"]) for row in r["rows"]]
     assert r["within_5pct"] == sum(e <= 5 for e in errs) / 5 and r["within_10pct"] == sum(e <= 10 for e in errs) / 5
     m = r["macs_baseline"]
-    assert m["fitted_on"] == 7 and m["ms_per_gmac"] > 0 and 0 <= m["within_5pct"] <= m["within_10pct"] <= 1
+    assert m["fitted_on"] == 9 and m["ms_per_gmac"] > 0 and 0 <= m["within_5pct"] <= m["within_10pct"] <= 1
     # calibrated in this process, on sub-networks none of which is checked; the stored line's figures beside
     cal = r["in_process_calibration"]
-    assert r["calibrated_in_process"] and cal["source"] == "in-process" and cal["n"] == 7
+    assert r["calibrated_in_process"] and cal["source"] == "in-process" and cal["n"] == 9
     assert cal["floor_measured_ms"] > 0 and cal["points"][0]["key"] == "calibration:floor"
     assert not {tuple(p["widths"]) for p in cal["points"]} & {tuple(row["widths"]) for row in r["rows"]}
     for row in r["rows"]:
