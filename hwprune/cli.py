@@ -372,6 +372,9 @@ def pretrain_cmd(model, data, epochs, out, lr, batch_size, seed, threads, quiet)
 @click.option("--markdown", type=click.Path(dir_okay=False), help="Write a Markdown summary here.")
 @click.option("--json", type=click.Path(dir_okay=False), help="Write every figure (and the samples) as JSON here.")
 @click.option("--allow-env-change", is_flag=True, help="Compare even if the device fingerprint changed.")
+@click.option("--processes", type=int, default=1, show_default=True,
+              help="Run the model check in this many fresh processes; the verdict is theirs when they agree, "
+                   "else inconclusive (raise it on a shared machine).")
 @click.pass_context
 def regress_cmd(ctx, **kw):
     """Re-measure a model (or LUT rows) on DEVICE and test for a latency regression.

@@ -133,6 +133,9 @@ def _rows(d):
          ["loads but fails when run", "Reshape"]),
         ("onnx-fails-in-a-fresh-process", ["time", str(d / "bad_run.onnx"), "-d", dev, "--processes", "2"], {},
          ["measuring process 1 of 2 failed", "loads but fails when run"]),
+        ("regress-processes-zero", ["regress", "-d", dev, "--model", str(d / "bad_run.onnx"), "--against",
+                                    str(d / "bad_run.onnx"), "--processes", "0"], {},
+         ["--processes must be an integer of at least 1"]),
         ("time-processes-zero", ["time", str(d / "bad_run.onnx"), "-d", dev, "--processes", "0"], {},
          ["--processes must be an integer of at least 1"]),
         ("prune-processes-zero", prune + ["--max-params", "50%", "--processes", "0"], {},
@@ -196,10 +199,10 @@ def _listing(d) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")}
 
 
-@pytest.mark.parametrize("row", range(41))
+@pytest.mark.parametrize("row", range(42))
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(files, row, monkeypatch):
     rows = _rows(files)
-    assert len(rows) == 41, "the parametrize range must cover every row"
+    assert len(rows) == 42, "the parametrize range must cover every row"
     name, argv, env, fragments = rows[row]
     for k, v in env.items():
         monkeypatch.setenv(k, v)

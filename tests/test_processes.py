@@ -4,6 +4,7 @@ process after another, and the spread is reported; a certificate needs every pro
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +71,54 @@ def test_a_bad_process_count_is_refused(files):
     cfg = load_device_config(str(files / "device.yaml"))
     with pytest.raises(HwpruneError, match="--processes must be an integer of at least 1"):
         measure_in_processes([("m", b"")], cfg, 0)
+
+
+# -- regress --processes N -----------------------------------------------------------------------
+
+def test_regress_combines_the_verdicts_of_its_processes():
+    from hwprune.regress.processes import combined_verdict
+
+    assert combined_verdict(["pass", "pass"]) == "pass"
+    assert combined_verdict(["regressed"] * 3) == "regressed"
+    assert combined_verdict(["pass", "improved"]) == "pass"
+    assert combined_verdict(["pass", "regressed", "pass"]) == "inconclusive"
+    assert combined_verdict(["improved", "inconclusive"]) == "inconclusive"
+
+
+def test_regress_in_processes_runs_one_whole_check_per_process(tmp_path):
+    import subprocess
+
+    from hwprune.regress import RegressOptions
+    from hwprune.regress.processes import regress_in_processes
+
+    asked = []
+
+    def fake_run(argv):  # each "process" writes the JSON a real regress would, with its verdict
+        asked.append(argv)
+        verdict = ["pass", "regressed", "pass"][len(asked) - 1]
+        path = argv[argv.index("--json") + 1]
+        Path(path).write_text(json.dumps({"verdict": verdict, "comparisons": [{"ratio": 1.0}], "warnings": [],
+                                          "kind": "model"}))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    opts = RegressOptions(device="x86-cpu-ort", model="m.onnx", against="o.onnx", processes=3, tolerance="5%")
+    r = regress_in_processes(opts, run=fake_run)
+    assert len(asked) == 3 and all("--processes" not in a and a[0] == "regress" for a in asked)
+    assert "--against" in asked[0] and "--confidence" in asked[0]
+    assert r["verdict"] == "inconclusive" and r["exit_code"] == 3
+    assert [p["verdict"] for p in r["processes"]] == ["pass", "regressed", "pass"]
+    assert "disagree (pass, regressed, pass)" in r["warnings"][-1]
+
+
+def test_regress_processes_for_real_and_its_bad_input(files, tmp_path):
+    out = tmp_path / "r.json"
+    dev, big, small = str(files / "device.yaml"), str(files / "big.onnx"), str(files / "small.onnx")
+    res = CliRunner().invoke(cli, ["regress", "-d", dev, "--model", big, "--against", big, "--processes", "2",
+                                   "--tolerance", "50%", "--max-seconds", "2", "--json", str(out)])
+    assert res.exit_code in (0, 3), res.output  # the same model twice: never regressed at 50%
+    r = json.loads(out.read_text())
+    assert len(r["processes"]) == 2 and "2 fresh processes" in res.output
+    bad = CliRunner().invoke(cli, ["regress", "-d", dev, "--model", big, "--write-baseline", str(tmp_path / "b.json"),
+                                   "--processes", "2"])
+    assert bad.exit_code == 2 and "--processes applies to a model check" in bad.output
+    assert not (tmp_path / "b.json").exists()

@@ -34,6 +34,7 @@ class RegressOptions:
     markdown: str | None = None
     json: str | None = None
     allow_env_change: bool = False
+    processes: int = 1  # fresh processes the model check runs in (hwprune.regress.processes)
 
     @property
     def mode(self) -> str:
@@ -94,5 +95,7 @@ def command_line(opts: RegressOptions) -> str:
         parts += ["--seed", str(opts.seed)]
     if opts.allow_env_change:
         parts.append("--allow-env-change")
+    if opts.processes != 1:
+        parts += ["--processes", str(opts.processes)]
     return " ".join(shlex.quote(p) for p in parts)
 

@@ -65,6 +65,10 @@ def format_text(result: dict[str, Any]) -> str:
             lines.append(f"environment: {d}")
         if result.get("model_changed"):
             lines.append(f"model differs from the baseline's (sha256 {result['model_sha256'][:12]})")
+        if result.get("processes"):
+            lines.append(f"{len(result['processes'])} fresh processes (the table is the first's): "
+                         + ", ".join(f"{p['verdict']} ({_pct(p['comparisons'][0]['ratio'])})"
+                                     for p in result["processes"]))
         ref = result["baseline"]["path"]
         how = f"interleaved against {ref}" if result["mode"] == "against" else f"vs stored baseline {ref}"
         lines.append(f"{result['model']} on {result['device']} ({how}), tolerance ±{result['tolerance'] * 100:g}%: "

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 from hwprune.baseline import (BASELINE_REFERENCE_KEY, BASELINE_SAMPLES, _sha256, load_baseline, make_baseline,
                               reference_graph)
 from hwprune.errors import HwpruneError
+from hwprune.processes import check_processes
 from hwprune.regress.compare import MIN_RESAMPLES, NORMALISED, RAW, STATISTICS, VERDICT_EXIT, overall_verdict
 from hwprune.regress.environment import _environment_check, _local_environment
 from hwprune.regress.lut_drift import regress_lut
@@ -50,6 +51,9 @@ def regress(opts: RegressOptions, log: Callable[[str], None] = lambda m: None) -
     if not opts.max_seconds > 0:
         raise HwpruneError(f"--max-seconds must be positive, got {opts.max_seconds}")
     statistics = _check_statistics(opts.statistics)
+    check_processes(opts.processes)
+    if opts.processes > 1 and mode not in ("baseline", "against"):
+        raise HwpruneError("--processes applies to a model check (--baseline or --against)")
     if mode == "write-baseline":
         return write_baseline(opts, statistics, log)
     tolerance = parse_tolerance(opts.tolerance)
@@ -57,6 +61,10 @@ def regress(opts: RegressOptions, log: Callable[[str], None] = lambda m: None) -
     check_reachable(cfg)  # a remote device: before any local work
     if mode == "lut":
         result = regress_lut(opts, cfg, tolerance, statistics, log)
+    elif opts.processes > 1:
+        from hwprune.regress.processes import regress_in_processes
+
+        result = regress_in_processes(opts, log)
     else:
         result = _regress_model(opts, cfg, tolerance, statistics, mode, log)
     result["command"] = command_line(opts)
