@@ -300,6 +300,17 @@ class Certifier:
         self.dense_alone_ms = self.quiet_ms = self.stat(self.dense)
         return t
 
+    def retake_floor(self, key: str, floor_onnx: bytes) -> tuple[float, float | None]:
+        """The smallest architecture measured again beside the dense model after a pause:
+        (its statistic, the budget then). Asked before refusing a budget as unreachable: a busy
+        moment slows a tiny model's per-operator overhead far more than the dense model (seen:
+        the floor at 0.38 of dense in quiet processes, 0.54 in busy ones)."""
+        self._wait(RETAKE_WAIT_S[0])
+        t = self._measure([("dense", self.dense_onnx), (key, floor_onnx)], self.cfg, "dense vs smallest")
+        self.dense = t["dense"]
+        self.quiet_ms = min(self.quiet_ms, self.stat(self.dense))
+        return self.stat(t[key]), self.budget_ms
+
     def has_room(self, upper_bound: float | None, budget_ms: float | None) -> bool:
         """Room for the final re-measurement's own ±rel_ci: the model is measured again after
         fine-tuning, and one that just scrapes under the budget fails that half the time."""

@@ -309,7 +309,7 @@ def _calibrate(job: _Job, cert: Certifier, predictor):
     """Measure the dense model, with the calibration sub-networks beside it when there is a LUT;
     returns the in-process calibration (None without a LUT). A latency budget below the smallest
     architecture as measured here is refused now, with that measurement."""
-    from hwprune.calibrate import calibration_points, fit_here
+    from hwprune.calibrate import FLOOR_KEY, calibration_points, fit_here
 
     opts, cfg, log = job.opts, job.cfg, job.log
     points = []
@@ -328,9 +328,17 @@ def _calibrate(job: _Job, cert: Certifier, predictor):
             f"{cal.floor_ms:.4f} ms")
     budget_ms = cert.budget_ms
     if budget_ms is not None and cal.floor_ms is not None and cal.floor_ms > budget_ms:
-        raise HwpruneError(f"the latency budget {budget_ms:.4g} ms ({cfg.statistic}) is unreachable on {cfg.name}: "
-                           f"the smallest architecture (one channel multiple per group) measured {cal.floor_ms:.4g} ms "
-                           f"in this process, beside the dense model at {cert.stat(cert.dense):.4g} ms")
+        # Refused only if it misses twice: searching costs little, a wrong refusal a whole rerun.
+        floor = next(p for p in points if p.key == FLOOR_KEY)
+        log(f"the smallest architecture measured {cal.floor_ms:.4f} ms, over the budget {budget_ms:.4f} ms: "
+            f"measuring it again beside the dense model after a pause")
+        again_ms, budget_ms = cert.retake_floor(floor.key, floor.onnx)
+        if again_ms > budget_ms:
+            raise HwpruneError(f"the latency budget {budget_ms:.4g} ms ({cfg.statistic}) is unreachable on {cfg.name}: "
+                               f"the smallest architecture (one channel multiple per group) measured "
+                               f"{cal.floor_ms:.4g} ms in this process and {again_ms:.4g} ms again, beside the dense "
+                               f"model at {cert.stat(cert.dense):.4g} ms")
+        cal.floor_ms = again_ms
     return cal
 
 

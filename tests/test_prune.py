@@ -668,10 +668,23 @@ def test_prune_calibrates_the_lut_in_its_own_process(env, tmp_path):
 def test_a_budget_under_the_measured_floor_is_refused_with_that_measurement(env, tmp_path):
     from hwprune.errors import HwpruneError
 
-    with pytest.raises(HwpruneError, match=r"unreachable .*smallest architecture .*measured 0\.9 ms in this process"):
+    with pytest.raises(HwpruneError, match=r"unreachable .*smallest architecture .*measured 0\.9 ms in this process "
+                                           r"and 0\.9 ms again"):
         _run_scripted(env, tmp_path, lambda kind, call, key, budget: (0.97 * budget, 50),
                       calibration=lambda key: 0.9, calibration_samples=3)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_floor_over_budget_once_is_measured_again_before_refusing(env, tmp_path):
+    floors = iter([0.9, 0.5])  # busy at the start, quiet after the pause (the budget is 1 / 1.3 ms)
+
+    def calibration(key):
+        return next(floors) if key.endswith("floor") else 0.8
+
+    res, script = _run_scripted(env, tmp_path, lambda kind, call, key, budget: (0.97 * budget, 50),
+                                calibration=calibration, calibration_samples=3)
+    assert res.certified and res.report["calibration"]["floor_measured_ms"] == pytest.approx(0.5)
+    assert script.calls[0][0] == "wait"  # a pause before the second measurement
 
 
 # -- data-parallel recovery under torchrun --------------------------------------------------------
