@@ -25,7 +25,7 @@ from typing import Any
 from profilers.errors import ConfigError
 
 BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 STATISTICS = ("p50", "p90", "p99", "mean")
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
 
