@@ -17,6 +17,9 @@ def make_runner(model: str | bytes, config: DeviceConfig, name: str | None = Non
     if config.backend == "tensorrt":
         from profilers.tensorrt import TrtRunner
         return TrtRunner(model, config, name=name)
+    if config.backend == "torch-cuda":
+        from profilers.torch_cuda import TorchCudaRunner  # imports torch only when activated
+        return TorchCudaRunner(model, config, name=name)
     raise ValueError(f"unknown backend '{config.backend}'")  # config validation prevents this
 
 
