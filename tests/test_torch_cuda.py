@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -88,9 +89,9 @@ class FakeCuda:
             def replay(self):
                 fake.log("graph.replay")
                 with torch.inference_mode():  # the captured output is an inference tensor
-                    for run, out in self.captured:
+                    for run, out, cost_ms in self.captured:
                         out.copy_(run())
-                fake.clock_ms += COMPUTE_MS * len(self.captured)
+                        fake.clock_ms += cost_ms
 
             def reset(self):
                 self.captured = []
@@ -134,14 +135,14 @@ class FakeCuda:
             self.capturing = None
             self.log("graph.capture_end")
 
-    def forward(self, run):
+    def forward(self, run, cost_ms: float = COMPUTE_MS):
         """A forward of the loaded program: timed on the clock, or captured into the graph."""
         self.log("forward", captured=self.capturing is not None)
         out = run()
         if self.capturing is not None:
-            self.capturing.captured.append((run, out))
+            self.capturing.captured.append((run, out, cost_ms))
         else:
-            self.clock_ms += COMPUTE_MS
+            self.clock_ms += cost_ms
         return out
 
 
@@ -157,18 +158,28 @@ class FakeTorch:
 
 
 class Counting(nn.Module):
-    """Wraps the loaded program so the fake clock sees each forward."""
+    """Wraps the loaded program so the fake clock sees each forward (``cost_ms`` each).
 
-    def __init__(self, inner: nn.Module, cuda: FakeCuda):
+    ``compute_once``: only the first forward computes, later ones return its output, for
+    callers that time and never read outputs (a real GPU's host side does not wait either).
+    """
+
+    def __init__(self, inner: nn.Module, cuda: FakeCuda, cost_ms: float = COMPUTE_MS, compute_once: bool = False):
         super().__init__()
-        self.inner, self.fake = inner, cuda
+        self.inner, self.fake, self.cost_ms, self.compute_once = inner, cuda, cost_ms, compute_once
+        self.first = None
 
     def forward(self, *args):
-        return self.fake.forward(lambda: self.inner(*args))
+        if self.compute_once and self.first is not None:
+            return self.fake.forward(lambda: self.first, self.cost_ms)
+        out = self.fake.forward(lambda: self.inner(*args), self.cost_ms)
+        self.first = out
+        return out
 
 
-@pytest.fixture
-def cuda(monkeypatch) -> FakeCuda:
+def install_fake_cuda(monkeypatch, cost_ms: Callable[[nn.Module, list], float] | None = None,
+                      compute_once: bool = False) -> FakeCuda:
+    """torch.cuda faked for profilers.torch_cuda; ``cost_ms(module, input specs)`` prices a forward."""
     fake = FakeCuda()
     monkeypatch.setattr(tc, "_import_torch", lambda: FakeTorch(fake))
     monkeypatch.setattr(tc, "DEVICE", "cpu")
@@ -176,10 +187,16 @@ def cuda(monkeypatch) -> FakeCuda:
 
     def load_counting(torch_, model, name):
         module, specs = real_load(torch_, model, name)
-        return Counting(module, fake), specs
+        price = cost_ms(module, specs) if cost_ms else COMPUTE_MS
+        return Counting(module, fake, price, compute_once), specs
 
     monkeypatch.setattr(tc, "load_program", load_counting)
     return fake
+
+
+@pytest.fixture
+def cuda(monkeypatch) -> FakeCuda:
+    return install_fake_cuda(monkeypatch)
 
 
 class SmallNet(nn.Module):
