@@ -172,6 +172,8 @@ class TorchCudaRunner(BaseRunner):
         try:
             module, self.inputs = load_program(torch, self.model, self.name)
             self._place(module)
+            # the copies above ran on the default stream; the runner's stream must not overtake them
+            torch.cuda.synchronize()
             self._stream = torch.cuda.Stream()
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
