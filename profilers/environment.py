@@ -235,7 +235,7 @@ def _tensorrt_version(backend: str) -> str | None:
         return None
     # Importing tensorrt costs a second or more; the wheel's metadata is enough unless we
     # are timing with it anyway (Jetson images ship tensorrt without pip metadata).
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"):
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"):
         v = _package_version(dist)
         if v:
             return v

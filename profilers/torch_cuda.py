@@ -77,6 +77,15 @@ def _import_torch():
     return torch
 
 
+def check_gpu():
+    """torch, once it is known to see a CUDA GPU; else ``BackendUnavailable`` in one line."""
+    torch = _import_torch()
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if getattr(torch.version, "cuda", None) is None else "a CUDA build that sees no GPU"
+        raise BackendUnavailable(f"no usable CUDA GPU for torch-cuda: torch {torch.__version__} is {build}")
+    return torch
+
+
 def _builtin_modules(torch) -> dict[str, tuple[Any, list[tuple[int, ...]]]]:
     """The identity and drift-reference graphs of ``profilers/assets`` as torch modules.
 
@@ -163,11 +172,8 @@ class TorchCudaRunner(BaseRunner):
     def activate_impl(self) -> None:
         if self.config.precision not in _DTYPES:
             raise ConfigError(f"the torch-cuda backend times fp32, fp16 or bf16, not {self.config.precision}")
-        torch = self._torch = _import_torch()
+        torch = self._torch = check_gpu()
         self.torch_version = str(torch.__version__)
-        if not torch.cuda.is_available():
-            build = "a CPU-only build" if getattr(torch.version, "cuda", None) is None else "a CUDA build that sees no GPU"
-            raise BackendUnavailable(f"no usable CUDA GPU for torch-cuda: torch {torch.__version__} is {build}")
         self.gpu_name = str(torch.cuda.get_device_name(torch.cuda.current_device()))
         try:
             module, self.inputs = load_program(torch, self.model, self.name)

@@ -85,7 +85,7 @@ def test_gpu_path_profiles_prunes_and_checks_at_two_batches(gpu_check, tmp_path,
                         detect=lambda: ("NVIDIA H200 (fake)", "GPU 0: fake"), batches=(1, 4))
     summary = json.loads((out / "gpu-check.json").read_text())
     assert [s["step"] for s in summary["steps"]] == ["profile b1", "prune b1", "lut-check b1",
-                                                     "profile b4", "prune b4", "lut-check b4"]
+                                                     "profile b4", "prune b4", "lut-check b4"], summary["steps"]
     assert rc == 0 and summary["result"] == "pass", summary["steps"]
     for step in summary["steps"]:
         if step["step"].startswith("prune"):

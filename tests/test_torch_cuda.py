@@ -420,3 +420,17 @@ def test_manifest_and_fingerprint_carry_the_torch_cuda_settings():
                           "cuda_graphs": False}
     graphs = collect_manifest(cfg.replace(cuda_graphs=True))
     assert fingerprint(graphs) != fingerprint(m)
+
+
+def test_profile_without_a_gpu_stops_before_exporting(tmp_path, monkeypatch):
+    """On this CPU machine the real torch sees no GPU: profile says so before any export."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    import hwprune.profiling
+    from hwprune import api
+
+    exports = []
+    monkeypatch.setattr(hwprune.profiling, "build_width_graph", lambda *a, **k: exports.append(1))
+    with pytest.raises(BackendUnavailable, match="no usable CUDA GPU for torch-cuda") as err:
+        api.profile("resnet20", device="h200-torch-cuda-bf16", lut=str(tmp_path / "lut.parquet"))
+    assert exports == [] and "\n" not in str(err.value)
