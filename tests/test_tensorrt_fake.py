@@ -1238,3 +1238,18 @@ def test_the_fake_has_no_name_tensorrt_lacks(version):
         defined |= {(owner, m) for m in dir(cls) if not m.startswith("_") and m != "mro"}
     assert ("ICudaEngine", "num_io_tensors") in defined and ("BuilderFlag", "TF32") in defined
     assert _unpublished(defined, version.split(".")[0]) == []
+
+
+def test_check_backend_says_what_is_missing_before_any_work(install, gpu, monkeypatch, tmp_path):
+    from profilers.runners import check_backend
+
+    cfg = trt_config(tmp_path)
+    install()
+    check_backend(cfg)
+    assert gpu.calls == []  # nothing built, no CUDA initialised
+    install(cuda="none")
+    with pytest.raises(BackendUnavailable, match="pycuda or NVIDIA's cuda-python"):
+        check_backend(cfg)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailable, match="needs TensorRT"):
+        check_backend(cfg)
