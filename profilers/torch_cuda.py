@@ -246,6 +246,7 @@ class TorchCudaRunner(BaseRunner):
             raise RuntimeError("runner is not active: use it as a context manager")
         if feeds is not None:
             self._copy_feeds(feeds)
+            self._torch.cuda.synchronize()  # the copies ran on the default stream, the forward will not
         with self._torch.cuda.stream(self._stream):
             out = self._launch()
         self._stream.synchronize()

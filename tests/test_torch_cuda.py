@@ -434,3 +434,23 @@ def test_profile_without_a_gpu_stops_before_exporting(tmp_path, monkeypatch):
     with pytest.raises(BackendUnavailable, match="no usable CUDA GPU for torch-cuda") as err:
         api.profile("resnet20", device="h200-torch-cuda-bf16", lut=str(tmp_path / "lut.parquet"))
     assert exports == [] and "\n" not in str(err.value)
+
+
+def test_the_fake_torch_cuda_has_only_real_torch_cuda_names():
+    """Every name the fake offers (so every name the runner can use) exists in the real torch.cuda,
+    with the parameters the fake accepts; even a CPU build of torch carries the module."""
+    import inspect
+
+    fake = FakeCuda()
+    offered = [n for n in dir(fake) if not n.startswith("_") and n not in ("available", "calls", "clock_ms",
+                                                                              "capturing", "log", "names", "forward")]
+    assert {"Event", "Stream", "CUDAGraph", "graph", "stream", "is_available"} <= set(offered)
+    for name in offered:
+        real, mine = getattr(torch.cuda, name), getattr(fake, name)
+        assert callable(real), name
+        params = set(inspect.signature(mine).parameters)
+        real_params = set(inspect.signature(real).parameters)
+        assert params <= real_params, (name, params - real_params)
+        if inspect.isclass(mine):
+            methods = {m for m in vars(mine) if not m.startswith("_")} - {"cuda_stream"}
+            assert methods <= set(dir(real)), (name, methods - set(dir(real)))
