@@ -25,8 +25,9 @@ from typing import Any
 from profilers.errors import ConfigError
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch-cuda")
-# Precisions the torch-cuda backend runs a program in (it has no int8 path).
+# Precisions the torch-cuda backend runs a program in (it has no int8 path), and its own fields.
 TORCH_CUDA_PRECISIONS = ("fp32", "fp16", "bf16")
+TORCH_CUDA_FIELDS = ("cuda_graphs", "autocast")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 STATISTICS = ("p50", "p90", "p99", "mean")
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -112,6 +113,11 @@ class DeviceConfig:
         d.pop("source")
         if self.remote is None:
             d.pop("remote")
+        if self.backend != "torch-cuda":
+            # left out where they cannot apply, so other backends' dicts (and the journal ids and
+            # bundle manifests made from them) are what they were before these fields existed
+            for name in TORCH_CUDA_FIELDS:
+                d.pop(name)
         return d
 
     def replace(self, **changes: Any) -> "DeviceConfig":
@@ -206,7 +212,7 @@ def _check_values(cfg: DeviceConfig, source: str) -> None:
     if cfg.backend == "torch-cuda" and cfg.precision not in TORCH_CUDA_PRECISIONS:
         raise bad("precision", f"must be one of {', '.join(TORCH_CUDA_PRECISIONS)} for backend torch-cuda, "
                                f"got '{cfg.precision}'")
-    for name in ("cuda_graphs", "autocast"):
+    for name in TORCH_CUDA_FIELDS:
         if getattr(cfg, name) and cfg.backend != "torch-cuda":
             raise bad(name, f"applies to backend torch-cuda only, not {cfg.backend}")
     if cfg.autocast and cfg.precision == "fp32":

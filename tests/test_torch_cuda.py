@@ -454,3 +454,9 @@ def test_the_fake_torch_cuda_has_only_real_torch_cuda_names():
         if inspect.isclass(mine):
             methods = {m for m in vars(mine) if not m.startswith("_")} - {"cuda_stream"}
             assert methods <= set(dir(real)), (name, methods - set(dir(real)))
+
+
+def test_config_dict_carries_torch_cuda_fields_only_for_torch_cuda():
+    cfg = cuda_config(precision="bf16", cuda_graphs=True, autocast=True)
+    assert from_dict(cfg.to_dict()) == cfg
+    assert "cuda_graphs" not in DeviceConfig(name="cpu").to_dict()  # other backends' dicts are unchanged
