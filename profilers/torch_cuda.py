@@ -101,7 +101,11 @@ def _builtin_modules(torch) -> dict[str, tuple[Any, list[tuple[int, ...]]]]:
 
 
 def load_program(torch, model: str | bytes, name: str) -> tuple[Any, list[InputSpec]]:
-    """(an eval-mode module, its input specs) from program bytes, a .pt2 path or a builtin asset."""
+    """(a module ready to run, its input specs) from program bytes, a .pt2 path or a builtin asset.
+
+    A loaded program is already in inference form (BatchNorm in eval, no dropout): its module
+    refuses .eval(), so it is returned as loaded; the builtins are put in eval mode.
+    """
     builtin = _builtin_modules(torch)
     if isinstance(model, (str, Path)) and str(Path(model).resolve()) in builtin:
         module, shapes = builtin[str(Path(model).resolve())]
