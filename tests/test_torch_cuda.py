@@ -460,3 +460,14 @@ def test_config_dict_carries_torch_cuda_fields_only_for_torch_cuda():
     cfg = cuda_config(precision="bf16", cuda_graphs=True, autocast=True)
     assert from_dict(cfg.to_dict()) == cfg
     assert "cuda_graphs" not in DeviceConfig(name="cpu").to_dict()  # other backends' dicts are unchanged
+
+
+def test_time_model_converts_an_onnx_file_for_torch_cuda(cuda, tmp_path, small_onnx):
+    from hwprune import api
+
+    (tmp_path / "m.onnx").write_bytes(small_onnx)
+    (tmp_path / "dev.json").write_text(json.dumps(cuda_config(precision="fp16").to_dict()))
+    result = api.time_model(str(tmp_path / "m.onnx"), str(tmp_path / "dev.json"))
+    assert result["timing"]["p50_ms"] == pytest.approx(COMPUTE_MS)
+    assert result["timed_scope"] == TorchCudaRunner.timed_scope and result["model"] == str(tmp_path / "m.onnx")
+    assert result["environment"]["build"]["precision"] == "fp16"
