@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: install data test-deps test test-all demo pretrain pretrain-resnet56 pretrain-vgg16 bench bench-quick clean
+.PHONY: install data test-deps test test-all gpu-check demo pretrain pretrain-resnet56 pretrain-vgg16 bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -48,6 +48,17 @@ test: install test-deps data
 
 test-all: install test-deps data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The GPU paths for real (issue 20), on a machine with an NVIDIA GPU: the gpu and tensorrt
+# tests, then profile, prune and lut check with the torch-cuda backend at batch 1 and 64, in
+# under 8 minutes; one summary, with gpu-check.log and gpu-check.json under runs/gpu-check-<time>/
+# (or GPU_CHECK_OUT). Without a GPU it says "no-gpu" and exits 0 in seconds. Not tied to
+# `install`, which would put the CPU torch here: it uses .venv when there is one, else python3
+# (the machine's CUDA build of torch).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_CHECK_OUT ?=
+gpu-check:
+	$(GPU_PY) scripts/gpu_check.py $(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT))
 
 demo: install data
 	$(PY) -m hwprune.demo

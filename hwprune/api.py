@@ -283,7 +283,12 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None, proces
         if json_path:
             atomic_write_json(json_path, result)
         return result
-    with make_runner(onnx_path, cfg) as runner:
+    model = onnx_path
+    if cfg.backend == "torch-cuda":  # it loads torch.export programs: convert the ONNX here
+        from hwprune.torch_program import for_device
+
+        model = for_device(_read_onnx(onnx_path), cfg.backend)
+    with make_runner(model, cfg, name=onnx_path) as runner:
         stats = runner.measure()
         extra = {k: v.to_dict() for k, v in runner.extra_timings().items()}
     result = {"device": cfg.name, "model": onnx_path, "timed_scope": runner.timed_scope,

@@ -8,6 +8,19 @@ from typing import Any, Callable, Sequence
 from profilers.config import DeviceConfig
 
 
+def device_items(items: Sequence[tuple], cfg: DeviceConfig) -> list[tuple]:
+    """``(key, blob, ...)`` items with each blob in the form ``cfg``'s backend loads.
+
+    Candidates are ONNX everywhere in hwprune; the torch-cuda backend loads torch.export
+    programs instead, converted here, at the one place items leave for a device.
+    """
+    if cfg.backend != "torch-cuda":
+        return list(items)
+    from hwprune.torch_program import for_device
+
+    return [(item[0], for_device(item[1], cfg.backend), *item[2:]) for item in items]
+
+
 def time_items(items: Sequence[tuple[str, bytes, dict[str, Any]]], cfg: DeviceConfig, work_dir: str | Path,
                on_record: Callable[[dict[str, Any]], None]) -> None:
     """Write ``items`` as a bundle in ``work_dir`` and time it where ``cfg`` says.
@@ -19,7 +32,7 @@ def time_items(items: Sequence[tuple[str, bytes, dict[str, Any]]], cfg: DeviceCo
     from profilers.bundle import write_bundle
 
     work = Path(work_dir)
-    write_bundle(work, cfg, items)
+    write_bundle(work, cfg, device_items(items, cfg))
     results = work / "results.jsonl"
     if cfg.remote is None:
         from profilers.bundle import run_bundle
@@ -61,6 +74,7 @@ def measure_many(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, desc: st
 
     if not items:
         return {}
+    items = device_items(items, cfg)
     if cfg.remote is None:
         from contextlib import ExitStack
 
@@ -91,7 +105,7 @@ def measure_many(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, desc: st
         if with_reference:
             from profilers.runners import REFERENCE_ONNX
 
-            items = list(items) + [(REFERENCE_KEY, REFERENCE_ONNX.read_bytes())]
+            items = list(items) + device_items([(REFERENCE_KEY, REFERENCE_ONNX.read_bytes())], cfg)
         time_items([(k, b, {}) for k, b in items], cfg, work, on_record)
     finally:
         bar.close()

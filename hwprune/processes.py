@@ -88,12 +88,16 @@ def measure_in_processes(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, 
         work = Path(tmp)
         device = work / "device.json"
         device.write_text(json.dumps(cfg.to_dict()))
-        names = {}
-        for i, (key, blob) in enumerate(items):
-            (work / f"m{i}.onnx").write_bytes(blob)
+        from hwprune.measure import device_items
+        from profilers.torch_cuda import blob_suffix
+
+        names, files = {}, []
+        for i, (key, blob) in enumerate(device_items(items, cfg)):
+            path = work / f"m{i}{blob_suffix(blob)}"
+            path.write_bytes(blob)
             names[f"m{i}"] = key
-        command = [sys.executable, "-m", "profilers", "interleave", "--device", str(device),
-                   *[f"{n}={work / n}.onnx" for n in names]]
+            files.append(f"m{i}={path}")
+        command = [sys.executable, "-m", "profilers", "interleave", "--device", str(device), *files]
         runs = []
         for i in range(processes):
             out = _run_one(command, i, processes)

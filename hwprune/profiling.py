@@ -110,7 +110,9 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         check_reachable(cfg)  # before minutes of export
     else:
         from profilers.environment import collect_manifest, fingerprint
+        from profilers.runners import check_backend
 
+        check_backend(cfg)  # before minutes of export: a missing runtime or GPU is said now
         local_fp = fingerprint(collect_manifest(cfg))
         lut.check_device(local_fp, allow_other_device, str(path))
 

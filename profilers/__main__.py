@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
     time_ = sub.add_parser("time", help="time one ONNX file and print its statistics as JSON",
                            description="Time one ONNX model with a device config's methodology.")
-    time_.add_argument("model", metavar="FILE.onnx", help="ONNX model to time")
+    time_.add_argument("model", metavar="FILE.onnx", help="ONNX model to time (for torch-cuda: a .pt2 torch.export program)")
     time_.add_argument("--device", metavar="CONFIG", required=True,
                        help="device config: shipped name or JSON/YAML path")
     time_.add_argument("--samples", action="store_true", help="include the raw samples in the output")
@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     inter = sub.add_parser("interleave", help="time several ONNX files interleaved and print their statistics as JSON",
                            description="Time NAME=FILE.onnx models in alternating bursts (one process, one "
                                        "machine state) and print {NAME: statistics with samples} as JSON.")
-    inter.add_argument("models", metavar="NAME=FILE.onnx", nargs="+", help="models to time, each with its name")
+    inter.add_argument("models", metavar="NAME=FILE.onnx", nargs="+",
+                       help="models to time, each with its name (for torch-cuda: .pt2 torch.export programs)")
     inter.add_argument("--device", metavar="CONFIG", required=True,
                        help="device config: shipped name or JSON/YAML path")
     return p

@@ -4,7 +4,7 @@ A bundle is what the host ships to a device. It is a folder::
 
     manifest.json   {"format": 1, "config": DeviceConfig.to_dict(),
                      "items": [{"key": str, "file": "onnx/<name>.onnx", "meta": {...}}, ...]}
-    onnx/*.onnx
+    onnx/*.onnx     (for the torch-cuda backend: onnx/*.pt2, torch.export programs)
 
 ``run_bundle`` times every item in one process and streams one record per result. Records
 are appended to a JSON-lines results file (flushed and fsynced per record), so a run that
@@ -40,6 +40,7 @@ from profilers import runners
 from profilers.config import DeviceConfig, from_dict
 from profilers.errors import OutputError, ProfilerError
 from profilers.fileio import atomic_write_bytes, atomic_write_json
+from profilers.torch_cuda import blob_suffix
 
 BUNDLE_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -78,10 +79,10 @@ def _one_line(err: BaseException) -> str:
     return first or type(err).__name__
 
 
-def _file_name(index: int, key: str) -> str:
+def _file_name(index: int, key: str, suffix: str = ".onnx") -> str:
     # Keys are free text (signatures); file names only need to be unique and readable.
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._")[:60] or "model"
-    return f"{ONNX_DIR}/{index:05d}-{slug}.onnx"
+    return f"{ONNX_DIR}/{index:05d}-{slug}{suffix}"
 
 
 def write_bundle(bundle_dir: str | os.PathLike[str], config: DeviceConfig,
@@ -94,6 +95,8 @@ def write_bundle(bundle_dir: str | os.PathLike[str], config: DeviceConfig,
         config: the device config the bundle is meant for; ``run_bundle`` uses it unless
             given another.
         items: ``(key, onnx_bytes, meta)`` triples; keys must be unique and ``meta`` JSON-safe.
+            For torch-cuda the bytes are a torch.export program (``hwprune.measure.device_items``),
+            stored as ``.pt2``.
 
     Returns:
         The path of ``manifest.json``.
@@ -112,7 +115,7 @@ def write_bundle(bundle_dir: str | os.PathLike[str], config: DeviceConfig,
         seen.add(key)
         meta = dict(meta or {})
         json.dumps(meta)  # fail here, not on the device, when meta is not JSON-safe
-        rel = _file_name(index, key)
+        rel = _file_name(index, key, blob_suffix(onnx_bytes))
         # Candidates can be regenerated from the model: skip the per-file fsync (hundreds of them).
         atomic_write_bytes(root / rel, bytes(onnx_bytes), durable=False)
         entries.append({"key": key, "file": rel, "meta": meta})

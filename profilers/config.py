@@ -24,8 +24,11 @@ from typing import Any
 
 from profilers.errors import ConfigError
 
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("onnxruntime", "tensorrt", "torch-cuda")
+# Precisions the torch-cuda backend runs a program in (it has no int8 path), and its own fields.
+TORCH_CUDA_PRECISIONS = ("fp32", "fp16", "bf16")
+TORCH_CUDA_FIELDS = ("cuda_graphs", "autocast")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 STATISTICS = ("p50", "p90", "p99", "mean")
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -95,6 +98,10 @@ class DeviceConfig:
     interleave_batch: int = 8
     workspace_mb: int = 1024
     engine_cache: str | None = None
+    # torch-cuda only: time replays of a captured CUDA graph (as trtexec --useCudaGraph), and
+    # run fp16/bf16 under torch.autocast (fp32 weights) instead of casting weights and inputs.
+    cuda_graphs: bool = False
+    autocast: bool = False
     description: str = ""
     remote: RemoteConfig | None = None
     source: str = field(default="<inline>", compare=False)
@@ -106,6 +113,11 @@ class DeviceConfig:
         d.pop("source")
         if self.remote is None:
             d.pop("remote")
+        if self.backend != "torch-cuda":
+            # left out where they cannot apply, so other backends' dicts (and the journal ids and
+            # bundle manifests made from them) are what they were before these fields existed
+            for name in TORCH_CUDA_FIELDS:
+                d.pop(name)
         return d
 
     def replace(self, **changes: Any) -> "DeviceConfig":
@@ -127,6 +139,7 @@ _FIELD_TYPES: dict[str, type] = {
     "rel_ci": float, "confidence": float, "cv_threshold": float, "channel_multiple": int,
     "interleave_batch": int,
     "workspace_mb": int, "engine_cache": str, "description": str,
+    "cuda_graphs": bool, "autocast": bool,
 }
 _REMOTE_TYPES: dict[str, type] = {
     "host": str, "python": str, "workdir": str, "user": str, "port": int,
@@ -196,6 +209,14 @@ def _check_values(cfg: DeviceConfig, source: str) -> None:
         raise bad("backend", f"must be one of {', '.join(BACKENDS)}, got '{cfg.backend}'")
     if cfg.precision not in PRECISIONS:
         raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
+    if cfg.backend == "torch-cuda" and cfg.precision not in TORCH_CUDA_PRECISIONS:
+        raise bad("precision", f"must be one of {', '.join(TORCH_CUDA_PRECISIONS)} for backend torch-cuda, "
+                               f"got '{cfg.precision}'")
+    for name in TORCH_CUDA_FIELDS:
+        if getattr(cfg, name) and cfg.backend != "torch-cuda":
+            raise bad(name, f"applies to backend torch-cuda only, not {cfg.backend}")
+    if cfg.autocast and cfg.precision == "fp32":
+        raise bad("autocast", "needs precision fp16 or bf16 (fp32 has nothing to autocast to)")
     if cfg.statistic not in STATISTICS:
         raise bad("statistic", f"must be one of {', '.join(STATISTICS)}, got '{cfg.statistic}'")
     if cfg.graph_optimization not in GRAPH_OPT_LEVELS:

@@ -1,7 +1,8 @@
 """The environment manifest: what machine, runtime and settings produced a timing.
 
 ``collect_manifest`` records everything that could explain a latency figure (versions,
-CPU/GPU model, threads, governor and clocks, precision, providers). ``fingerprint`` hashes
+CPU/GPU model, threads, governor and clocks, precision, providers, and for GPU backends how
+the timed program was built: ``build``). ``fingerprint`` hashes
 only the fields that make two timings comparable, so a LUT row or a regression baseline
 measured on another machine, runtime or setting is recognised as such; hostnames, clocks
 and timestamps are left out because they change without making timings incomparable.
@@ -234,7 +235,7 @@ def _tensorrt_version(backend: str) -> str | None:
         return None
     # Importing tensorrt costs a second or more; the wheel's metadata is enough unless we
     # are timing with it anyway (Jetson images ship tensorrt without pip metadata).
-    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"):
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11", "tensorrt_libs"):
         v = _package_version(dist)
         if v:
             return v
@@ -268,8 +269,30 @@ def _cuda_int_version(v: int) -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
+_GPU_BACKENDS = ("tensorrt", "torch-cuda")
+
+
 def _uses_gpu(config: DeviceConfig) -> bool:
-    return config.backend == "tensorrt" or any(p in _GPU_PROVIDERS for p in config.providers)
+    return config.backend in _GPU_BACKENDS or any(p in _GPU_PROVIDERS for p in config.providers)
+
+
+def _build_settings(config: DeviceConfig, trt_version: str | None) -> dict[str, Any] | None:
+    """How a GPU backend builds what it times (TensorRT route and ONNX conversion; torch-cuda mode)."""
+    if config.backend == "tensorrt":
+        from profilers.tensorrt import build_settings  # imports neither tensorrt nor CUDA
+        return build_settings(config.precision, trt_version, config.workspace_mb)
+    if config.backend == "torch-cuda":
+        from profilers.torch_cuda import run_settings  # imports no torch
+        return run_settings(config)
+    return None
+
+
+def _runtime_version(config: DeviceConfig, ort_version: str | None, trt_version: str | None) -> str | None:
+    if config.backend == "onnxruntime":
+        return ort_version
+    if config.backend == "torch-cuda":
+        return _package_version("torch")
+    return trt_version
 
 
 def collect_manifest(config: DeviceConfig) -> dict[str, Any]:
@@ -292,7 +315,7 @@ def collect_manifest(config: DeviceConfig) -> dict[str, Any]:
         gpu = {"index": 0, "name": pycuda["device_name"], "driver_version": pycuda.get("cuda_driver_api"),
                "clock_sm_mhz": None, "clock_max_sm_mhz": None}
         gpu_count = max(gpu_count, 1)
-    runtime_version = ort["version"] if config.backend == "onnxruntime" else trt_version
+    runtime_version = _runtime_version(config, ort["version"], trt_version)
     try:
         load_avg = [round(v, 2) for v in os.getloadavg()]
     except OSError:
@@ -316,6 +339,8 @@ def collect_manifest(config: DeviceConfig) -> dict[str, Any]:
             "onnxruntime_providers": ort["available_providers"],
             "tensorrt": trt_version,
             "pycuda": _package_version("pycuda"),
+            "cuda_python": _package_version("cuda-python") if _uses_gpu(config) else None,
+            "torch": _package_version("torch") if config.backend == "torch-cuda" else None,
             "cuda_driver": cuda_from_smi or pycuda.get("cuda_driver_api"),
             "cuda_build": pycuda.get("cuda_build"),
         },
@@ -327,6 +352,7 @@ def collect_manifest(config: DeviceConfig) -> dict[str, Any]:
         "graph_optimization": config.graph_optimization,
         "precision": config.precision,
         "batch_size": config.batch_size,
+        "build": _build_settings(config, trt_version),
         "cpu": _cpu_info(),
         "gpu": gpu,
         "gpu_count": gpu_count,
@@ -340,7 +366,10 @@ def fingerprint_fields(manifest: dict[str, Any]) -> dict[str, Any]:
     """The fields that decide whether two timings are comparable, as a flat dict.
 
     The GPU and TensorRT are part of it only when the timings run on the GPU: a CPU
-    onnxruntime figure does not change with the card in the machine.
+    onnxruntime figure does not change with the card in the machine. The build settings
+    enter it when they change the timed program beyond what the versions already say (an
+    ONNX conversion before a TensorRT 11 build, torch-cuda's precision mode and CUDA graphs);
+    without them the fingerprint is what it was before they were recorded, so LUTs stay valid.
     """
     m = manifest
     runtime = m.get("runtime") or {}
@@ -348,8 +377,8 @@ def fingerprint_fields(manifest: dict[str, Any]) -> dict[str, Any]:
     cpu = m.get("cpu") or {}
     backend = m.get("backend")
     providers = m.get("providers_effective") or m.get("providers") or []
-    on_gpu = backend == "tensorrt" or any(p in _GPU_PROVIDERS for p in providers)
-    return {
+    on_gpu = backend in _GPU_BACKENDS or any(p in _GPU_PROVIDERS for p in providers)
+    fields = {
         "device": m.get("device"),
         "backend": backend,
         "runtime_version": m.get("runtime_version"),
@@ -363,6 +392,10 @@ def fingerprint_fields(manifest: dict[str, Any]) -> dict[str, Any]:
         "precision": m.get("precision"),
         "batch_size": m.get("batch_size"),
     }
+    build = m.get("build") or {}
+    if build.get("onnx_conversion") or backend == "torch-cuda":
+        fields["build"] = build
+    return fields
 
 
 def fingerprint(manifest: dict[str, Any]) -> str:
@@ -390,7 +423,7 @@ _FINGERPRINT_SOURCES = {
     "providers": "providers_effective", "graph_optimization": "graph_optimization",
     "cpu_model": "cpu.model", "gpu_name": "gpu.name", "gpu_driver": "gpu.driver_version",
     "tensorrt": "runtime.tensorrt", "threads": "threads", "precision": "precision",
-    "batch_size": "batch_size",
+    "batch_size": "batch_size", "build": "build",
 }
 
 
@@ -411,12 +444,12 @@ def diff_manifests(a: dict[str, Any], b: dict[str, Any],
     lines, shown = [], set()
     fa, fb = fingerprint_fields(a), fingerprint_fields(b)
     for key, source in _FINGERPRINT_SOURCES.items():
-        if fa[key] != fb[key]:
-            lines.append(f"[fingerprint] {source}: {fa[key]!r} -> {fb[key]!r}")
+        if fa.get(key) != fb.get(key):
+            lines.append(f"[fingerprint] {source}: {fa.get(key)!r} -> {fb.get(key)!r}")
             shown.add(source)
     flat_a, flat_b = _flatten(a), _flatten(b)
     for key in list(flat_a) + [k for k in flat_b if k not in flat_a]:
-        if key in shown or key in ignore or key.split(".")[0] in ignore:
+        if any(key == s or key.startswith(s + ".") for s in shown) or key in ignore or key.split(".")[0] in ignore:
             continue
         va, vb = flat_a.get(key), flat_b.get(key)
         if va != vb:

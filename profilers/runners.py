@@ -17,7 +17,28 @@ def make_runner(model: str | bytes, config: DeviceConfig, name: str | None = Non
     if config.backend == "tensorrt":
         from profilers.tensorrt import TrtRunner
         return TrtRunner(model, config, name=name)
+    if config.backend == "torch-cuda":
+        from profilers.torch_cuda import TorchCudaRunner  # imports torch only when activated
+        return TorchCudaRunner(model, config, name=name)
     raise ValueError(f"unknown backend '{config.backend}'")  # config validation prevents this
+
+
+def check_backend(config: DeviceConfig) -> None:
+    """Raise ``BackendUnavailable`` (one line) now if ``config``'s backend cannot run here.
+
+    For the host to call before minutes of export and conversion, not after them. It
+    imports the runtime but builds nothing and, for CUDA, only asks whether a GPU is there.
+    """
+    if config.backend == "onnxruntime":
+        from profilers.onnxrt import resolve_providers
+        resolve_providers(config)
+    elif config.backend == "tensorrt":
+        from profilers.tensorrt import _cuda_api_factory, _import_tensorrt
+        _import_tensorrt()
+        _cuda_api_factory()
+    elif config.backend == "torch-cuda":
+        from profilers.torch_cuda import check_gpu
+        check_gpu()
 
 
 IDENTITY_ONNX = Path(__file__).resolve().parent / "assets" / "identity.onnx"

@@ -8,9 +8,23 @@ idles while the host enqueues its kernels, that wait falls inside the interval t
 would in deployment. The end-to-end figure (host-to-device copies + compute +
 device-to-host copies, also timed by events) is reported separately by ``extra_timings``.
 
+Two build routes, keyed on the installed TensorRT's major version (``build_settings``):
+
+- TensorRT <= 10, "builder-flags": the ONNX is parsed as exported and the precision is a
+  builder flag (FP16, BF16, INT8 with placeholder ranges), as trtexec --fp16/--int8 did.
+- TensorRT >= 11, "strongly-typed": the weak-typing flags are gone and every network is
+  strongly typed, so the precision must be in the ONNX before the build. fp16 converts it
+  with onnxconverter-common's float16 converter (I/O kept fp32, like trtexec's I/O);
+  int8 needs an ONNX that already has Q/DQ nodes; bf16 is refused with what to use instead.
+
+The route, the converter and its settings are part of the engine-cache key and of the
+environment manifest (``build`` field), so an engine or a LUT row built one way is never
+mistaken for one built another way.
+
 TensorRT and the CUDA bindings are imported lazily, in ``activate``: this module imports on a
 machine without them. Memory, streams and events go through pycuda, or through NVIDIA's
-cuda-python when pycuda is absent.
+cuda-python (>= 12.6 as ``cuda.bindings.runtime``; 13 removed the old ``cuda.cudart``
+shim, which is still tried for older installs) when pycuda is absent.
 
 Example:
     >>> from profilers.config import load_device_config
@@ -35,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from profilers.config import DeviceConfig
-from profilers.errors import BackendUnavailable, ModelFileError, ProfilerError
+from profilers.errors import BackendUnavailable, ConfigError, ModelFileError, ProfilerError
 from profilers.fileio import atomic_write_bytes
 from profilers.runner import BaseRunner, InputSpec, random_inputs
 from profilers.stats import TimingStats, measure
@@ -46,7 +60,23 @@ CUDA_BINDINGS_HINT = ("the tensorrt backend needs pycuda or NVIDIA's cuda-python
                       "timing, and neither is installed: pip install 'hwprune[tensorrt]' (pycuda) "
                       "or pip install 'hwprune[cuda-python]'")
 
+FP16_CONVERTER_HINT = ("precision fp16 on TensorRT 11 converts the ONNX to fp16 before the build and needs "
+                       "onnxconverter-common: pip install 'hwprune[fp16]'")
+INT8_QDQ_HINT = ("precision int8 on TensorRT 11 needs an ONNX with Q/DQ (QuantizeLinear/DequantizeLinear) nodes, "
+                 "since TensorRT 11 has no implicit INT8: quantize the model first (e.g. python -m "
+                 "modelopt.onnx.quantization --onnx_path model.onnx) or use precision fp16")
+BF16_HINT = ("precision bf16 is not available with TensorRT 11 here (hwprune converts ONNX to fp16 only): use "
+             "precision fp16, or the torch-cuda backend for bf16")
+
 DEFAULT_ENGINE_CACHE = "~/.cache/hwprune/engines"
+
+# The builder flags of each precision before TensorRT 11. INT8 adds FP16, as trtexec --int8
+# --fp16: layers without an INT8 kernel fall back to FP16 rather than FP32, as deployed.
+_BUILDER_FLAGS = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",), "int8": ("INT8", "FP16")}
+# onnxconverter-common's float16 settings: inputs and outputs stay fp32 (casts at the edges),
+# so the engine's I/O matches the exported model and the timed feeds need no change.
+_FP16_CONVERTER = "onnxconverter-common float16.convert_float_to_float16"
+_FP16_SETTINGS = {"keep_io_types": True}
 
 # Placeholder INT8 dynamic ranges, the values trtexec uses when it is given --int8 without a
 # calibration cache: ±2 on layer inputs, ±4 on layer outputs.
@@ -70,11 +100,71 @@ def _import_tensorrt():
     return trt
 
 
-def _trt_major(trt) -> int:
+def _major(version: str | None) -> int:
     try:
-        return int(str(trt.__version__).split(".")[0])
+        return int(str(version).split(".")[0])
     except ValueError:
         return 0
+
+
+def _trt_major(trt) -> int:
+    return _major(trt.__version__)
+
+
+# -- build routes: what TensorRT version builds how ------------------------------------
+
+def build_route(trt_version: str | None) -> str:
+    """'strongly-typed' from TensorRT 11 (precision lives in the ONNX), 'builder-flags' before."""
+    return "strongly-typed" if _major(trt_version) >= 11 else "builder-flags"
+
+
+def onnx_conversion(precision: str) -> dict[str, Any] | None:
+    """How the ONNX is changed before a strongly typed build at ``precision`` (None: not at all)."""
+    from profilers.environment import _package_version  # light; lazy only to keep the import graph flat
+
+    if precision == "fp16":
+        return {"converter": _FP16_CONVERTER, "version": _package_version("onnxconverter-common"),
+                **_FP16_SETTINGS}
+    if precision == "int8":
+        return {"converter": None, "requires": "Q/DQ nodes in the exported ONNX"}
+    return None
+
+
+def build_settings(precision: str, trt_version: str | None, workspace_mb: int) -> dict[str, Any]:
+    """Everything about an engine build that is not the ONNX or the GPU: route, flags, conversion.
+
+    It names the engine in the cache and is recorded in every manifest, so timings of
+    differently built engines are never pooled.
+    """
+    route = build_route(trt_version)
+    settings: dict[str, Any] = {"route": route, "precision": precision, "workspace_mb": int(workspace_mb)}
+    if route == "builder-flags":
+        settings["builder_flags"] = list(_BUILDER_FLAGS.get(precision, ()))
+    else:
+        settings["onnx_conversion"] = onnx_conversion(precision)
+    return settings
+
+
+def check_precision(precision: str, trt_version: str | None) -> None:
+    """Refuse, in one line, a precision this TensorRT cannot build from hwprune's ONNX."""
+    if precision == "bf16" and build_route(trt_version) == "strongly-typed":
+        raise ConfigError(BF16_HINT)
+
+
+def convert_to_fp16(onnx_bytes: bytes, model_path: str | None, name: str) -> bytes:
+    """The ONNX with its float tensors in fp16 (I/O kept fp32), for a strongly typed build."""
+    try:
+        import onnx
+        from onnxconverter_common import float16
+    except ImportError:
+        raise BackendUnavailable(FP16_CONVERTER_HINT) from None
+    try:
+        # From the path, onnx also loads weights stored as external data beside the file.
+        model = onnx.load(model_path) if model_path else onnx.load_model_from_string(onnx_bytes)
+        converted = float16.convert_float_to_float16(model, **_FP16_SETTINGS)
+        return converted.SerializeToString()
+    except Exception as err:  # protobuf and converter errors have their own types
+        raise ModelFileError(f"cannot convert {name} to fp16 for TensorRT 11: {_first_line(err)}") from None
 
 
 _LOGGER = None
@@ -280,13 +370,15 @@ def engine_cache_dir(config: DeviceConfig) -> Path:
 
 
 def engine_cache_key(onnx_bytes: bytes, *, trt_version: str, gpu_name: str, precision: str,
-                     batch_size: int, workspace_mb: int) -> str:
+                     batch_size: int, workspace_mb: int, build: dict[str, Any] | None = None) -> str:
     """Hex digest naming one engine: anything that changes what TensorRT builds is in it.
 
     An engine is only valid for the TensorRT version and GPU model it was built on, and
-    precision, batch size and workspace limit change the kernels TensorRT picks.
+    precision, batch size and workspace limit change the kernels TensorRT picks. ``build``
+    (``build_settings``) adds the route and the ONNX conversion with its converter version.
+    ``onnx_bytes`` is the model as exported, before any conversion: a cache hit skips it.
     """
-    fields = {
+    fields: dict[str, Any] = {
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "tensorrt": str(trt_version),
         "gpu": str(gpu_name),
@@ -294,6 +386,8 @@ def engine_cache_key(onnx_bytes: bytes, *, trt_version: str, gpu_name: str, prec
         "batch_size": int(batch_size),
         "workspace_mb": int(workspace_mb),
     }
+    if build is not None:
+        fields["build"] = build
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -345,6 +439,12 @@ def _set_placeholder_int8_ranges(network, trt) -> None:
                     tensor.set_dynamic_range(-out_range, out_range)
 
 
+def _has_qdq(network, trt) -> bool:
+    """Whether the parsed network holds explicit quantization (Q/DQ layers), as TensorRT 11 INT8 needs."""
+    qdq = {trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE}
+    return any(network.get_layer(i).type in qdq for i in range(network.num_layers))
+
+
 def build_serialized_engine(trt, onnx_bytes: bytes, config: DeviceConfig, *,
                             model_path: str | None = None, name: str = "<model>") -> bytes:
     """Parse ONNX and build a serialized engine for ``config``; raises ``ModelFileError``."""
@@ -352,8 +452,11 @@ def build_serialized_engine(trt, onnx_bytes: bytes, config: DeviceConfig, *,
     builder = trt.Builder(logger)
     if not hasattr(builder, "build_serialized_network"):
         raise BackendUnavailable(f"TensorRT {trt.__version__} is too old (need >= 8.0): {INSTALL_HINT}")
-    # Explicit batch is the only mode since TensorRT 10, where the flag is deprecated.
-    flags = 0 if _trt_major(trt) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    major = _trt_major(trt)
+    check_precision(config.precision, trt.__version__)
+    # Explicit batch is the only mode since TensorRT 10, where the flag is deprecated; from
+    # 11 every network is strongly typed, with no flag to ask for it.
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     try:
@@ -377,14 +480,17 @@ def build_serialized_engine(trt, onnx_bytes: bytes, config: DeviceConfig, *,
         builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     else:  # TensorRT < 8.4
         builder_config.max_workspace_size = workspace_bytes
-    if config.precision == "fp16":
-        builder_config.set_flag(trt.BuilderFlag.FP16)
-    elif config.precision == "int8":
-        builder_config.set_flag(trt.BuilderFlag.INT8)
-        # FP16 as well, as trtexec --int8 --fp16: layers without an INT8 kernel fall back to
-        # FP16 rather than FP32, which is how an INT8 deployment would run.
-        builder_config.set_flag(trt.BuilderFlag.FP16)
-        _set_placeholder_int8_ranges(network, trt)
+    if major >= 11:
+        if config.precision == "int8" and not _has_qdq(network, trt):
+            raise ModelFileError(f"{name}: {INT8_QDQ_HINT}")
+    else:
+        for flag in _BUILDER_FLAGS[config.precision]:
+            if not hasattr(trt.BuilderFlag, flag):  # BF16 arrived in TensorRT 9
+                raise ConfigError(f"precision {config.precision} needs a newer TensorRT: "
+                                  f"{trt.__version__} has no BuilderFlag.{flag}")
+            builder_config.set_flag(getattr(trt.BuilderFlag, flag))
+        if config.precision == "int8":
+            _set_placeholder_int8_ranges(network, trt)
 
     profile = None
     for i in range(network.num_inputs):
@@ -401,7 +507,7 @@ def build_serialized_engine(trt, onnx_bytes: bytes, config: DeviceConfig, *,
 
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
-        raise ModelFileError(f"TensorRT could not build an engine for {name} at {config.precision}, "
+        raise ModelFileError(f"TensorRT {trt.__version__} could not build an engine for {name} at {config.precision}, "
                              f"batch {config.batch_size}, workspace {config.workspace_mb} MB "
                              "(see the TensorRT log above)")
     return bytes(serialized)
@@ -450,6 +556,7 @@ class TrtRunner(BaseRunner):
         self.gpu_name: str | None = None
         self.tensorrt_version: str | None = None
         self.cuda_bindings: str | None = None
+        self.build_settings: dict[str, Any] | None = None
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -500,8 +607,11 @@ class TrtRunner(BaseRunner):
 
     def _load_engine(self, trt, onnx_bytes: bytes, model_path: str | None) -> None:
         c = self.config
+        check_precision(c.precision, self.tensorrt_version)
+        self.build_settings = build_settings(c.precision, self.tensorrt_version, c.workspace_mb)
         key = engine_cache_key(onnx_bytes, trt_version=self.tensorrt_version, gpu_name=self.gpu_name,
-                               precision=c.precision, batch_size=c.batch_size, workspace_mb=c.workspace_mb)
+                               precision=c.precision, batch_size=c.batch_size, workspace_mb=c.workspace_mb,
+                               build=self.build_settings)
         self.engine_path = engine_cache_dir(c) / f"{key}.engine"
         self._runtime = trt.Runtime(_trt_logger(trt))
         self.engine_cache_hit = False
@@ -513,6 +623,9 @@ class TrtRunner(BaseRunner):
             self.engine_cache_hit = self._engine is not None
         if self._engine is None:
             t0 = time.perf_counter()
+            if (self.build_settings.get("onnx_conversion") or {}).get("converter") == _FP16_CONVERTER:
+                # the converted model holds its weights inline, so the file's path is not needed
+                onnx_bytes, model_path = convert_to_fp16(onnx_bytes, model_path, self.name), None
             serialized = build_serialized_engine(trt, onnx_bytes, c, model_path=model_path, name=self.name)
             self.build_s = time.perf_counter() - t0
             try:

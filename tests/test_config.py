@@ -13,7 +13,7 @@ from profilers.config import (DeviceConfig, KNOWN_PROVIDERS, RemoteConfig, from_
 from profilers.errors import ConfigError, ProfilerError
 
 EXPECTED_SHIPPED = {"x86-cpu-ort", "x86-cpu-ort-4t", "arm-cpu-ort", "jetson-orin-trt-fp16",
-                    "a100-trt-fp16", "h100-trt-fp16"}
+                    "a100-trt-fp16", "h100-trt-fp16", "h200-torch-cuda-bf16", "h200-torch-cuda-fp16"}
 
 
 def test_the_documented_configs_are_shipped():
@@ -45,6 +45,10 @@ def test_shipped_values_match_their_purpose():
         cfg = load_device_config(name)
         assert (cfg.backend, cfg.precision, cfg.channel_multiple) == ("tensorrt", "fp16", 8)
         assert cfg.warmup >= 200 and cfg.min_repeats >= 50 and cfg.workspace_mb >= 512
+    for precision in ("bf16", "fp16"):
+        cfg = load_device_config(f"h200-torch-cuda-{precision}")
+        assert (cfg.backend, cfg.precision, cfg.channel_multiple, cfg.batch_size) == ("torch-cuda", precision, 8, 1)
+        assert cfg.autocast is False and cfg.warmup >= 200
 
 
 def _write(tmp_path: Path, text: str, name: str = "dev.yaml") -> Path:

@@ -255,3 +255,29 @@ def _set(d, dotted, value):
     for p in parents:
         d = d[p]
     d[last] = value
+
+
+def test_manifest_records_the_tensorrt_build_route(monkeypatch):
+    monkeypatch.setattr(environment, "_tensorrt_version", lambda backend: "11.4.0")
+    m = collect_manifest(load_device_config("h100-trt-fp16"))
+    assert m["build"]["route"] == "strongly-typed" and m["build"]["workspace_mb"] == 4096
+    assert m["build"]["onnx_conversion"]["converter"].startswith("onnxconverter-common")
+    monkeypatch.setattr(environment, "_tensorrt_version", lambda backend: "10.3.0")
+    m = collect_manifest(load_device_config("h100-trt-fp16"))
+    assert m["build"] == {"route": "builder-flags", "precision": "fp16", "workspace_mb": 4096,
+                          "builder_flags": ["FP16"]}
+    assert collect_manifest(load_device_config("x86-cpu-ort"))["build"] is None
+
+
+def test_fingerprint_covers_an_onnx_conversion_but_not_the_flag_route():
+    base = _gpu_manifest()
+    flags = copy.deepcopy(base)
+    flags["build"] = {"route": "builder-flags", "precision": "fp16", "workspace_mb": 1024, "builder_flags": ["FP16"]}
+    assert fingerprint(flags) == fingerprint(base)  # LUTs measured before 'build' was recorded stay valid
+    converted = copy.deepcopy(base)
+    converted["build"] = {"route": "strongly-typed", "onnx_conversion": {"converter": "c", "version": "1.16.0"}}
+    newer = copy.deepcopy(converted)
+    newer["build"]["onnx_conversion"]["version"] = "1.17.0"
+    assert len({fingerprint(base), fingerprint(converted), fingerprint(newer)}) == 3
+    assert diff_manifests(converted, newer)[0].startswith("[fingerprint] build:")
+    assert len(diff_manifests(converted, newer)) == 1

@@ -1,11 +1,17 @@
 """TrtRunner against fake tensorrt, pycuda and cuda-python modules that record every call.
 
 No GPU or TensorRT is needed: the fakes stand in for the real APIs (same names and call
-shapes as TensorRT 10 / 8.6, pycuda.driver and cuda.bindings.runtime) and share one fake
+shapes as TensorRT 8.6 / 10 / 11, pycuda.driver and cuda.bindings.runtime) and share one fake
 device with memory, a call log and a clock. The fake clock advances ``COMPUTE_MS`` per
 enqueue and ``COPY_MS`` per copy, so what an event-timed interval contains is observable.
 The fake engine computes ``output = relu(first input)``, enough to check that data travels
 host -> device -> engine -> host through the right buffers.
+
+The fake tensorrt has each major version's surface: from 11 the weak-typing BuilderFlags
+(FP16, BF16, INT8...) and tensor dynamic ranges are absent, as they are in TensorRT 11. It
+records every attribute that profilers/tensorrt.py itself reads from it (``trt.state.touched``),
+and test_every_tensorrt_name_the_backend_touches_is_published checks those names against
+NVIDIA's published API (tests/data/tensorrt_api.json, from tensorrt-stubs).
 
 What the real libraries do is checked only by tests/test_tensorrt_real.py, on a GPU.
 """
@@ -14,7 +20,9 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import types
@@ -26,9 +34,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from profilers.config import DeviceConfig
-from profilers.errors import BackendUnavailable, ModelFileError, ProfilerError
+from profilers.errors import BackendUnavailable, ConfigError, ModelFileError, ProfilerError
 from profilers.runners import make_runner
-from profilers.tensorrt import TrtRunner, engine_cache_dir, engine_cache_key
+from profilers.tensorrt import TrtRunner, build_settings, engine_cache_dir, engine_cache_key
+
+TRT10, TRT11 = "10.3.0", "11.4.0"
+API_NAMES = os.path.join(os.path.dirname(__file__), "data", "tensorrt_api.json")
 
 COMPUTE_MS = 0.5
 COPY_MS = 0.125
@@ -86,40 +97,90 @@ class FakeGpu:
 
 # -- fake tensorrt ---------------------------------------------------------------------
 
+BACKEND_FILE = os.path.join("profilers", "tensorrt.py")
+# attributes the tests themselves hang on the fake module; not TensorRT's
+TEST_ONLY = {"state", "cudart"}
+
+
 def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool = False,
                        build_ok: bool = True) -> types.ModuleType:
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.state = SimpleNamespace(networks=[], configs=[], profiles=[])
+    major = int(version.split(".")[0])
+    touched: set[tuple[str, str]] = set()
 
-    class Logger:
+    def by_backend() -> bool:
+        # two frames up: past this hook and the __getattribute__ that called it
+        return sys._getframe(2).f_code.co_filename.endswith(BACKEND_FILE)
+
+    class Touched(type):
+        """Records class-level reads (enum values: BuilderFlag.FP16) made by the backend."""
+
+        def __getattribute__(cls, name):
+            if not name.startswith("_") and by_backend():
+                touched.add((type.__getattribute__(cls, "_api"), name))
+            return type.__getattribute__(cls, name)
+
+    class Api(metaclass=Touched):
+        """Base of the fake TensorRT classes: records instance reads made by the backend."""
+
+        _api = "?"
+
+        def __getattribute__(self, name):
+            if not name.startswith("_") and by_backend():
+                touched.add((type(self)._api, name))
+            return object.__getattribute__(self, name)
+
+    class Module(types.ModuleType):
+        def __getattribute__(self, name):
+            if (not name.startswith("_") or name == "__version__") and name not in TEST_ONLY and by_backend():
+                touched.add(("<module>", name))
+            return types.ModuleType.__getattribute__(self, name)
+
+    trt = Module("tensorrt")
+    trt.__version__ = version
+    trt.state = SimpleNamespace(networks=[], configs=[], profiles=[], touched=touched)
+
+    class Logger(Api):
+        _api = "Logger"
         WARNING = "WARNING"
 
         def __init__(self, severity):
-            self.severity = severity
+            self.min_severity = severity
 
-    class NetworkDefinitionCreationFlag:
+    class NetworkDefinitionCreationFlag(Api):
+        _api = "NetworkDefinitionCreationFlag"
         EXPLICIT_BATCH = 0
+        STRONGLY_TYPED = 1
 
-    class BuilderFlag:
-        FP16 = "FP16"
-        INT8 = "INT8"
+    class BuilderFlag(Api):
+        _api = "BuilderFlag"
+        TF32 = "TF32"
+        REFIT = "REFIT"
 
-    class MemoryPoolType:
+    if major < 11:  # TensorRT 11 removed every weak-typing precision flag
+        for flag in ("FP16", "INT8") + (("BF16",) if major >= 9 else ()):
+            setattr(BuilderFlag, flag, flag)
+
+    class MemoryPoolType(Api):
+        _api = "MemoryPoolType"
         WORKSPACE = "WORKSPACE"
 
-    class DataType:
+    class DataType(Api):
+        _api = "DataType"
         FLOAT = "FLOAT"
         HALF = "HALF"
         INT32 = "INT32"
 
-    class LayerType:
+    class LayerType(Api):
+        _api = "LayerType"
         ACTIVATION = "ACTIVATION"
         ELEMENTWISE = "ELEMENTWISE"
         POOLING = "POOLING"
         CONCATENATION = "CONCATENATION"
+        QUANTIZE = "QUANTIZE"
+        DEQUANTIZE = "DEQUANTIZE"
 
-    class TensorIOMode:
+    class TensorIOMode(Api):
+        _api = "TensorIOMode"
         INPUT = "INPUT"
         OUTPUT = "OUTPUT"
 
@@ -128,17 +189,25 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
     def nptype(dtype):
         return np_types[dtype]
 
-    class Tensor:
+    class Tensor(Api):
+        _api = "ITensor"
+
         def __init__(self, name, shape, dtype=DataType.FLOAT):
             self.name, self.shape, self.dtype = name, tuple(shape), dtype
-            self.dynamic_range = None
+            if major < 11:
+                self.dynamic_range = None
 
+    if major < 11:  # implicit quantization (dynamic ranges) went with TensorRT 11
         def set_dynamic_range(self, lo, hi):
             gpu.log("set_dynamic_range", name=self.name, range=(lo, hi))
             self.dynamic_range = (lo, hi)
             return True
 
-    class Layer:
+        Tensor.set_dynamic_range = set_dynamic_range
+
+    class Layer(Api):
+        _api = "ILayer"
+
         def __init__(self, type_, inputs, outputs):
             self.type, self._in, self._out = type_, inputs, outputs
             self.num_inputs, self.num_outputs = len(inputs), len(outputs)
@@ -149,7 +218,9 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
         def get_output(self, i):
             return self._out[i]
 
-    class Network:
+    class Network(Api):
+        _api = "INetworkDefinition"
+
         def __init__(self, flags):
             self.flags = flags
             self.inputs, self.outputs, self.layers = [], [], []
@@ -168,21 +239,18 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
         def get_layer(self, i):
             return self.layers[i]
 
-        def tensors(self):
-            seen = {}
-            for layer in self.layers:
-                for t in layer._in + layer._out:
-                    seen[t.name] = t
-            return seen
+    class ParserError(Api):
+        _api = "ParserError"
 
-    class ParserError:
         def __init__(self, text):
             self.text = text
 
         def desc(self):
             return self.text
 
-    class OnnxParser:
+    class OnnxParser(Api):
+        _api = "OnnxParser"
+
         def __init__(self, network, logger):
             self.network = network
             self.errors = []
@@ -195,7 +263,7 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
             return self.errors[i]
 
         def parse(self, data, path=None):
-            gpu.log("parse", path=path, nbytes=len(data))
+            gpu.log("parse", path=path, nbytes=len(data), sha=hashlib.sha256(bytes(data)).hexdigest())
             try:
                 model = onnx.load_model_from_string(bytes(data))
                 if not model.graph.node:
@@ -215,7 +283,8 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
                 tensors[vi.name] = Tensor(vi.name, dims)
                 net.inputs.append(tensors[vi.name])
             kinds = {"Relu": LayerType.ACTIVATION, "Add": LayerType.ELEMENTWISE,
-                     "MaxPool": LayerType.POOLING, "Concat": LayerType.CONCATENATION}
+                     "MaxPool": LayerType.POOLING, "Concat": LayerType.CONCATENATION,
+                     "QuantizeLinear": LayerType.QUANTIZE, "DequantizeLinear": LayerType.DEQUANTIZE}
             for node in g.node:
                 ins = [tensors[n] for n in node.input if n in tensors]
                 outs = [tensors.setdefault(n, Tensor(n, net.inputs[0].shape)) for n in node.output]
@@ -223,7 +292,9 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
             net.outputs = [tensors[o.name] for o in g.output]
             return True
 
-    class BuilderConfig:
+    class BuilderConfig(Api):
+        _api = "IBuilderConfig"
+
         def __init__(self):
             self.flags = set()
             self.pool_limits = {}
@@ -241,7 +312,9 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
             self.profiles.append(profile)
             return 0
 
-    class OptimizationProfile:
+    class OptimizationProfile(Api):
+        _api = "IOptimizationProfile"
+
         def __init__(self):
             self.shapes = {}
 
@@ -249,7 +322,9 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
             gpu.log("set_shape", name=name, shapes=(tuple(min), tuple(opt), tuple(max)))
             self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
 
-    class Builder:
+    class Builder(Api):
+        _api = "Builder"
+
         def __init__(self, logger):
             gpu.log("Builder")
 
@@ -279,13 +354,17 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
                     "flags": sorted(config.flags)}
             return bytearray(ENGINE_MAGIC + json.dumps(desc).encode())
 
-    class _EngineBase:
+    class _EngineBase(Api):
+        _api = "ICudaEngine"
+
         def __init__(self, desc):
             self.io = [(n, True, tuple(s), d) for n, s, d in desc["inputs"]]
             self.io += [(n, False, tuple(s), d) for n, s, d in desc["outputs"]]
             self.flags = desc["flags"]
 
-    class _ContextBase:
+    class _ContextBase(Api):
+        _api = "IExecutionContext"
+
         def __init__(self, engine):
             self.engine = engine
             self.input_shapes = {}
@@ -386,7 +465,9 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
             self._run(bindings[0], bindings[out_index])
             return True
 
-    class Runtime:
+    class Runtime(Api):
+        _api = "Runtime"
+
         def __init__(self, logger):
             pass
 
@@ -401,6 +482,11 @@ def make_fake_tensorrt(gpu: FakeGpu, version: str = "10.3.0", bindings_api: bool
     for obj in (Logger, NetworkDefinitionCreationFlag, BuilderFlag, MemoryPoolType, DataType, LayerType,
                 TensorIOMode, OnnxParser, Builder, Runtime, nptype):
         setattr(trt, obj.__name__, obj)
+    # every fake class, the ones only reachable through calls too, for the surface test
+    trt.state.classes = {c.__name__: c for c in (Logger, NetworkDefinitionCreationFlag, BuilderFlag, MemoryPoolType,
+                                                 DataType, LayerType, TensorIOMode, Tensor, Layer, Network,
+                                                 ParserError, OnnxParser, BuilderConfig, OptimizationProfile,
+                                                 Builder, Engine, Context, Runtime)}
     return trt
 
 
@@ -654,7 +740,8 @@ def between_events(gpu: FakeGpu) -> list[str]:
 
 # -- building ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("precision, flags", [("fp32", set()), ("fp16", {"FP16"}), ("int8", {"INT8", "FP16"})])
+@pytest.mark.parametrize("precision, flags", [("fp32", set()), ("fp16", {"FP16"}), ("bf16", {"BF16"}),
+                                              ("int8", {"INT8", "FP16"})])
 def test_precision_sets_builder_flags(install, gpu, tmp_path, relu_onnx, precision, flags):
     trt = install()
     with TrtRunner(relu_onnx, trt_config(tmp_path, precision=precision)):
@@ -747,6 +834,8 @@ def test_engine_cache_is_keyed_by_precision(install, gpu, tmp_path, relu_onnx):
 @pytest.mark.parametrize("change", [
     {"onnx_bytes": relu_onnx_bytes(features=5)}, {"trt_version": "10.4.0"}, {"gpu_name": "Other GPU"},
     {"precision": "int8"}, {"batch_size": 2}, {"workspace_mb": 2048},
+    {"build": {"route": "strongly-typed", "onnx_conversion": {"converter": "x", "version": "1.16.0"}}},
+    {"build": {"route": "strongly-typed", "onnx_conversion": {"converter": "x", "version": "1.17.0"}}},
 ])
 def test_engine_cache_key_covers_every_field(change):
     base = dict(onnx_bytes=relu_onnx_bytes(), trt_version="10.3.0", gpu_name=GPU_NAME, precision="fp16",
@@ -955,3 +1044,212 @@ def test_module_imports_without_tensorrt_or_cuda():
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# -- TensorRT 11: strongly typed, the precision in the ONNX ---------------------------------
+
+def fake_float16_converter(monkeypatch, calls: list) -> None:
+    """onnxconverter_common.float16 with the real entry point; it marks the model it converts."""
+    pkg, mod = types.ModuleType("onnxconverter_common"), types.ModuleType("onnxconverter_common.float16")
+
+    def convert_float_to_float16(model, min_positive_val=1e-7, max_finite_val=1e4, keep_io_types=False,
+                                 disable_shape_infer=False, op_block_list=None, node_block_list=None,
+                                 check_fp16_ready=True):
+        calls.append({"keep_io_types": keep_io_types})
+        converted = onnx.ModelProto()
+        converted.CopyFrom(model)
+        converted.doc_string = "converted to float16"
+        return converted
+
+    mod.convert_float_to_float16 = convert_float_to_float16
+    pkg.float16 = mod
+    monkeypatch.setitem(sys.modules, "onnxconverter_common", pkg)
+    monkeypatch.setitem(sys.modules, "onnxconverter_common.float16", mod)
+
+
+def qdq_relu_onnx_bytes() -> bytes:
+    """x -> QuantizeLinear -> DequantizeLinear -> Relu: explicit quantization, as ModelOpt writes it."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.05])
+    zero = helper.make_tensor("z", TensorProto.INT8, [], [0])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("Relu", ["dq"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq_relu", [x], [y], initializer=[scale, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_trt11_fake_has_the_trt11_surface(install):
+    eleven, ten = install(version=TRT11), make_fake_tensorrt(FakeGpu(), version=TRT10)
+    for flag in ("FP16", "BF16", "INT8"):
+        assert hasattr(ten.BuilderFlag, flag) and not hasattr(eleven.BuilderFlag, flag)
+    for name in ("IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator"):
+        assert not hasattr(eleven, name)
+    assert not hasattr(eleven.state.classes["Tensor"], "set_dynamic_range")
+    assert hasattr(ten.state.classes["Tensor"], "set_dynamic_range")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_trt11_sets_no_precision_flag(install, monkeypatch, gpu, tmp_path, relu_onnx, precision):
+    trt = install(version=TRT11)
+    fake_float16_converter(monkeypatch, [])
+    model = relu_onnx if precision != "int8" else qdq_relu_onnx_bytes()
+    with TrtRunner(model, trt_config(tmp_path, precision=precision)) as r:
+        assert r.time_once_ms() == pytest.approx(COMPUTE_MS)
+        assert r.build_settings["route"] == "strongly-typed"
+    assert trt.state.configs[-1].flags == set()
+    assert gpu.count("set_flag") == gpu.count("set_dynamic_range") == 0
+    assert [info["flags"] for name, info in gpu.calls if name == "create_network"] == [0]
+
+
+def test_trt11_fp16_converts_the_onnx_before_the_build(install, monkeypatch, gpu, tmp_path, relu_onnx):
+    install(version=TRT11)
+    calls: list = []
+    fake_float16_converter(monkeypatch, calls)
+    with TrtRunner(relu_onnx, trt_config(tmp_path, precision="fp16")) as r:
+        conversion = r.build_settings["onnx_conversion"]
+    assert calls == [{"keep_io_types": True}]
+    parsed = [info for name, info in gpu.calls if name == "parse"]
+    original = hashlib.sha256(relu_onnx_bytes()).hexdigest()
+    assert len(parsed) == 1 and parsed[0]["sha"] != original and parsed[0]["path"] is None
+    assert conversion["converter"].startswith("onnxconverter-common") and conversion["keep_io_types"] is True
+    # a cache hit skips the conversion: the key is over the exported ONNX and the settings
+    with TrtRunner(relu_onnx, trt_config(tmp_path, precision="fp16")) as again:
+        assert again.engine_cache_hit is True
+    assert len(calls) == 1
+
+
+def test_trt10_fp16_does_not_convert(install, monkeypatch, tmp_path, relu_onnx):
+    install(version=TRT10)
+    calls: list = []
+    fake_float16_converter(monkeypatch, calls)
+    with TrtRunner(relu_onnx, trt_config(tmp_path, precision="fp16")) as r:
+        assert r.build_settings == {"route": "builder-flags", "precision": "fp16", "workspace_mb": 1024,
+                                    "builder_flags": ["FP16"]}
+    assert calls == []
+
+
+def test_trt11_fp16_without_the_converter_says_what_to_install(install, monkeypatch, tmp_path, relu_onnx):
+    install(version=TRT11)
+    monkeypatch.setitem(sys.modules, "onnxconverter_common", None)
+    with pytest.raises(BackendUnavailable) as err:
+        TrtRunner(relu_onnx, trt_config(tmp_path, precision="fp16")).activate()
+    assert "pip install 'hwprune[fp16]'" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_trt11_int8_without_qdq_is_one_clear_error(install, gpu, tmp_path, relu_onnx):
+    install(version=TRT11)
+    with pytest.raises(ModelFileError) as err:
+        TrtRunner(relu_onnx, trt_config(tmp_path, precision="int8")).activate()
+    message = str(err.value)
+    assert "Q/DQ" in message and "modelopt" in message and "precision fp16" in message and "\n" not in message
+    assert gpu.count("build_serialized_network") == 0
+
+
+def test_trt11_bf16_is_refused_with_what_to_use(install, tmp_path, relu_onnx):
+    install(version=TRT11)
+    with pytest.raises(ConfigError, match="torch-cuda") as err:
+        TrtRunner(relu_onnx, trt_config(tmp_path, precision="bf16")).activate()
+    assert "\n" not in str(err.value)
+
+
+def test_engines_of_the_two_routes_never_share_a_cache_entry(install, monkeypatch, tmp_path, relu_onnx):
+    fake_float16_converter(monkeypatch, [])
+    install(version="10.99.0")
+    with TrtRunner(relu_onnx, trt_config(tmp_path, precision="fp16")) as ten:
+        pass
+    install(version="11.0.0")
+    with TrtRunner(relu_onnx, trt_config(tmp_path, precision="fp16")) as eleven:
+        assert eleven.engine_cache_hit is False
+    assert ten.engine_path != eleven.engine_path
+
+
+def test_build_settings_name_the_route_and_the_conversion():
+    assert build_settings("int8", "10.3.0", 512) == {"route": "builder-flags", "precision": "int8",
+                                                     "workspace_mb": 512, "builder_flags": ["INT8", "FP16"]}
+    assert build_settings("fp32", "11.4.0", 512)["onnx_conversion"] is None
+    assert build_settings("int8", "11.4.0", 512)["onnx_conversion"]["requires"].startswith("Q/DQ")
+    assert build_settings("fp16", "11.4.0", 512)["onnx_conversion"]["keep_io_types"] is True
+
+
+def test_real_float16_converter_output_is_what_gets_built(install, gpu, tmp_path):
+    """With onnxconverter-common installed, its output (fp16 weights, fp32 I/O) is what TensorRT 11 parses."""
+    pytest.importorskip("onnxconverter_common")
+    from profilers.tensorrt import convert_to_fp16
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4], [1.0, -1.0, 2.0, 0.5])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "mul", [x], [y], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    converted = onnx.load_model_from_string(convert_to_fp16(model.SerializeToString(), None, "mul"))
+    assert converted.graph.initializer[0].data_type == TensorProto.FLOAT16
+    assert converted.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # I/O kept fp32
+
+
+# -- every TensorRT name the backend uses exists in NVIDIA's published API ------------------
+
+def _published(version: str) -> tuple[set[str], dict[str, set[str]]]:
+    with open(API_NAMES) as f:
+        doc = json.load(f)[version]
+    return set(doc["module"]), {c: set(m) for c, m in doc["classes"].items()}
+
+
+def _unpublished(touched, version: str) -> list[str]:
+    module, classes = _published(version)
+    missing = []
+    for owner, name in sorted(touched):
+        known = module if owner == "<module>" else classes.get(owner)
+        if known is None or name not in known:
+            missing.append(f"{owner}.{name}")
+    return missing
+
+
+@pytest.mark.parametrize("version", [TRT10, TRT11])
+@pytest.mark.parametrize("cuda", ["pycuda", "cuda-python"])
+def test_every_tensorrt_name_the_backend_touches_is_published(install, monkeypatch, tmp_path, version, cuda):
+    trt = install(version=version, cuda=cuda)
+    fake_float16_converter(monkeypatch, [])
+    major = version.split(".")[0]
+    precisions = ["fp32", "fp16", "bf16", "int8"] if major == "10" else ["fp32", "fp16", "int8"]
+    for precision in precisions:
+        model = qdq_relu_onnx_bytes() if (precision == "int8" and major == "11") else relu_onnx_bytes()
+        cfg = trt_config(tmp_path / precision, precision=precision)
+        for _ in range(2):  # a build, then a cache hit
+            with TrtRunner(model, cfg) as r:
+                r.time_once_ms()
+                r.time_end_to_end_once_ms()
+                r.infer()
+    touched = trt.state.touched
+    assert ("IExecutionContext", "execute_async_v3") in touched and ("<module>", "__version__") in touched
+    assert _unpublished(touched, major) == []
+
+
+@pytest.mark.parametrize("version", [TRT10, TRT11])
+def test_the_fake_has_no_name_tensorrt_lacks(version):
+    """The fake itself invents nothing: each public class-level name it defines is published."""
+    trt = make_fake_tensorrt(FakeGpu(), version=version)
+    defined = {("<module>", n) for n in dir(trt) if n not in TEST_ONLY and (n == "__version__" or not n.startswith("_"))}
+    for cls in trt.state.classes.values():
+        owner = type.__getattribute__(cls, "_api")
+        defined |= {(owner, m) for m in dir(cls) if not m.startswith("_") and m != "mro"}
+    assert ("ICudaEngine", "num_io_tensors") in defined and ("BuilderFlag", "TF32") in defined
+    assert _unpublished(defined, version.split(".")[0]) == []
+
+
+def test_check_backend_says_what_is_missing_before_any_work(install, gpu, monkeypatch, tmp_path):
+    from profilers.runners import check_backend
+
+    cfg = trt_config(tmp_path)
+    install()
+    check_backend(cfg)
+    assert gpu.calls == []  # nothing built, no CUDA initialised
+    install(cuda="none")
+    with pytest.raises(BackendUnavailable, match="pycuda or NVIDIA's cuda-python"):
+        check_backend(cfg)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailable, match="needs TensorRT"):
+        check_backend(cfg)

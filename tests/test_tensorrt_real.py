@@ -14,7 +14,8 @@ import pytest
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu]
 
-pytest.importorskip("tensorrt")
+tensorrt = pytest.importorskip("tensorrt")
+TRT_MAJOR = int(str(tensorrt.__version__).split(".")[0])
 if importlib.util.find_spec("pycuda") is None and importlib.util.find_spec("cuda") is None:
     pytest.skip("needs pycuda or cuda-python", allow_module_level=True)
 
@@ -22,7 +23,7 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
 from profilers.config import DeviceConfig  # noqa: E402
-from profilers.errors import BackendUnavailable  # noqa: E402
+from profilers.errors import BackendUnavailable, ConfigError, ModelFileError  # noqa: E402
 from profilers.tensorrt import TrtRunner  # noqa: E402
 
 FEATURES = 64
@@ -90,13 +91,50 @@ def test_second_activation_uses_the_engine_cache(tmp_path):
 
 
 def test_fp16_matches_numpy_loosely(tmp_path):
+    if TRT_MAJOR >= 11:  # strongly typed: fp16 is put into the ONNX first
+        pytest.importorskip("onnxconverter_common")
     model = relu_add_onnx(tmp_path / "relu_add.onnx", batch=2)
     with activated(TrtRunner(model, gpu_config(tmp_path, precision="fp16"))) as r:
+        assert r.build_settings["route"] == ("strongly-typed" if TRT_MAJOR >= 11 else "builder-flags")
         x = np.random.default_rng(1).standard_normal((2, FEATURES)).astype(np.float32)
         np.testing.assert_allclose(r.infer({"x": x})["y"], reference(x), rtol=1e-2, atol=1e-2)
         assert r.measure().p50_ms > 0
 
 
+def qdq_relu_add_onnx(path) -> str:
+    """relu_add behind a QuantizeLinear/DequantizeLinear pair: explicit INT8, as TensorRT 11 needs."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, FEATURES])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, FEATURES])
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.05]), helper.make_tensor("z", TensorProto.INT8, [], [0])]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("Relu", ["dq"], ["r"]), helper.make_node("Add", ["r", "dq"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "qdq", [x], [y], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.mark.skipif(TRT_MAJOR < 11, reason="TensorRT 11 behaviour")
+def test_trt11_int8_needs_qdq_and_builds_from_it(tmp_path):
+    with pytest.raises(ModelFileError, match="Q/DQ"):
+        activated(TrtRunner(relu_add_onnx(tmp_path / "relu_add.onnx"), gpu_config(tmp_path, precision="int8")))
+    with activated(TrtRunner(qdq_relu_add_onnx(tmp_path / "qdq.onnx"), gpu_config(tmp_path, precision="int8"))) as r:
+        assert r.infer()["y"].shape == (1, FEATURES) and r.measure().p50_ms > 0
+
+
+def test_bf16_builds_on_trt10_and_is_refused_on_trt11(tmp_path):
+    model = relu_add_onnx(tmp_path / "relu_add.onnx")
+    if TRT_MAJOR >= 11:
+        with pytest.raises(ConfigError, match="bf16"):
+            activated(TrtRunner(model, gpu_config(tmp_path, precision="bf16")))
+        return
+    with activated(TrtRunner(model, gpu_config(tmp_path, precision="bf16"))) as r:
+        assert r.build_settings["builder_flags"] == ["BF16"] and r.measure().p50_ms > 0
+
+
+@pytest.mark.skipif(TRT_MAJOR >= 11, reason="TensorRT 11 has no implicit INT8 (see the Q/DQ test)")
 def test_int8_without_calibration_builds_and_times(tmp_path):
     # placeholder dynamic ranges: latency is meaningful, output values are not checked
     model = relu_add_onnx(tmp_path / "relu_add.onnx")

@@ -50,7 +50,8 @@ def test_every_profilers_module_imports_without_torch_or_click(tmp_path):
     modules = result["extra"]
     for expected in ("profilers.config", "profilers.stats", "profilers.runner", "profilers.runners",
                      "profilers.onnxrt", "profilers.environment", "profilers.fileio", "profilers.errors",
-                     "profilers.tensorrt"):  # imports tensorrt lazily, so it imports without it
+                     "profilers.tensorrt",  # imports tensorrt lazily, so it imports without it
+                     "profilers.torch_cuda"):  # likewise torch
         assert expected in modules
     new = set(result["new"])
     assert set(modules) <= new
