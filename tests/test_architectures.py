@@ -1,0 +1,69 @@
+"""Patterns that third-party architectures use, each on a small network built here (issue 18).
+
+Every network reproduces one construct that made a zoo model fail; the assertions are on
+hwprune's general behaviour (the width graph rebuilds what Torch-Pruning + export give, the
+pruner cuts what was asked), not on any zoo model.
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from onnx import shape_inference
+
+from hwprune.candidates import build_width_graph
+from hwprune.export import export_onnx
+from hwprune.groups import find_groups, group_widths, prune_to_widths
+from hwprune.widthgraph import HEAVY_OPS, _normalize
+
+torch.set_num_threads(1)
+
+
+def _heavy_output_shapes(blob: bytes) -> list[tuple[str, list[int]]]:
+    """Each conv/gemm's output shape, in graph order (shape arithmetic folded as hwprune does)."""
+    m = shape_inference.infer_shapes(_normalize(onnx.load_from_string(blob)), strict_mode=True)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in list(m.graph.value_info) + list(m.graph.output)}
+    return [(n.op_type, shapes[n.output[0]]) for n in m.graph.node if n.op_type in HEAVY_OPS]
+
+
+def _matches_real_pruned_exports(model: nn.Module, x: torch.Tensor, width_sets: list[list[int]]) -> None:
+    groups = find_groups(model, x)
+    wg = build_width_graph(model, x, groups)
+    for widths in width_sets:
+        pruned = prune_to_widths(model, x, {g.name: w for g, w in zip(groups, widths)})
+        assert list(group_widths(pruned, groups).values()) == widths
+        ours = wg.instantiate(None, widths)
+        assert _heavy_output_shapes(ours) == _heavy_output_shapes(export_onnx(pruned, x))
+        sess = ort.InferenceSession(ours)
+        assert sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0].shape == (1, 10)
+
+
+class _ShapeArithmeticNet(nn.Module):
+    """Shapes computed in Python: a constant F.pad, a crop to ``shape - 1``, ``zeros_like``.
+
+    The exporter leaves each as Shape/ConstantOfShape/Concat/... arithmetic feeding a Pad or
+    Slice, so ONNX shape inference alone sees dynamic dimensions after it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 24, 2)
+        self.gate = nn.Linear(24, 24)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = F.pad(self.conv1(x).relu(), (1, 0, 1, 0))
+        x = self.conv2(x).relu()
+        x = x[:, :, : x.shape[2] - 1, : x.shape[3] - 1]
+        w = x.mean((2, 3))
+        h = torch.sigmoid(self.gate(w) + torch.zeros_like(w))
+        return self.fc((x * h[:, :, None, None]).mean((2, 3)))
+
+
+def test_shape_arithmetic_is_folded_into_width_dependent_operands():
+    model, x = _ShapeArithmeticNet().eval(), torch.zeros(1, 3, 12, 12)
+    _matches_real_pruned_exports(model, x, [[8, 16], [5, 9], [16, 24]])
