@@ -222,7 +222,10 @@ def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mappi
     clf = classifier_layer(model)
     imp = _importance(criterion) if keep is None or set(widths) - set(keep) else None
     known = set()
-    for name, root, handler, g, _ in list(_iter_groups(model, dg, [clf] if clf is not None else [])):
+    # Groups are traced one at a time, after the cuts before them (Torch-Pruning yields them
+    # lazily): a group's indices into a concatenation shift when a group feeding an earlier
+    # part of it is cut, so a group listed up front would be scored and cut at stale indices.
+    for name, root, handler, g, _ in _iter_groups(model, dg, [clf] if clf is not None else []):
         known.add(name)
         dense = _out_channels(root)
         if name not in widths and (keep is None or name not in keep):

@@ -67,3 +67,33 @@ class _ShapeArithmeticNet(nn.Module):
 def test_shape_arithmetic_is_folded_into_width_dependent_operands():
     model, x = _ShapeArithmeticNet().eval(), torch.zeros(1, 3, 12, 12)
     _matches_real_pruned_exports(model, x, [[8, 16], [5, 9], [16, 24]])
+
+
+class _ConcatResidualNet(nn.Module):
+    """Two branches concatenated and added to a body conv (Shake-Shake's shortcut).
+
+    Torch-Pruning roots a group at each branch (it meets them first, the add's last operand),
+    so the body conv's output channels belong to two groups: the left branch's and the right's.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.left = nn.Conv2d(3, 8, 3, padding=1)
+        self.right = nn.Conv2d(3, 12, 3, padding=1)
+        self.body = nn.Conv2d(3, 20, 1)
+        self.mix = nn.Conv2d(20, 16, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = 0.5 * self.body(x).relu() + torch.cat([self.left(x), self.right(x)], dim=1)
+        return self.fc(self.mix(x).relu().mean((2, 3)))
+
+
+def test_both_branches_of_a_concatenation_are_cut_at_once():
+    # Cutting the left branch shifts the right branch's channels in the body conv and the
+    # concatenation; the right branch must be scored and cut at its new indices.
+    model, x = _ConcatResidualNet().eval(), torch.zeros(1, 3, 8, 8)
+    assert [g.name for g in find_groups(model, x)] == ["left", "right", "mix"]
+    _matches_real_pruned_exports(model, x, [[4, 6, 8], [1, 11, 16]])
+    pruned = prune_to_widths(model, x, {"left": 4, "right": 6})
+    assert pruned.body.out_channels == pruned.mix.in_channels == 10
