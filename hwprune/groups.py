@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -59,10 +60,29 @@ def classifier_layer(model: nn.Module) -> nn.Module | None:
 def _build_graph(model: nn.Module, example_input: torch.Tensor):
     tp = _tp()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        with _out_of_place(model):
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     except Exception as err:  # tracing errors come in many types
         raise HwpruneError(f"cannot trace the model's dependency graph at input shape "
                            f"{tuple(example_input.shape)}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+@contextlib.contextmanager
+def _out_of_place(model: nn.Module):
+    """Layers with an ``inplace`` switch (ReLU, Hardswish, Dropout ...) run out of place meanwhile.
+
+    Torch-Pruning maps each layer to the autograd node of its output; an in-place activation
+    right after a conv overwrites that tensor's node, and the conv drops out of every group
+    (a conv-ReLU(inplace)-conv network has none). Out of place, the values are the same.
+    """
+    switched = [m for m in model.modules() if isinstance(getattr(m, "inplace", None), bool) and m.inplace]
+    for m in switched:
+        m.inplace = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.inplace = True
 
 
 def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable: list | None = None):

@@ -97,3 +97,13 @@ def test_both_branches_of_a_concatenation_are_cut_at_once():
     _matches_real_pruned_exports(model, x, [[4, 6, 8], [1, 11, 16]])
     pruned = prune_to_widths(model, x, {"left": 4, "right": 6})
     assert pruned.body.out_channels == pruned.mix.in_channels == 10
+
+
+def test_convs_followed_by_in_place_activations_form_groups():
+    # Network-in-Network style: every conv is followed by ReLU(inplace=True), the classifier is a conv.
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(inplace=True), nn.Conv2d(16, 24, 1), nn.ReLU(inplace=True),
+                          nn.Conv2d(24, 10, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    x = torch.zeros(1, 3, 8, 8)
+    assert [(g.name, g.channels) for g in find_groups(model, x)] == [("0", 16), ("2", 24)]
+    assert all(m.inplace for m in model if isinstance(m, nn.ReLU))  # the user's model is left as it was
+    _matches_real_pruned_exports(model, x, [[8, 12], [1, 24]])
