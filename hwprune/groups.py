@@ -88,9 +88,10 @@ def _out_of_place(model: nn.Module):
 def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable: list | None = None):
     """Torch-Pruning's groups that hwprune prunes, as (name, root, handler, group, members).
 
-    A group that a grouped (not depthwise) convolution produces or consumes is left out,
-    wherever groups are listed (search, importance, cuts, recovery): cutting it needs the
-    same number of channels cut in each of the convolution's groups, which the pruner does not
+    A group that a grouped (not depthwise) convolution produces or consumes, or whose channels
+    are tied (``_tied_channels``), is left out, wherever groups are listed (search, importance,
+    cuts, recovery): cutting it needs the same number of channels cut in each of the
+    convolution's groups, or gives fewer channels than asked, which the pruner does not
     guarantee. ``unprunable``, when given, receives an ``UnprunableGroup`` for each.
     """
     tp = _tp()
@@ -110,7 +111,7 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable:
             n = names.get(id(mod))
             if n is not None and n not in members and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
                 members.append(n)
-        reason = _grouped_conv_in(g, names)
+        reason = _grouped_conv_in(g, names) or _tied_channels(dg, root, handler)
         if reason is not None:
             if unprunable is not None:
                 unprunable.append(UnprunableGroup(names[id(root)], _out_channels(root), reason))
@@ -165,6 +166,24 @@ def _grouped_conv_in(group, names: dict[int, str]) -> str | None:
         if isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1 and mod.groups != mod.in_channels:
             return (f"{names.get(id(mod), type(mod).__name__)} is a grouped convolution (groups={mod.groups}); "
                     f"kept at full width")
+    return None
+
+
+def _tied_channels(dg, root: nn.Module, handler) -> str | None:
+    """Why the group rooted at ``root`` cannot be cut channel by channel: its channels are tied.
+
+    A conv's output concatenated with a depthwise copy of itself (GhostNet's ghost module)
+    feeds one layer twice: cutting channel i cuts its copy too, so a 48-channel group has 24
+    independent channels and a requested width is not the width one gets. Checked on the
+    first and the last channel (a tie shows on both halves of such a concatenation).
+    """
+    dense = _out_channels(root)
+    for i in sorted({0, dense - 1}):
+        cut = next((len(set(item.idxs)) for item in dg.get_pruning_group(root, handler, idxs=[i]).items
+                    if item.dep.target.module is root and item.dep.handler == handler), 1)
+        if cut > 1:
+            return (f"cutting one of its channels cuts {cut} (channels tied, e.g. a conv's output concatenated "
+                    f"with a copy of it); kept at full width")
     return None
 
 

@@ -107,3 +107,31 @@ def test_convs_followed_by_in_place_activations_form_groups():
     assert [(g.name, g.channels) for g in find_groups(model, x)] == [("0", 16), ("2", 24)]
     assert all(m.inplace for m in model if isinstance(m, nn.ReLU))  # the user's model is left as it was
     _matches_real_pruned_exports(model, x, [[8, 12], [1, 24]])
+
+
+class _GhostNet(nn.Module):
+    """A ghost module: a conv's output concatenated with a depthwise copy of itself, then a depthwise conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.primary = nn.Conv2d(16, 12, 1)
+        self.cheap = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.dw = nn.Conv2d(24, 24, 3, padding=1, groups=24)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = self.primary(self.stem(x).relu())
+        x = torch.cat([x, self.cheap(x)], dim=1)
+        return self.fc(self.dw(x).relu().mean((2, 3)))
+
+
+def test_tied_channels_stay_at_full_width_and_the_rest_prunes():
+    # Cutting one of the depthwise conv's 24 channels cuts its copy too: asking for 23 would
+    # give 22, so that group is left dense, with the reason; the stem still prunes exactly.
+    model, x = _GhostNet().eval(), torch.zeros(1, 3, 8, 8)
+    unprunable = []
+    groups = find_groups(model, x, unprunable=unprunable)
+    assert [g.name for g in groups] == ["stem"]
+    assert [(u.name, u.channels) for u in unprunable] == [("dw", 24)] and "cuts 2" in unprunable[0].reason
+    _matches_real_pruned_exports(model, x, [[8], [1]])
