@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from hwprune.errors import HwpruneError
+from hwprune.tracing import build_graph
 
 IMPORTANCE_CRITERIA = ("l1", "l2", "bn-scale", "taylor")
 
@@ -58,10 +59,10 @@ def classifier_layer(model: nn.Module) -> nn.Module | None:
 
 
 def _build_graph(model: nn.Module, example_input: torch.Tensor):
-    tp = _tp()
+    """Torch-Pruning's dependency graph; layers its tracer cannot map are opaque (``hwprune.tracing``)."""
     try:
         with _out_of_place(model):
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+            return build_graph(model, example_input)
     except Exception as err:  # tracing errors come in many types
         raise HwpruneError(f"cannot trace the model's dependency graph at input shape "
                            f"{tuple(example_input.shape)}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
@@ -111,7 +112,7 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable:
             n = names.get(id(mod))
             if n is not None and n not in members and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
                 members.append(n)
-        reason = _grouped_conv_in(g, names) or _tied_channels(dg, root, handler)
+        reason = _opaque_in(g, dg) or _grouped_conv_in(g, names) or _tied_channels(dg, root, handler)
         if reason is not None:
             if unprunable is not None:
                 unprunable.append(UnprunableGroup(names[id(root)], _out_channels(root), reason))
@@ -157,6 +158,16 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: Sequence
         raise HwpruneError("the model has no prunable conv or linear layer groups"
                            + (f" ({skipped[0].name}: {skipped[0].reason})" if skipped else ""))
     return groups
+
+
+def _opaque_in(group, dg) -> str | None:
+    """Why ``group`` cannot be cut: it reaches a layer Torch-Pruning's tracer could not map."""
+    opaque = getattr(dg, "hwprune_opaque", {})
+    for item in group:
+        if item.dep.target.module in opaque:
+            name, why = opaque[item.dep.target.module]
+            return f"it reaches {name}, which Torch-Pruning cannot trace ({why}); kept at full width"
+    return None
 
 
 def _grouped_conv_in(group, names: dict[int, str]) -> str | None:

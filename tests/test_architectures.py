@@ -135,3 +135,51 @@ def test_tied_channels_stay_at_full_width_and_the_rest_prunes():
     assert [g.name for g in groups] == ["stem"]
     assert [(u.name, u.channels) for u in unprunable] == [("dw", 24)] and "cuts 2" in unprunable[0].reason
     _matches_real_pruned_exports(model, x, [[8], [1]])
+
+
+class _Shuffle(nn.Module):
+    def forward(self, x):
+        b, c, h, w = x.size()
+        return x.view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups), nn.BatchNorm2d(cout),
+                         nn.ReLU())
+
+
+class _ShuffleNet(nn.Module):
+    """ShuffleNetV2 units: a two-branch unit, then two that split the channels in half, send one
+    half through pointwise-depthwise-pointwise convs, concatenate and shuffle the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = _conv_bn_relu(3, 16, 3)
+        self.left, self.right, self.shuffle = _conv_bn_relu(16, 8), _conv_bn_relu(16, 8), _Shuffle()
+        self.units = nn.ModuleList(
+            nn.ModuleList([nn.Sequential(_conv_bn_relu(8, 8), _conv_bn_relu(8, 8, 3, 8), _conv_bn_relu(8, 8)),
+                           _Shuffle()]) for _ in range(2))
+        self.head = _conv_bn_relu(16, 24)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.shuffle(torch.cat([self.left(x), self.right(x)], dim=1))
+        for branch, shuffle in self.units:
+            a, b = x.chunk(2, dim=1)
+            x = shuffle(torch.cat([a, branch(b)], dim=1))
+        return self.fc(self.head(x).mean((2, 3)))
+
+
+def test_a_layer_the_tracer_cannot_map_is_opaque_and_the_rest_prunes():
+    # Torch-Pruning's index mapping divides by zero at these channel shuffles (as in
+    # ShuffleNetV2); the shuffle it fails at is made opaque, the groups reaching it stay
+    # dense with the reason, and the others prune.
+    model, x = _ShuffleNet().eval(), torch.zeros(1, 3, 8, 8)
+    unprunable = []
+    groups = find_groups(model, x, unprunable=unprunable)
+    assert {"stem.0", "head.0"} <= {g.name for g in groups}
+    assert unprunable and all("which Torch-Pruning cannot trace (integer division or modulo by zero)" in u.reason
+                              for u in unprunable)
+    assert all(type(m) is _Shuffle for m in model.modules() if isinstance(m, _Shuffle))  # classes restored
+    _matches_real_pruned_exports(model, x, [[max(1, g.channels // 2) for g in groups], [g.channels for g in groups]])
