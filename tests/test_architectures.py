@@ -5,7 +5,8 @@ hwprune's general behaviour (the width graph rebuilds what Torch-Pruning + expor
 pruner cuts what was asked), not on any zoo model.
 """
 
-import numpy as np
+import math
+
 import onnx
 import onnxruntime as ort
 import torch
@@ -13,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from onnx import shape_inference
 
-from hwprune.candidates import build_width_graph
+from hwprune.candidates import (MAX_UNIT_GRID_POINTS, build_width_graph, cap_unit_grids, enumerate_candidates,
+                                grids_for)
 from hwprune.export import export_onnx
 from hwprune.groups import find_groups, group_widths, prune_to_widths
 from hwprune.widthgraph import HEAVY_OPS, _normalize
@@ -183,3 +185,35 @@ def test_a_layer_the_tracer_cannot_map_is_opaque_and_the_rest_prunes():
                               for u in unprunable)
     assert all(type(m) is _Shuffle for m in model.modules() if isinstance(m, _Shuffle))  # classes restored
     _matches_real_pruned_exports(model, x, [[max(1, g.channels // 2) for g in groups], [g.channels for g in groups]])
+
+
+class _AggregationNet(nn.Module):
+    """A one-shot aggregation (VoVNet-style): four convs in a row, all their outputs and the
+    stem's concatenated into one 1x1 conv, which so depends on five groups' widths."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(16, 16, 3, padding=1) for _ in range(4))
+        self.aggregate = nn.Conv2d(80, 32, 1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        outs = [self.stem(x).relu()]
+        for conv in self.convs:
+            outs.append(conv(outs[-1]).relu())
+        return self.fc(self.aggregate(torch.cat(outs, dim=1)).relu().mean((2, 3)))
+
+
+def test_grids_of_groups_meeting_after_a_concatenation_are_capped():
+    model, x = _AggregationNet().eval(), torch.zeros(1, 3, 8, 8)
+    groups = find_groups(model, x)
+    wg = build_width_graph(model, x, groups)
+    units = wg.units()
+    fine = grids_for(groups, 1)  # every width of each 16-channel group: 16^5 points for the concatenation's unit
+    assert max(math.prod(len(fine[g]) for g in u.groups) for u in units) > 10 ** 5
+    grids = cap_unit_grids(fine, units)
+    assert max(math.prod(len(grids[g]) for g in u.groups) for u in units) <= MAX_UNIT_GRID_POINTS
+    for f, c in zip(fine, grids):
+        assert set(c) <= set(f) and (c[0], c[-1]) == (f[0], f[-1])  # the ends stay: nothing is extrapolated
+    assert len(list(enumerate_candidates(wg, units, grids))) <= MAX_UNIT_GRID_POINTS * len(units)
