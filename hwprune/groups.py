@@ -112,7 +112,7 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable:
             n = names.get(id(mod))
             if n is not None and n not in members and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
                 members.append(n)
-        reason = _opaque_in(g, dg) or _grouped_conv_in(g, names) or _tied_channels(dg, root, handler)
+        reason = _opaque_in(g, dg) or _grouped_conv_in(g, names) or _tied_channels(dg, root, handler, names[id(root)])
         if reason is not None:
             if unprunable is not None:
                 unprunable.append(UnprunableGroup(names[id(root)], _out_channels(root), reason))
@@ -180,7 +180,19 @@ def _grouped_conv_in(group, names: dict[int, str]) -> str | None:
     return None
 
 
-def _tied_channels(dg, root: nn.Module, handler) -> str | None:
+# (model structure, group name) -> why its channels are tied, or None: a structural fact, and
+# asking Torch-Pruning costs two group traversals, repeated on every graph build otherwise.
+_TIED_BY_STRUCTURE: dict[tuple, str | None] = {}
+
+
+def _tied_channels(dg, root: nn.Module, handler, name: str) -> str | None:
+    key = (getattr(dg, "hwprune_structure", None), name)
+    if key[0] is None or key not in _TIED_BY_STRUCTURE:
+        _TIED_BY_STRUCTURE[key] = _ask_tied_channels(dg, root, handler)
+    return _TIED_BY_STRUCTURE[key]
+
+
+def _ask_tied_channels(dg, root: nn.Module, handler) -> str | None:
     """Why the group rooted at ``root`` cannot be cut channel by channel: its channels are tied.
 
     A conv's output concatenated with a depthwise copy of itself (GhostNet's ghost module)
@@ -272,10 +284,13 @@ def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mappi
     clf = classifier_layer(model)
     imp = _importance(criterion) if keep is None or set(widths) - set(keep) else None
     known = set()
+    requested = set(widths) | set(keep or {})
     # Groups are traced one at a time, after the cuts before them (Torch-Pruning yields them
     # lazily): a group's indices into a concatenation shift when a group feeding an earlier
     # part of it is cut, so a group listed up front would be scored and cut at stale indices.
     for name, root, handler, g, _ in _iter_groups(model, dg, [clf] if clf is not None else []):
+        if kept_out is None and requested <= known:
+            break  # nothing left to cut: the width probe cuts one group, and tracing the rest costs
         known.add(name)
         dense = _out_channels(root)
         if name not in widths and (keep is None or name not in keep):

@@ -33,7 +33,8 @@ def _tp():
 
 def build_graph(model: nn.Module, example_input: torch.Tensor):
     """Torch-Pruning's ``DependencyGraph`` of ``model``; ``dg.hwprune_opaque`` maps each opaque
-    module to its name and why it is opaque (empty when the tracer handles the whole model)."""
+    module to its name and why it is opaque (empty when the tracer handles the whole model),
+    ``dg.hwprune_structure`` is the model's structure key."""
     key = _structure_key(model, example_input)
     modules = dict(model.named_modules())
     opaque = _OPAQUE_BY_STRUCTURE.get(key)
@@ -43,6 +44,7 @@ def build_graph(model: nn.Module, example_input: torch.Tensor):
     else:
         dg = _build(model, example_input, {modules[n]: r for n, r in opaque.items()})
     dg.hwprune_opaque = {modules[n]: (n, r) for n, r in opaque.items()}
+    dg.hwprune_structure = key  # what per-structure facts about its groups are cached under
     return dg
 
 
