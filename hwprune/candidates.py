@@ -8,6 +8,7 @@ once, wherever they occur in the network.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -59,6 +60,35 @@ def grids_for(groups: Sequence[PrunableGroup], channel_multiple: int,
     small groups and the 10 keep ratios of large ones; explicit ratios are taken as given."""
     full = ratios is None
     return [width_grid(g.channels, channel_multiple, ratios or DEFAULT_RATIOS, full_when_small=full) for g in groups]
+
+
+# A unit is profiled at every point of the product of its groups' grids. A conv after a
+# concatenation of k groups (VoVNet's one-shot aggregation, PeleeNet, HarDNet, DenseNet)
+# would need about 10^k points, minutes of enumeration and hours of timing; the grids of the
+# groups that meet there are coarsened until no unit has more than this many.
+MAX_UNIT_GRID_POINTS = 1024
+
+
+def cap_unit_grids(grids: Sequence[Sequence[int]], units: Sequence[Unit],
+                   max_points: int = MAX_UNIT_GRID_POINTS) -> list[list[int]]:
+    """``grids`` with the largest grid of the widest unit halved (its ends kept) until every
+    unit's grid product is at most ``max_points``, or its groups are down to their two ends.
+
+    A grid keeps its ends (one channel multiple and the dense width), so every architecture
+    an agent may choose stays inside the grid: coarser grids interpolate, they never refuse.
+    """
+    grids = [list(g) for g in grids]
+
+    def points(u: Unit) -> int:
+        return math.prod(len(grids[g]) for g in u.groups)
+
+    while True:
+        over = [u for u in units if points(u) > max_points and any(len(grids[g]) > 2 for g in u.groups)]
+        if not over:
+            return grids
+        widest = max(over, key=points)
+        g = max(widest.groups, key=lambda gi: len(grids[gi]))
+        grids[g] = [grids[g][0], *grids[g][1:-1][1::2], grids[g][-1]]
 
 
 def enumerate_candidates(wg: WidthGraph, units: Sequence[Unit],

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from hwprune.errors import HwpruneError
+from hwprune.tracing import build_graph
 
 IMPORTANCE_CRITERIA = ("l1", "l2", "bn-scale", "taylor")
 
@@ -57,20 +59,40 @@ def classifier_layer(model: nn.Module) -> nn.Module | None:
 
 
 def _build_graph(model: nn.Module, example_input: torch.Tensor):
-    tp = _tp()
+    """Torch-Pruning's dependency graph; layers its tracer cannot map are opaque (``hwprune.tracing``)."""
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        with _out_of_place(model):
+            return build_graph(model, example_input)
     except Exception as err:  # tracing errors come in many types
         raise HwpruneError(f"cannot trace the model's dependency graph at input shape "
                            f"{tuple(example_input.shape)}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
+@contextlib.contextmanager
+def _out_of_place(model: nn.Module):
+    """Layers with an ``inplace`` switch (ReLU, Hardswish, Dropout ...) run out of place meanwhile.
+
+    Torch-Pruning maps each layer to the autograd node of its output; an in-place activation
+    right after a conv overwrites that tensor's node, and the conv drops out of every group
+    (a conv-ReLU(inplace)-conv network has none). Out of place, the values are the same.
+    """
+    switched = [m for m in model.modules() if isinstance(getattr(m, "inplace", None), bool) and m.inplace]
+    for m in switched:
+        m.inplace = False
+    try:
+        yield
+    finally:
+        for m in switched:
+            m.inplace = True
+
+
 def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable: list | None = None):
     """Torch-Pruning's groups that hwprune prunes, as (name, root, handler, group, members).
 
-    A group that a grouped (not depthwise) convolution produces or consumes is left out,
-    wherever groups are listed (search, importance, cuts, recovery): cutting it needs the
-    same number of channels cut in each of the convolution's groups, which the pruner does not
+    A group that a grouped (not depthwise) convolution produces or consumes, or whose channels
+    are tied (``_tied_channels``), is left out, wherever groups are listed (search, importance,
+    cuts, recovery): cutting it needs the same number of channels cut in each of the
+    convolution's groups, or gives fewer channels than asked, which the pruner does not
     guarantee. ``unprunable``, when given, receives an ``UnprunableGroup`` for each.
     """
     tp = _tp()
@@ -90,7 +112,7 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable:
             n = names.get(id(mod))
             if n is not None and n not in members and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
                 members.append(n)
-        reason = _grouped_conv_in(g, names)
+        reason = _opaque_in(g, dg) or _grouped_conv_in(g, names) or _tied_channels(dg, root, handler, names[id(root)])
         if reason is not None:
             if unprunable is not None:
                 unprunable.append(UnprunableGroup(names[id(root)], _out_channels(root), reason))
@@ -138,6 +160,16 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: Sequence
     return groups
 
 
+def _opaque_in(group, dg) -> str | None:
+    """Why ``group`` cannot be cut: it reaches a layer Torch-Pruning's tracer could not map."""
+    opaque = getattr(dg, "hwprune_opaque", {})
+    for item in group:
+        if item.dep.target.module in opaque:
+            name, why = opaque[item.dep.target.module]
+            return f"it reaches {name}, which Torch-Pruning cannot trace ({why}); kept at full width"
+    return None
+
+
 def _grouped_conv_in(group, names: dict[int, str]) -> str | None:
     """Why ``group`` (a Torch-Pruning group) cannot be cut: it touches a grouped, non-depthwise conv."""
     for item in group:
@@ -145,6 +177,36 @@ def _grouped_conv_in(group, names: dict[int, str]) -> str | None:
         if isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1 and mod.groups != mod.in_channels:
             return (f"{names.get(id(mod), type(mod).__name__)} is a grouped convolution (groups={mod.groups}); "
                     f"kept at full width")
+    return None
+
+
+# (model structure, group name) -> why its channels are tied, or None: a structural fact, and
+# asking Torch-Pruning costs two group traversals, repeated on every graph build otherwise.
+_TIED_BY_STRUCTURE: dict[tuple, str | None] = {}
+
+
+def _tied_channels(dg, root: nn.Module, handler, name: str) -> str | None:
+    key = (getattr(dg, "hwprune_structure", None), name)
+    if key[0] is None or key not in _TIED_BY_STRUCTURE:
+        _TIED_BY_STRUCTURE[key] = _ask_tied_channels(dg, root, handler)
+    return _TIED_BY_STRUCTURE[key]
+
+
+def _ask_tied_channels(dg, root: nn.Module, handler) -> str | None:
+    """Why the group rooted at ``root`` cannot be cut channel by channel: its channels are tied.
+
+    A conv's output concatenated with a depthwise copy of itself (GhostNet's ghost module)
+    feeds one layer twice: cutting channel i cuts its copy too, so a 48-channel group has 24
+    independent channels and a requested width is not the width one gets. Checked on the
+    first and the last channel (a tie shows on both halves of such a concatenation).
+    """
+    dense = _out_channels(root)
+    for i in sorted({0, dense - 1}):
+        cut = next((len(set(item.idxs)) for item in dg.get_pruning_group(root, handler, idxs=[i]).items
+                    if item.dep.target.module is root and item.dep.handler == handler), 1)
+        if cut > 1:
+            return (f"cutting one of its channels cuts {cut} (channels tied, e.g. a conv's output concatenated "
+                    f"with a copy of it); kept at full width")
     return None
 
 
@@ -222,7 +284,13 @@ def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mappi
     clf = classifier_layer(model)
     imp = _importance(criterion) if keep is None or set(widths) - set(keep) else None
     known = set()
-    for name, root, handler, g, _ in list(_iter_groups(model, dg, [clf] if clf is not None else [])):
+    requested = set(widths) | set(keep or {})
+    # Groups are traced one at a time, after the cuts before them (Torch-Pruning yields them
+    # lazily): a group's indices into a concatenation shift when a group feeding an earlier
+    # part of it is cut, so a group listed up front would be scored and cut at stale indices.
+    for name, root, handler, g, _ in _iter_groups(model, dg, [clf] if clf is not None else []):
+        if kept_out is None and requested <= known:
+            break  # nothing left to cut: the width probe cuts one group, and tracing the rest costs
         known.add(name)
         dense = _out_channels(root)
         if name not in widths and (keep is None or name not in keep):

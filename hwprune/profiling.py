@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import torch
 
-from hwprune.candidates import build_width_graph, enumerate_candidates, grids_for
+from hwprune.candidates import (MAX_UNIT_GRID_POINTS, build_width_graph, cap_unit_grids, enumerate_candidates,
+                                grids_for)
 from hwprune.errors import HwpruneError
 from hwprune.export import check_input_shape, export_onnx
 from hwprune.groups import PrunableGroup, UnprunableGroup, find_groups, prune_to_widths, snap_channels
@@ -127,7 +128,13 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     log(f"{spec.name}: {len(groups)} prunable groups; exporting the width-parametric graph ...")
     wg = build_width_graph(model, x, groups)
     units = wg.units()
-    grids = grids_for(groups, cfg.channel_multiple, ratios)
+    fine = grids_for(groups, cfg.channel_multiple, ratios)
+    grids = cap_unit_grids(fine, units)
+    coarsened = [g.name for g, a, b in zip(groups, fine, grids) if a != b]
+    if coarsened:
+        log(f"warning: {len(coarsened)} group(s) profiled on a coarser grid, since a layer after a concatenation "
+            f"depends on them all (at most {MAX_UNIT_GRID_POINTS} points a unit): {', '.join(coarsened[:3])}"
+            + (" ..." if len(coarsened) > 3 else ""))
     key = model_key(spec.name, tuple(x.shape))
 
     # The model's structure: which signature each unit has at each grid point.

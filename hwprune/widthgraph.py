@@ -34,6 +34,14 @@ Deps = dict[int, float]
 
 
 def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constants as initializers, shape arithmetic folded, one initializer per use."""
+    _constants_to_initializers(model)
+    _fold_static_values(model)
+    _unshare_initializers(model)
+    return model
+
+
+def _constants_to_initializers(model: onnx.ModelProto) -> None:
     """Turn Constant nodes into initializers and drop Identity nodes on initializers.
 
     Exporters emit both for shared weights; left as nodes, a weight would become a runtime
@@ -58,17 +66,126 @@ def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
         del node.input[:]
         node.input.extend(ins)
         keep.append(node)
-    # Exporters deduplicate identical initializers (freshly folded BN biases are all zeros),
-    # so one tensor can feed layers of different groups. Give every use its own copy, or a
-    # shape change in one group would be attributed to all of them.
+    del g.node[:]
+    g.node.extend(keep)
+
+
+# Ops whose output is not a function of their inputs' values alone: never folded.
+_UNFOLDABLE_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                             "Multinomial", "Bernoulli", "Dropout"})
+# A folded value becomes an initializer; larger ones stay computed (the runtime's business).
+FOLD_MAX_ELEMENTS = 1 << 16
+FOLD_MAX_PASSES = 8
+
+
+def _fold_static_values(model: onnx.ModelProto) -> None:
+    """Replace every value that the static input shape determines by an initializer.
+
+    Exporters leave shape arithmetic in the graph when it was Python code in the model: a
+    ``Shape`` of a tensor whose shape is static, then ``Gather``/``Concat``/``Cast``... into
+    a ``Pad``'s pads or a ``Slice``'s ends (channel padding of an identity, ``chunk``).
+    Shape inference cannot see through it, so the tensors after it get dynamic dimensions
+    and the width graph could not be built. Folded, these operands are INT64 initializers,
+    which the width graph already parametrises by width (``int_init_deps``). Repeated
+    because a folded Pad or Slice makes later shapes static, and their ``Shape`` foldable.
+    """
+    for _ in range(FOLD_MAX_PASSES):
+        if not _fold_pass(model):
+            return
+
+
+def _fold_pass(model: onnx.ModelProto) -> bool:
+    """One topological sweep of ``_fold_static_values``; whether anything was folded."""
+    g = model.graph
+    try:
+        inferred = shape_inference.infer_shapes(model)
+    except Exception:  # an unfoldable graph is reported by the strict inference later
+        return False
+    static = _static_shapes(inferred)
+    inits = {i.name: i for i in g.initializer}
+    values: dict[str, np.ndarray] = {}
+    graph_outputs = {o.name for o in g.output}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    keep, folded = [], 0
+    for node in g.node:
+        out = None if graph_outputs.intersection(node.output) else _fold_node(node, static, inits, values, opset)
+        if out is None:
+            keep.append(node)
+            continue
+        for name, arr in zip(node.output, out):
+            values[name] = arr
+            inits[name] = numpy_helper.from_array(arr, name)
+            g.initializer.append(inits[name])
+        folded += 1
+    if folded:
+        del g.node[:]
+        g.node.extend(keep)
+        _drop_unused_initializers(model)
+    return folded > 0
+
+
+def _static_shapes(inferred: onnx.ModelProto) -> dict[str, list[int]]:
+    """Tensors whose every dimension shape inference knows."""
+    out = {}
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
+            out[vi.name] = [int(d.dim_value) for d in dims]
+    return out
+
+
+def _fold_node(node: onnx.NodeProto, static: dict[str, list[int]], inits: dict[str, onnx.TensorProto],
+               values: dict[str, np.ndarray], opset: int | None) -> list[np.ndarray] | None:
+    """The outputs of ``node`` when the static shapes and constants determine them, else None."""
+    if node.domain not in ("", "ai.onnx") or node.op_type in _UNFOLDABLE_OPS or opset is None:
+        return None
+    if node.op_type in ("Shape", "Size") and node.input[0] in static:
+        dims = static[node.input[0]]
+        if node.op_type == "Size":
+            return [np.array(int(np.prod(dims)), dtype=np.int64)]
+        attrs = {a.name: a.i for a in node.attribute}
+        return [np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims))], dtype=np.int64)]
+    present = [t for t in node.input if t]
+    if not present or not all(t in inits for t in present):
+        return None
+    if any(int(np.prod(inits[t].dims)) > FOLD_MAX_ELEMENTS for t in present):
+        return None  # weights: folding them would copy every weight, for no shape it could reveal
+    feeds = {t: values[t] if t in values else numpy_helper.to_array(inits[t]) for t in present}
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        out = ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
+    except Exception:  # an op the reference runtime lacks stays in the graph
+        return None
+    if any(not isinstance(a, np.ndarray) or a.size > FOLD_MAX_ELEMENTS for a in out):
+        return None
+    return [np.asarray(a) for a in out]
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    g = model.graph
+    used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+
+
+def _unshare_initializers(model: onnx.ModelProto) -> None:
+    """Give every use of an initializer its own copy.
+
+    Exporters deduplicate identical initializers (freshly folded BN biases are all zeros),
+    so one tensor can feed layers of different groups; shared, a shape change in one group
+    would be attributed to all of them.
+    """
+    g = model.graph
     by_name = {i.name: i for i in g.initializer}
     uses: dict[str, int] = {}
-    for node in keep:
+    for node in g.node:
         for t in node.input:
             if t in by_name:
                 uses[t] = uses.get(t, 0) + 1
     seen: dict[str, int] = {}
-    for ni, node in enumerate(keep):
+    for ni, node in enumerate(g.node):
         for pos, t in enumerate(node.input):
             if t in by_name and uses[t] > 1:
                 seen[t] = seen.get(t, 0) + 1
@@ -78,9 +195,6 @@ def _normalize(model: onnx.ModelProto) -> onnx.ModelProto:
                     copy.name = f"{t}__use{ni}_{pos}"
                     g.initializer.append(copy)
                     node.input[pos] = copy.name
-    del g.node[:]
-    g.node.extend(keep)
-    return model
 
 
 def _shapes(model: onnx.ModelProto) -> tuple[dict[str, list[int]], dict[str, int]]:
