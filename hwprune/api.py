@@ -300,16 +300,9 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None, proces
 
 
 def _read_onnx(onnx_path: str) -> bytes:
-    from pathlib import Path
+    from profilers.fileio import read_model_file
 
-    from profilers.errors import ModelFileError
-
-    try:
-        return Path(onnx_path).read_bytes()
-    except FileNotFoundError:
-        raise ModelFileError(f"ONNX file not found: {onnx_path}") from None
-    except OSError as err:
-        raise ModelFileError(f"cannot read {onnx_path}: {err.strerror or err}") from None
+    return read_model_file(onnx_path, "ONNX file")
 
 
 def _time_in_processes(onnx_path: str, cfg, processes: int) -> dict[str, Any]:

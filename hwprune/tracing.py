@@ -175,13 +175,9 @@ def _channels(model: nn.Module, example_input: torch.Tensor, modules) -> dict[nn
     def record(mod, inp, out) -> None:  # returns None: a forward hook's return value replaces the output
         seen.setdefault(mod, (dim1(inp), dim1(out)))
 
-    hooks = [m.register_forward_hook(record) for m in modules]
-    try:
-        with torch.no_grad():
-            model.eval()(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
+    from hwprune.groups import _forward_then_remove
+
+    _forward_then_remove(model, example_input, [m.register_forward_hook(record) for m in modules])
     return seen
 
 

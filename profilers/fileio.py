@@ -102,3 +102,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_model_file(path: str | os.PathLike[str], what: str = "model file") -> bytes:
+    """A model file's bytes, or one ``ModelFileError`` line naming the file and why it cannot be read."""
+    from profilers.errors import ModelFileError
+
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ModelFileError(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise ModelFileError(f"cannot read {path}: {err.strerror or err}") from None

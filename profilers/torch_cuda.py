@@ -123,12 +123,9 @@ def load_program(torch, model: str | bytes, name: str) -> tuple[Any, list[InputS
 def _read(model: str | bytes) -> bytes:
     if isinstance(model, (bytes, bytearray)):
         return bytes(model)
-    try:
-        return Path(model).read_bytes()
-    except FileNotFoundError:
-        raise ModelFileError(f"model file not found: {model}") from None
-    except OSError as err:
-        raise ModelFileError(f"cannot read {model}: {err.strerror}") from None
+    from profilers.fileio import read_model_file
+
+    return read_model_file(model)
 
 
 def _program_inputs(program) -> list[InputSpec]:
