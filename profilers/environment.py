@@ -88,8 +88,8 @@ def parse_cpu_model(cpuinfo: str | None, lscpu: str | None = None) -> str | None
         key, sep, value = line.partition(":")
         if sep:
             fields.setdefault(key.strip().lower(), []).append(value.strip())
-    if fields.get("model name") and fields["model name"][0]:
-        return fields["model name"][0]
+    # ARM parts first: a 32-bit ARM kernel's "model name" is the same "ARMv7 Processor rev N"
+    # on a Pi 3 and a Pi 4, while their parts (Cortex-A53, Cortex-A72) tell them apart.
     parts = []
     for part in fields.get("cpu part", []):
         name = _ARM_PARTS.get(part.lower(), f"ARM part {part}")
@@ -97,6 +97,8 @@ def parse_cpu_model(cpuinfo: str | None, lscpu: str | None = None) -> str | None
             parts.append(name)
     if parts:
         return " + ".join(parts)
+    if fields.get("model name") and fields["model name"][0]:
+        return fields["model name"][0]
     for line in (lscpu or "").splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip().lower() == "model name" and value.strip():
@@ -106,6 +108,27 @@ def parse_cpu_model(cpuinfo: str | None, lscpu: str | None = None) -> str | None
         for value in fields.get(key, []):
             if value and not value.isdigit():
                 return value
+    return None
+
+
+def arch_family(machine: str | None) -> str | None:
+    """``"arm"``, ``"x86"`` or None for a ``platform.machine()`` value."""
+    m = (machine or "").lower()
+    if m.startswith(("aarch64", "arm")):
+        return "arm"
+    if m in ("x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"):
+        return "x86"
+    return None
+
+
+def cpuinfo_family(cpuinfo: str | None) -> str | None:
+    """Which kind of kernel wrote this /proc/cpuinfo: ``"arm"`` (CPU implementer/part),
+    ``"x86"`` (vendor_id), or None when it does not say."""
+    keys = {line.partition(":")[0].strip().lower() for line in (cpuinfo or "").splitlines() if ":" in line}
+    if keys & {"cpu implementer", "cpu part", "cpu architecture"}:
+        return "arm"
+    if "vendor_id" in keys:
+        return "x86"
     return None
 
 
@@ -164,14 +187,22 @@ def read_cpufreq(cpu: int = 0, root: Path = _CPU_SYSFS) -> dict[str, Any]:
 
 
 def _cpu_info() -> dict[str, Any]:
+    arch = platform.machine()
     cpuinfo = _read_text("/proc/cpuinfo")
     model = parse_cpu_model(cpuinfo)
     if model is None:
-        model = parse_cpu_model(None, _run(["lscpu"], 5.0)) or platform.processor() or platform.machine() or None
+        model = parse_cpu_model(None, _run(["lscpu"], 5.0)) or platform.processor() or arch or None
+    # An aarch64 Python whose kernel writes an x86 /proc/cpuinfo runs under user-mode emulation
+    # (qemu-user, binfmt_misc): the file names the host's CPU, not the one the code runs on,
+    # so the model says so; a LUT measured there never shares a fingerprint with a real board.
+    kernel, own = cpuinfo_family(cpuinfo), arch_family(arch)
+    emulated = None if kernel is None or own is None else kernel != own
+    if emulated:
+        model = f"{arch} under user-mode emulation on {model or f'an {kernel} host'}"
     affinity = _affinity()
     # The frequency of the first CPU this process may run on (cpu0 unless pinned elsewhere).
     freq = read_cpufreq(affinity[0] if affinity else 0)
-    return {"model": model, "arch": platform.machine(), "board": _board_model(),
+    return {"model": model, "arch": arch, "emulated": emulated, "board": _board_model(),
             "logical_cores": os.cpu_count(), "affinity": _cpu_ranges(affinity), **freq}
 
 
