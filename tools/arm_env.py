@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -150,7 +151,9 @@ def apt_mirror(sources: tuple[str, ...] = ("/etc/apt/sources.list", "/etc/apt/so
                     return fields["uris"].split()[0]
         else:
             for line in text.splitlines():
-                words = [w for w in line.split() if not w.startswith("[")] if not line.lstrip().startswith("#") else []
+                if line.lstrip().startswith("#"):
+                    continue
+                words = re.sub(r"\[[^]]*\]", " ", line).split()  # without the [arch=... signed-by=...] options
                 if len(words) >= 3 and words[0] == "deb" and words[2] == SUITE:
                     return words[1]
     return DEFAULT_MIRROR
