@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: install data test-deps test test-all gpu-check demo pretrain pretrain-resnet56 pretrain-vgg16 bench bench-quick clean
+.PHONY: install data test-deps test test-all gpu-check arm-env test-arm demo pretrain pretrain-resnet56 pretrain-vgg16 bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -44,7 +44,7 @@ test-deps:
 
 # data too: the tests that read the real Fashion-MNIST run wherever it can be installed.
 test: install test-deps data
-	$(PY) -m pytest -q -m "not slow and not gpu and not tensorrt" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not gpu and not tensorrt and not arm" $(PYTEST_ARGS)
 
 test-all: install test-deps data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -59,6 +59,24 @@ GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 GPU_CHECK_OUT ?=
 gpu-check:
 	$(GPU_PY) scripts/gpu_check.py $(if $(GPU_CHECK_OUT),--out $(GPU_CHECK_OUT))
+
+# An emulated aarch64 board (issue 21): an arm64 Debian root with numpy and onnxruntime from
+# their aarch64 wheels, run under qemu and served by a private sshd on 127.0.0.1. Built once
+# outside the checkout (needs root, about 1 GB), resumable: run it again after a failure.
+# Only test-arm needs it; make test never does.
+ARM_ENV ?= $(or $(HWPRUNE_ARM_ENV),$(HOME)/.cache/hwprune/arm-env)
+ARM_NUMPY_REQ ?= numpy==2.4.6
+ARM_ORT_REQ ?= onnxruntime==1.32.0
+# a second venv on the board with the oldest versions pyproject.toml allows ('' for none)
+ARM_OLDEST_REQS ?= numpy==1.24.4 onnxruntime==1.17.3
+
+arm-env:
+	$(PYTHON) tools/arm_env.py --env "$(ARM_ENV)" build --numpy "$(ARM_NUMPY_REQ)" --onnxruntime "$(ARM_ORT_REQ)" \
+	  --oldest "$(ARM_OLDEST_REQS)"
+
+# profile, time and regress through the SSH path on the emulated board; timings mean nothing there.
+test-arm: install test-deps arm-env
+	HWPRUNE_ARM_ENV="$(ARM_ENV)" $(PY) -m pytest -q -rP -m arm tests/test_arm_emulated.py $(PYTEST_ARGS)
 
 demo: install data
 	$(PY) -m hwprune.demo

@@ -48,7 +48,8 @@ _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExe
 # their timings are comparable; ``diff_manifests`` skips them unless asked.
 VOLATILE_FIELDS = ("timestamp_utc", "load_avg", "fingerprint")
 
-# ARM "CPU part" codes (implementer 0x41, Arm Ltd) as /proc/cpuinfo reports them.
+# ARM "CPU part" codes of implementer 0x41 (Arm Ltd) as /proc/cpuinfo reports them; a part
+# number means another core under another implementer (Qualcomm, NVIDIA, Apple...).
 _ARM_PARTS = {
     "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
     "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
@@ -57,6 +58,13 @@ _ARM_PARTS = {
     "0xd47": "Cortex-A710", "0xd48": "Cortex-X2", "0xd49": "Neoverse-N2", "0xd4b": "Cortex-A78C",
     "0xd4f": "Neoverse-V2", "0xd80": "Cortex-A520", "0xd81": "Cortex-A720", "0xd82": "Cortex-X4",
 }
+_ARM_IMPLEMENTERS = {"0x41": "Arm", "0x42": "Broadcom", "0x43": "Cavium", "0x46": "Fujitsu", "0x48": "HiSilicon",
+                     "0x4e": "NVIDIA", "0x50": "APM", "0x51": "Qualcomm", "0x61": "Apple", "0x6d": "Microsoft",
+                     "0xc0": "Ampere"}
+# qemu's TCG "max" CPU (the default of qemu-aarch64 user mode): implementer 0 ("reserved for
+# software use") and part 0x051 ('Q'), as newer qemu releases show it in /proc/cpuinfo.
+_QEMU_MAX = ("0x00", "0x051")
+QEMU_MAX_NAME = "QEMU TCG 'max' CPU"
 
 
 # -- small readers, each tolerant of a file or tool that is not there -----------------------
@@ -89,15 +97,18 @@ def parse_cpu_model(cpuinfo: str | None, lscpu: str | None = None) -> str | None
         key, sep, value = line.partition(":")
         if sep:
             fields.setdefault(key.strip().lower(), []).append(value.strip())
-    if fields.get("model name") and fields["model name"][0]:
-        return fields["model name"][0]
+    # ARM parts first: a 32-bit ARM kernel's "model name" is the same "ARMv7 Processor rev N"
+    # on a Pi 3 and a Pi 4, while their parts (Cortex-A53, Cortex-A72) tell them apart.
     parts = []
-    for part in fields.get("cpu part", []):
-        name = _ARM_PARTS.get(part.lower(), f"ARM part {part}")
+    implementers = fields.get("cpu implementer", [])
+    for i, part in enumerate(fields.get("cpu part", [])):
+        name = _arm_core_name(implementers[i] if i < len(implementers) else None, part)
         if name not in parts:
             parts.append(name)
     if parts:
         return " + ".join(parts)
+    if fields.get("model name") and fields["model name"][0]:
+        return fields["model name"][0]
     for line in (lscpu or "").splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip().lower() == "model name" and value.strip():
@@ -107,6 +118,37 @@ def parse_cpu_model(cpuinfo: str | None, lscpu: str | None = None) -> str | None
         for value in fields.get(key, []):
             if value and not value.isdigit():
                 return value
+    return None
+
+
+def _arm_core_name(implementer: str | None, part: str) -> str:
+    """``("0x41", "0xd0b")`` -> ``"Cortex-A76"``; another implementer's part keeps its code."""
+    imp, part = (implementer or "").lower(), part.lower()
+    if (imp, part) == _QEMU_MAX:
+        return QEMU_MAX_NAME
+    if imp in ("", "0x41"):  # no implementer line: old kernels, Arm's cores by far the most common
+        return _ARM_PARTS.get(part, f"ARM part {part}")
+    return f"{_ARM_IMPLEMENTERS.get(imp, f'implementer {imp}')} part {part}"
+
+
+def arch_family(machine: str | None) -> str | None:
+    """``"arm"``, ``"x86"`` or None for a ``platform.machine()`` value."""
+    m = (machine or "").lower()
+    if m.startswith(("aarch64", "arm")):
+        return "arm"
+    if m in ("x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"):
+        return "x86"
+    return None
+
+
+def cpuinfo_family(cpuinfo: str | None) -> str | None:
+    """Which kind of kernel wrote this /proc/cpuinfo: ``"arm"`` (CPU implementer/part),
+    ``"x86"`` (vendor_id), or None when it does not say."""
+    keys = {line.partition(":")[0].strip().lower() for line in (cpuinfo or "").splitlines() if ":" in line}
+    if keys & {"cpu implementer", "cpu part", "cpu architecture"}:
+        return "arm"
+    if "vendor_id" in keys:
+        return "x86"
     return None
 
 
@@ -165,14 +207,25 @@ def read_cpufreq(cpu: int = 0, root: Path = _CPU_SYSFS) -> dict[str, Any]:
 
 
 def _cpu_info() -> dict[str, Any]:
+    arch = platform.machine()
     cpuinfo = _read_text("/proc/cpuinfo")
     model = parse_cpu_model(cpuinfo)
     if model is None:
-        model = parse_cpu_model(None, _run(["lscpu"], 5.0)) or platform.processor() or platform.machine() or None
+        model = parse_cpu_model(None, _run(["lscpu"], 5.0)) or platform.processor() or arch or None
+    # An aarch64 Python whose kernel writes an x86 /proc/cpuinfo runs under user-mode emulation
+    # (older qemu-user, binfmt_misc): the file names the host's CPU, not the one the code
+    # runs on, so the model says so; a LUT measured there never shares a fingerprint with a
+    # real board. Newer qemu releases show their own CPU there instead, known by its part code.
+    kernel, own = cpuinfo_family(cpuinfo), arch_family(arch)
+    emulated = None if kernel is None or own is None else kernel != own
+    if emulated:
+        model = f"{arch} under user-mode emulation on {model or f'an {kernel} host'}"
+    elif model is not None and QEMU_MAX_NAME in model:  # qemu's own CPU: emulated, whatever the kernel
+        emulated = True
     affinity = _affinity()
     # The frequency of the first CPU this process may run on (cpu0 unless pinned elsewhere).
     freq = read_cpufreq(affinity[0] if affinity else 0)
-    return {"model": model, "arch": platform.machine(), "board": _board_model(),
+    return {"model": model, "arch": arch, "emulated": emulated, "board": _board_model(),
             "logical_cores": os.cpu_count(), "affinity": _cpu_ranges(affinity), **freq}
 
 

@@ -176,6 +176,42 @@ def test_parse_cpu_model_x86_arm_and_lscpu():
     assert parse_cpu_model("", "Architecture: aarch64\nModel name:   Cortex-A78AE\n") == "Cortex-A78AE"
     assert parse_cpu_model("processor : 0\nHardware : BCM2835\n") == "BCM2835"
     assert parse_cpu_model(None) is None
+    # a part number names an Arm core only under Arm's implementer code
+    assert parse_cpu_model("CPU implementer\t: 0x4e\nCPU part\t: 0x004\n") == "NVIDIA part 0x004"
+    assert parse_cpu_model("CPU implementer\t: 0x41\nCPU part\t: 0xd42\n") == "Cortex-A78AE"
+    # a 32-bit ARM kernel's "model name" is the same on every ARMv7 board; the part is not
+    assert parse_cpu_model("model name\t: ARMv7 Processor rev 4 (v7l)\nCPU implementer\t: 0x41\n"
+                           "CPU part\t: 0xd08\n") == "Cortex-A72"
+
+
+_X86_CPUINFO = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2\n"
+
+
+def test_cpu_info_names_the_arm_cores_on_a_board(monkeypatch):
+    monkeypatch.setattr(environment, "_read_text", lambda p: _PI5_CPUINFO if str(p) == "/proc/cpuinfo" else None)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    cpu = environment._cpu_info()
+    assert cpu["model"] == "Cortex-A76" and cpu["arch"] == "aarch64" and cpu["emulated"] is False
+    assert cpu["board"] == "Raspberry Pi 5 Model B Rev 1.0"
+
+
+def test_cpu_info_under_user_mode_emulation_does_not_claim_the_host_cpu(monkeypatch):
+    # qemu-user on an x86 host (make arm-env's board): the kernel's /proc/cpuinfo is the host's
+    monkeypatch.setattr(environment, "_read_text", lambda p: _X86_CPUINFO if str(p) == "/proc/cpuinfo" else None)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    cpu = environment._cpu_info()
+    assert cpu["emulated"] is True
+    assert cpu["model"] == "aarch64 under user-mode emulation on AMD EPYC"
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert environment._cpu_info()["model"] == "AMD EPYC" and environment._cpu_info()["emulated"] is False
+    # newer qemu (and make arm-env's board) show qemu's own "max" CPU: implementer 0, part 'Q'
+    qemu = "processor\t: 0\nCPU implementer\t: 0x00\nCPU architecture: 8\nCPU part\t: 0x051\n"
+    monkeypatch.setattr(environment, "_read_text", lambda p: qemu if str(p) == "/proc/cpuinfo" else None)
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert environment._cpu_info()["model"] == "QEMU TCG 'max' CPU" and environment._cpu_info()["emulated"] is True
+    # a kernel that does not say which kind it is: unknown, not a guess
+    monkeypatch.setattr(environment, "_read_text", lambda p: "processor : 0\n" if str(p) == "/proc/cpuinfo" else None)
+    assert environment._cpu_info()["emulated"] is None
 
 
 def test_read_cpufreq_from_a_sysfs_tree(tmp_path):

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from profilers.bundle import write_bundle
 from profilers.config import from_dict
 from profilers.errors import ProfilerError, RemoteError
 from profilers.remote import profile_remote
+from ssh_drop import drop_connections as _drop_connections
 
 pytestmark = pytest.mark.ssh
 
@@ -137,37 +137,6 @@ def _local(path: Path) -> list[dict]:
 
 def _keys(records) -> list[str]:
     return [r["key"] for r in records if r["type"] == "row"]
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids
-
-
-def _drop_connections(sshd_pid: int) -> int:
-    """Cut every SSH connection like a pulled cable: kill the server's per-connection sshd
-    processes (ours, forked by the test's sshd), leaving the remote profiler running."""
-    killed = 0
-    todo = _children(sshd_pid)
-    while todo:
-        pid = todo.pop()
-        todo += _children(pid)
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        if comm.startswith("sshd"):
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-    return killed
 
 
 def test_profile_over_ssh_returns_every_row(sshd, bundle, tmp_path, caplog):
