@@ -98,11 +98,11 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
     rows = []
     for i, w in enumerate(widths):
         meas = statistic_ms(timings[f"check:{i}"], cfg.statistic)
-        pred = predictor.predict(w)
+        pred, stored_pred = predictor.predict(w), stored.predict(w)
         rows.append({"sample": f"check:{i}", "widths": w, "predicted_ms": pred, "raw_predicted_ms": stored.predict_raw(w),
-                     "stored_predicted_ms": stored.predict(w), "measured_ms": meas,
+                     "stored_predicted_ms": stored_pred, "measured_ms": meas,
                      "error_pct": (pred - meas) / meas * 100,
-                     "drift_adjusted_error_pct": (stored.predict(w) - meas * drift) / (meas * drift) * 100})
+                     "drift_adjusted_error_pct": (stored_pred - meas * drift) / (meas * drift) * 100})
     measured = [r["measured_ms"] for r in rows]
     fit_points = ([(p.widths, p.measured_ms) for p in cal.points] + [(None, cal.dense_ms)] if cal is not None
                   else [(p["widths"], p["measured_ms"]) for p in (lut.model(key).get("calibration") or {}).get("points", [])])

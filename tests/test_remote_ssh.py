@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,10 @@ from profilers.errors import ProfilerError, RemoteError
 from profilers.remote import profile_remote
 from ssh_drop import drop_connections as _drop_connections
 
+# The emulated ARM board's tool starts its sshd the same way: one free-port and wait-for-listen helper.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from arm_env import _free_port, _wait_listening  # noqa: E402
+
 pytestmark = pytest.mark.ssh
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
@@ -40,25 +43,6 @@ ITEM_S = 0.25
 TIMING = {"warmup": 1, "min_repeats": 5, "rel_ci": 1e-9, "max_seconds": ITEM_S / 3, "cv_threshold": 1000.0,
           "interleave_batch": 1}
 KEYS = ["mm-a", "mm-b", "mm-c", "mm-d", "mm-e"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module")
