@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import bisect
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -28,23 +29,60 @@ Widths = dict[str, int]
 
 @dataclass
 class SearchSpace:
-    """Per-group allowed widths: multiples of ``channel_multiple`` from one multiple to dense."""
+    """Per-group allowed widths: multiples of ``channel_multiple`` from one multiple to dense, or,
+    with ``allowed``, exactly those widths per group (the steps a device measured; see
+    :mod:`hwprune.widthsteps`)."""
 
     group_names: list[str]
     dense: list[int]
     channel_multiple: int = 1
+    allowed: list[list[int]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.allowed is not None:
+            if len(self.allowed) != len(self.dense):
+                raise HwpruneError(f"allowed widths given for {len(self.allowed)} groups, the space has {len(self.dense)}")
+            self.allowed = [sorted({int(w) for w in a} | {int(d)}) for a, d in zip(self.allowed, self.dense)]
+            for name, a, d in zip(self.group_names, self.allowed, self.dense):
+                if a[0] < 1 or a[-1] != d:
+                    raise HwpruneError(f"group '{name}': allowed widths must lie in [1, {d}], got {a}")
 
     def choices(self, g: int) -> list[int]:
         """Allowed widths of group ``g``, ascending (dense always allowed)."""
+        if self.allowed is not None:
+            return list(self.allowed[g])
         m, d = self.channel_multiple, self.dense[g]
         if d <= m:
             return [d]
         return sorted(set(range(m, d + 1, m)) | {d})
 
     def snap(self, g: int, channels: float) -> int:
+        """The allowed width of group ``g`` nearest ``channels`` (a tie goes to the wider one)."""
+        if self.allowed is not None:
+            a = self.allowed[g]
+            i = bisect.bisect_left(a, channels)
+            if i == 0:
+                return a[0]
+            if i == len(a):
+                return a[-1]
+            return a[i] if a[i] - channels <= channels - a[i - 1] else a[i - 1]
         from hwprune.groups import snap_channels
 
         return snap_channels(channels, self.dense[g], self.channel_multiple)
+
+    def next_wider(self, g: int, width: int) -> int | None:
+        """The allowed width of group ``g`` just above ``width`` (None at dense)."""
+        c = self.choices(g)
+        i = bisect.bisect_right(c, width)
+        return c[i] if i < len(c) else None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the space in a checkpoint: groups, dense widths and the allowed widths."""
+        out: dict[str, Any] = {"groups": list(self.group_names), "dense": [int(d) for d in self.dense],
+                               "channel_multiple": int(self.channel_multiple)}
+        if self.allowed is not None:
+            out["allowed"] = [list(a) for a in self.allowed]
+        return out
 
     def from_ratios(self, ratios: Sequence[float] | float) -> Widths:
         """Widths for keep ratios (one per group, or one for all), snapped."""
@@ -96,7 +134,7 @@ class Problem:
             v = b.value(smallest)
             if v > b.limit:
                 raise HwpruneError(f"budget {b.name} <= {b.limit:g} {b.unit} is unreachable: the smallest "
-                                   f"architecture (one channel multiple per group) needs {v:g} {b.unit}")
+                                   f"architecture (every group at its narrowest allowed width) needs {v:g} {b.unit}")
 
 
 @dataclass

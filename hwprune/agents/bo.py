@@ -285,6 +285,9 @@ class Projector:
     def widths(self, ratios: np.ndarray) -> Widths:
         """Snapped widths of keep ratios: ``SearchSpace.snap`` (round half to even), vectorised,
         since a projection snaps a dozen times and a step projects a hundred candidates."""
+        if self.space.allowed is not None:  # a measured staircase: nearest allowed width per group
+            r = np.clip(ratios, 0.0, 1.0) * self.dense
+            return {n: self.space.snap(g, float(c)) for g, (n, c) in enumerate(zip(self.names, r))}
         m = self.multiple
         snapped = np.round(np.clip(ratios, 0.0, 1.0) * self.dense / m) * m
         w = np.where(self.dense <= m, self.dense, np.minimum(self.dense, np.maximum(m, snapped)))
@@ -297,7 +300,10 @@ class Projector:
     def _adjacent(self, a: Widths, b: Widths) -> bool:
         """True when ``b`` is ``a`` with one group one channel step wider (nothing lies between)."""
         diff = [n for n in a if a[n] != b[n]]
-        return len(diff) == 1 and 0 < b[diff[0]] - a[diff[0]] <= self.multiple
+        if len(diff) != 1:
+            return False
+        g = self.names.index(diff[0])
+        return b[diff[0]] == self.space.next_wider(g, a[diff[0]])
 
     def project(self, ratios: Sequence[float]) -> tuple[np.ndarray, Widths]:
         r = np.clip(np.asarray(ratios, float), self.min_ratio, 1.0)
@@ -732,8 +738,7 @@ class _Checkpoint:
 
     def __init__(self, path: str, problem: Problem, seed: int):
         self.path = Path(path)
-        self.space = {"groups": list(problem.space.group_names), "dense": [int(d) for d in problem.space.dense],
-                      "channel_multiple": int(problem.space.channel_multiple)}
+        self.space = problem.space.fingerprint()
         self.key = _search_key(problem, seed)
         self.names = list(problem.space.group_names)
         self.data: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "version": 1, "space": self.space, "searches": {}}
@@ -745,7 +750,7 @@ class _Checkpoint:
             if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
                 raise HwpruneError(f"{self.path} is not a bo checkpoint; remove it or choose another path")
             if data.get("space") != self.space:
-                raise HwpruneError(f"bo checkpoint {self.path} was written for another model or channel multiple; "
+                raise HwpruneError(f"bo checkpoint {self.path} was written for another model or channel multiple (or width steps); "
                                    f"remove it or choose another path")
             self.data = data
         self.stored: list[dict[str, Any]] = list(self.data["searches"].get(self.key, {}).get("history", []))

@@ -498,8 +498,7 @@ class _Run:
 
     def fingerprint(self) -> dict[str, Any]:
         sp = self.problem.space
-        return {"format": CHECKPOINT_FORMAT, "groups": list(sp.group_names), "dense": [int(d) for d in sp.dense],
-                "channel_multiple": int(sp.channel_multiple), "seed": self.seed,
+        return {"format": CHECKPOINT_FORMAT, **sp.fingerprint(), "seed": self.seed,
                 "budgets": [[b.name, float(b.limit)] for b in self.problem.budgets],
                 "options": {k: getattr(self.o, k) for k in RLAgent._LEARNING_OPTIONS}}
 
