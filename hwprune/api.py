@@ -388,6 +388,7 @@ class LutSummary:
     units: list[dict[str, Any]]   # unit, ops, widths, latency_ms
     raw_ms: float                 # the units' sum plus the per-call overhead
     predicted_ms: float           # the calibrated prediction for the dense model
+    width_grid: dict[str, Any] = dataclasses.field(default_factory=dict)  # the widths a search may choose, and why
 
 
 def lut_show(lut: str | LatencyLUT, model_key: str | None = None) -> LutSummary:
@@ -401,10 +402,14 @@ def lut_show(lut: str | LatencyLUT, model_key: str | None = None) -> LutSummary:
             raise HwpruneError(f"the LUT holds {len(models)} models; pick one with --model"
                                + (f" ({', '.join(models)})" if models else ""))
         model_key = models[0]
+    from hwprune.widthsteps import report_section, staircases_of
+
     pred = table.predictor(model_key)
+    m = table.model(model_key)
     return LutSummary(str(table.path or "LUT"), table.meta.get("device"), table.meta.get("fingerprint"),
                       len(table.rows), model_key, pred.statistic, unit_breakdown(table, model_key),
-                      pred.predict_raw({}), pred.predict({}))
+                      pred.predict_raw({}), pred.predict({}),
+                      report_section(staircases_of(m), m.get("channel_multiple", 1)))
 
 
 def lut_check(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str, lut: str,

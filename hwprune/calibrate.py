@@ -11,7 +11,7 @@ measurement in this process. The LUT's stored calibration stays the fallback: it
 nothing is measured (``samples=0``) or the points cannot support a line.
 
 Example:
-    >>> points = calibration_points(predictor, model, x, groups, multiple=8, samples=6)    # doctest: +SKIP
+    >>> points = calibration_points(predictor, model, x, groups, space=space, samples=6)    # doctest: +SKIP
     >>> timings = measure([("dense", dense_onnx)] + [(p.key, p.onnx) for p in points], cfg, "calibrating")  # doctest: +SKIP
     >>> cal = fit_here(predictor, points, timings, "p50")                                  # doctest: +SKIP
     >>> cal.predictor.predict(widths)   # ms in this process's frame                       # doctest: +SKIP
@@ -27,7 +27,8 @@ from typing import Any
 
 from torch import nn
 
-from hwprune.groups import PrunableGroup, snap_channels
+from hwprune.agents.base import SearchSpace
+from hwprune.groups import PrunableGroup
 from hwprune.lut import Predictor, fit_calibration
 
 # Eight sub-networks and the dense model. On resnet20, lines fitted on random subsets of 50
@@ -87,8 +88,7 @@ def recalibrated(predictor: Predictor, a: float, b: float) -> Predictor:
     return out
 
 
-def spread_widths(groups: Sequence[PrunableGroup], multiple: int, samples: int, seed: int,
-                  low: float = 0.2) -> list[list[int]]:
+def spread_widths(space: SearchSpace, samples: int, seed: int, low: float = 0.2) -> list[list[int]]:
     """``samples`` width vectors: the smallest architecture first, then one per equal slice of the
     keep-ratio range [low, 1], each group's ratio jittered ±0.1 around the slice's centre.
 
@@ -96,23 +96,23 @@ def spread_widths(groups: Sequence[PrunableGroup], multiple: int, samples: int, 
     search explores, the near-floor end included, where a line's intercept matters most.
     """
     rng = random.Random(seed + SEED_OFFSET)
-    out = [[snap_channels(0, g.channels, multiple) for g in groups]]
+    out = [[space.choices(g)[0] for g in range(len(space.dense))]]
     slices = max(samples - 1, 0)
     for k in range(slices):
         centre = low + (1.0 - low) * (k + 0.5) / slices
-        out.append([snap_channels(min(1.0, max(low, rng.uniform(centre - 0.1, centre + 0.1))) * g.channels,
-                                  g.channels, multiple) for g in groups])
+        out.append([space.snap(g, min(1.0, max(low, rng.uniform(centre - 0.1, centre + 0.1))) * d)
+                    for g, d in enumerate(space.dense)])
     return out[:samples]
 
 
 def calibration_points(predictor: Predictor, model: nn.Module, x, groups: Sequence[PrunableGroup], *,
-                       multiple: int, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> list[CalibrationPoint]:
+                       space: SearchSpace, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> list[CalibrationPoint]:
     """The calibration sub-networks, cut from ``model`` and exported as they would be deployed."""
     from hwprune.export import export_onnx
     from hwprune.groups import prune_to_widths
 
     points = []
-    for i, w in enumerate(spread_widths(groups, multiple, samples, seed)):
+    for i, w in enumerate(spread_widths(space, samples, seed)):
         pruned = prune_to_widths(model, x, {g.name: wi for g, wi in zip(groups, w)})
         points.append(CalibrationPoint(FLOOR_KEY if i == 0 else f"{KEY_PREFIX}{i}", w, predictor.predict_raw(w),
                                        export_onnx(pruned, x)))

@@ -167,6 +167,12 @@ def lut_show_cmd(lut_path, key):
                    f"{u['latency_ms']:9.4f}")
     click.echo(f"{'sum + per-call overhead':48s} {'':34s} {'':>10s} {r.raw_ms:9.4f}")
     click.echo(f"{'calibrated prediction (dense model)':48s} {'':34s} {'':>10s} {r.predicted_ms:9.4f}")
+    grid = r.width_grid
+    click.echo(f"\nwidths a search may choose (channel_multiple {grid['channel_multiple']}): {grid['rule']}")
+    for s in grid.get("groups", []):
+        lo, hi = s["ms"][0], s["ms"][-1]
+        click.echo(f"  {s['group'][:40]:40s} {s['dense']:5d} ch: {', '.join(map(str, s['allowed']))} "
+                   f"(staircase {lo:.4f}..{hi:.4f} ms over {len(s['widths'])} widths, min step {s['min_step_ms']:.4f} ms)")
 
 
 def _budget_pair(ctx, param, values):

@@ -219,17 +219,26 @@ class LatencyLUT:
 
     def latency_ms(self, fingerprint: str, precision: str, batch: int, statistic: str) -> dict[str, float]:
         """Per-signature latency with the runtime's per-call overhead taken off (≥ 0)."""
-        col = STAT_COLUMNS[statistic]
+        sel, factor = self._device_rows(fingerprint, precision, batch)
+        vals = (sel[STAT_COLUMNS[statistic]].astype(float) - sel["overhead_ms"].astype(float)).clip(lower=0.0)
+        return dict(zip(sel["signature"], vals * factor))
+
+    def noise_ms(self, fingerprint: str, precision: str, batch: int) -> dict[str, float]:
+        """Per-signature half-width of the measurement's confidence interval (ms, on the same speed scale)."""
+        sel, factor = self._device_rows(fingerprint, precision, batch)
+        half = (pd.to_numeric(sel["ci_high_ms"], errors="coerce") - pd.to_numeric(sel["ci_low_ms"], errors="coerce")) / 2
+        return dict(zip(sel["signature"], (half.fillna(0.0).clip(lower=0.0) * factor)))
+
+    def _device_rows(self, fingerprint: str, precision: str, batch: int) -> tuple[pd.DataFrame, Any]:
+        """This device's rows and each row's factor to the machine's typical speed."""
         sel = self.rows[(self.rows.device_fingerprint == fingerprint) & (self.rows.precision == precision)
                         & (self.rows.batch.astype(int) == int(batch))]
-        vals = (sel[col].astype(float) - sel["overhead_ms"].astype(float)).clip(lower=0.0)
         # Put every row on the machine's typical speed: each was timed interleaved with the
         # same reference conv, whose time says how fast the machine was at that moment.
         ref = pd.to_numeric(sel["reference_ms"], errors="coerce")
         if ref.notna().any():
-            factor = (float(ref.median()) / ref).fillna(1.0)
-            vals = vals * factor
-        return dict(zip(sel["signature"], vals))
+            return sel, (float(ref.median()) / ref).fillna(1.0)
+        return sel, 1.0
 
     # -- models -------------------------------------------------------------------------
     def check_device(self, fingerprint: str, allow_other_device: bool = False, path: str = "LUT") -> None:
@@ -298,6 +307,9 @@ class Predictor:
         self.group_names = [g["name"] for g in structure["groups"]]
         self.dense = [int(g["channels"]) for g in structure["groups"]]
         self.grids = [list(map(int, g["grid"])) for g in structure["groups"]]
+        # the widths the device's measured staircase allows (channel_multiple auto), else None
+        self.allowed = ([list(map(int, g["allowed"])) for g in structure["groups"]]
+                        if structure["groups"] and all("allowed" in g for g in structure["groups"]) else None)
         self.overhead_ms = float(structure.get("overhead_ms", 0.0))
         cal = structure.get("calibration") or {}
         self.cal_a = float(cal.get("a", 0.0))

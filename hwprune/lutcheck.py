@@ -17,13 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from hwprune.agents.base import SearchSpace
 from hwprune.calibrate import DEFAULT_SAMPLES, calibration_points, fit_here
 from hwprune.errors import HwpruneError
 from hwprune.export import export_onnx
-from hwprune.groups import PrunableGroup, count_macs, find_groups, prune_to_widths
+from hwprune.groups import count_macs, find_groups, prune_to_widths
 from hwprune.lut import LatencyLUT, model_key
 from hwprune.measure import drift_factor, measure_many, progress_bar, statistic_ms
 from hwprune.profiling import ModelSpec, random_widths
+from hwprune.widthsteps import search_space
 from profilers.config import DeviceConfig, load_device_config
 from profilers.fileio import atomic_write_json
 from profilers.remote import check_reachable
@@ -32,9 +34,9 @@ from profilers.remote import check_reachable
 CHECK_SEED_OFFSET = 1_000_003
 
 
-def predictor_calls_per_s(predictor, groups: list[PrunableGroup], multiple: int, seconds: float = 0.5) -> float:
+def predictor_calls_per_s(predictor, space: SearchSpace, seconds: float = 0.5) -> float:
     rng = random.Random(7)
-    vecs = [random_widths(groups, multiple, rng) for _ in range(256)]
+    vecs = [random_widths(space, rng) for _ in range(256)]
     n = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -79,9 +81,10 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
     if [g.name for g in groups] != stored.group_names:
         raise HwpruneError(f"{lut_path}: the LUT's groups for {key} do not match this model's; re-profile it")
 
-    cal_points = calibration_points(stored, model, x, groups, multiple=cfg.channel_multiple,
+    space = search_space(groups, cfg, stored)
+    cal_points = calibration_points(stored, model, x, groups, space=space,
                                     samples=calibration_samples, seed=seed) if calibration_samples else []
-    widths = _check_widths(groups, cfg.channel_multiple, samples, seed, low, [p.widths for p in cal_points])
+    widths = _check_widths(space, samples, seed, low, [p.widths for p in cal_points])
     items = [("dense", export_onnx(model, x))] + [(p.key, p.onnx) for p in cal_points]
     bar = progress_bar(samples, "exporting", show_progress)
     for i, w in enumerate(widths):
@@ -120,7 +123,7 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
         # what a FLOPs-based tool predicts: latency proportional to MACs, fitted on the same
         # calibration points as the LUT's correction (None without calibration points)
         "macs_baseline": macs_baseline(model, x, groups, fit_points, rows),
-        "predictor_calls_per_s": predictor_calls_per_s(predictor, groups, cfg.channel_multiple),
+        "predictor_calls_per_s": predictor_calls_per_s(predictor, space),
         # The machine's speed now relative to while the LUT was measured (drift reference): the
         # stored calibration's errors with that speed difference taken out.
         "drift_factor": drift, "drift_adjusted_median_abs_error_pct": float(np.median(adj)),
@@ -132,7 +135,7 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
     return result
 
 
-def _check_widths(groups, multiple: int, samples: int, seed: int, low: float,
+def _check_widths(space: SearchSpace, samples: int, seed: int, low: float,
                   exclude: list[list[int]]) -> list[list[int]]:
     """The checked sub-networks: random, none of them a calibration point (the figures stay out-of-sample)."""
     rng = random.Random(seed + CHECK_SEED_OFFSET)
@@ -141,7 +144,7 @@ def _check_widths(groups, multiple: int, samples: int, seed: int, low: float,
     for _ in range(samples * 100):
         if len(out) == samples:
             break
-        w = random_widths(groups, multiple, rng, low=low)
+        w = random_widths(space, rng, low=low)
         if tuple(w) not in taken:
             out.append(w)
     if len(out) < samples:

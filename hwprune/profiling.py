@@ -1,7 +1,8 @@
 """``hwprune profile``: build a model's latency LUT on a device, resumably, and calibrate it.
 
 Steps: build the model and its dependency groups; derive the width-parametric ONNX graph
-and its units; enumerate (unit, width) candidates and drop signatures the LUT already has;
+and its units; with ``channel_multiple: auto``, measure each group's latency staircase and keep
+the widths on its steps (``hwprune.widthsteps``); enumerate (unit, width) candidates and drop signatures the LUT already has;
 write the rest into a profiling bundle; time the bundle locally or over SSH (``profilers``);
 merge rows into the LUT as they arrive; then time the calibration sub-networks (interleaved, when local) and fit the LUT's
 correction. The bundle's results file is the journal: a killed run loses no finished row, and
@@ -22,14 +23,16 @@ from typing import Any, Sequence
 
 import torch
 
-from hwprune.candidates import (MAX_UNIT_GRID_POINTS, build_width_graph, cap_unit_grids, enumerate_candidates,
-                                grids_for)
+from hwprune.agents.base import SearchSpace
+from hwprune.candidates import (MAX_UNIT_GRID_POINTS, Candidate, build_width_graph, cap_unit_grids,
+                                enumerate_candidates, grids_for)
 from hwprune.errors import HwpruneError
 from hwprune.export import check_input_shape, export_onnx
-from hwprune.groups import PrunableGroup, UnprunableGroup, find_groups, prune_to_widths, snap_channels
+from hwprune.groups import PrunableGroup, UnprunableGroup, find_groups, prune_to_widths
 from hwprune.lut import LatencyLUT, Predictor, fit_calibration, model_key, structure_sha
 from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_bar, statistic_ms, time_items
 from hwprune.models.spec import ModelSpec, parse_input_shape  # noqa: F401  (their old home; callers import them here)
+from hwprune.widthsteps import Staircase, measure_staircases, staircase_candidates
 from profilers.config import DeviceConfig, load_device_config
 
 CALIBRATION_KEY = "calib:"
@@ -65,10 +68,9 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     return ratios
 
 
-def random_widths(groups: Sequence[PrunableGroup], multiple: int, rng: random.Random,
-                  low: float = 0.2, high: float = 1.0) -> list[int]:
-    """A random sub-network: keep ratio uniform in [low, high] per group, snapped."""
-    return [snap_channels(rng.uniform(low, high) * g.channels, g.channels, multiple) for g in groups]
+def random_widths(space: SearchSpace, rng: random.Random, low: float = 0.2, high: float = 1.0) -> list[int]:
+    """A random sub-network: keep ratio uniform in [low, high] per group, snapped to the space's widths."""
+    return [space.snap(g, rng.uniform(low, high) * d) for g, d in enumerate(space.dense)]
 
 
 def _lut_row(record: dict[str, Any], meta: dict[str, Any], session: dict[str, Any], cfg: DeviceConfig,
@@ -91,6 +93,9 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
             allow_other_device: bool = False, show_progress: bool = True, log=print) -> ProfileResult:
     """Profile ``spec`` on ``device`` into the LUT at ``lut_path`` (created or extended).
 
+    With the config's ``channel_multiple: auto`` the groups' latency staircases are measured
+    first and the unit tables are profiled on the widths they allow (:mod:`hwprune.widthsteps`).
+
     Example:
         >>> from hwprune.profiling import ModelSpec, profile
         >>> r = profile(ModelSpec("resnet20"), "x86-cpu-ort", "lut.parquet")  # doctest: +SKIP
@@ -99,23 +104,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     t_start = time.perf_counter()
     cfg = device if isinstance(device, DeviceConfig) else load_device_config(device)
     path = Path(lut_path)
-    if fmt is not None and path.suffix != f".{fmt}":
-        raise HwpruneError(f"--format {fmt} does not match the LUT file name {path.name}")
-    if path.suffix not in (".parquet", ".csv"):
-        raise HwpruneError(f"LUT path must end in .parquet or .csv, got {path.name}")
-    lut = LatencyLUT.load(path) if path.exists() else LatencyLUT()
-    local_fp = None
-    if cfg.remote is not None:
-        from profilers.remote import check_reachable
-
-        check_reachable(cfg)  # before minutes of export
-    else:
-        from profilers.environment import collect_manifest, fingerprint
-        from profilers.runners import check_backend
-
-        check_backend(cfg)  # before minutes of export: a missing runtime or GPU is said now
-        local_fp = fingerprint(collect_manifest(cfg))
-        lut.check_device(local_fp, allow_other_device, str(path))
+    lut, local_fp = _open_lut(path, cfg, fmt, allow_other_device)
 
     torch.manual_seed(seed)
     model = spec.build()
@@ -128,168 +117,261 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     log(f"{spec.name}: {len(groups)} prunable groups; exporting the width-parametric graph ...")
     wg = build_width_graph(model, x, groups)
     units = wg.units()
-    fine = grids_for(groups, cfg.channel_multiple, ratios)
-    grids = cap_unit_grids(fine, units)
-    coarsened = [g.name for g, a, b in zip(groups, fine, grids) if a != b]
-    if coarsened:
-        log(f"warning: {len(coarsened)} group(s) profiled on a coarser grid, since a layer after a concatenation "
-            f"depends on them all (at most {MAX_UNIT_GRID_POINTS} points a unit): {', '.join(coarsened[:3])}"
-            + (" ..." if len(coarsened) > 3 else ""))
     key = model_key(spec.name, tuple(x.shape))
+    old = lut.meta["models"].get(key, {})
+    rows = _Rows(lut, path, key, cfg, allow_other_device, show_progress)
+    rows.structure, rows.calibration = (old or None), old.get("calibration")
+
+    staircases = None
+    if cfg.auto_widths:
+        staircases = _staircases(wg, units, groups, rows, path.with_name(f"{path.name}.steps-{_journal_id(key, cfg)}"),
+                                 local_fp, log)
+    grids = _table_grids(groups, units, cfg, ratios, staircases, log)
 
     # The model's structure: which signature each unit has at each grid point.
     unit_tables: list[dict[str, str]] = [dict() for _ in units]
-    todo: dict[str, tuple[int, tuple[int, ...]]] = {}
+    todo: dict[str, Candidate] = {}
     for cand in enumerate_candidates(wg, units, grids):
         unit_tables[cand.unit][",".join(map(str, cand.point))] = cand.signature
-        todo.setdefault(cand.signature, (cand.unit, cand.point))
-    signatures_total = len(todo)
+        todo.setdefault(cand.signature, cand)
     fp_known = lut.meta.get("fingerprint") or local_fp
-    missing = {s: v for s, v in todo.items()
-               if not (fp_known and lut.has(s, fp_known, cfg.precision, cfg.batch_size))}
+    missing = [c for s, c in todo.items() if not (fp_known and lut.has(s, fp_known, cfg.precision, cfg.batch_size))]
 
     structure = {
         "model": spec.name, "structure_sha": structure_sha(model), "input_shape": list(x.shape),
         "batch": cfg.batch_size, "precision": cfg.precision,
         "weights": spec.weights, "ratios": list(ratios) if ratios else None, "channel_multiple": cfg.channel_multiple,
-        "groups": [{"name": g.name, "channels": g.channels, "grid": grid, "members": list(g.members)}
-                   for g, grid in zip(groups, grids)],
+        "groups": [{"name": g.name, "channels": g.channels, "grid": grid, "members": list(g.members),
+                    **({"allowed": s.allowed} if s is not None else {})}
+                   for g, grid, s in zip(groups, grids, staircases or [None] * len(groups))],
         "unprunable": [dataclasses.asdict(u) for u in unprunable],
         "units": [{"name": u.name, "label": u.label, "groups": list(u.groups), "table": t}
                   for u, t in zip(units, unit_tables)],
+        **({"staircases": [s.to_dict() for s in staircases]} if staircases is not None else {}),
     }
-    old = lut.meta["models"].get(key, {})
-    calibration = old.get("calibration") if old.get("units") == structure["units"] else None
+    rows.structure = structure
+    if old.get("units") != structure["units"] or old.get("groups") != structure["groups"]:
+        rows.calibration = None
 
+    space = SearchSpace([g.name for g in groups], [g.channels for g in groups], cfg.width_multiple,
+                        [s.allowed for s in staircases] if staircases is not None else None)
     rng = random.Random(seed)
-    calib_widths = [random_widths(groups, cfg.channel_multiple, rng) for _ in range(calibration_samples)]
+    calib_widths = [random_widths(space, rng) for _ in range(calibration_samples)]
     calib_items = []
-    if calibration is None or calibration.get("n", 0) < min(3, calibration_samples):
+    if rows.calibration is None or rows.calibration.get("n", 0) < min(3, calibration_samples):
         # Real sub-networks, pruned by Torch-Pruning and exported as they will be deployed.
         for i, w in enumerate(calib_widths):
             h = hashlib.sha1(json.dumps(w).encode()).hexdigest()[:10]
             pruned = prune_to_widths(model, x, {g.name: wi for g, wi in zip(groups, w)})
             calib_items.append((f"{CALIBRATION_KEY}{i}:{h}", export_onnx(pruned, x), {"widths": w}))
 
-    # The journal belongs to one model on one device config: another profile of the same LUT
-    # (another model, another config) keeps a journal of its own.
-    work = path.with_name(f"{path.name}.work-{_journal_id(key, cfg)}")
-    items = []
-    for sig, (ui, point) in missing.items():
-        u = units[ui]
-        widths = list(wg.dense_widths)
-        for g, w in zip(u.groups, point):
-            widths[g] = w
-        items.append((sig, wg.instantiate(u.nodes, widths), wg.describe(u.nodes, widths)))
+    if missing:
+        log(f"{len(todo)} distinct signatures, {len(missing)} to measure on {cfg.name}")
+        # The journal belongs to one model on one device config: another profile of the same LUT
+        # (another model, another config) keeps a journal of its own.
+        rows.measure([_candidate_item(wg, units, c) for c in missing],
+                     path.with_name(f"{path.name}.work-{_journal_id(key, cfg)}"), "profiling")
+    if calib_items:
+        rows.calibration = _calibrate(lut, structure, calib_items, rows, cfg, show_progress, log)
+    rows.save()
+    wall_s = time.perf_counter() - t_start
+    result = ProfileResult(str(path), key, len(groups), len(units), len(todo), rows.measured_now,
+                           rows.calibration or {}, wall_s, rows.timed_s,
+                           wall_s / rows.timed_s if rows.timed_s > 0 else float("nan"), rows.resumed, rows.errors)
+    lut.meta["models"][key].setdefault("profile_runs", []).append(
+        {k: v for k, v in result.to_dict().items() if k not in ("calibration", "errors")})
+    rows.save()
+    return result
 
-    sessions: dict[str, dict[str, Any]] = {}
-    errors: list[str] = []
-    timed_s = 0.0
-    resumed = 0
-    measured_now = 0
-    last_save = time.monotonic()
 
-    pending_rows: list[dict[str, Any]] = []
+def _open_lut(path: Path, cfg: DeviceConfig, fmt: str | None, allow_other_device: bool) -> tuple[LatencyLUT, str | None]:
+    """The LUT at ``path`` (new if absent) and this machine's fingerprint (None when the device is
+    remote), after the checks that must come before minutes of export."""
+    if fmt is not None and path.suffix != f".{fmt}":
+        raise HwpruneError(f"--format {fmt} does not match the LUT file name {path.name}")
+    if path.suffix not in (".parquet", ".csv"):
+        raise HwpruneError(f"LUT path must end in .parquet or .csv, got {path.name}")
+    lut = LatencyLUT.load(path) if path.exists() else LatencyLUT()
+    if cfg.remote is not None:
+        from profilers.remote import check_reachable
 
-    def save() -> None:
+        check_reachable(cfg)
+        return lut, None
+    from profilers.environment import collect_manifest, fingerprint
+    from profilers.runners import check_backend
+
+    check_backend(cfg)  # a missing runtime or GPU is said now
+    local_fp = fingerprint(collect_manifest(cfg))
+    lut.check_device(local_fp, allow_other_device, str(path))
+    return lut, local_fp
+
+
+def _candidate_item(wg, units, cand: Candidate) -> tuple[str, bytes, dict[str, Any]]:
+    """A candidate as a bundle item: its signature, its unit's ONNX at its point, its description."""
+    u = units[cand.unit]
+    widths = list(wg.dense_widths)
+    for g, w in zip(u.groups, cand.point):
+        widths[g] = w
+    return cand.signature, wg.instantiate(u.nodes, widths), wg.describe(u.nodes, widths)
+
+
+def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work: Path, local_fp: str | None,
+                log) -> list[Staircase]:
+    """Each group's latency staircase (measured now where the LUT lacks a point) and its allowed widths."""
+    cfg, lut = rows.cfg, rows.lut
+    points = list(staircase_candidates(wg, units))
+    todo: dict[str, Candidate] = {}
+    for p in points:
+        todo.setdefault(p.candidate.signature, p.candidate)
+    fp_known = lut.meta.get("fingerprint") or local_fp
+    missing = [c for s, c in todo.items() if not (fp_known and lut.has(s, fp_known, cfg.precision, cfg.batch_size))]
+    if missing:
+        log(f"channel_multiple auto: measuring the latency staircase of {len(groups)} groups "
+            f"({len(todo)} distinct signatures, {len(missing)} to measure)")
+        rows.measure([_candidate_item(wg, units, c) for c in missing], work, "staircases")
+    fp = lut.meta["fingerprint"]
+    stat = cfg.statistic
+    out = measure_staircases(points, [g.name for g in groups], [g.channels for g in groups],
+                             lut.latency_ms(fp, cfg.precision, cfg.batch_size, stat),
+                             lut.noise_ms(fp, cfg.precision, cfg.batch_size))
+    steps = sum(len(s.allowed) for s in out)
+    log(f"width steps measured: {steps} allowed widths over {len(out)} groups (e.g. {out[-1].group}: "
+        f"{', '.join(map(str, out[-1].allowed))})")
+    return out
+
+
+def _table_grids(groups: Sequence[PrunableGroup], units, cfg: DeviceConfig, ratios: Sequence[float] | None,
+                 staircases: Sequence[Staircase] | None, log) -> list[list[int]]:
+    """The widths each group's unit tables are profiled at: the allowed widths (``auto``), or the
+    multiples' grid; ``ratios`` coarsen either; then capped so no unit has too many points."""
+    if staircases is None:
+        fine = grids_for(groups, cfg.width_multiple, ratios)
+    else:
+        space = SearchSpace([g.name for g in groups], [g.channels for g in groups], 1, [s.allowed for s in staircases])
+        fine = [s.allowed if not ratios else
+                sorted({space.snap(gi, r * g.channels) for r in ratios} | {s.allowed[0], g.channels})
+                for gi, (g, s) in enumerate(zip(groups, staircases))]
+    grids = cap_unit_grids(fine, units)
+    coarsened = [g.name for g, a, b in zip(groups, fine, grids) if a != b]
+    if coarsened:
+        log(f"warning: {len(coarsened)} group(s) profiled on a coarser grid, since a layer after a concatenation "
+            f"depends on them all (at most {MAX_UNIT_GRID_POINTS} points a unit): {', '.join(coarsened[:3])}"
+            + (" ..." if len(coarsened) > 3 else ""))
+    return grids
+
+
+def _calibrate(lut: LatencyLUT, structure: dict[str, Any], calib_items, rows: "_Rows", cfg: DeviceConfig,
+               show_progress: bool, log) -> dict[str, Any]:
+    """``a + b · raw prediction ≈ measured``, fitted over whole random sub-networks measured now."""
+    if not lut.meta.get("fingerprint"):
+        raise HwpruneError(f"{rows.path}: nothing was measured on {cfg.name}, so the LUT cannot be calibrated")
+    log(f"calibrating on {len(calib_items)} random sub-networks measured end to end ...")
+    timings = measure_many([(k, blob) for k, blob, _ in calib_items], cfg, "calibrating", show_progress,
+                           with_reference=True)
+    # Measured at this moment's machine speed; the LUT's rows are at its typical speed.
+    drift = drift_factor(lut, timings, cfg.statistic)
+    calib_measured = {k: statistic_ms(t, cfg.statistic) * drift for k, t in timings.items() if k != REFERENCE_KEY}
+    lat = lut.latency_ms(lut.meta["fingerprint"], cfg.precision, cfg.batch_size, cfg.statistic)
+    pred = Predictor({**structure, "overhead_ms": rows.overhead_ms(), "calibration": None}, lat, cfg.statistic)
+    raws, measured, points = [], [], []
+    for k, _, meta in calib_items:
+        if k in calib_measured:
+            raw = pred.predict_raw(meta["widths"])
+            raws.append(raw)
+            measured.append(calib_measured[k])
+            points.append({"widths": meta["widths"], "raw_ms": raw, "measured_ms": calib_measured[k]})
+    return {**fit_calibration(raws, measured), "statistic": cfg.statistic, "points": points}
+
+
+class _Rows:
+    """One profile run's measured rows: merged into the LUT as they arrive and saved every 30 s,
+    under the model entry ``structure`` (None keeps what is saved: staircases come before it)."""
+
+    def __init__(self, lut: LatencyLUT, path: Path, key: str, cfg: DeviceConfig, allow_other_device: bool,
+                 show_progress: bool):
+        self.lut, self.path, self.key, self.cfg = lut, path, key, cfg
+        self.allow_other_device, self.show_progress = allow_other_device, show_progress
+        self.structure: dict[str, Any] | None = None
+        self.calibration: dict[str, Any] | None = None
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.errors: list[str] = []
+        self.pending: list[dict[str, Any]] = []
+        self.timed_s, self.resumed, self.measured_now = 0.0, 0, 0
+
+    def overhead_ms(self) -> float:
+        return _overhead(self.sessions, self.cfg, self.lut, self.key)
+
+    def save(self) -> None:
+        if not self.lut.meta.get("fingerprint"):
+            return  # nothing measured yet: nothing to file rows under
+        lut = self.lut
         # Rows are merged in batches: one DataFrame concat per row would dominate profiling.
-        lut.add_rows(pending_rows)
-        pending_rows.clear()
-        lut.meta.update({"format": lut.meta.get("format", 1), "device": cfg.name,
-                         "statistic": cfg.statistic})
-        runs = lut.meta["models"].get(key, {}).get("profile_runs", [])  # the history survives re-saves
-        lut.meta["models"][key] = {**structure, "overhead_ms": _overhead(sessions, cfg, lut, key),
-                                   "calibration": calibration, "profile_runs": runs}
-        with LatencyLUT.locked(path):  # another profile may have saved other models meanwhile
-            lut.merge_saved(path, key)
-            lut.save(path)
+        lut.add_rows(self.pending)
+        self.pending.clear()
+        lut.meta.update({"format": lut.meta.get("format", 1), "device": self.cfg.name,
+                         "statistic": self.cfg.statistic})
+        if self.structure is not None:
+            runs = lut.meta["models"].get(self.key, {}).get("profile_runs", [])  # the history survives re-saves
+            lut.meta["models"][self.key] = {**self.structure, "overhead_ms": self.overhead_ms(),
+                                            "calibration": self.calibration, "profile_runs": runs}
+        with LatencyLUT.locked(self.path):  # another profile may have saved other models meanwhile
+            lut.merge_saved(self.path, self.key if self.structure is not None else "")
+            lut.save(self.path)
 
-    if items:
+    def measure(self, items: list[tuple[str, bytes, dict[str, Any]]], work: Path, desc: str) -> None:
+        """Time ``items`` through the journal ``work`` (resumed if it is there), filing rows as they come."""
         if work.exists():
             shutil.rmtree(work / "onnx", ignore_errors=True)
-        log(f"{signatures_total} distinct signatures, {len(missing)} to measure on {cfg.name}")
-        bar = progress_bar(len(items), "profiling", show_progress)
-
-        def on_row(rec: dict[str, Any]) -> None:
-            nonlocal timed_s, resumed, last_save, measured_now
-            kind = rec.get("type")
-            if kind == "session":
-                sessions[rec["session"]] = rec
-                if lut.meta.get("fingerprint") is None:
-                    lut.meta["fingerprint"] = rec["fingerprint"]
-                    lut.meta["environment"] = rec["environment"]
-                else:
-                    lut.check_device(rec["fingerprint"], allow_other_device, str(path))
-                return
-            if kind == "error":
-                errors.append(f"{rec['key']}: {rec['error']}")
-                bar.update(1)
-                return
-            session = sessions.get(rec.get("session"), {})
-            if rec.get("session") not in sessions:
-                return
-            # Filed under the LUT's device: the session's own, except with --allow-other-device,
-            # where rows under this device's fingerprint would be invisible to the LUT's lookups.
-            pending_rows.append(_lut_row(rec, rec.get("meta", {}), session, cfg, lut.meta["fingerprint"]))
-            if rec["session"] == current_session[0]:
-                timed_s += rec["timing"]["total_s"]
-                measured_now += 1
-            else:
-                resumed += 1
-            bar.update(1)
-            if time.monotonic() - last_save > 30:
-                save()
-                last_save = time.monotonic()
-
-        current_session: list[str | None] = [None]
+        bar = progress_bar(len(items), desc, self.show_progress)
+        started_unix = time.time()
+        current: list[str | None] = [None]
+        last_save = [time.monotonic()]
 
         def on_record(rec: dict[str, Any]) -> None:
             if rec.get("type") == "session" and rec.get("started_unix_s", 0) >= started_unix:
-                current_session[0] = rec["session"]
-            on_row(rec)
+                current[0] = rec["session"]
+            if self._take(rec, current[0]):
+                bar.update(1)
+            if time.monotonic() - last_save[0] > 30:
+                self.save()
+                last_save[0] = time.monotonic()
 
-        started_unix = time.time()
         try:
-            time_items(items, cfg, work, on_record)
+            time_items(items, self.cfg, work, on_record)
         finally:
             bar.close()
-            if lut.meta.get("fingerprint"):
-                save()
-        if errors:
-            raise HwpruneError(f"{len(errors)} candidate(s) failed to run on {cfg.name}; first: {errors[0]}")
+            self.save()
+        if self.errors:
+            raise HwpruneError(f"{len(self.errors)} candidate(s) failed to run on {self.cfg.name}; "
+                               f"first: {self.errors[0]}")
+        shutil.rmtree(work, ignore_errors=True)
 
-    # Calibration: a + b * raw prediction ≈ measured, over whole random sub-networks.
-    if calib_items:
-        if not lut.meta.get("fingerprint"):
-            raise HwpruneError(f"{path}: nothing was measured on {cfg.name}, so the LUT cannot be calibrated")
-        log(f"calibrating on {len(calib_items)} random sub-networks measured end to end ...")
-        timings = measure_many([(k, blob) for k, blob, _ in calib_items], cfg, "calibrating", show_progress,
-                               with_reference=True)
-        # Measured at this moment's machine speed; the LUT's rows are at its typical speed.
-        drift = drift_factor(lut, timings, cfg.statistic)
-        calib_measured = {k: statistic_ms(t, cfg.statistic) * drift for k, t in timings.items() if k != REFERENCE_KEY}
-        predictor_structure = {**structure, "overhead_ms": _overhead(sessions, cfg, lut, key), "calibration": None}
-        lat = lut.latency_ms(lut.meta["fingerprint"], cfg.precision, cfg.batch_size, cfg.statistic)
-        pred = Predictor(predictor_structure, lat, cfg.statistic)
-        raws, measured, points = [], [], []
-        for k, _, meta in calib_items:
-            if k in calib_measured:
-                raw = pred.predict_raw(meta["widths"])
-                raws.append(raw)
-                measured.append(calib_measured[k])
-                points.append({"widths": meta["widths"], "raw_ms": raw, "measured_ms": calib_measured[k]})
-        calibration = {**fit_calibration(raws, measured), "statistic": cfg.statistic, "points": points}
-    if lut.meta.get("fingerprint"):
-        save()
-    shutil.rmtree(work, ignore_errors=True)
-    wall_s = time.perf_counter() - t_start
-    result = ProfileResult(str(path), key, len(groups), len(units), signatures_total, measured_now,
-                           calibration or {}, wall_s, timed_s,
-                           wall_s / timed_s if timed_s > 0 else float("nan"), resumed, errors)
-    lut.meta["models"][key].setdefault("profile_runs", []).append(
-        {k: v for k, v in result.to_dict().items() if k not in ("calibration", "errors")})
-    save()
-    return result
+    def _take(self, rec: dict[str, Any], current_session: str | None) -> bool:
+        """File one journal record; True when it was an item's (timed or failed)."""
+        lut, kind = self.lut, rec.get("type")
+        if kind == "session":
+            self.sessions[rec["session"]] = rec
+            if lut.meta.get("fingerprint") is None:
+                lut.meta["fingerprint"] = rec["fingerprint"]
+                lut.meta["environment"] = rec["environment"]
+            else:
+                lut.check_device(rec["fingerprint"], self.allow_other_device, str(self.path))
+            return False
+        if kind == "error":
+            self.errors.append(f"{rec['key']}: {rec['error']}")
+            return True
+        session = self.sessions.get(rec.get("session"))
+        if session is None:
+            return False
+        # Filed under the LUT's device: the session's own, except with --allow-other-device,
+        # where rows under this device's fingerprint would be invisible to the LUT's lookups.
+        self.pending.append(_lut_row(rec, rec.get("meta", {}), session, self.cfg, lut.meta["fingerprint"]))
+        if rec["session"] == current_session:
+            self.timed_s += rec["timing"]["total_s"]
+            self.measured_now += 1
+        else:
+            self.resumed += 1
+        return True
 
 
 def _journal_id(key: str, cfg: DeviceConfig) -> str:

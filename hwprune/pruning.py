@@ -30,6 +30,7 @@ from hwprune.plan import Plan
 from hwprune.ranks import Ranks
 from hwprune.search import COUNT_BUDGETS, SearchSetup, load_predictor, parse_count_limit, user_budget
 from hwprune.task import Recovered, RecoverySettings, Task
+from hwprune.widthsteps import report_section, search_space, staircases_of
 from profilers.errors import ProfilerError
 from profilers.remote import check_reachable
 
@@ -199,6 +200,7 @@ class _Job:
     ranks: Ranks
     log: Callable[[str], None]
     unprunable: list = field(default_factory=list)  # UnprunableGroup: left at full width, and why
+    space: Any = None  # SearchSpace: the widths a search may choose (rank 0, once the LUT is loaded)
 
     def objective(self):
         return self.task.objective(self.dense, self.x, criterion=self.opts.importance,
@@ -208,7 +210,7 @@ class _Job:
         """Rank 0: recover ``pruned``, every other rank recovering the same architecture beside it."""
         with self.ranks.together({"recover": True, "kept": kept}):
             return self.task.recover(self.dense, pruned, kept, widths, self.x,
-                                     self.opts.recovery(self.cfg.channel_multiple), self.log)
+                                     self.opts.recovery(self.cfg.width_multiple), self.log)
 
 
 def run(opts: PruneOptions, spec, task: Task, *, lut: LatencyLUT | str | None = None, num_classes: int | None = None,
@@ -270,14 +272,15 @@ def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, d
     opts, cfg, dense, x, log = job.opts, job.cfg, job.dense, job.x, job.log
     table, predictor = load_predictor(lut if lut is not None else opts.lut, cfg, opts.model, dense, x, job.groups,
                                       opts.allow_other_device)
+    job.space = search_space(job.groups, cfg, predictor)
     cert = Certifier(cfg, LatencyBudget(cfg.statistic, opts.latency_ms, opts.speedup), export_onnx(dense, x),
                      log=log, **device)
     calibration = _calibrate(job, cert, predictor)
     if calibration is not None:
         predictor = calibration.predictor
     agent_name = agent.name
-    setup = SearchSetup.build(dense, x, job.groups, cfg, job.objective(), predictor, limits, user_budgets, agent,
-                              opts.agent_options, opts.importance)
+    setup = SearchSetup.build(dense, x, job.groups, job.space, job.objective(), predictor, limits, user_budgets,
+                              agent, opts.agent_options, opts.importance)
     outcome = _search_and_certify(job, setup, cert)
     f = outcome.final
     if cert.budget.given and not f.certified:
@@ -296,6 +299,8 @@ def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, d
     report["calibration"] = calibration.to_dict() if calibration is not None else None
     report["ranks"] = job.ranks.world_size
     report["unprunable_groups"] = [asdict(u) for u in job.unprunable]
+    report["width_grid"] = report_section(staircases_of(predictor.structure) if predictor is not None else None,
+                                          cfg.channel_multiple)
     out = Path(opts.out) if opts.out else None
     if out is not None:
         write_run(out, plan=plan, onnx=outcome.onnx, model=pruned, baseline=baseline, report=report,
@@ -314,7 +319,7 @@ def _calibrate(job: _Job, cert: Certifier, predictor):
     opts, cfg, log = job.opts, job.cfg, job.log
     points = []
     if predictor is not None and opts.calibration_samples:
-        points = calibration_points(predictor, job.dense, job.x, job.groups, multiple=cfg.channel_multiple,
+        points = calibration_points(predictor, job.dense, job.x, job.groups, space=job.space,
                                     samples=opts.calibration_samples, seed=opts.seed)
     log(f"measuring the dense model on {cfg.name}"
         + (f" beside {len(points)} calibration sub-networks" if points else "") + " ...")
@@ -335,7 +340,7 @@ def _calibrate(job: _Job, cert: Certifier, predictor):
         again_ms, budget_ms = cert.retake_floor(floor.key, floor.onnx)
         if again_ms > budget_ms:
             raise HwpruneError(f"the latency budget {budget_ms:.4g} ms ({cfg.statistic}) is unreachable on {cfg.name}: "
-                               f"the smallest architecture (one channel multiple per group) measured "
+                               f"the smallest architecture (every group at its narrowest allowed width) measured "
                                f"{cal.floor_ms:.4g} ms in this process and {again_ms:.4g} ms again, beside the dense "
                                f"model at {cert.stat(cert.dense):.4g} ms")
         cal.floor_ms = again_ms
@@ -356,7 +361,7 @@ def _follow(job: _Job, num_classes: int | None) -> PruneResult:
         widths = {name: len(k) for name, k in kept.items()}
         pruned = prune_to_widths(job.dense, job.x, widths, keep=kept).eval()
         recovered = job.task.recover(job.dense, pruned, kept, widths, job.x,
-                                     job.opts.recovery(job.cfg.channel_multiple), job.log)
+                                     job.opts.recovery(job.cfg.width_multiple), job.log)
     model = recovered.model if recovered is not None else job.dense
     certificate = Certificate(message["certified"], job.cfg.statistic, message["upper_bound_ms"],
                               message["budget_ms"], CONFIDENCE, [])

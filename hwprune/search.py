@@ -101,7 +101,7 @@ class SearchSetup:
     budgets: list[BudgetFunction] = field(default_factory=list)  # the last round's
 
     @classmethod
-    def build(cls, dense: nn.Module, x: torch.Tensor, groups: Sequence[PrunableGroup], cfg: DeviceConfig,
+    def build(cls, dense: nn.Module, x: torch.Tensor, groups: Sequence[PrunableGroup], space: SearchSpace,
               objective: PrunedScore, predictor: Predictor | None, count_limits: dict[str, float | str],
               user_budgets: list[BudgetFunction], agent: Agent, agent_options: dict[str, Any],
               criterion: str) -> SearchSetup:
@@ -116,9 +116,7 @@ class SearchSetup:
                 resolved[attr] = resolve_count_limit(limit, getattr(cost, budget_cls.metric)({}))
                 budgets.append(budget_cls(cost, resolved[attr]))
         importance = channel_importance(dense, x, criterion if criterion != "taylor" else "l1")
-        return cls(agent.name, dict(agent_options), SearchSpace(names, [g.channels for g in groups],
-                                                                 cfg.channel_multiple),
-                   objective, predictor, budgets + list(user_budgets), resolved, importance,
+        return cls(agent.name, dict(agent_options), space, objective, predictor, budgets + list(user_budgets), resolved, importance,
                    group_layer_info(dense, x, groups), agent=agent)
 
     def predict(self, widths: dict[str, int]) -> float | None:

@@ -93,7 +93,9 @@ class DeviceConfig:
     rel_ci: float = 0.02
     confidence: float = 0.95
     cv_threshold: float = 0.25
-    channel_multiple: int = 1
+    # Widths a search may choose: every multiple of this many channels, or "auto" (the default):
+    # the steps of each group's latency staircase as the profile measured it (hwprune.widthsteps).
+    channel_multiple: int | str = "auto"
     # Candidates timed together, interleaved with the overhead and drift-reference graphs.
     interleave_batch: int = 8
     workspace_mb: int = 1024
@@ -120,11 +122,27 @@ class DeviceConfig:
                 d.pop(name)
         return d
 
+    @property
+    def auto_widths(self) -> bool:
+        """True when the widths a search may choose come from the measured staircase (``auto``)."""
+        return self.channel_multiple == "auto"
+
+    @property
+    def width_multiple(self) -> int:
+        """The channel multiple widths are rounded to: 1 with ``auto`` (the staircase decides)."""
+        return 1 if self.auto_widths else int(self.channel_multiple)
+
     def replace(self, **changes: Any) -> "DeviceConfig":
         return dataclasses.replace(self, **changes)
 
 
-def _type_ok(value: Any, expected: type) -> bool:
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    return " or ".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
+
+
+def _type_ok(value: Any, expected: type | tuple[type, ...]) -> bool:
+    if isinstance(expected, tuple):
+        return any(_type_ok(value, t) for t in expected)
     if expected is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if expected is int:
@@ -132,11 +150,11 @@ def _type_ok(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
-_FIELD_TYPES: dict[str, type] = {
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "name": str, "backend": str, "threads": int, "inter_op_threads": int,
     "graph_optimization": str, "precision": str, "batch_size": int, "warmup": int,
     "min_repeats": int, "max_repeats": int, "max_seconds": float, "min_seconds": float, "statistic": str,
-    "rel_ci": float, "confidence": float, "cv_threshold": float, "channel_multiple": int,
+    "rel_ci": float, "confidence": float, "cv_threshold": float, "channel_multiple": (int, str),
     "interleave_batch": int,
     "workspace_mb": int, "engine_cache": str, "description": str,
     "cuda_graphs": bool, "autocast": bool,
@@ -163,7 +181,7 @@ def from_dict(data: Any, source: str = "<inline>") -> DeviceConfig:
             value = data[key]
             if not _type_ok(value, expected):
                 raise ConfigError(
-                    f"{source}: field '{key}' must be {expected.__name__}, got {value!r}")
+                    f"{source}: field '{key}' must be {_type_name(expected)}, got {value!r}")
             kwargs[key] = float(value) if expected is float else value
     if "providers" in data:
         providers = data["providers"]
@@ -221,7 +239,9 @@ def _check_values(cfg: DeviceConfig, source: str) -> None:
         raise bad("statistic", f"must be one of {', '.join(STATISTICS)}, got '{cfg.statistic}'")
     if cfg.graph_optimization not in GRAPH_OPT_LEVELS:
         raise bad("graph_optimization", f"must be one of {', '.join(GRAPH_OPT_LEVELS)}, got '{cfg.graph_optimization}'")
-    for name in ("threads", "batch_size", "min_repeats", "max_repeats", "channel_multiple", "workspace_mb",
+    if cfg.channel_multiple != "auto" and not (_type_ok(cfg.channel_multiple, int) and cfg.channel_multiple >= 1):
+        raise bad("channel_multiple", f"must be 'auto' or an integer >= 1, got {cfg.channel_multiple!r}")
+    for name in ("threads", "batch_size", "min_repeats", "max_repeats", "workspace_mb",
                  "interleave_batch"):
         if getattr(cfg, name) < 1:
             raise bad(name, f"must be >= 1, got {getattr(cfg, name)}")

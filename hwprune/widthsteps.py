@@ -1,0 +1,208 @@
+"""The hardware-driven width grid (``channel_multiple: auto``): each group's measured latency staircase and the widths it allows.
+
+Runtimes pad channels to their vector blocks and tensor-core tiles, so a layer's latency is a
+staircase in its channels, and where the staircase is flat a narrower width costs what the
+wider one does and only loses accuracy. A fixed multiple guesses where the steps are; on an
+AVX-512 CPU with onnxruntime they are not at every multiple of 8, and at small widths they may
+not be there at all. With ``auto`` the profile measures them instead:
+
+1. per group, every unit that depends on it at fine widths — every width up to
+   :data:`FINE_BELOW`, then :data:`POINTS_PER_OCTAVE` a doubling — the unit's other groups
+   dense; the units' latencies summed are the group's staircase;
+2. walking down from the dense width, a width is allowed when it is cheaper than the last
+   allowed (wider) one by more than both measurements' confidence half-widths together, by
+   :data:`MIN_STEP_FRACTION` of the wider one's latency and by at least the minimum step, the smallest that leaves at most :data:`MAX_STEPS` widths; the
+   cheapest width measured is always allowed, so the floor is as low as the device goes;
+3. the LUT's unit tables are then profiled on the allowed widths (see
+   :func:`hwprune.candidates.cap_unit_grids`), so every width a search may choose is a
+   measured point of every table it touches.
+
+The staircases and the allowed widths are kept in the LUT (``staircases`` of the model's entry)
+and shown by ``hwprune lut show`` and in a prune run's report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+from hwprune.candidates import Candidate
+from hwprune.errors import HwpruneError
+from hwprune.widthgraph import Unit, WidthGraph
+
+AUTO = "auto"
+# Every width up to here, where a channel is a large share of a layer and the floor is decided.
+FINE_BELOW = 16
+# Above FINE_BELOW, this many widths per doubling (16..32 in steps of 2, 32..64 in steps of 4, ...).
+POINTS_PER_OCTAVE = 8
+# At most this many allowed widths a group: a unit after two groups is then profiled at most
+# 12 x 12 = 144 times, and the search still has a width every ~1/12 of the group's latency range.
+MAX_STEPS = 12
+
+# A step must also save this share of the wider width's latency: a row's confidence interval is
+# the noise within one timing run, while the same layer timed in another process or beside other
+# layers moves by a few per cent (issue 19), so a smaller saving may not be there when deployed.
+MIN_STEP_FRACTION = 0.01
+
+RULE = ("a width is allowed when the group's measured latency there is lower than at the next wider "
+        "allowed width by more than the two measurements' confidence half-widths, by 1% of the wider "
+        "one's and by at least min_step_ms; the cheapest width measured is always allowed")
+
+
+def staircase_widths(dense: int) -> list[int]:
+    """The widths a group's staircase is measured at: every one up to ``FINE_BELOW``, then
+    ``POINTS_PER_OCTAVE`` per doubling, and ``dense``."""
+    widths = set(range(1, min(dense, FINE_BELOW) + 1))
+    w = FINE_BELOW
+    while w < dense:
+        w += max(1, (1 << (w.bit_length() - 1)) // POINTS_PER_OCTAVE)
+        widths.add(min(w, dense))
+    widths.add(dense)
+    return sorted(widths)
+
+
+@dataclass(frozen=True)
+class StairPoint:
+    """One unit of one group's staircase at one width of that group (the unit's other groups dense)."""
+
+    group: int
+    width: int
+    candidate: Candidate
+
+
+def staircase_candidates(wg: WidthGraph, units: Sequence[Unit]) -> Iterator[StairPoint]:
+    """Every (group, width, unit) of the staircases, with the unit's signature at that point."""
+    dense = list(wg.dense_widths)
+    for g, d in enumerate(dense):
+        for w in staircase_widths(d):
+            for u in units:
+                if g not in u.groups:
+                    continue
+                widths = list(dense)
+                widths[g] = w
+                point = tuple(widths[h] for h in u.groups)
+                yield StairPoint(g, w, Candidate(u.index, point, wg.signature(u.nodes, widths)))
+
+
+@dataclass
+class Staircase:
+    """One group's staircase as measured, and the widths it allows (ascending, dense last)."""
+
+    group: str
+    dense: int
+    widths: list[int]
+    ms: list[float]           # Σ of the group's units at each width, other groups dense
+    noise_ms: list[float]     # the sum's confidence half-width
+    allowed: list[int]
+    min_step_ms: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Staircase:
+        return cls(str(d["group"]), int(d["dense"]), [int(w) for w in d["widths"]], [float(v) for v in d["ms"]],
+                   [float(v) for v in d["noise_ms"]], [int(w) for w in d["allowed"]], float(d["min_step_ms"]))
+
+
+def measure_staircases(points: Sequence[StairPoint], group_names: Sequence[str], dense: Sequence[int],
+                       latency_ms: Mapping[str, float], noise_ms: Mapping[str, float],
+                       max_steps: int = MAX_STEPS) -> list[Staircase]:
+    """Each group's staircase from the measured rows of its points, and its allowed widths."""
+    sums: list[dict[int, list[float]]] = [dict() for _ in dense]
+    for p in points:
+        sig = p.candidate.signature
+        if sig not in latency_ms:
+            raise HwpruneError(f"staircase of group '{group_names[p.group]}' at width {p.width}: "
+                               f"unit {p.candidate.unit} was not measured; re-run hwprune profile")
+        acc = sums[p.group].setdefault(p.width, [0.0, 0.0])
+        acc[0] += float(latency_ms[sig])
+        acc[1] += float(noise_ms.get(sig, 0.0)) ** 2
+    out = []
+    for g, (name, d) in enumerate(zip(group_names, dense)):
+        widths = sorted(sums[g]) or [int(d)]
+        ms = [sums[g].get(w, [0.0, 0.0])[0] for w in widths]
+        noise = [sums[g].get(w, [0.0, 0.0])[1] ** 0.5 for w in widths]
+        allowed, step = allowed_widths(widths, ms, noise, max_steps)
+        out.append(Staircase(name, int(d), widths, ms, noise, allowed, step))
+    return out
+
+
+def allowed_widths(widths: Sequence[int], ms: Sequence[float], noise_ms: Sequence[float],
+                   max_steps: int = MAX_STEPS) -> tuple[list[int], float]:
+    """The widths on a step of the staircase (ascending; the widest, dense, always) and the minimum
+    step in ms that kept at most ``max_steps`` of them (0 when the noise alone did)."""
+    if len(widths) != len(ms) or len(ms) != len(noise_ms) or not widths:
+        raise HwpruneError("a staircase needs one latency and one noise figure per width")
+    if max_steps < 2:
+        raise HwpruneError(f"max_steps must be >= 2, got {max_steps}")
+    kept = _walk(ms, noise_ms, 0.0)
+    step = 0.0
+    if len(kept) > max_steps:
+        lo, hi = 0.0, max(ms) - min(ms)
+        for _ in range(40):  # the smallest minimum step that leaves at most max_steps widths
+            mid = (lo + hi) / 2
+            if len(_walk(ms, noise_ms, mid)) > max_steps:
+                lo = mid
+            else:
+                hi = mid
+        step = hi
+        kept = _walk(ms, noise_ms, step)
+    cheapest = _cheapest(ms, noise_ms)
+    last = kept[-1]
+    if cheapest < last and ms[cheapest] < ms[last] - max(noise_ms[cheapest] + noise_ms[last],
+                                                         MIN_STEP_FRACTION * ms[last]):
+        kept.append(cheapest)
+    return sorted(int(widths[i]) for i in kept), float(step)
+
+
+def _walk(ms: Sequence[float], noise: Sequence[float], min_step: float) -> list[int]:
+    """Indices kept walking down from the widest: each cheaper than the last kept one beyond noise and ``min_step``."""
+    kept = [len(ms) - 1]
+    for i in range(len(ms) - 2, -1, -1):
+        j = kept[-1]
+        if ms[i] < ms[j] - max(min_step, noise[i] + noise[j], MIN_STEP_FRACTION * ms[j]):
+            kept.append(i)
+    return kept
+
+
+def _cheapest(ms: Sequence[float], noise: Sequence[float]) -> int:
+    """The widest width whose latency is within noise of the minimum (a narrower one costing the same is no gain)."""
+    best = min(range(len(ms)), key=lambda i: ms[i])
+    ties = [i for i in range(len(ms)) if ms[i] <= ms[best] + noise[i] + noise[best]]
+    return max(ties)
+
+
+def search_space(groups: Sequence[Any], cfg: Any, predictor: Any | None) -> Any:
+    """The widths a search may choose on ``cfg``: every multiple of its ``channel_multiple``, or, with
+    ``auto``, the steps the LUT measured (every width when there is no LUT to say)."""
+    from hwprune.agents.base import SearchSpace
+
+    names, dense = [g.name for g in groups], [int(g.channels) for g in groups]
+    if not cfg.auto_widths:
+        return SearchSpace(names, dense, int(cfg.channel_multiple))
+    if predictor is None:
+        return SearchSpace(names, dense, 1)
+    if predictor.allowed is None:
+        made = predictor.structure.get("channel_multiple")
+        raise HwpruneError(f"the LUT's profile of this model has no measured width steps (it was profiled with "
+                           f"channel_multiple {made}) but {cfg.name} asks for channel_multiple auto: run "
+                           f"hwprune profile again with this device config (it measures only what is missing)")
+    return SearchSpace(names, dense, 1, predictor.allowed)
+
+
+def staircases_of(structure: Mapping[str, Any]) -> list[Staircase] | None:
+    """The staircases a LUT's model entry keeps (None when it was profiled on a fixed multiple)."""
+    found = structure.get("staircases")
+    return [Staircase.from_dict(s) for s in found] if found else None
+
+
+def report_section(staircases: Sequence[Staircase] | None, channel_multiple: int | str) -> dict[str, Any]:
+    """What a report says of the width grid: the rule and, with ``auto``, every group's measured steps."""
+    if not staircases:
+        rule = ("every width (no LUT measured the steps)" if channel_multiple == AUTO
+                else f"every multiple of {channel_multiple} channels from one multiple to dense")
+        return {"channel_multiple": channel_multiple, "rule": rule}
+    return {"channel_multiple": AUTO, "rule": RULE, "max_steps": MAX_STEPS,
+            "groups": [s.to_dict() for s in staircases]}
