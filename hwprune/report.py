@@ -121,12 +121,30 @@ def write_markdown(report: dict[str, Any]) -> str:
         at = lines.index("![channels per group](channels.png) ![speed-up audit](speedup.png)")
         lines[at:at] = ["Left at full width: " + "; ".join(f"`{u['name']}` ({u['reason']})"
                                                         for u in report["unprunable_groups"]), ""]
+    grid = report.get("width_grid")
+    if grid:
+        at = lines.index("![channels per group](channels.png) ![speed-up audit](speedup.png)")
+        lines[at:at] = _width_grid_lines(grid, p.get("channels") or {})
     if len(cert.get("rounds", [])) > 1:
         at = lines.index("![channels per group](channels.png) ![speed-up audit](speedup.png)")
         lines[at:at] = ["Certification rounds (the LUT limit is tightened by measured/predicted after a miss, "
                         "loosened after a certified round that used under 95% of the budget): "
                         + "; ".join(_round_text(r) for r in cert["rounds"]), ""]
     return "\n".join(lines)
+
+
+def _width_grid_lines(grid: dict[str, Any], channels: dict[str, Any]) -> list[str]:
+    """The widths the search could choose and why: the rule and, with ``auto``, each group's measured steps."""
+    lines = [f"Widths a search may choose (`channel_multiple: {grid['channel_multiple']}`): {grid['rule']}.", ""]
+    if grid.get("groups"):
+        lines += ["| group | dense | allowed widths (measured steps) | staircase ms (narrowest..dense) | chosen |",
+                  "|---|---:|---|---:|---:|"]
+        for s in grid["groups"]:
+            chosen = (channels.get(s["group"]) or [None, None])[1]
+            lines.append(f"| {s['group']} | {s['dense']} | {', '.join(map(str, s['allowed']))} | "
+                         f"{s['ms'][0]:.4f}..{s['ms'][-1]:.4f} | {chosen if chosen is not None else ''} |")
+        lines.append("")
+    return lines
 
 
 def quality_label(report: dict[str, Any]) -> str:

@@ -171,3 +171,15 @@ def test_an_auto_config_refuses_a_lut_profiled_on_a_fixed_multiple(auto_lut, tmp
     with pytest.raises(HwpruneError, match="no measured width steps.*channel_multiple 4"):
         search_space(groups, load_device_config(auto_lut["device"]), pred)
     assert search_space(groups, load_device_config(str(fixed)), pred).channel_multiple == 4
+
+
+def test_the_report_lists_each_groups_steps_and_the_chosen_width(auto_lut):
+    from hwprune.report import _width_grid_lines
+
+    m = LatencyLUT.load(auto_lut["lut"]).model(model_key(auto_lut["spec"].name, (1, 1, 8, 8)))
+    stairs = staircases_of(m)
+    lines = _width_grid_lines(report_section(stairs, "auto"), {stairs[0].group: [stairs[0].dense, stairs[0].allowed[0]]})
+    assert "channel_multiple: auto" in lines[0]
+    row = next(line for line in lines if line.startswith(f"| {stairs[0].group} |"))
+    assert row.rstrip(" |").endswith(str(stairs[0].allowed[0]))
+    assert _width_grid_lines(report_section(None, 8), {})[0].endswith("every multiple of 8 channels from one multiple to dense.")
