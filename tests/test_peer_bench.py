@@ -62,6 +62,23 @@ def test_strongest_ratio_takes_the_fewest_macs_at_the_least_ratio_and_skips_inva
         peer.strongest_ratio(lambda r: None)
 
 
+def test_measure_ratios_takes_the_median_ratio_over_processes(monkeypatch):
+    import hwprune.processes
+    from profilers.config import load_device_config
+
+    def timing(ms):
+        return {"p50_ms": ms, "samples_ms": [ms] * 40}
+
+    runs = [{"dense": timing(d), "m": timing(m)} for d, m in ((1.0, 0.5), (2.0, 0.8), (1.0, 0.45))]
+    monkeypatch.setattr(hwprune.processes, "measure_in_processes", lambda items, cfg, n: runs[:n])
+    cfg = load_device_config("x86-cpu-ort")
+    one = peer.measure_ratios([("dense", b""), ("m", b"")], cfg)["m"]
+    assert one["x_dense"] == 0.5 and one["dense_ms"] == 1.0 and "x_dense_runs" not in one
+    three = peer.measure_ratios([("dense", b""), ("m", b"")], cfg, 3)["m"]
+    assert three["x_dense"] == 0.45 and three["x_dense_runs"] == [0.5, 0.4, 0.45]
+    assert three["x_dense_ub"] >= three["x_dense"]
+
+
 def test_tp_configs_cover_importance_ranking_and_rounding():
     assert set(peer.TP_CONFIGS.values()) == {(imp, g, r) for imp in ("l1", "taylor") for g in (False, True)
                                              for r in (None, 8)}
@@ -142,7 +159,8 @@ def _state(rows: list[dict]) -> dict:
 def test_summary_table_means_over_seeds_and_says_what_failed():
     tp = dict(method="torch-pruning", config="l1-local", budget=0.5, status="met", met_budget=True,
               params=40000, macs=5_000_000, wall_s=100.0, session_met=True)
-    rows = [dict(tp, seed=0, test_acc=0.90, session_x_dense=0.45), dict(tp, seed=1, test_acc=0.92, session_x_dense=0.47),
+    rows = [dict(tp, seed=0, test_acc=0.90, session_x_dense=0.45),
+            dict(tp, seed=1, test_acc=0.92, session_x_dense=0.47),
             dict(tp, config="l1-local-r8", seed=0, status="cannot meet", met_budget=False, test_acc=None,
                  session_x_dense=0.61, session_met=False),
             dict(method="hwprune", config="agp", budget=0.5, seed=0, status="refused", certified=False, wall_s=5.0,
@@ -164,8 +182,9 @@ def test_summary_table_means_over_seeds_and_says_what_failed():
 
 @pytest.mark.parametrize("args", [["--models", "nope"], ["--budgets", "1.0"], ["--budgets", "0.5,0"],
                                   ["--budgets", "half"], ["--seeds", "a"], ["--configs", "l3-local"],
-                                  ["--recoveries", "swd"], ["--steps", "0"], ["--weights", "resnet20=/no/file"],
-                                  ["--no-such-flag"], ["--device", "no-such-device"]])
+                                  ["--recoveries", "swd"], ["--steps", "0"], ["--processes", "0"],
+                                  ["--weights", "resnet20=/no/file"], ["--no-such-flag"],
+                                  ["--device", "no-such-device"]])
 def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):
     assert peer.main([*args, "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -205,7 +224,7 @@ def test_quick_run_measures_every_row_and_resumes(tmp_path):
     assert all(s["ms"] > 0 and s["dense_ms"] > 0 and s["x_dense"] == s["ms"] / s["dense_ms"] for s in tune["steps"])
     hw = rows["hwprune-standard@50pct/s0"]
     assert hw["status"] in ("certified", "not certified", "refused"), hw.get("error")
-    assert "--finetune standard --finetune-epochs 2 --lr 0.05" in hw["command"] and "--speedup 2 --seed 0" in hw["command"]
+    assert "--speedup 2 --seed 0 --finetune standard --finetune-epochs 2 --lr 0.05" in hw["command"]
     measured = [k for k, r in rows.items() if r.get("onnx")]
     assert state["session"]["keys"] == sorted(measured) and state["session"]["dense_ms"] > 0
     assert all(rows[k]["session_x_dense"] > 0 and "session_met" in rows[k] for k in measured)
