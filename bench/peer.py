@@ -18,8 +18,8 @@ budget (a fraction of the dense model's measured p50) and seed, on one device co
 - **hwprune**: ``hwprune prune`` as a command line, default settings, ``--speedup 1/budget``, the
   same seed, recovered with ``--finetune standard`` and with the default ``agp``, both
   ``--finetune-epochs 2 --lr 0.05``; its report.json gives certified, test accuracy and size. Its
-  LUT is ``bench/results/peer-lut-<model>.parquet`` (``hwprune profile`` runs first every time; it
-  resumes and measures nothing when the LUT is complete).
+  LUT is ``bench/results/peer-lut-<model>.parquet`` (``-<device>`` added for another device config;
+  ``hwprune profile`` runs first every time: it resumes and measures nothing when the LUT is complete).
 
 Then every final model (and, for "cannot meet", the strongest cut) is timed in ONE interleaved
 session beside the dense model, in a fresh process: the "x dense" column (p50 ratio). On a shared
@@ -350,9 +350,12 @@ def now() -> str:
 
 
 def machine() -> dict:
+    """The CPU (lscpu's model name), cores, load and the checkout's commit, for the table's header."""
     from timing_repro import cpu_model  # bench/ is on sys.path when a script runs
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_avg": list(os.getloadavg())}
+    git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_avg": list(os.getloadavg()),
+            "commit": git.stdout.strip() or None}
 
 
 # --- one model's benchmark -----------------------------------------------------------------------
@@ -633,7 +636,8 @@ def summary_table(state: dict, s: Settings, command: str) -> str:
         if r["budget"] in s.budgets and r["seed"] in s.seeds:
             groups.setdefault((r["budget"], r["method"], r["config"]), []).append(r)
     d, sess, m = state["dense"], state.get("session") or {}, state["machine"]
-    lines = [f"`{command}` — {m['cpu']}, {m['cores']} cores, {state.get('updated', now())}; device {s.device}; "
+    lines = [f"`{command}` — {m['cpu']}, {m['cores']} cores, {state.get('updated', now())}, commit "
+             f"{m.get('commit') or '?'}; device {s.device}; "
              f"dense {state['recipe']['model']}: test acc {d['test_acc'] * 100:.2f}%, {d['params']:,} params, "
              f"{d['macs']:,} MACs" + (f", p50 {sess['dense_ms']:.4f} ms in the final session" if sess else ""),
              "", "| method | budget (of dense p50) | seeds | test acc % | × dense | params | MACs | wall s "
