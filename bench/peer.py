@@ -64,6 +64,8 @@ RESULTS = ROOT / "bench" / "results"
 TP_CONFIGS = {f"{imp}-{scope}{'-r8' if r8 else ''}": (imp, scope == "global", 8 if r8 else None)
               for imp in ("l1", "taylor") for scope in ("local", "global") for r8 in (False, True)}
 RECOVERIES = ("standard", "agp")
+IMPORTANCES = ("l1", "l2", "bn-scale", "taylor")
+DEFAULT_IMPORTANCE = "l1"  # PruneOptions.importance's default (checked in parse_args)
 SCAN = [round(0.05 * i, 2) for i in range(1, 20)]  # ratios searched for the strongest pruning
 TAYLOR_BATCHES, TAYLOR_BATCH_SIZE = 8, 64
 QUICK = {"train": 1200, "test": 1000, "steps": 3,
@@ -95,6 +97,8 @@ class Settings:
     weights: dict[str, str] = field(default_factory=dict)
     fresh: bool = False
     hwprune_extra: list[str] = field(default_factory=list)
+    # hwprune's channel importance criteria to run (issue 23 item 2); hwprune's default alone by default
+    importances: list[str] = field(default_factory=lambda: [DEFAULT_IMPORTANCE])
 
     def recipe(self, model: str) -> dict:
         """What a results file must have been written with for this run to continue it."""
@@ -136,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", help="comma-separated (default 0,1,2; --quick 0)")
     ap.add_argument("--configs", default=",".join(TP_CONFIGS), help="Torch-Pruning configurations ('none' for none)")
     ap.add_argument("--recoveries", default=",".join(RECOVERIES), help="hwprune runs ('none' for none)")
+    ap.add_argument("--importances", default=DEFAULT_IMPORTANCE,
+                    help=f"hwprune --importance criteria, each run with every recovery ({', '.join(IMPORTANCES)})")
     ap.add_argument("--device", default="x86-cpu-ort")
     ap.add_argument("--steps", type=int, help="bisection steps (default 8; --quick 3)")
     ap.add_argument("--processes", type=int, default=1,
@@ -176,11 +182,16 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         raise BenchError("--models names no model")
     # The recipe's batch size is hwprune prune's default (the bench passes no --batch-size to it).
     batch_size = PruneOptions.__dataclass_fields__["batch_size"].default
+    if PruneOptions.__dataclass_fields__["importance"].default != DEFAULT_IMPORTANCE:
+        raise BenchError("hwprune's default --importance changed: update DEFAULT_IMPORTANCE in bench/peer.py")
+    importances = _names(a.importances, IMPORTANCES, "importance criterion")
+    if not importances:
+        raise BenchError("--importances names no criterion")
     return Settings(models, _floats(a.budgets or ("0.5" if a.quick else "0.5,0.3"), "--budgets"), seeds,
                     _names(a.configs, list(TP_CONFIGS), "Torch-Pruning config"),
                     _names(a.recoveries, RECOVERIES, "recovery"), a.device, steps, a.processes,
                     a.finetune_epochs, a.lr, batch_size, a.quick, Path(a.results).resolve(), weights, a.fresh,
-                    list(QUICK["hwprune"]) if a.quick else [])
+                    list(QUICK["hwprune"]) if a.quick else [], importances)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -527,20 +538,23 @@ class Peer:
             self._lut = lut
         return self._lut
 
-    def hwprune_command(self, recovery: str, frac: float, seed: int, out: Path) -> list[str]:
+    def hwprune_command(self, recovery: str, frac: float, seed: int, out: Path,
+                        importance: str = DEFAULT_IMPORTANCE) -> list[str]:
         return [hwprune_script(), "prune", "--device", self.s.device, "--model", self.model, "--data", self.data_spec,
                 "--lut", str(self.lut()), "--out", str(out), "--speedup", f"{1 / frac:.6g}", "--seed", str(seed),
                 *(["--finetune", "standard"] if recovery == "standard" else []),
+                *(["--importance", importance] if importance != DEFAULT_IMPORTANCE else []),
                 "--finetune-epochs", str(self.s.epochs), "--lr", repr(self.s.lr), "--overwrite", "-q",
                 *self.hw_weights, *self.s.hwprune_extra]
 
-    def hwprune_row(self, recovery: str, frac: float, seed: int) -> dict:
+    def hwprune_row(self, recovery: str, frac: float, seed: int, importance: str = DEFAULT_IMPORTANCE) -> dict:
         """``hwprune prune`` in its own process; its report.json (or its one-line refusal)."""
-        out = self.work / f"hwprune-{recovery}-{pct(frac)}-s{seed}"
-        cmd = self.hwprune_command(recovery, frac, seed, out)
+        config = hwprune_config(recovery, importance)
+        out = self.work / f"hwprune-{config}-{pct(frac)}-s{seed}"
+        cmd = self.hwprune_command(recovery, frac, seed, out, importance)
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        base = {"method": "hwprune", "config": recovery, "budget": frac, "seed": seed,
+        base = {"method": "hwprune", "config": config, "importance": importance, "budget": frac, "seed": seed,
                 "wall_s": time.perf_counter() - started, "command": "hwprune " + shlex.join(cmd[1:])}
         if proc.returncode:
             return {**base, "status": "refused" if proc.returncode == 2 else "failed", "certified": False,
@@ -594,18 +608,26 @@ class Peer:
             for config in self.s.configs:
                 for seed in self.s.seeds:
                     self.cell(f"tp-{config}@{pct(frac)}/s{seed}", lambda: self.tp_row(config, frac, seed))
-            for recovery in self.s.recoveries:
-                for seed in self.s.seeds:
-                    self.cell(f"hwprune-{recovery}@{pct(frac)}/s{seed}",
-                              lambda: self.hwprune_row(recovery, frac, seed))
+            for importance in self.s.importances:
+                for recovery in self.s.recoveries:
+                    for seed in self.s.seeds:
+                        self.cell(f"hwprune-{hwprune_config(recovery, importance)}@{pct(frac)}/s{seed}",
+                                  lambda: self.hwprune_row(recovery, frac, seed, importance))
         self.session()
 
 
 # --- the table -----------------------------------------------------------------------------------
 
+def hwprune_config(recovery: str, importance: str) -> str:
+    """A hwprune cell's configuration name: the recovery, and the criterion when not the default."""
+    return recovery if importance == DEFAULT_IMPORTANCE else f"{recovery}-{importance}"
+
+
 def label(method: str, config: str) -> str:
     if method == "hwprune":
-        return f"hwprune, `--finetune {config}`" + (" (default)" if config == "agp" else "")
+        recovery, _, importance = config.partition("-")
+        return (f"hwprune, `--finetune {recovery}`" + (" (default)" if recovery == "agp" else "")
+                + (f", `--importance {importance}`" if importance else ""))
     imp, global_pruning, round_to = TP_CONFIGS[config]
     return (f"Torch-Pruning, {'Taylor' if imp == 'taylor' else 'L1'}, {'global' if global_pruning else 'local'}, "
             f"{f'round_to {round_to}' if round_to else 'no rounding'}")

@@ -182,13 +182,21 @@ def test_summary_table_means_over_seeds_and_says_what_failed():
 
 @pytest.mark.parametrize("args", [["--models", "nope"], ["--budgets", "1.0"], ["--budgets", "0.5,0"],
                                   ["--budgets", "half"], ["--seeds", "a"], ["--configs", "l3-local"],
-                                  ["--recoveries", "swd"], ["--steps", "0"], ["--processes", "0"],
+                                  ["--recoveries", "swd"], ["--importances", "l3"], ["--steps", "0"], ["--processes", "0"],
                                   ["--weights", "resnet20=/no/file"], ["--no-such-flag"],
                                   ["--device", "no-such-device"]])
 def test_bad_input_is_one_line_and_exit_2(args, capsys, tmp_path):
     assert peer.main([*args, "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_importance_cells_name_their_criterion_and_pass_it_to_hwprune(tmp_path):
+    s = peer.parse_args(["--importances", "l1,taylor", "--results", str(tmp_path)])
+    assert s.importances == ["l1", "taylor"]
+    assert peer.hwprune_config("agp", "l1") == "agp" and peer.hwprune_config("standard", "taylor") == "standard-taylor"
+    assert peer.label("hwprune", "standard-taylor") == "hwprune, `--finetune standard`, `--importance taylor`"
+    assert peer.label("hwprune", "agp") == "hwprune, `--finetune agp` (default)"
 
 
 def test_bad_input_exit_code_from_the_command_line():
