@@ -89,8 +89,9 @@ def _model_options(f):
 @click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False),
               help="LUT file to create or extend (.parquet, or .csv with --format csv).")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default=None, help="LUT file format.")
-@click.option("--grid", default=None, help="Keep ratios to profile, comma-separated (default: every allowed width "
-              "of groups with at most 16, else 0.1,0.2,...,1.0).")
+@click.option("--grid", default=None, help="Keep ratios to profile, comma-separated (default: with channel_multiple "
+              "auto, every width the measured staircase allows; with a fixed multiple, every allowed width of "
+              "groups with at most 16, else 0.1,0.2,...,1.0).")
 @click.option("--calibration-samples", type=int, default=10, show_default=True,
               help="Random whole sub-networks measured to calibrate the LUT's predictions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights and calibration samples.")
