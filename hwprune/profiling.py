@@ -126,7 +126,9 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     if cfg.auto_widths:
         staircases = _staircases(wg, units, groups, rows, path.with_name(f"{path.name}.steps-{_journal_id(key, cfg)}"),
                                  local_fp, log)
-    grids = _table_grids(groups, units, cfg, ratios, staircases, log)
+    space = SearchSpace([g.name for g in groups], [g.channels for g in groups], cfg.width_multiple,
+                        [s.allowed for s in staircases] if staircases is not None else None)
+    grids = _table_grids(groups, units, cfg, ratios, space, log)
 
     # The model's structure: which signature each unit has at each grid point.
     unit_tables: list[dict[str, str]] = [dict() for _ in units]
@@ -134,8 +136,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     for cand in enumerate_candidates(wg, units, grids):
         unit_tables[cand.unit][",".join(map(str, cand.point))] = cand.signature
         todo.setdefault(cand.signature, cand)
-    fp_known = lut.meta.get("fingerprint") or local_fp
-    missing = [c for s, c in todo.items() if not (fp_known and lut.has(s, fp_known, cfg.precision, cfg.batch_size))]
+    missing = _missing(lut, cfg, local_fp, todo)
 
     structure = {
         "model": spec.name, "structure_sha": structure_sha(model), "input_shape": list(x.shape),
@@ -153,8 +154,6 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     if old.get("units") != structure["units"] or old.get("groups") != structure["groups"]:
         rows.calibration = None
 
-    space = SearchSpace([g.name for g in groups], [g.channels for g in groups], cfg.width_multiple,
-                        [s.allowed for s in staircases] if staircases is not None else None)
     rng = random.Random(seed)
     calib_widths = [random_widths(space, rng) for _ in range(calibration_samples)]
     calib_items = []
@@ -206,6 +205,12 @@ def _open_lut(path: Path, cfg: DeviceConfig, fmt: str | None, allow_other_device
     return lut, local_fp
 
 
+def _missing(lut: LatencyLUT, cfg: DeviceConfig, local_fp: str | None, todo: dict[str, Candidate]) -> list[Candidate]:
+    """The candidates whose signature the LUT has no row of on this device (all of them in a new LUT)."""
+    fp = lut.meta.get("fingerprint") or local_fp
+    return [c for sig, c in todo.items() if not (fp and lut.has(sig, fp, cfg.precision, cfg.batch_size))]
+
+
 def _candidate_item(wg, units, cand: Candidate) -> tuple[str, bytes, dict[str, Any]]:
     """A candidate as a bundle item: its signature, its unit's ONNX at its point, its description."""
     u = units[cand.unit]
@@ -223,8 +228,7 @@ def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work:
     todo: dict[str, Candidate] = {}
     for p in points:
         todo.setdefault(p.candidate.signature, p.candidate)
-    fp_known = lut.meta.get("fingerprint") or local_fp
-    missing = [c for s, c in todo.items() if not (fp_known and lut.has(s, fp_known, cfg.precision, cfg.batch_size))]
+    missing = _missing(lut, cfg, local_fp, todo)
     if missing:
         log(f"channel_multiple auto: measuring the latency staircase of {len(groups)} groups "
             f"({len(todo)} distinct signatures, {len(missing)} to measure)")
@@ -241,16 +245,16 @@ def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work:
 
 
 def _table_grids(groups: Sequence[PrunableGroup], units, cfg: DeviceConfig, ratios: Sequence[float] | None,
-                 staircases: Sequence[Staircase] | None, log) -> list[list[int]]:
-    """The widths each group's unit tables are profiled at: the allowed widths (``auto``), or the
-    multiples' grid; ``ratios`` coarsen either; then capped so no unit has too many points."""
-    if staircases is None:
+                 space: SearchSpace, log) -> list[list[int]]:
+    """The widths each group's unit tables are profiled at: the allowed widths (``auto``: ``space``
+    holds them), or the multiples' grid; ``ratios`` coarsen either; then capped so no unit has too
+    many points."""
+    if space.allowed is None:
         fine = grids_for(groups, cfg.width_multiple, ratios)
     else:
-        space = SearchSpace([g.name for g in groups], [g.channels for g in groups], 1, [s.allowed for s in staircases])
-        fine = [s.allowed if not ratios else
-                sorted({space.snap(gi, r * g.channels) for r in ratios} | {s.allowed[0], g.channels})
-                for gi, (g, s) in enumerate(zip(groups, staircases))]
+        fine = [space.choices(gi) if not ratios else
+                sorted({space.snap(gi, r * g.channels) for r in ratios} | {space.choices(gi)[0], g.channels})
+                for gi, g in enumerate(groups)]
     grids = cap_unit_grids(fine, units)
     coarsened = [g.name for g, a, b in zip(groups, fine, grids) if a != b]
     if coarsened:

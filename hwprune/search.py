@@ -116,8 +116,8 @@ class SearchSetup:
                 resolved[attr] = resolve_count_limit(limit, getattr(cost, budget_cls.metric)({}))
                 budgets.append(budget_cls(cost, resolved[attr]))
         importance = channel_importance(dense, x, criterion if criterion != "taylor" else "l1")
-        return cls(agent.name, dict(agent_options), space, objective, predictor, budgets + list(user_budgets), resolved, importance,
-                   group_layer_info(dense, x, groups), agent=agent)
+        return cls(agent.name, dict(agent_options), space, objective, predictor, budgets + list(user_budgets),
+                   resolved, importance, group_layer_info(dense, x, groups), agent=agent)
 
     def predict(self, widths: dict[str, int]) -> float | None:
         return self.predictor.predict(widths) if self.predictor is not None else None

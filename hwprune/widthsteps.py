@@ -121,9 +121,10 @@ def measure_staircases(points: Sequence[StairPoint], group_names: Sequence[str],
         acc[1] += float(noise_ms.get(sig, 0.0)) ** 2
     out = []
     for g, (name, d) in enumerate(zip(group_names, dense)):
-        widths = sorted(sums[g]) or [int(d)]
-        ms = [sums[g].get(w, [0.0, 0.0])[0] for w in widths]
-        noise = [sums[g].get(w, [0.0, 0.0])[1] ** 0.5 for w in widths]
+        found = sums[g] or {int(d): [0.0, 0.0]}  # a group no unit depends on: only dense is worth having
+        widths = sorted(found)
+        ms = [found[w][0] for w in widths]
+        noise = [found[w][1] ** 0.5 for w in widths]
         allowed, step = allowed_widths(widths, ms, noise, max_steps)
         out.append(Staircase(name, int(d), widths, ms, noise, allowed, step))
     return out

@@ -750,8 +750,8 @@ class _Checkpoint:
             if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
                 raise HwpruneError(f"{self.path} is not a bo checkpoint; remove it or choose another path")
             if data.get("space") != self.space:
-                raise HwpruneError(f"bo checkpoint {self.path} was written for another model or channel multiple (or width steps); "
-                                   f"remove it or choose another path")
+                raise HwpruneError(f"bo checkpoint {self.path} was written for another model or channel multiple "
+                                   f"(or width steps); remove it or choose another path")
             self.data = data
         self.stored: list[dict[str, Any]] = list(self.data["searches"].get(self.key, {}).get("history", []))
 
