@@ -47,7 +47,6 @@ import gzip
 import json
 import os
 import shlex
-import struct
 import subprocess
 import sys
 import time
@@ -196,16 +195,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 # --- data ----------------------------------------------------------------------------------------
 
-def _idx(array) -> bytes:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype("uint8").tobytes()
-
-
 def quick_data(folder: Path, n_train: int, n_test: int, seed: int = 0) -> str:
     """A seeded subset of Fashion-MNIST written as its IDX files in ``folder``; the ``--data`` spec."""
     import numpy as np
 
-    from hwprune.data import load_dataset
+    from hwprune.data import idx_bytes, load_dataset
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, (split, prefix, n) in enumerate((("train", "train", n_train), ("test", "t10k", n_test))):
@@ -213,8 +207,8 @@ def quick_data(folder: Path, n_train: int, n_test: int, seed: int = 0) -> str:
             continue
         ds = load_dataset("fashion-mnist", split)
         idx = np.sort(np.random.default_rng([seed, i]).permutation(len(ds))[:n])
-        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(ds.images[idx, 0].numpy())))
-        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(ds.labels[idx].numpy())))
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(ds.images[idx, 0].numpy())))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(ds.labels[idx].numpy())))
     return f"fashion-mnist:{folder}"
 
 

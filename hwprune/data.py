@@ -258,6 +258,13 @@ def _find_idx_file(directory: str, stem: str, kind: str) -> str:
                        f"{_FASHION_INSTALL_HINT}")
 
 
+def idx_bytes(array: np.ndarray) -> bytes:
+    """``array`` (uint8) in the IDX format :func:`read_idx` reads (gzip it for a ``.gz`` name); for
+    writing subsets and synthetic stand-ins of the datasets."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.asarray(array).astype(np.uint8).tobytes()
+
+
 def read_idx(path: str) -> np.ndarray:
     """Read an unsigned-byte IDX file (gzipped or plain) into a uint8 array.
 

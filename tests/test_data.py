@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import struct
 
 import numpy as np
 import pytest
@@ -21,13 +20,9 @@ from hwprune.data import (
     train_val_split,
 )
 from hwprune.errors import HwpruneError
+from hwprune.data import idx_bytes
 
 torch.set_num_threads(1)
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
 
 
 def _write(path, data: bytes, gzipped: bool) -> None:
@@ -45,8 +40,8 @@ def _make_fashion(directory, n_train=12, n_test=7, gzipped=True, seed=0):
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
         labels = (np.arange(n) % 10).astype(np.uint8)
-        _write(os.path.join(directory, f"{prefix}-images-idx3-ubyte"), _idx_bytes(images), gzipped)
-        _write(os.path.join(directory, f"{prefix}-labels-idx1-ubyte"), _idx_bytes(labels), gzipped)
+        _write(os.path.join(directory, f"{prefix}-images-idx3-ubyte"), idx_bytes(images), gzipped)
+        _write(os.path.join(directory, f"{prefix}-labels-idx1-ubyte"), idx_bytes(labels), gzipped)
         arrays[prefix] = (images, labels)
     return arrays
 
@@ -168,7 +163,7 @@ def test_corrupt_idx_files(tmp_path):
 def test_idx_image_label_count_mismatch(tmp_path):
     _make_fashion(tmp_path, gzipped=False)
     labels = np.zeros(3, dtype=np.uint8)
-    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(labels))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
     with pytest.raises(HwpruneError, match="7 images but 3 labels"):
         load_dataset(f"fashion-mnist:{tmp_path}", "test")
 

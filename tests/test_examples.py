@@ -9,12 +9,12 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hwprune.data import idx_bytes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -30,11 +30,6 @@ statistic: p50
 """
 
 
-def _idx(array: np.ndarray) -> bytes:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """28x28 images whose class sets a bright row, in Debian's file names; and a fast device config."""
@@ -44,8 +39,8 @@ def setup(tmp_path_factory):
         labels = (np.arange(n) % 10).astype(np.uint8)
         images = rng.integers(0, 60, size=(n, 28, 28))
         images[np.arange(n), 2 + 2 * labels, :] += 150
-        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(np.clip(images, 0, 255))))
-        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels)))
+        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.clip(images, 0, 255))))
+        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
     (root / "device.yaml").write_text(FAST_DEVICE_YAML)
     return root
 

@@ -7,7 +7,6 @@ import copy
 import gzip
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from hwprune.data import idx_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -95,11 +96,6 @@ def test_tp_prune_applies_the_ratio_and_keeps_the_classifier(resnet20):
 
 # --- the recovery recipe -----------------------------------------------------------------------
 
-def _idx(array: np.ndarray) -> bytes:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """Synthetic Fashion-MNIST files: each class lights one row."""
@@ -111,8 +107,8 @@ def tiny_data(tmp_path_factory):
         labels = (np.arange(n) % 10).astype(np.uint8)
         images = rng.integers(0, 60, size=(n, 28, 28))
         images[np.arange(n), 2 + 2 * labels, :] += 150
-        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(np.clip(images, 0, 255))))
-        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels)))
+        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.clip(images, 0, 255))))
+        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
     return Datasets.load(f"fashion-mnist:{root}")
 
 

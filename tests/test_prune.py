@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shlex
-import struct
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from hwprune.data import idx_bytes
 from hwprune.cli import cli
 from hwprune.data import load_dataset
 from hwprune.export import export_onnx
@@ -64,11 +64,6 @@ RUN_OUTPUTS = ("pruned.onnx", "pruned.pt", "plan.json", "baseline.json", "report
                "channels.png", "speedup.png", "config.json")
 
 
-def _idx_bytes(array: np.ndarray) -> bytes:
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
 def _write_fashion(directory, n_train=600, n_test=200, seed=0) -> None:
     """8x8 images whose brightness and a class-specific bright row carry the label."""
     rng = np.random.default_rng(seed)
@@ -80,8 +75,8 @@ def _write_fashion(directory, n_train=600, n_test=200, seed=0) -> None:
         images += 18 * labels[:, None, None]
         images[np.arange(n), labels % 8, :] += 60
         images = np.clip(images, 0, 255).astype(np.uint8)
-        (directory / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(images)))
-        (directory / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(labels)))
+        (directory / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
+        (directory / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
 
 
 @pytest.fixture(scope="module", autouse=True)
