@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from hwprune.errors import HwpruneError
 from hwprune.export import export_onnx
 from hwprune.groups import PrunableGroup, prune_to_widths, width_grid
 from hwprune.widthgraph import Unit, WidthGraph
@@ -24,20 +25,22 @@ DEFAULT_RATIOS = tuple(round(0.1 * k, 2) for k in range(1, 11))
 
 def build_width_graph(model: nn.Module, example_input: torch.Tensor,
                       groups: Sequence[PrunableGroup], progress=None) -> WidthGraph:
-    """Export the dense model and, per group, a one-channel-narrower copy; diff the shapes."""
+    """Export the dense model and, per group, a copy one channel step narrower (one channel, or one
+    per block of a group that reaches a grouped convolution); diff the shapes."""
     dense = export_onnx(model, example_input)
     dense_params = {n: list(p.shape) for n, p in model.named_parameters()}
     param_deps: dict[str, list[dict[int, float]]] = {n: [dict() for _ in s] for n, s in dense_params.items()}
     perturbed = []
     for gi, g in enumerate(groups):
-        if g.channels >= 2:
-            narrower = prune_to_widths(model, example_input, {g.name: g.channels - 1})
-            perturbed.append((gi, 1, export_onnx(narrower, example_input)))
+        step = max(1, int(getattr(g, "step", 1)))
+        if g.channels >= 2 * step:
+            narrower = prune_to_widths(model, example_input, {g.name: g.channels - step})
+            perturbed.append((gi, step, export_onnx(narrower, example_input)))
             # The same diff on the PyTorch parameters gives exact parameter counts at any widths.
             for n, p in narrower.named_parameters():
                 for axis, (d0, d1) in enumerate(zip(dense_params[n], p.shape)):
                     if d0 != d1:
-                        param_deps[n][axis][gi] = float(d0 - d1)
+                        param_deps[n][axis][gi] = float(d0 - d1) / step
         if progress is not None:
             progress(gi + 1, len(groups))
     wg = WidthGraph.from_exports(dense, perturbed, [g.channels for g in groups])
@@ -59,7 +62,8 @@ def grids_for(groups: Sequence[PrunableGroup], channel_multiple: int,
     """Width grids per group: the default (``ratios=None``) profiles every allowed width of
     small groups and the 10 keep ratios of large ones; explicit ratios are taken as given."""
     full = ratios is None
-    return [width_grid(g.channels, channel_multiple, ratios or DEFAULT_RATIOS, full_when_small=full) for g in groups]
+    return [width_grid(g.channels, math.lcm(channel_multiple, getattr(g, "step", 1)), ratios or DEFAULT_RATIOS,
+                       full_when_small=full) for g in groups]
 
 
 # A unit is profiled at every point of the product of its groups' grids. A conv after a
@@ -89,6 +93,26 @@ def cap_unit_grids(grids: Sequence[Sequence[int]], units: Sequence[Unit],
         widest = max(over, key=points)
         g = max(widest.groups, key=lambda gi: len(grids[gi]))
         grids[g] = [grids[g][0], *grids[g][1:-1][1::2], grids[g][-1]]
+
+
+# Beyond this many (unit, grid point) pairs in all, even after the cap, enumerating their
+# signatures takes longer than profiling should (DenseNet-40 has 90,102 and takes seconds
+# a thousand; PeleeNet's stem-to-head concatenations have 845,414): the profile stops at once.
+MAX_TOTAL_GRID_POINTS = 250_000
+
+
+def check_grid_size(grids: Sequence[Sequence[int]], units: Sequence[Unit], names: Sequence[str],
+                    max_total: int = MAX_TOTAL_GRID_POINTS) -> None:
+    """A one-line error naming the unit with the most points when the grids, capped, are still too many."""
+    points = [math.prod(len(grids[g]) for g in u.groups) for u in units]
+    total = sum(points)
+    if total <= max_total:
+        return
+    worst = max(range(len(units)), key=lambda i: points[i])
+    u = units[worst]
+    raise HwpruneError(f"cannot profile this model yet: its layer {u.name} depends on {len(u.groups)} groups that "
+                       f"meet at a concatenation ({', '.join(names[g] for g in u.groups[:3])} ...), so its units need "
+                       f"{total:,} grid points even with the grids coarsened (at most {max_total:,})")
 
 
 def enumerate_candidates(wg: WidthGraph, units: Sequence[Unit],

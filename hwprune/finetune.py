@@ -41,7 +41,7 @@ from torch import nn
 from hwprune.data import ImageDataset
 from hwprune.errors import HwpruneError
 from hwprune.groups import (IMPORTANCE_CRITERIA, _build_graph, _iter_groups, _out_channels, _tp,
-                            channel_importance, classifier_layer, find_groups, prune_to_widths)
+                            channel_ranking, classifier_layer, find_groups, prune_to_widths, rank_channels)
 from hwprune.train import TrainHooks, TrainResult, evaluate, train
 
 STRATEGIES = ("standard", "swd", "agp")
@@ -99,13 +99,14 @@ def swd_coefficient(step: int, total_steps: int, a_min: float, a_max: float) -> 
 
 
 def agp_widths(dense: Mapping[str, int], target: Mapping[str, int], n_steps: int,
-               channel_multiple: int = 1) -> list[dict[str, int]]:
+               channel_multiple: int | Mapping[str, int] = 1) -> list[dict[str, int]]:
     """Per-group widths after each of ``n_steps`` AGP pruning steps (Zhu & Gupta 2017).
 
     Sparsity ``s = 1 - width / dense`` follows ``s_k = s_f + (s_i - s_f) (1 - k / n)**3``
     with ``s_i = 0`` (the dense model) and ``s_f`` the target's, for ``k = 1..n``: big cuts
     early while the network is redundant, small ones near the target. Each width is rounded
-    to ``channel_multiple`` and kept within ``[target, dense]``, so the sequence never grows
+    to ``channel_multiple`` (one for all groups, or one per group) and kept within
+    ``[target, dense]``, so the sequence never grows
     and step ``n`` is exactly the target. Groups not in ``target`` stay dense.
 
     Example:
@@ -114,7 +115,8 @@ def agp_widths(dense: Mapping[str, int], target: Mapping[str, int], n_steps: int
     """
     if n_steps < 1:
         raise HwpruneError(f"AGP needs at least one pruning step, got {n_steps}")
-    if channel_multiple < 1:
+    multiples = channel_multiple if isinstance(channel_multiple, Mapping) else {n: channel_multiple for n in dense}
+    if any(int(multiples.get(n, 1)) < 1 for n in dense):
         raise HwpruneError(f"channel_multiple must be >= 1, got {channel_multiple}")
     steps = []
     for k in range(1, n_steps + 1):
@@ -123,7 +125,8 @@ def agp_widths(dense: Mapping[str, int], target: Mapping[str, int], n_steps: int
         for name, d in dense.items():
             t = int(target.get(name, d))
             raw = t + (d - t) * remaining
-            snapped = int(math.floor(raw / channel_multiple + 0.5)) * channel_multiple
+            m = int(multiples.get(name, 1))
+            snapped = int(math.floor(raw / m + 0.5)) * m
             widths[name] = t if k == n_steps else min(d, max(t, snapped))
         steps.append(widths)
     return steps
@@ -162,11 +165,10 @@ def keep_by_importance(model: nn.Module, example_input: torch.Tensor, widths: Ma
     was_training = model.training
     try:
         with torch.enable_grad():  # Torch-Pruning traces through autograd
-            scores = channel_importance(model, example_input, criterion)
+            ranking = channel_ranking(model, example_input, criterion)
     finally:
         model.train(was_training)
-    return {name: sorted(torch.argsort(scores[name], descending=True, stable=True)[:int(w)].tolist())
-            for name, w in widths.items()}
+    return {name: sorted(ranking[name][:int(w)]) for name, w in widths.items()}
 
 
 # --- selective weight decay ------------------------------------------------------------------------
@@ -227,6 +229,7 @@ class SelectiveWeightDecay:
         self.criterion = criterion
         self.p = 2 if criterion == "l2" else 1
         self.channels: dict[str, int] = {}
+        self.steps: dict[str, int] = {}  # channel quantum per group (grouped convolutions)
         self._scored: dict[str, list[_Slice]] = {}
         self._penalised: dict[tuple[int, str], list[_Slice]] = {}
         was_training = model.training
@@ -253,8 +256,9 @@ class SelectiveWeightDecay:
         bn_types = (nn.modules.batchnorm._BatchNorm,)
         score_types = bn_types if self.criterion == "bn-scale" else (
             nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
-        for name, root, _, group, _ in _iter_groups(model, dg, [clf] if clf is not None else []):
+        for name, root, _, group, _, step in _iter_groups(model, dg, [clf] if clf is not None else []):
             self.channels[name] = _out_channels(root)
+            self.steps[name] = step
             scored = self._scored.setdefault(name, [])
             for i, (dep, idxs) in enumerate(group):
                 layer, fn = dep.layer, dep.pruning_fn
@@ -338,7 +342,7 @@ class SelectiveWeightDecay:
         for name, width in self.targets.items():
             s = scores[name]
             mask = torch.ones_like(s, dtype=torch.bool)
-            mask[torch.topk(s, width).indices] = False
+            mask[rank_channels(s.cpu(), self.steps[name])[:width]] = False
             out[name] = mask
         return out
 
@@ -400,7 +404,7 @@ class _AGPHooks(TrainHooks):
     """Prunes the model physically at the scheduled steps and tracks the plan in dense numbering."""
 
     def __init__(self, example_input: torch.Tensor, dense: Mapping[str, int], target: Mapping[str, int],
-                 n_steps: int, end_fraction: float, channel_multiple: int, criterion: str,
+                 n_steps: int, end_fraction: float, channel_multiple: int | Mapping[str, int], criterion: str,
                  say: Callable[[str], None], score: Callable[[nn.Module], float | None] | None = None) -> None:
         self.example_input = example_input
         self.score = score  # called on the model right after the last scheduled prune
@@ -522,9 +526,14 @@ def recover(strategy: str, dense: nn.Module, example_input: torch.Tensor, widths
     x = example_input.detach().to(model_device)
     was_training = dense.training
     try:
-        dense_widths = {g.name: g.channels for g in find_groups(dense, x)}  # (tracing switches to eval mode)
+        dense_groups = find_groups(dense, x)  # (tracing switches to eval mode)
     finally:
         dense.train(was_training)
+    dense_widths = {g.name: g.channels for g in dense_groups}
+    # AGP's intermediate widths: multiples of the device's channel multiple and of each group's step.
+    if int(channel_multiple) < 1:
+        raise HwpruneError(f"channel_multiple must be >= 1, got {channel_multiple}")
+    multiples = {g.name: math.lcm(int(channel_multiple), g.step) for g in dense_groups}
     target = _check_widths(widths, keep, dense_widths)
 
     common = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, seed=seed,
@@ -574,7 +583,7 @@ def recover(strategy: str, dense: nn.Module, example_input: torch.Tensor, widths
         n_steps = agp_steps if agp_steps is not None else max(1, AGP_STEPS_PER_EPOCH * epochs)
         agp_prune_steps(1, n_steps, agp_end_fraction)  # bad settings fail here, not mid-training
         model = copy.deepcopy(dense)
-        hooks = _AGPHooks(x, dense_widths, target, n_steps, agp_end_fraction, channel_multiple, criterion, say,
+        hooks = _AGPHooks(x, dense_widths, target, n_steps, agp_end_fraction, multiples, criterion, say,
                           score)
         if epochs > 0:
             runs.append(train(model, train_ds, epochs=epochs, hooks=hooks, **common))

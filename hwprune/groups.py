@@ -35,11 +35,17 @@ IMPORTANCE_CRITERIA = ("l1", "l2", "bn-scale", "taylor")
 
 @dataclass(frozen=True)
 class PrunableGroup:
-    """One dependency group: its name (root layer), dense channel count and member layers."""
+    """One dependency group: its name (root layer), dense channel count and member layers.
+
+    ``step`` is the group's channel quantum: a group that a grouped (not depthwise) convolution
+    with ``k`` groups produces or consumes is cut in multiples of ``k`` (the lcm over such
+    convolutions), the same channel offsets in each of its ``k`` blocks; 1 otherwise.
+    """
 
     name: str
     channels: int
     members: tuple[str, ...]
+    step: int = 1
 
 
 def _tp():
@@ -87,13 +93,15 @@ def _out_of_place(model: nn.Module):
 
 
 def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable: list | None = None):
-    """Torch-Pruning's groups that hwprune prunes, as (name, root, handler, group, members).
+    """Torch-Pruning's groups that hwprune prunes, as (name, root, handler, group, members, step).
 
-    A group that a grouped (not depthwise) convolution produces or consumes, or whose channels
-    are tied (``_tied_channels``), is left out, wherever groups are listed (search, importance,
-    cuts, recovery): cutting it needs the same number of channels cut in each of the
-    convolution's groups, or gives fewer channels than asked, which the pruner does not
-    guarantee. ``unprunable``, when given, receives an ``UnprunableGroup`` for each.
+    A group that reaches a grouped (not depthwise) convolution is cut in multiples of its
+    groups (``step``, see ``_grouped_conv_step``). A group whose channels are tied
+    (``_tied_channels``), that reaches a grouped convolution through a concatenation or split,
+    or that reaches a layer the tracer could not map, is left out wherever groups are listed
+    (search, importance, cuts, recovery): cutting it gives fewer channels than asked or breaks
+    a layer, which the pruner does not guarantee. ``unprunable``, when given, receives an
+    ``UnprunableGroup`` for each.
     """
     tp = _tp()
     names = {id(m): n for n, m in model.named_modules()}
@@ -112,12 +120,15 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable:
             n = names.get(id(mod))
             if n is not None and n not in members and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
                 members.append(n)
-        reason = _opaque_in(g, dg) or _grouped_conv_in(g, names) or _tied_channels(dg, root, handler, names[id(root)])
+        step, reason = _grouped_conv_step(g, names)
+        reason = _opaque_in(g, dg) or reason or _tied_channels(dg, root, handler, names[id(root)])
+        if reason is None and _out_channels(root) <= step:
+            reason = f"its {_out_channels(root)} channels are one block of its grouped convolutions; kept at full width"
         if reason is not None:
             if unprunable is not None:
                 unprunable.append(UnprunableGroup(names[id(root)], _out_channels(root), reason))
             continue
-        yield names[id(root)], root, handler, g, tuple(members)
+        yield names[id(root)], root, handler, g, tuple(members), step
 
 
 def _out_channels(m: nn.Module) -> int:
@@ -138,9 +149,10 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: Sequence
     """The prunable dependency groups of ``model``, in network order.
 
     ``ignored`` layers keep their output channels; the classifier is always ignored. A group
-    whose channels a grouped convolution (not depthwise) produces or consumes stays at full
-    width (see ``_iter_groups``), so the rest of the model still prunes; ``unprunable``, when
-    given, receives those groups and why.
+    that a grouped convolution (not depthwise) produces or consumes is cut in multiples of its
+    groups (``PrunableGroup.step``). A group that cannot be cut stays at full width (see
+    ``_iter_groups``), so the rest of the model still prunes; ``unprunable``, when given,
+    receives those groups and why.
     """
     model = model.eval()
     clf = classifier_layer(model)
@@ -148,8 +160,12 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: Sequence
     dg = _build_graph(model, example_input)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     skipped: list[UnprunableGroup] = []
-    groups = [PrunableGroup(name, _out_channels(root), members)
-              for name, root, _, _, members in _iter_groups(model, dg, ignored_layers, skipped)]
+    groups = [PrunableGroup(name, _out_channels(root), members, step)
+              for name, root, _, _, members, step in _iter_groups(model, dg, ignored_layers, skipped)]
+    failing = _cut_failures(model, example_input, groups, getattr(dg, "hwprune_structure", None))
+    if failing:
+        skipped += [UnprunableGroup(g.name, g.channels, failing[g.name]) for g in groups if g.name in failing]
+        groups = [g for g in groups if g.name not in failing]
     groups.sort(key=lambda g: order[g.name])
     skipped.sort(key=lambda u: order[u.name])
     if unprunable is not None:
@@ -170,14 +186,30 @@ def _opaque_in(group, dg) -> str | None:
     return None
 
 
-def _grouped_conv_in(group, names: dict[int, str]) -> str | None:
-    """Why ``group`` (a Torch-Pruning group) cannot be cut: it touches a grouped, non-depthwise conv."""
+def _grouped_conv_step(group, names: dict[int, str]) -> tuple[int, str | None]:
+    """The channel quantum of ``group`` (a Torch-Pruning group) and, when it cannot be cut, why.
+
+    A grouped (not depthwise) convolution with ``k`` groups takes its input and gives its output
+    in ``k`` equal blocks, and Torch-Pruning cuts its input weights by the first block's offsets
+    (``ConvPruner.prune_in_channels``): the group is cut in multiples of ``k``, the same offsets
+    in every block. That holds only when the conv's channels are the group's channels one to
+    one; reached through a concatenation or a split, the blocks do not line up and the group
+    stays at full width.
+    """
+    step = 1
     for item in group:
         mod = item.dep.target.module
-        if isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1 and mod.groups != mod.in_channels:
-            return (f"{names.get(id(mod), type(mod).__name__)} is a grouped convolution (groups={mod.groups}); "
-                    f"kept at full width")
-    return None
+        if not (isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1 and mod.groups != mod.in_channels):
+            continue
+        local = [int(i) for i in item.idxs]
+        roots = [None if r is None else int(r) for r in (item.root_idxs or [])]
+        out = getattr(item.dep.handler, "__name__", "") == "prune_out_channels"
+        size = mod.out_channels if out else mod.in_channels
+        if local != list(range(size)) or roots != local:
+            return step, (f"{names.get(id(mod), type(mod).__name__)} is a grouped convolution (groups={mod.groups}) "
+                          f"reached through a concatenation or split; kept at full width")
+        step = math.lcm(step, int(mod.groups))
+    return step, None
 
 
 # (model structure, group name) -> why its channels are tied, or None: a structural fact, and
@@ -208,6 +240,55 @@ def _ask_tied_channels(dg, root: nn.Module, handler) -> str | None:
             return (f"cutting one of its channels cuts {cut} (channels tied, e.g. a conv's output concatenated "
                     f"with a copy of it); kept at full width")
     return None
+
+
+# (model structure, group names) -> {group: why its cut fails}: a structural fact, and probing
+# costs a few prunes, repeated on every find_groups otherwise.
+_CUT_FAILURES: dict[tuple, dict[str, str]] = {}
+
+
+def _cut_failures(model: nn.Module, example_input: torch.Tensor, groups: Sequence[PrunableGroup],
+                  structure: tuple | None) -> dict[str, str]:
+    """The groups whose cut by one channel step breaks the forward pass, and why.
+
+    Torch-Pruning's graph knows layers, not the shape arithmetic between them: an attention
+    block reshapes its projections into ``(heads, head_dim)`` with the head count written in
+    the code, so a cut of one channel there is valid for Torch-Pruning and fails at run time.
+    All groups are cut together once; only when that fails are they halved until each failing
+    group is found (a few prunes for a few such groups).
+    """
+    key = (structure, tuple(g.name for g in groups))
+    if structure is not None and key in _CUT_FAILURES:
+        return _CUT_FAILURES[key]
+
+    def fails(subset: Sequence[PrunableGroup]) -> str | None:
+        try:
+            pruned = prune_to_widths(model, example_input, {g.name: g.channels - g.step for g in subset})
+            with torch.no_grad():
+                pruned(example_input)
+            return None
+        except Exception as err:  # a failed cut shows as any error the model's code raises
+            text = " ".join(str(err).split()) or type(err).__name__
+            return text[:200]
+
+    def search(subset: Sequence[PrunableGroup], err: str) -> dict[str, str]:
+        if len(subset) == 1:
+            return {subset[0].name: f"cutting {subset[0].step} channel(s) of it breaks the forward pass ({err}); "
+                                    f"kept at full width"}
+        found: dict[str, str] = {}
+        for part in (subset[:len(subset) // 2], subset[len(subset) // 2:]):
+            part_err = fails(part)
+            if part_err is not None:
+                found.update(search(part, part_err))
+        # each half runs alone but not together: keep them all dense rather than guess
+        return found or {g.name: f"cut together with other groups it breaks the forward pass ({err}); "
+                                 f"kept at full width" for g in subset}
+
+    err = fails(groups) if groups else None
+    out = {} if err is None else search(list(groups), err)
+    if structure is not None:
+        _CUT_FAILURES[key] = out
+    return out
 
 
 def snap_channels(channels: float, dense: int, multiple: int) -> int:
@@ -254,17 +335,55 @@ def _importance(criterion: str):
 def channel_importance(model: nn.Module, example_input: torch.Tensor,
                        criterion: str = "l1") -> dict[str, torch.Tensor]:
     """Per-channel importance of every group's output channels, by group name."""
+    return {name: s for name, (s, _) in _scored_groups(model, example_input, criterion).items()}
+
+
+def channel_ranking(model: nn.Module, example_input: torch.Tensor, criterion: str = "l1") -> dict[str, list[int]]:
+    """Every group's channels from most to least important (``rank_channels``): the ``w`` first
+    are the channels a cut to width ``w`` keeps."""
+    return {name: rank_channels(s, step) for name, (s, step) in _scored_groups(model, example_input, criterion).items()}
+
+
+def _scored_groups(model: nn.Module, example_input: torch.Tensor, criterion: str) -> dict[str, tuple[torch.Tensor, int]]:
     model = model.eval()
     dg = _build_graph(model, example_input)
     clf = classifier_layer(model)
     imp = _importance(criterion)
     scores = {}
-    for name, _, _, g, _ in _iter_groups(model, dg, [clf] if clf is not None else []):
+    for name, _, _, g, _, step in _iter_groups(model, dg, [clf] if clf is not None else []):
         s = imp(g)
         if s is None:
             raise HwpruneError(f"importance '{criterion}' is undefined for group '{name}'")
-        scores[name] = s.detach().float().cpu()
+        scores[name] = (s.detach().float().cpu(), step)
     return scores
+
+
+def rank_channels(scores: torch.Tensor, step: int = 1) -> list[int]:
+    """Channel indices from most to least important by ``scores`` (stable: ties keep index order).
+
+    With ``step`` k > 1 (a group reaching a grouped convolution, see ``PrunableGroup.step``) the
+    channels are k equal blocks and an offset is ranked by its scores summed over the blocks;
+    each offset brings its k channels together, so every prefix of k·n channels keeps the same
+    n offsets in every block, as the convolution needs.
+    """
+    if step <= 1:
+        return torch.argsort(scores, descending=True, stable=True).tolist()
+    block = scores.numel() // step
+    if block * step != scores.numel():
+        raise HwpruneError(f"{scores.numel()} channels do not split into {step} equal blocks")
+    offsets = torch.argsort(scores.reshape(step, block).sum(0), descending=True, stable=True).tolist()
+    return [b * block + o for o in offsets for b in range(step)]
+
+
+def _check_blocks(name: str, kept: Sequence[int], dense: int, step: int) -> None:
+    """A kept set of a stepped group must keep the same offsets in each of its ``step`` blocks."""
+    if step <= 1:
+        return
+    block = dense // step
+    offsets = [sorted(i - b * block for i in kept if b * block <= i < (b + 1) * block) for b in range(step)]
+    if any(o != offsets[0] for o in offsets):
+        raise HwpruneError(f"group '{name}': a grouped convolution needs the same channels kept in each of its "
+                           f"{step} blocks of {block}; the kept channels differ between blocks")
 
 
 def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mapping[str, int],
@@ -288,7 +407,7 @@ def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mappi
     # Groups are traced one at a time, after the cuts before them (Torch-Pruning yields them
     # lazily): a group's indices into a concatenation shift when a group feeding an earlier
     # part of it is cut, so a group listed up front would be scored and cut at stale indices.
-    for name, root, handler, g, _ in _iter_groups(model, dg, [clf] if clf is not None else []):
+    for name, root, handler, g, _, step in _iter_groups(model, dg, [clf] if clf is not None else []):
         if kept_out is None and requested <= known:
             break  # nothing left to cut: the width probe cuts one group, and tracing the rest costs
         known.add(name)
@@ -301,25 +420,74 @@ def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mappi
             kept = sorted(int(i) for i in keep[name])
             if not kept or kept[-1] >= dense or len(set(kept)) != len(kept):
                 raise HwpruneError(f"group '{name}': kept channel indices do not fit its {dense} channels")
+            _check_blocks(name, kept, dense, step)
         else:
             target = int(widths[name])
             if not 1 <= target <= dense:
                 raise HwpruneError(f"group '{name}': width {target} outside [1, {dense}]")
+            if target % step:
+                raise HwpruneError(f"group '{name}' reaches a grouped convolution and is cut in multiples of "
+                                   f"{step} channels; width {target} is not one")
             if target == dense:
                 kept = list(range(dense))
             else:
-                scores = imp(g)
-                kept = sorted(torch.argsort(scores, descending=True)[:target].tolist())
+                kept = sorted(rank_channels(imp(g), step)[:target])
         if kept_out is not None:
             kept_out[name] = kept
         if len(kept) == dense:
             continue
         drop = sorted(set(range(dense)) - set(kept))
-        dg.get_pruning_group(root, handler, idxs=drop).prune()
+        cut = dg.get_pruning_group(root, handler, idxs=drop)
+        companions = _weight_shaped_companions(cut)
+        cut.prune()
+        _cut_companions(companions)
     unknown = (set(widths) | set(keep or {})) - known
     if unknown:
         raise HwpruneError(f"unknown group(s) {', '.join(sorted(unknown))} (model groups: {', '.join(sorted(known))})")
     return model
+
+
+def _weight_shaped_companions(cut) -> list[tuple[nn.Module, str, int, list[int]]]:
+    """The tensors a pruning group's convs and linears hold beside weight and bias with the
+    weight's own shape (a fixed connectivity mask, as X-DenseNet's X-convolution keeps), and how
+    to cut each as Torch-Pruning cuts the weight: (module, attribute, dim, kept indices).
+
+    Torch-Pruning cuts the parameters it knows per layer type; a mask left whole no longer
+    matches the weight it multiplies, and the forward pass fails.
+    """
+    found = []
+    for item in cut:
+        mod = item.dep.target.module
+        if not isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
+            continue
+        kind = getattr(item.dep.handler, "__name__", "")
+        if kind not in ("prune_out_channels", "prune_in_channels"):
+            continue
+        weight_shape = tuple(mod.weight.shape)
+        extra = [n for n, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False))
+                 if n not in ("weight", "bias") and t is not None and tuple(t.shape) == weight_shape]
+        if not extra:
+            continue
+        out = kind == "prune_out_channels"
+        transposed = bool(getattr(mod, "transposed", False))
+        dim = (1 if transposed else 0) if out else (0 if transposed else 1)
+        size = _out_channels(mod) if out else (mod.in_channels if isinstance(mod, nn.modules.conv._ConvNd)
+                                               else mod.in_features)
+        keep = sorted(set(range(size)) - {int(i) for i in item.idxs})
+        if not out and isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1:
+            keep = keep[:len(keep) // mod.groups]  # the weight holds one block of a grouped conv's input
+        found += [(mod, n, dim, keep) for n in extra]
+    return found
+
+
+def _cut_companions(companions: Sequence[tuple[nn.Module, str, int, list[int]]]) -> None:
+    for mod, attr, dim, keep in companions:
+        t = getattr(mod, attr)
+        cut = torch.index_select(t.data, dim, torch.as_tensor(keep, dtype=torch.long, device=t.device))
+        if isinstance(t, nn.Parameter):
+            setattr(mod, attr, nn.Parameter(cut, requires_grad=t.requires_grad))
+        else:
+            setattr(mod, attr, cut)
 
 
 def _forward_then_remove(model: nn.Module, example_input: torch.Tensor, hooks: list) -> None:

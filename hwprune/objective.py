@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import HwpruneError, user_code
-from hwprune.groups import PrunableGroup, channel_importance, find_groups, prune_to_widths
+from hwprune.groups import PrunableGroup, channel_ranking, find_groups, prune_to_widths
 
 # Criteria that rank channels from the weights alone; taylor needs gradients of a loss, which
 # only the built-in classification proxy has.
@@ -63,14 +63,12 @@ class PrunedScore:
         with num_threads(threads):
             self.groups: list[PrunableGroup] = find_groups(self.model, self.example_input)
             self.dense_widths: dict[str, int] = {g.name: g.channels for g in self.groups}
-            scores = self._importance()
+            # Channels of each group from most to least important (stable, so ties keep order).
+            self._ranking = self._rank()
             self.model.zero_grad(set_to_none=True)
-        # Channels of each group from most to least important (stable, so ties keep order).
-        self._ranking = {name: torch.argsort(scores[name], descending=True, stable=True).tolist()
-                         for name in self.dense_widths}
 
-    def _importance(self) -> dict[str, torch.Tensor]:
-        return channel_importance(self.model, self.example_input, self.criterion)
+    def _rank(self) -> dict[str, list[int]]:
+        return channel_ranking(self.model, self.example_input, self.criterion)
 
     def _prepare(self, model: nn.Module) -> None:
         """Make a freshly cut model ready to score (in place); nothing by default."""

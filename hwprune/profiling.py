@@ -25,7 +25,7 @@ import torch
 
 from hwprune.agents.base import SearchSpace
 from hwprune.candidates import (MAX_UNIT_GRID_POINTS, Candidate, build_width_graph, cap_unit_grids,
-                                enumerate_candidates, grids_for)
+                                check_grid_size, enumerate_candidates, grids_for)
 from hwprune.errors import HwpruneError
 from hwprune.export import check_input_shape, export_onnx
 from hwprune.groups import PrunableGroup, UnprunableGroup, find_groups, prune_to_widths
@@ -127,7 +127,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         staircases = _staircases(wg, units, groups, rows, path.with_name(f"{path.name}.steps-{_journal_id(key, cfg)}"),
                                  local_fp, log)
     space = SearchSpace([g.name for g in groups], [g.channels for g in groups], cfg.width_multiple,
-                        [s.allowed for s in staircases] if staircases is not None else None)
+                        [s.allowed for s in staircases] if staircases is not None else None,
+                        steps=[g.step for g in groups])
     grids = _table_grids(groups, units, cfg, ratios, space, log)
 
     # The model's structure: which signature each unit has at each grid point.
@@ -143,6 +144,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         "batch": cfg.batch_size, "precision": cfg.precision,
         "weights": spec.weights, "ratios": list(ratios) if ratios else None, "channel_multiple": cfg.channel_multiple,
         "groups": [{"name": g.name, "channels": g.channels, "grid": grid, "members": list(g.members),
+                    **({"step": g.step} if g.step > 1 else {}),
                     **({"allowed": s.allowed} if s is not None else {})}
                    for g, grid, s in zip(groups, grids, staircases or [None] * len(groups))],
         "unprunable": [dataclasses.asdict(u) for u in unprunable],
@@ -224,7 +226,7 @@ def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work:
                 log) -> list[Staircase]:
     """Each group's latency staircase (measured now where the LUT lacks a point) and its allowed widths."""
     cfg, lut = rows.cfg, rows.lut
-    points = list(staircase_candidates(wg, units))
+    points = list(staircase_candidates(wg, units, [g.step for g in groups]))
     todo: dict[str, Candidate] = {}
     for p in points:
         todo.setdefault(p.candidate.signature, p.candidate)
@@ -256,6 +258,7 @@ def _table_grids(groups: Sequence[PrunableGroup], units, cfg: DeviceConfig, rati
                 sorted({space.snap(gi, r * g.channels) for r in ratios} | {space.choices(gi)[0], g.channels})
                 for gi, g in enumerate(groups)]
     grids = cap_unit_grids(fine, units)
+    check_grid_size(grids, units, [g.name for g in groups])
     coarsened = [g.name for g, a, b in zip(groups, fine, grids) if a != b]
     if coarsened:
         log(f"warning: {len(coarsened)} group(s) profiled on a coarser grid, since a layer after a concatenation "

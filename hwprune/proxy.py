@@ -124,10 +124,10 @@ class AccuracyProxy(PrunedScore):
             self._train_batches = list(zip(tr_x.split(train_batch_size), tr_y.split(train_batch_size)))
         super().__init__(dense_model, example_input, criterion=criterion, cache=cache, threads=threads)
 
-    def _importance(self) -> dict[str, torch.Tensor]:
+    def _rank(self) -> dict[str, list[int]]:
         if self.criterion == "taylor":
             self._accumulate_gradients(self._bn_batches, self._bn_labels)
-        return super()._importance()
+        return super()._rank()
 
     def _prepare(self, model: nn.Module) -> None:
         recalibrate_bn(model, self._bn_batches)

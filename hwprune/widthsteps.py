@@ -50,14 +50,17 @@ RULE = ("a width is allowed when the group's measured latency there is lower tha
         "one's and by at least min_step_ms; the cheapest width measured is always allowed")
 
 
-def staircase_widths(dense: int) -> list[int]:
+def staircase_widths(dense: int, step: int = 1) -> list[int]:
     """The widths a group's staircase is measured at: every one up to ``FINE_BELOW``, then
-    ``POINTS_PER_OCTAVE`` per doubling, and ``dense``."""
-    widths = set(range(1, min(dense, FINE_BELOW) + 1))
-    w = FINE_BELOW
+    ``POINTS_PER_OCTAVE`` per doubling, and ``dense``; with a channel ``step`` (a group reaching a
+    grouped convolution), every multiple of it up to ``FINE_BELOW`` steps, then those of the
+    doubling grid rounded up to a multiple."""
+    step = max(1, int(step))
+    widths = set(range(step, min(dense, FINE_BELOW * step) + 1, step))
+    w = FINE_BELOW * step
     while w < dense:
         w += max(1, (1 << (w.bit_length() - 1)) // POINTS_PER_OCTAVE)
-        widths.add(min(w, dense))
+        widths.add(min(-(-w // step) * step, dense))
     widths.add(dense)
     return sorted(widths)
 
@@ -71,11 +74,13 @@ class StairPoint:
     candidate: Candidate
 
 
-def staircase_candidates(wg: WidthGraph, units: Sequence[Unit]) -> Iterator[StairPoint]:
-    """Every (group, width, unit) of the staircases, with the unit's signature at that point."""
+def staircase_candidates(wg: WidthGraph, units: Sequence[Unit],
+                         steps: Sequence[int] | None = None) -> Iterator[StairPoint]:
+    """Every (group, width, unit) of the staircases, with the unit's signature at that point
+    (``steps``: each group's channel quantum, 1 when not given)."""
     dense = list(wg.dense_widths)
     for g, d in enumerate(dense):
-        for w in staircase_widths(d):
+        for w in staircase_widths(d, steps[g] if steps is not None else 1):
             for u in units:
                 if g not in u.groups:
                     continue
@@ -181,16 +186,17 @@ def search_space(groups: Sequence[Any], cfg: Any, predictor: Any | None) -> Any:
     from hwprune.agents.base import SearchSpace
 
     names, dense = [g.name for g in groups], [int(g.channels) for g in groups]
+    steps = [int(getattr(g, "step", 1)) for g in groups]
     if not cfg.auto_widths:
-        return SearchSpace(names, dense, int(cfg.channel_multiple))
+        return SearchSpace(names, dense, int(cfg.channel_multiple), steps=steps)
     if predictor is None:
-        return SearchSpace(names, dense, 1)
+        return SearchSpace(names, dense, 1, steps=steps)
     if predictor.allowed is None:
         made = predictor.structure.get("channel_multiple")
         raise HwpruneError(f"the LUT's profile of this model has no measured width steps (it was profiled with "
                            f"channel_multiple {made}) but {cfg.name} asks for channel_multiple auto: run "
                            f"hwprune profile again with this device config (it measures only what is missing)")
-    return SearchSpace(names, dense, 1, predictor.allowed)
+    return SearchSpace(names, dense, 1, predictor.allowed, steps=steps)
 
 
 def staircases_of(structure: Mapping[str, Any]) -> list[Staircase] | None:

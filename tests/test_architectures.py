@@ -9,16 +9,20 @@ import math
 
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from onnx import shape_inference
 
-from hwprune.candidates import (MAX_UNIT_GRID_POINTS, build_width_graph, cap_unit_grids, enumerate_candidates,
-                                grids_for)
+from hwprune.agents.base import SearchSpace
+from hwprune.candidates import (MAX_UNIT_GRID_POINTS, build_width_graph, cap_unit_grids, check_grid_size,
+                                enumerate_candidates, grids_for)
 from hwprune.export import export_onnx
-from hwprune.groups import find_groups, group_widths, prune_to_widths
+from hwprune.errors import HwpruneError
+from hwprune.groups import find_groups, group_widths, prune_to_widths, rank_channels
 from hwprune.widthgraph import HEAVY_OPS, _normalize
+from hwprune.widthsteps import staircase_widths
 
 torch.set_num_threads(1)
 
@@ -217,3 +221,153 @@ def test_grids_of_groups_meeting_after_a_concatenation_are_capped():
     for f, c in zip(fine, grids):
         assert set(c) <= set(f) and (c[0], c[-1]) == (f[0], f[-1])  # the ends stay: nothing is extrapolated
     assert len(list(enumerate_candidates(wg, units, grids))) <= MAX_UNIT_GRID_POINTS * len(units)
+    # and when even the capped grids are too many, the profile stops at once, naming the layer
+    names = [g.name for g in groups]
+    check_grid_size(grids, units, names)
+    total = sum(math.prod(len(grids[g]) for g in u.groups) for u in units)
+    with pytest.raises(HwpruneError, match=r"its layer /aggregate/Conv depends on 6 groups that meet at a concatenation"):
+        check_grid_size(grids, units, names, max_total=total - 1)
+
+
+class _GroupedNet(nn.Module):
+    """ResNeXt/IGCV3-style grouped convolutions (not depthwise): a conv with 4 groups whose input
+    another conv makes, then a 1x1 conv with 2 groups, then the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.g4 = nn.Sequential(nn.Conv2d(32, 64, 3, padding=1, groups=4), nn.BatchNorm2d(64), nn.ReLU())
+        self.g2 = nn.Sequential(nn.Conv2d(64, 48, 1, groups=2), nn.BatchNorm2d(48), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 10))
+
+    def forward(self, x):
+        return self.head(self.g2(self.g4(self.stem(x))))
+
+
+def test_grouped_convolutions_are_cut_in_multiples_of_their_groups():
+    torch.manual_seed(0)
+    model, x = _GroupedNet().eval(), torch.randn(1, 3, 8, 8)
+    groups = find_groups(model, x)
+    # each group's quantum is the lcm of the groups of the grouped convs it feeds or leaves
+    assert [(g.name, g.channels, g.step) for g in groups] == [("stem.0", 32, 4), ("g4.0", 64, 4), ("g2.0", 48, 2)]
+    _matches_real_pruned_exports(model, x, [[16, 40, 30], [4, 4, 2], [28, 64, 48]])
+    with pytest.raises(HwpruneError, match="multiples of 4 channels; width 30 is not one"):
+        prune_to_widths(model, x, {"stem.0": 30})
+
+
+def test_a_cut_grouped_convolution_computes_the_kept_channels_of_the_dense_one():
+    # The same offsets are kept in every block of a stepped group, so the pruned network is the
+    # dense one with the dropped channels' activations set to zero (here after the stem's ReLU,
+    # whose output only the 4-group conv reads).
+    torch.manual_seed(0)
+    model, x = _GroupedNet().eval(), torch.randn(2, 3, 8, 8)
+    for bn in (model.stem[1], model.g4[1]):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    kept: dict[str, list[int]] = {}
+    pruned = prune_to_widths(model, x, {"stem.0": 12}, kept_out=kept)
+    offsets = [sorted(i - b * 8 for i in kept["stem.0"] if b * 8 <= i < b * 8 + 8) for b in range(4)]
+    assert len(kept["stem.0"]) == 12 and all(o == offsets[0] for o in offsets)
+    mask = torch.zeros(32)
+    mask[kept["stem.0"]] = 1.0
+    hook = model.stem[2].register_forward_hook(lambda m, i, out: out * mask.view(1, -1, 1, 1))
+    try:
+        with torch.no_grad():
+            assert torch.allclose(pruned(x), model(x), atol=1e-5)
+    finally:
+        hook.remove()
+
+
+def test_rank_channels_keeps_the_same_offsets_in_every_block():
+    scores = torch.tensor([1.0, 9.0, 2.0, 0.0, 8.0, 3.0])  # 2 blocks of 3: offset sums 1+0, 9+8, 2+3
+    assert rank_channels(scores) == [1, 4, 5, 2, 0, 3]
+    assert rank_channels(scores, 2) == [1, 4, 2, 5, 0, 3]
+    with pytest.raises(HwpruneError, match="do not split into 4 equal blocks"):
+        rank_channels(scores, 4)
+
+
+def test_a_search_space_rounds_a_stepped_group_to_its_step_and_the_device_multiple():
+    space = SearchSpace(["a", "b"], [64, 48], 8, steps=[1, 3])
+    assert space.choices(0) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert space.choices(1) == [24, 48]  # lcm(8, 3)
+    assert space.snap(1, 30) == 24 and space.fingerprint()["steps"] == [1, 3]
+    assert staircase_widths(24, 2) == list(range(2, 25, 2))
+    assert all(w % 3 == 0 for w in staircase_widths(96, 3))
+    with pytest.raises(HwpruneError, match="multiples of 3 channels"):
+        SearchSpace(["a", "b"], [64, 48], 1, allowed=[[8, 64], [10, 48]], steps=[1, 3])
+
+
+class _AttentionNet(nn.Module):
+    """A ViT-style block: patch embedding, multi-head self-attention whose projections are
+    reshaped into (heads, head_dim) with the head count written in the code, and a GELU MLP."""
+
+    heads = 2
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 32, 4, stride=4)
+        self.norm1, self.norm2 = nn.LayerNorm(32), nn.LayerNorm(32)
+        self.q, self.k, self.v, self.proj = (nn.Linear(32, 32) for _ in range(4))
+        self.fc1, self.fc2 = nn.Linear(32, 64), nn.Linear(64, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)  # (B, N, 32)
+        b, n, _ = t.shape
+        h = self.norm1(t)
+        q, k, v = (p(h).view(b, n, self.heads, 16).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1) @ v
+        t = t + self.proj(a.transpose(1, 2).reshape(b, n, 32))
+        t = t + self.fc2(F.gelu(self.fc1(self.norm2(t))))
+        return self.head(t.mean(1))
+
+
+def test_a_group_whose_cut_breaks_the_forward_pass_stays_dense_and_the_mlp_still_prunes():
+    # Cutting one channel of the attention projections breaks their reshape into heads (Torch-
+    # Pruning cannot see it); those groups are found by one trial cut and stay dense, with the
+    # error as the reason, and the MLP's hidden width still prunes end to end.
+    torch.manual_seed(0)
+    model, x = _AttentionNet().eval(), torch.randn(1, 3, 16, 16)
+    unprunable = []
+    groups = find_groups(model, x, unprunable=unprunable)
+    assert "fc1" in [g.name for g in groups]
+    broken = [u for u in unprunable if "breaks the forward pass" in u.reason]
+    assert broken and all("kept at full width" in u.reason for u in broken)
+    assert not {u.name for u in broken} & {g.name for g in groups}
+    _matches_real_pruned_exports(model, x, [[g.channels // 2 for g in groups]])
+
+
+class _MaskedConv(nn.Conv2d):
+    """X-DenseNet's X-convolution: a fixed random connectivity mask of the weight's shape."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask = nn.Parameter((torch.rand_like(self.weight) > 0.5).float(), requires_grad=False)
+        self.register_buffer("scale", torch.rand_like(self.weight) + 0.5)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.mask * self.scale, self.bias, self.stride, self.padding)
+
+
+class _MaskedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = _MaskedConv(3, 16, 3, padding=1)
+        self.c2 = _MaskedConv(16, 24, 3, padding=1)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(torch.relu(self.c2(torch.relu(self.c1(x)))), 1).flatten(1))
+
+
+def test_a_layers_weight_shaped_mask_is_cut_with_its_weight():
+    torch.manual_seed(0)
+    model, x = _MaskedNet().eval(), torch.randn(1, 3, 8, 8)
+    assert [g.name for g in find_groups(model, x)] == ["c1", "c2"]
+    kept: dict[str, list[int]] = {}
+    pruned = prune_to_widths(model, x, {"c1": 10, "c2": 8}, kept_out=kept)
+    for conv in (pruned.c1, pruned.c2):
+        assert conv.mask.shape == conv.scale.shape == conv.weight.shape and not conv.mask.requires_grad
+    # the kept mask entries are the dense mask's at the kept channels
+    assert torch.equal(pruned.c2.mask, model.c2.mask[kept["c2"]][:, kept["c1"]])
+    _matches_real_pruned_exports(model, x, [[10, 8], [1, 24]])

@@ -780,24 +780,30 @@ def net(in_channels=1, num_classes=10):
 """
 
 
-def test_a_grouped_convolution_is_left_at_full_width_and_the_rest_still_prunes(env, tmp_path):
-    # the grouped conv's input and output groups stay dense, listed as such; the model profiles,
-    # prunes (the other groups) and certifies instead of failing on the first width probe
+def test_a_grouped_convolution_prunes_in_multiples_of_its_groups_and_a_concatenation_into_it_stays_dense(
+        env, tmp_path):
+    # the grouped conv's own output is cut in multiples of its 2 groups; its input comes from a
+    # concatenation, whose blocks do not line up with the conv's, so the two producers stay
+    # dense, listed as such; the model profiles, prunes and certifies instead of failing on the
+    # first width probe
     (tmp_path / "grouped.py").write_text(GROUPED_MODEL)
     model, lut = f"{tmp_path / 'grouped.py'}:net", tmp_path / "g.parquet"
     prof = _invoke(["profile", "-d", env["device"], "-m", model, "--input-shape", SHAPE, "--lut", str(lut),
                     "--calibration-samples", "0", "-q"])
     _ok(prof)
-    assert "is left at full width: grouped.0 is a grouped convolution (groups=2)" in prof.stderr
+    assert ("is left at full width: grouped.0 is a grouped convolution (groups=2) reached through a "
+            "concatenation or split") in prof.stderr
     out = tmp_path / "run"
     res = _invoke(["prune", "-d", env["device"], "-m", model, "--data", env["data"], "--lut", str(lut),
                    "--out", str(out), "--input-shape", SHAPE, "--max-params", "85%", "--agent", "uniform",
                    "--finetune-epochs", "0", "--max-evaluations", "4", "-q"])
     _ok(res)
     r = _report(out)
-    # the concatenation's two producers feed the grouped conv, whose output is its own group
-    assert {u["name"] for u in r["unprunable_groups"]} == {"left.0", "right.0", "grouped.0"}
-    assert set(r["pruned"]["channels"]) == {"dw.0", "project.0"}  # the inverted residual still prunes
+    assert {u["name"] for u in r["unprunable_groups"]} == {"left.0", "right.0"}
+    # the inverted residual and the grouped conv's output still prune
+    assert set(r["pruned"]["channels"]) == {"dw.0", "project.0", "grouped.0"}
+    dense_w, pruned_w = r["pruned"]["channels"]["grouped.0"]
+    assert dense_w == 64 and pruned_w % 2 == 0
     assert r["pruned"]["params"] < r["dense"]["params"]
     assert "Left at full width" in (out / "report.md").read_text()
     sess = ort.InferenceSession(str(out / "pruned.onnx"))  # the pruned ONNX runs

@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import bisect
 import inspect
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -31,14 +32,23 @@ Widths = dict[str, int]
 class SearchSpace:
     """Per-group allowed widths: multiples of ``channel_multiple`` from one multiple to dense, or,
     with ``allowed``, exactly those widths per group (the steps a device measured; see
-    :mod:`hwprune.widthsteps`)."""
+    :mod:`hwprune.widthsteps`). ``steps`` gives a group's channel quantum (a group reaching a
+    grouped convolution is cut in multiples of its groups, ``PrunableGroup.step``): its widths
+    are multiples of the lcm of the two."""
 
     group_names: list[str]
     dense: list[int]
     channel_multiple: int = 1
     allowed: list[list[int]] | None = None
+    steps: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.steps is not None:
+            self.steps = [max(1, int(k)) for k in self.steps]
+            if len(self.steps) != len(self.dense):
+                raise HwpruneError(f"channel steps given for {len(self.steps)} groups, the space has {len(self.dense)}")
+            if all(k == 1 for k in self.steps):
+                self.steps = None
         if self.allowed is not None:
             if len(self.allowed) != len(self.dense):
                 raise HwpruneError(f"allowed widths given for {len(self.allowed)} groups, the space has {len(self.dense)}")
@@ -46,12 +56,24 @@ class SearchSpace:
             for name, a, d in zip(self.group_names, self.allowed, self.dense):
                 if a[0] < 1 or a[-1] != d:
                     raise HwpruneError(f"group '{name}': allowed widths must lie in [1, {d}], got {a}")
+            for g, (name, a) in enumerate(zip(self.group_names, self.allowed)):
+                if any(w % self.step(g) for w in a):
+                    raise HwpruneError(f"group '{name}' is cut in multiples of {self.step(g)} channels; "
+                                       f"allowed widths {a} are not all multiples")
+
+    def step(self, g: int) -> int:
+        """Group ``g``'s channel quantum (1 unless it reaches a grouped convolution)."""
+        return 1 if self.steps is None else self.steps[g]
+
+    def multiple_of(self, g: int) -> int:
+        """The multiple group ``g``'s widths are rounded to without ``allowed``."""
+        return math.lcm(int(self.channel_multiple), self.step(g))
 
     def choices(self, g: int) -> list[int]:
         """Allowed widths of group ``g``, ascending (dense always allowed)."""
         if self.allowed is not None:
             return list(self.allowed[g])
-        m, d = self.channel_multiple, self.dense[g]
+        m, d = self.multiple_of(g), self.dense[g]
         if d <= m:
             return [d]
         return sorted(set(range(m, d + 1, m)) | {d})
@@ -68,7 +90,7 @@ class SearchSpace:
             return a[i] if a[i] - channels <= channels - a[i - 1] else a[i - 1]
         from hwprune.groups import snap_channels
 
-        return snap_channels(channels, self.dense[g], self.channel_multiple)
+        return snap_channels(channels, self.dense[g], self.multiple_of(g))
 
     def next_wider(self, g: int, width: int) -> int | None:
         """The allowed width of group ``g`` just above ``width`` (None at dense)."""
@@ -82,6 +104,8 @@ class SearchSpace:
                                "channel_multiple": int(self.channel_multiple)}
         if self.allowed is not None:
             out["allowed"] = [list(a) for a in self.allowed]
+        if self.steps is not None:
+            out["steps"] = list(self.steps)
         return out
 
     def from_ratios(self, ratios: Sequence[float] | float) -> Widths:

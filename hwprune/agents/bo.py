@@ -276,7 +276,7 @@ class Projector:
         self.space: SearchSpace = problem.space
         self.names = list(self.space.group_names)
         self.dense = np.asarray(self.space.dense, dtype=float)
-        self.multiple = int(self.space.channel_multiple)
+        self.multiple = np.asarray([self.space.multiple_of(g) for g in range(len(self.names))], dtype=float)
         self.steps = steps
         self.fill = fill
         self.min_ratio = min_ratio
