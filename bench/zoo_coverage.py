@@ -1,6 +1,7 @@
 """Benchmark: how many third-party architectures hwprune takes end to end (issue 18).
 
-For each pytorchcv model: build it, find its dependency groups, ``hwprune.profile`` it,
+For each pytorchcv model (and two Hugging Face transformers models, a ViT and a ConvNeXt, when
+transformers is installed, as ``make install`` does): build it, find its dependency groups, ``hwprune.profile`` it,
 ``hwprune.prune`` it to ``--speedup`` (agent uniform, no fine-tuning, a dataset-free score:
 agreement of the pruned model's outputs with the dense model's on fixed random inputs), run
 the pruned ONNX in onnxruntime, and record the stage reached, the error of a failure, the
@@ -37,7 +38,32 @@ DEFAULT_MODELS = [
     ("mobilenetv3_small_w1", 224), ("shufflenetv2_w1", 224), ("squeezenet_v1_1", 224), ("mnasnet_b1", 224),
     ("efficientnet_b0", 224), ("ghostnet", 224), ("igcv3_w1", 224), ("proxylessnas_mobile", 224),
     ("fbnet_cb", 224), ("regnetx002", 224), ("hardnet39ds", 224), ("peleenet", 224), ("vovnet27s", 224),
+    # Hugging Face transformers (pure PyTorch, built from a config, random weights): attention
+    # with heads reshaped in the code, LayerNorm, GELU; ConvNeXt's channels-last LayerNorm.
+    ("transformers:deit_tiny", 224), ("transformers:convnext_atto", 224),
 ]
+
+
+def _transformers_model(name: str):
+    """A DeiT-tiny-shaped ViT (Touvron et al. 2021: 192 wide, 12 layers, 3 heads, patch 16) or a
+    ConvNeXt-atto-shaped ConvNeXt (widths 40-320, depths 2-2-6-2), 10 classes, from transformers."""
+    import transformers as hf
+
+    if name == "deit_tiny":
+        return hf.ViTForImageClassification(hf.ViTConfig(
+            image_size=224, patch_size=16, hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+            intermediate_size=768, num_labels=10))
+    if name == "convnext_atto":
+        return hf.ConvNextForImageClassification(hf.ConvNextConfig(
+            hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2], num_labels=10))
+    raise SystemExit(f"unknown transformers model {name}")
+
+
+def _logits(out):
+    """The class scores of a model's output: a tensor, a transformers ModelOutput, or a tuple."""
+    if hasattr(out, "logits"):
+        return out.logits
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 DEVICE_YAML = """\
 name: zoo-coverage-cpu
@@ -64,7 +90,10 @@ def run_one(name: str, side: int, work: Path, r: dict) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     r.update(model=name, input=[3, side, side], stage="build")
-    model = create_model(f"pytorchcv:{name}", in_channels=3, num_classes=10, input_size=(side, side)).eval()
+    if name.startswith("transformers:"):
+        model = _transformers_model(name.split(":", 1)[1]).eval()
+    else:
+        model = create_model(f"pytorchcv:{name}", in_channels=3, num_classes=10, input_size=(side, side)).eval()
     x = torch.zeros(1, 3, side, side)
     r["params_dense"] = count_params(model)
     r["stage"] = "groups"
@@ -73,11 +102,11 @@ def run_one(name: str, side: int, work: Path, r: dict) -> None:
     r["left_dense"] = [u.name for u in unprunable]
     probe = torch.randn(4, 3, side, side, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        reference = model(probe)
+        reference = _logits(model(probe))
 
     def agreement(m) -> float:
         with torch.no_grad():
-            return -float((m(probe) - reference).abs().mean())
+            return -float((_logits(m(probe)) - reference).abs().mean())
 
     device = str(work / "device.yaml")
     r["stage"] = "profile"
@@ -103,7 +132,7 @@ def run_one(name: str, side: int, work: Path, r: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results/zoo_coverage.json")
-    ap.add_argument("--models", default=None, help="comma-separated pytorchcv names (default: the list above)")
+    ap.add_argument("--models", default=None, help="comma-separated pytorchcv names or transformers:deit_tiny, transformers:convnext_atto (default: the list above)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model")
     ap.add_argument("--one", nargs=3, metavar=("NAME", "SIDE", "WORK"), help=argparse.SUPPRESS)
     args = ap.parse_args()

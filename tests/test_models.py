@@ -262,3 +262,50 @@ def test_an_unknown_pytorchcv_model_is_one_sentence():
     pytest.importorskip("pytorchcv", reason="make install installs pytorchcv (--no-deps)")
     with pytest.raises(HwpruneError, match="pytorchcv has no model 'nosuchnet'"):
         create_model("pytorchcv:nosuchnet")
+
+
+# -- Hugging Face transformers models (installed by make install) ------------------------------
+
+HF_DEVICE_YAML = """\
+name: test-cpu-hf
+backend: onnxruntime
+threads: 1
+warmup: 1
+min_repeats: 5
+max_seconds: 0.01
+channel_multiple: 16
+statistic: p50
+"""
+
+
+def test_a_transformers_vit_profiles_and_prunes_its_mlp_with_the_attention_heads_dense(tmp_path):
+    # A third-party attention model as a user builds it (returning a ModelOutput): the value
+    # projections' reshape into heads cannot take a one-channel cut, so those groups stay dense,
+    # named with the reason; the MLP hidden widths and the residual width still prune, and the
+    # pruned model is certified and has fewer parameters.
+    transformers = pytest.importorskip("transformers", reason="make install installs transformers")
+    import hwprune
+
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=128, num_labels=4)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(probe).logits
+
+    def agreement(m) -> float:
+        with torch.no_grad():
+            return -float((m(probe).logits - reference).abs().mean())
+
+    (tmp_path / "d.yaml").write_text(HF_DEVICE_YAML)
+    lut = hwprune.profile(model, x, device=str(tmp_path / "d.yaml"), lut=str(tmp_path / "vit.parquet"),
+                          calibration_samples=0)
+    res = hwprune.prune(model, x, device=str(tmp_path / "d.yaml"), lut=lut, speedup=1.1, score_fn=agreement,
+                        agent="uniform", max_evaluations=3, certify_rounds=3)
+    dense_left = {u["name"]: u["reason"] for u in res.report["unprunable_groups"]}
+    assert dense_left and all("breaks the forward pass" in r for r in dense_left.values())
+    assert all("attention" in n for n in dense_left)  # the MLPs are not among them
+    assert res.certified and res.report["pruned"]["params"] < res.report["dense"]["params"]
+    assert any(w < d for n, (d, w) in res.report["pruned"]["channels"].items() if n not in dense_left)
