@@ -409,7 +409,8 @@ def lut_show(lut: str | LatencyLUT, model_key: str | None = None) -> LutSummary:
     return LutSummary(str(table.path or "LUT"), table.meta.get("device"), table.meta.get("fingerprint"),
                       len(table.rows), model_key, pred.statistic, unit_breakdown(table, model_key),
                       pred.predict_raw({}), pred.predict({}),
-                      report_section(staircases_of(m), m.get("channel_multiple", 1)))
+                      report_section(staircases_of(m), m.get("channel_multiple", 1),
+                                     {g["name"]: g.get("step", 1) for g in m.get("groups", [])}))
 
 
 def lut_check(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str, lut: str,

@@ -122,7 +122,7 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable:
                 members.append(n)
         step, reason = _grouped_conv_step(g, names)
         reason = _opaque_in(g, dg) or reason or _tied_channels(dg, root, handler, names[id(root)])
-        if reason is None and _out_channels(root) <= step:
+        if reason is None and step > 1 and _out_channels(root) <= step:
             reason = f"its {_out_channels(root)} channels are one block of its grouped convolutions; kept at full width"
         if reason is not None:
             if unprunable is not None:
@@ -284,8 +284,9 @@ def _cut_failures(model: nn.Module, example_input: torch.Tensor, groups: Sequenc
         return found or {g.name: f"cut together with other groups it breaks the forward pass ({err}); "
                                  f"kept at full width" for g in subset}
 
-    err = fails(groups) if groups else None
-    out = {} if err is None else search(list(groups), err)
+    cuttable = [g for g in groups if g.channels >= 2 * g.step]  # a one-step group has no cut to try
+    err = fails(cuttable) if cuttable else None
+    out = {} if err is None else search(cuttable, err)
     if structure is not None:
         _CUT_FAILURES[key] = out
     return out

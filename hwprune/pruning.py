@@ -300,7 +300,7 @@ def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, d
     report["ranks"] = job.ranks.world_size
     report["unprunable_groups"] = [asdict(u) for u in job.unprunable]
     report["width_grid"] = report_section(staircases_of(predictor.structure) if predictor is not None else None,
-                                          cfg.channel_multiple)
+                                          cfg.channel_multiple, {g.name: g.step for g in job.groups})
     out = Path(opts.out) if opts.out else None
     if out is not None:
         write_run(out, plan=plan, onnx=outcome.onnx, model=pruned, baseline=baseline, report=report,

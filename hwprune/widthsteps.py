@@ -205,11 +205,20 @@ def staircases_of(structure: Mapping[str, Any]) -> list[Staircase] | None:
     return [Staircase.from_dict(s) for s in found] if found else None
 
 
-def report_section(staircases: Sequence[Staircase] | None, channel_multiple: int | str) -> dict[str, Any]:
-    """What a report says of the width grid: the rule and, with ``auto``, every group's measured steps."""
+def report_section(staircases: Sequence[Staircase] | None, channel_multiple: int | str,
+                   steps: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """What a report says of the width grid: the rule and, with ``auto``, every group's measured
+    steps; ``steps`` names the groups cut in multiples of a grouped convolution's groups."""
+    stepped = {n: int(k) for n, k in (steps or {}).items() if int(k) > 1}
     if not staircases:
         rule = ("every width (no LUT measured the steps)" if channel_multiple == AUTO
                 else f"every multiple of {channel_multiple} channels from one multiple to dense")
-        return {"channel_multiple": channel_multiple, "rule": rule}
-    return {"channel_multiple": AUTO, "rule": RULE, "max_steps": MAX_STEPS,
-            "groups": [s.to_dict() for s in staircases]}
+        out: dict[str, Any] = {"channel_multiple": channel_multiple, "rule": rule}
+    else:
+        out = {"channel_multiple": AUTO, "rule": RULE, "max_steps": MAX_STEPS,
+               "groups": [s.to_dict() for s in staircases]}
+    if stepped:
+        out["rule"] += ("; a group that reaches a grouped convolution only at multiples of its groups ("
+                        + ", ".join(f"{n}: {k}" for n, k in stepped.items()) + ")")
+        out["group_steps"] = stepped
+    return out

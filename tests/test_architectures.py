@@ -371,3 +371,26 @@ def test_a_layers_weight_shaped_mask_is_cut_with_its_weight():
     # the kept mask entries are the dense mask's at the kept channels
     assert torch.equal(pruned.c2.mask, model.c2.mask[kept["c2"]][:, kept["c1"]])
     _matches_real_pruned_exports(model, x, [[10, 8], [1, 24]])
+
+
+class _SqueezeExcitation(nn.Module):
+    """Squeeze-excitation on 16 channels with reduction 16: a 1-channel bottleneck."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.down, self.up = nn.Conv2d(16, 1, 1), nn.Conv2d(1, 16, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = self.conv(x).relu()
+        y = y * torch.sigmoid(self.up(self.down(F.adaptive_avg_pool2d(y, 1)).relu()))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_a_one_channel_group_is_still_a_group():
+    # a group that can only stay dense, not one "of a grouped convolution"
+    unprunable = []
+    groups = find_groups(_SqueezeExcitation().eval(), torch.zeros(1, 3, 8, 8), unprunable=unprunable)
+    assert ("down", 1, 1) in [(g.name, g.channels, g.step) for g in groups]
+    assert unprunable == []

@@ -804,6 +804,7 @@ def test_a_grouped_convolution_prunes_in_multiples_of_its_groups_and_a_concatena
     assert set(r["pruned"]["channels"]) == {"dw.0", "project.0", "grouped.0"}
     dense_w, pruned_w = r["pruned"]["channels"]["grouped.0"]
     assert dense_w == 64 and pruned_w % 2 == 0
+    assert r["width_grid"]["group_steps"] == {"grouped.0": 2} and "grouped.0: 2" in r["width_grid"]["rule"]
     assert r["pruned"]["params"] < r["dense"]["params"]
     assert "Left at full width" in (out / "report.md").read_text()
     sess = ort.InferenceSession(str(out / "pruned.onnx"))  # the pruned ONNX runs
