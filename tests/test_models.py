@@ -266,18 +266,6 @@ def test_an_unknown_pytorchcv_model_is_one_sentence():
 
 # -- Hugging Face transformers models (installed by make install) ------------------------------
 
-HF_DEVICE_YAML = """\
-name: test-cpu-hf
-backend: onnxruntime
-threads: 1
-warmup: 1
-min_repeats: 5
-max_seconds: 0.01
-channel_multiple: 16
-statistic: p50
-"""
-
-
 def test_a_transformers_vit_profiles_and_prunes_its_mlp_with_the_attention_heads_dense(tmp_path):
     # A third-party attention model as a user builds it (returning a ModelOutput): the value
     # projections' reshape into heads cannot take a one-channel cut, so those groups stay dense,
@@ -285,6 +273,7 @@ def test_a_transformers_vit_profiles_and_prunes_its_mlp_with_the_attention_heads
     # pruned model is certified and has fewer parameters.
     transformers = pytest.importorskip("transformers", reason="make install installs transformers")
     import hwprune
+    from test_api import DEVICE_YAML
 
     torch.manual_seed(0)
     cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
@@ -299,7 +288,7 @@ def test_a_transformers_vit_profiles_and_prunes_its_mlp_with_the_attention_heads
         with torch.no_grad():
             return -float((m(probe).logits - reference).abs().mean())
 
-    (tmp_path / "d.yaml").write_text(HF_DEVICE_YAML)
+    (tmp_path / "d.yaml").write_text(DEVICE_YAML)
     lut = hwprune.profile(model, x, device=str(tmp_path / "d.yaml"), lut=str(tmp_path / "vit.parquet"),
                           calibration_samples=0)
     res = hwprune.prune(model, x, device=str(tmp_path / "d.yaml"), lut=lut, speedup=1.1, score_fn=agreement,
