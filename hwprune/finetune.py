@@ -539,61 +539,16 @@ def recover(strategy: str, dense: nn.Module, example_input: torch.Tensor, widths
     common = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, seed=seed,
                   teacher=teacher, kd_temperature=kd_temperature, kd_alpha=kd_weight, augment=augment,
                   val_ds=val_ds, log=log, progress=progress, device=device)
-    info: dict[str, Any] = {"kd": {"temperature": kd_temperature, "weight": kd_weight} if teacher is not None else None}
-    runs: list[TrainResult] = []
-
-    def score(m: nn.Module) -> float | None:
-        return evaluate(m, val_ds) if val_ds is not None and len(val_ds) else None
-
+    run = _Recovery(dense, x, train_ds, val_ds, epochs, criterion, common, say)
+    run.info["kd"] = {"temperature": kd_temperature, "weight": kd_weight} if teacher is not None else None
     say(f"recovery: {strategy} for {epochs} epoch(s)" + (", distilling" if teacher is not None else ""))
     if strategy == "standard":
-        kept: dict[str, list[int]] = {}
-        plan = dict(keep) if keep is not None else keep_by_importance(dense, x, target, criterion)
-        model = prune_to_widths(dense, x, {}, keep=plan, kept_out=kept)
-        info["val_acc_after_prune"] = score(model)
-        if epochs > 0:
-            runs.append(train(model, train_ds, epochs=epochs, **common))
+        model, kept = run.standard(target, keep)
     elif strategy == "swd":
-        if not 0 < swd_a_min <= swd_a_max:
-            raise HwpruneError(f"need 0 < swd_a_min <= swd_a_max, got {swd_a_min}, {swd_a_max}")
-        if not 0 <= swd_finetune_epochs <= epochs:
-            raise HwpruneError(f"swd_finetune_epochs must be in [0, epochs={epochs}], got {swd_finetune_epochs}")
-        student = copy.deepcopy(dense)
-        swd = SelectiveWeightDecay(student, x, target, criterion)
-        hooks = _SWDHooks(swd, weight_decay, swd_a_min, swd_a_max)
-        swd_epochs = epochs - swd_finetune_epochs
-        if swd_epochs > 0:
-            runs.append(train(student, train_ds, epochs=swd_epochs, hooks=hooks, **common))
-        with torch.no_grad():
-            removed_sq = float(2.0 * swd.penalty()) if swd.targets else 0.0
-        info.update({"a_min": swd_a_min, "a_max": swd_a_max, "mu": weight_decay, "swd_epochs": swd_epochs,
-                     "finetune_epochs": swd_finetune_epochs, "selection_changes": hooks.selection_changes,
-                     "removed_sq_norm": removed_sq, "val_acc_before_prune": score(student)})
-        kept = {}
-        student_device = next((p.device for p in student.parameters()), model_device)
-        # Cut exactly the channels the last step penalised (the same ranking channel_importance gives).
-        cut = {n: torch.nonzero(~mask).flatten().tolist() for n, mask in swd.removed().items()}
-        model = prune_to_widths(student, x.to(student_device), {}, keep=cut, kept_out=kept)
-        info["val_acc_after_prune"] = score(model)
-        say(f"swd: hard prune at the end: val acc {_fmt(info['val_acc_before_prune'])} -> "
-            f"{_fmt(info['val_acc_after_prune'])}, ||removed||^2 {removed_sq:.3g}")
-        if swd_finetune_epochs > 0:
-            runs.append(train(model, train_ds, epochs=swd_finetune_epochs, **common))
+        model, kept = run.swd(target, weight_decay, swd_a_min, swd_a_max, swd_finetune_epochs)
     else:
-        n_steps = agp_steps if agp_steps is not None else max(1, AGP_STEPS_PER_EPOCH * epochs)
-        agp_prune_steps(1, n_steps, agp_end_fraction)  # bad settings fail here, not mid-training
-        model = copy.deepcopy(dense)
-        hooks = _AGPHooks(x, dense_widths, target, n_steps, agp_end_fraction, multiples, criterion, say,
-                          score)
-        if epochs > 0:
-            runs.append(train(model, train_ds, epochs=epochs, hooks=hooks, **common))
-        # Without training steps (or if the run stopped early) the schedule ends here, at the target.
-        if hooks.prune(model, target):
-            hooks.applied.append({"step": None, "budget_fraction": 1.0, "widths": dict(target)})
-            hooks.val_acc_after_prune = score(model)
-        kept = hooks.kept
-        info.update({"schedule": hooks.applied, "steps": n_steps, "end_fraction": agp_end_fraction,
-                     "val_acc_after_prune": hooks.val_acc_after_prune})
+        model, kept = run.agp(target, dense_widths, multiples, agp_steps, agp_end_fraction)
+    info, runs = run.info, run.runs
     model.eval()
 
     history: list[dict[str, float]] = []
@@ -609,6 +564,77 @@ def recover(strategy: str, dense: nn.Module, example_input: torch.Tensor, widths
                             kept={n: list(kept[n]) for n in dense_widths}, history=history, info=info)
     say(f"recovery: {strategy} done in {result.seconds:.1f} s ({result.epochs} epoch(s))")
     return result
+
+
+class _Recovery:
+    """One ``recover`` call's shared state; a method a strategy, each returning the pruned model
+    and its kept channel indices, with the training runs and the strategy's facts recorded."""
+
+    def __init__(self, dense: nn.Module, x: torch.Tensor, train_ds: ImageDataset, val_ds: ImageDataset | None,
+                 epochs: int, criterion: str, common: dict[str, Any], say: Callable[[str], None]) -> None:
+        self.dense, self.x, self.train_ds, self.val_ds = dense, x, train_ds, val_ds
+        self.epochs, self.criterion, self.common, self.say = epochs, criterion, common, say
+        self.info: dict[str, Any] = {}
+        self.runs: list[TrainResult] = []
+
+    def score(self, m: nn.Module) -> float | None:
+        return evaluate(m, self.val_ds) if self.val_ds is not None and len(self.val_ds) else None
+
+    def standard(self, target: Mapping[str, int],
+                 keep: Mapping[str, Sequence[int]] | None) -> tuple[nn.Module, dict[str, list[int]]]:
+        kept: dict[str, list[int]] = {}
+        plan = dict(keep) if keep is not None else keep_by_importance(self.dense, self.x, target, self.criterion)
+        model = prune_to_widths(self.dense, self.x, {}, keep=plan, kept_out=kept)
+        self.info["val_acc_after_prune"] = self.score(model)
+        if self.epochs > 0:
+            self.runs.append(train(model, self.train_ds, epochs=self.epochs, **self.common))
+        return model, kept
+
+    def swd(self, target: Mapping[str, int], weight_decay: float, a_min: float, a_max: float,
+            finetune_epochs: int) -> tuple[nn.Module, dict[str, list[int]]]:
+        if not 0 < a_min <= a_max:
+            raise HwpruneError(f"need 0 < swd_a_min <= swd_a_max, got {a_min}, {a_max}")
+        if not 0 <= finetune_epochs <= self.epochs:
+            raise HwpruneError(f"swd_finetune_epochs must be in [0, epochs={self.epochs}], got {finetune_epochs}")
+        student = copy.deepcopy(self.dense)
+        swd = SelectiveWeightDecay(student, self.x, target, self.criterion)
+        hooks = _SWDHooks(swd, weight_decay, a_min, a_max)
+        swd_epochs = self.epochs - finetune_epochs
+        if swd_epochs > 0:
+            self.runs.append(train(student, self.train_ds, epochs=swd_epochs, hooks=hooks, **self.common))
+        with torch.no_grad():
+            removed_sq = float(2.0 * swd.penalty()) if swd.targets else 0.0
+        self.info.update({"a_min": a_min, "a_max": a_max, "mu": weight_decay, "swd_epochs": swd_epochs,
+                          "finetune_epochs": finetune_epochs, "selection_changes": hooks.selection_changes,
+                          "removed_sq_norm": removed_sq, "val_acc_before_prune": self.score(student)})
+        kept: dict[str, list[int]] = {}
+        student_device = next((p.device for p in student.parameters()), self.x.device)
+        # Cut exactly the channels the last step penalised (the same ranking channel_ranking gives).
+        cut = {n: torch.nonzero(~mask).flatten().tolist() for n, mask in swd.removed().items()}
+        model = prune_to_widths(student, self.x.to(student_device), {}, keep=cut, kept_out=kept)
+        self.info["val_acc_after_prune"] = self.score(model)
+        self.say(f"swd: hard prune at the end: val acc {_fmt(self.info['val_acc_before_prune'])} -> "
+                 f"{_fmt(self.info['val_acc_after_prune'])}, ||removed||^2 {removed_sq:.3g}")
+        if finetune_epochs > 0:
+            self.runs.append(train(model, self.train_ds, epochs=finetune_epochs, **self.common))
+        return model, kept
+
+    def agp(self, target: Mapping[str, int], dense_widths: Mapping[str, int], multiples: Mapping[str, int],
+            agp_steps: int | None, end_fraction: float) -> tuple[nn.Module, dict[str, list[int]]]:
+        n_steps = agp_steps if agp_steps is not None else max(1, AGP_STEPS_PER_EPOCH * self.epochs)
+        agp_prune_steps(1, n_steps, end_fraction)  # bad settings fail here, not mid-training
+        model = copy.deepcopy(self.dense)
+        hooks = _AGPHooks(self.x, dense_widths, target, n_steps, end_fraction, multiples, self.criterion, self.say,
+                          self.score)
+        if self.epochs > 0:
+            self.runs.append(train(model, self.train_ds, epochs=self.epochs, hooks=hooks, **self.common))
+        # Without training steps (or if the run stopped early) the schedule ends here, at the target.
+        if hooks.prune(model, target):
+            hooks.applied.append({"step": None, "budget_fraction": 1.0, "widths": dict(target)})
+            hooks.val_acc_after_prune = self.score(model)
+        self.info.update({"schedule": hooks.applied, "steps": n_steps, "end_fraction": end_fraction,
+                          "val_acc_after_prune": hooks.val_acc_after_prune})
+        return model, hooks.kept
 
 
 def _check_widths(widths: Mapping[str, int], keep: Mapping[str, Sequence[int]] | None,
