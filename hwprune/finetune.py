@@ -205,7 +205,8 @@ class SelectiveWeightDecay:
     input slices matter because the group L1/L2 importance sums them too: were they left
     alone, a "removed" channel whose filters decayed to zero could keep a large score from
     its consumers and swap back into the kept set. (Input slices of grouped, non-depthwise
-    convs are not penalised; hwprune's model zoo has none.)
+    convs are not penalised: the weight holds one block of them, shared by the conv's groups;
+    such a group is still ranked and cut the same offsets in every block, ``rank_channels``.)
 
     Args:
         model: the network being trained (its parameters are read on every call, so
@@ -507,20 +508,7 @@ def recover(strategy: str, dense: nn.Module, example_input: torch.Tensor, widths
             with a strategy other than ``standard``, or bad schedule settings.
     """
     started = time.perf_counter()
-    if strategy not in STRATEGIES:
-        raise HwpruneError(f"unknown fine-tuning strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
-    if epochs < 0:
-        raise HwpruneError(f"epochs must be >= 0, got {epochs}")
-    if criterion not in IMPORTANCE_CRITERIA:
-        raise HwpruneError(f"unknown importance criterion '{criterion}' (known: {', '.join(IMPORTANCE_CRITERIA)})")
-    if keep is not None and strategy != "standard":
-        raise HwpruneError(f"keep (a fixed plan) applies to the standard strategy only; {strategy} "
-                           f"chooses channels while it trains")
-    if strategy != "standard" and criterion not in WEIGHT_CRITERIA:
-        raise HwpruneError(f"{strategy} ranks channels from the weights while it trains: criterion must be "
-                           f"{', '.join(WEIGHT_CRITERIA)}, got '{criterion}'")
-    if not (0.0 <= kd_weight <= 1.0 and kd_temperature > 0):
-        raise HwpruneError(f"need 0 <= kd_weight <= 1 and kd_temperature > 0, got {kd_weight}, {kd_temperature}")
+    _check_settings(strategy, epochs, criterion, keep, kd_weight, kd_temperature, channel_multiple)
     say = log if log is not None else (lambda _msg: None)
     model_device = next((p.device for p in dense.parameters()), torch.device("cpu"))
     x = example_input.detach().to(model_device)
@@ -531,8 +519,6 @@ def recover(strategy: str, dense: nn.Module, example_input: torch.Tensor, widths
         dense.train(was_training)
     dense_widths = {g.name: g.channels for g in dense_groups}
     # AGP's intermediate widths: multiples of the device's channel multiple and of each group's step.
-    if int(channel_multiple) < 1:
-        raise HwpruneError(f"channel_multiple must be >= 1, got {channel_multiple}")
     multiples = {g.name: math.lcm(int(channel_multiple), g.step) for g in dense_groups}
     target = _check_widths(widths, keep, dense_widths)
 
@@ -564,6 +550,27 @@ def recover(strategy: str, dense: nn.Module, example_input: torch.Tensor, widths
                             kept={n: list(kept[n]) for n in dense_widths}, history=history, info=info)
     say(f"recovery: {strategy} done in {result.seconds:.1f} s ({result.epochs} epoch(s))")
     return result
+
+
+def _check_settings(strategy: str, epochs: int, criterion: str, keep: Mapping[str, Sequence[int]] | None,
+                    kd_weight: float, kd_temperature: float, channel_multiple: int) -> None:
+    """``recover``'s settings, refused before any tracing or training with one line each."""
+    if strategy not in STRATEGIES:
+        raise HwpruneError(f"unknown fine-tuning strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
+    if epochs < 0:
+        raise HwpruneError(f"epochs must be >= 0, got {epochs}")
+    if criterion not in IMPORTANCE_CRITERIA:
+        raise HwpruneError(f"unknown importance criterion '{criterion}' (known: {', '.join(IMPORTANCE_CRITERIA)})")
+    if keep is not None and strategy != "standard":
+        raise HwpruneError(f"keep (a fixed plan) applies to the standard strategy only; {strategy} "
+                           f"chooses channels while it trains")
+    if strategy != "standard" and criterion not in WEIGHT_CRITERIA:
+        raise HwpruneError(f"{strategy} ranks channels from the weights while it trains: criterion must be "
+                           f"{', '.join(WEIGHT_CRITERIA)}, got '{criterion}'")
+    if not (0.0 <= kd_weight <= 1.0 and kd_temperature > 0):
+        raise HwpruneError(f"need 0 <= kd_weight <= 1 and kd_temperature > 0, got {kd_weight}, {kd_temperature}")
+    if int(channel_multiple) < 1:
+        raise HwpruneError(f"channel_multiple must be >= 1, got {channel_multiple}")
 
 
 class _Recovery:
