@@ -3,7 +3,7 @@
 
 Each step is the real command line in its own process, one after another (never side by side):
 
-1. `hwprune profile` of each model into bench/results/lut-<model>[-<shape>].parquet (resumes: a LUT
+1. `hwprune profile` of each model into bench/results/lut-<model>[-<shape>][<name>].parquet (resumes: a LUT
    that is already complete measures nothing);
 2. `hwprune lut check --samples 50 --json ...` in a fresh process;
 3. the dense model exported to ONNX, then `hwprune time --processes 5 --json ...` twice.
@@ -41,8 +41,8 @@ def run(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def check(model: str, shape: str, device: str, samples: int) -> dict:
-    tag = model if shape == SHAPES.get("resnet20") else f"{model}-{shape.replace(',', 'x')}"
+def check(model: str, shape: str, device: str, samples: int, name: str = "") -> dict:
+    tag = (model if shape == SHAPES.get("resnet20") else f"{model}-{shape.replace(',', 'x')}") + name
     lut = RESULTS / f"lut-{tag}.parquet"
     common = ["--device", device, "--model", model, "--input-shape", shape]
     profile_s = run(["profile", *common, "--lut", str(lut), "-q"])
@@ -54,8 +54,16 @@ def check(model: str, shape: str, device: str, samples: int) -> dict:
     return {"model": model, "shape": shape, "lut": str(lut), "profile_s": profile_s, "check_s": check_s,
             "in_process": {k: r[k] for k in keys}, "stored": {k: r["stored_calibration"][k] for k in keys},
             "macs_line": {k: r["macs_baseline"][k] for k in keys} if r.get("macs_baseline") else None,
+            "without_context": {k: r["without_context"][k] for k in keys} if r.get("without_context") else None,
+            "context": {k: v for k, v in (_stored_context(lut, r["model"]) or {}).items() if k != "unit_scale"},
             "calibration": {k: v for k, v in r["in_process_calibration"].items() if k != "points"}
             if r.get("in_process_calibration") else None, "load_avg": os.getloadavg()}
+
+
+def _stored_context(lut: Path, key: str) -> dict | None:
+    from hwprune.lut import LatencyLUT
+
+    return (LatencyLUT.load(lut).model(key).get("calibration") or {}).get("context")
 
 
 def time_twice(model: str, shape: str, device: str, processes: int) -> dict:
@@ -85,13 +93,16 @@ def main() -> None:
     ap.add_argument("--device", default="x86-cpu-ort")
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--processes", type=int, default=5)
+    ap.add_argument("--name", default="", help="suffix of the LUT and result files (a fresh LUT under a new name)")
+    ap.add_argument("--no-timing", action="store_true", help="skip the `hwprune time --processes` pair")
     args = ap.parse_args()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    checks = [check(m, SHAPES.get(m, "1,28,28"), args.device, args.samples) for m in args.models.split(",")]
-    timing = time_twice("resnet20", SHAPES["resnet20"], args.device, args.processes)
+    checks = [check(m, SHAPES.get(m, "1,28,28"), args.device, args.samples, args.name)
+              for m in args.models.split(",")]
+    timing = None if args.no_timing else time_twice("resnet20", SHAPES["resnet20"], args.device, args.processes)
     out = {"started": started, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "cores": os.cpu_count(), "checks": checks, "time_processes": timing}
-    (RESULTS / "calibration_bench.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"calibration_bench{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 

@@ -363,6 +363,15 @@ def test_fit_calibration_recovers_a_and_b_from_exact_linear_data():
     assert cal["raw_median_abs_error_pct"] > 10
 
 
+def test_fit_calibration_is_not_tilted_by_one_busy_measurement():
+    raw = [0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
+    measured = [0.01 + 0.9 * r for r in raw]
+    measured[-1] *= 1.3  # the largest sub-network measured while the machine was busy
+    cal = fit_calibration(raw, measured)
+    assert cal["a"] == pytest.approx(0.01, abs=2e-3) and cal["b"] == pytest.approx(0.9, rel=0.02)
+    assert cal["median_abs_error_pct"] < 0.5
+
+
 @pytest.mark.parametrize("raw, measured", [([], []), ([1.0], [2.0]), ([1.0, 2.0], [3.0, 5.0])])
 def test_fit_calibration_is_the_identity_with_fewer_than_three_points(raw, measured):
     cal = fit_calibration(raw, measured)

@@ -438,3 +438,46 @@ def test_prediction_below_the_grid_names_group_and_width(profiled):
         pred.predict({first: 1})
     msg = str(info.value)
     assert f"group '{first}'" in msg and "width 1 is outside the profiled grid [2, 8]" in msg
+
+
+def test_more_calibration_samples_refit_the_line_and_the_context_factors(profiled, env, tmp_path):
+    r, src = profiled
+    path = _copy(src, tmp_path)
+    assert r.calibration["context"]["basis"] is None  # 5 sub-networks: too few for factors
+    again = profile(ModelSpec(env["model"], SHAPE), env["device"], str(path), calibration_samples=14,
+                    show_progress=False, log=lambda m: None)
+    assert again.signatures_measured == 0  # the rows are all there; only the calibration is new
+    cal = LatencyLUT.load(path).model(r.model_key)["calibration"]
+    assert cal["n"] == 14 and cal["requested"] == 14 and cal["context"]["n"] == 14
+    assert len(cal["context"]["unit_scale"]) == r.units
+    assert cal["context"]["cv_line_median_abs_error_pct"] is not None
+    pred = LatencyLUT.load(path).predictor(r.model_key)
+    assert pred.predict([2, 2]) > 0
+
+
+def test_lut_check_scores_the_context_factors_against_the_line_alone(profiled, env, tmp_path):
+    r, src = profiled
+    path = _copy(src, tmp_path)
+    lut = LatencyLUT.load(path)
+    lut.model(r.model_key)["calibration"]["context"] = {"unit_scale": [1.5, 0.5, 1.0]}
+    lut.save(path)
+    c = lut_check(ModelSpec(env["model"], SHAPE), env["device"], str(path), samples=4, calibration_samples=4,
+                  show_progress=False)
+    assert {"median_abs_error_pct", "within_5pct", "kendall_tau"} <= set(c["without_context"])
+    # both are calibrated in this process on the same points; only the factors differ
+    assert any(row["no_context_predicted_ms"] != pytest.approx(row["predicted_ms"]) for row in c["rows"])
+    assert "without the LUT's per-unit context factors" in format_check_table(c)
+    plain = lut_check(ModelSpec(env["model"], SHAPE), env["device"], str(src), samples=4, calibration_samples=4,
+                      show_progress=False)
+    assert plain["without_context"] is None and "no_context_predicted_ms" not in plain["rows"][0]
+
+
+def test_lut_show_lists_each_units_context_factor(profiled, tmp_path):
+    r, src = profiled
+    path = _copy(src, tmp_path)
+    lut = LatencyLUT.load(path)
+    lut.model(r.model_key)["calibration"]["context"] = {"unit_scale": [1.25, 0.75, 1.0]}
+    lut.save(path)
+    result = CliRunner().invoke(cli, ["lut", "show", "--lut", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "context" in result.stdout and "1.250" in result.stdout and "0.750" in result.stdout

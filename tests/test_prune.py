@@ -97,7 +97,7 @@ def env(tmp_path_factory):
     model = f"{root / 'tiny.py'}:net"
     lut = root / "lut.parquet"
     # No calibration sub-networks: with a handful of them (all at keep ratios 0.2..1, so their raw
-    # predictions bunch together) the Theil-Sen line through noisy timings can have a steep slope
+    # predictions bunch together) the robust line through noisy timings can have a steep slope
     # and a negative intercept, and then the LUT predicts negative latencies for small widths,
     # which makes any --latency-ms "reachable". The uncalibrated sum is positive and monotone.
     profile(ModelSpec(model, (1, 8, 8)), str(root / "device.yaml"), str(lut), calibration_samples=0,
