@@ -66,15 +66,13 @@ def model_spec(model: nn.Module | str, example_input: torch.Tensor | None = None
 
 def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str,
             lut: str | LatencyLUT, name: str | None = None, grid: Sequence[float] | None = None,
-            calibration_samples: int = 30, seed: int = 0, allow_other_device: bool = False,
+            calibration_samples: int = 10, seed: int = 0, allow_other_device: bool = False,
             input_shape: Sequence[int] | None = None, num_classes: int | None = None, weights: str | None = None,
             fmt: str | None = None, show_progress: bool = False, log: Callable[[str], None] = _quiet) -> LatencyLUT:
     """Measure every prunable layer of ``model`` at its channel grid on ``device`` into the LUT ``lut``.
 
     ``lut`` is a path (created or extended, resumably) or a LUT loaded from one. Returns the
     LUT as saved, with ``.profile_result`` (a :class:`hwprune.profiling.ProfileResult`).
-    ``calibration_samples`` whole sub-networks are measured at the end to fit the LUT's
-    calibration line and, from 12 of them, its per-unit context factors (:mod:`hwprune.context`).
     """
     from hwprune.profiling import profile as profile_spec
 
@@ -387,8 +385,8 @@ class LutSummary:
     signatures: int
     model_key: str
     statistic: str
-    units: list[dict[str, Any]]   # unit, ops, widths, latency_ms (timed alone), context_scale
-    raw_ms: float                 # Σ units × their context factors, plus the per-call overhead
+    units: list[dict[str, Any]]   # unit, ops, widths, latency_ms
+    raw_ms: float                 # the units' sum plus the per-call overhead
     predicted_ms: float           # the calibrated prediction for the dense model
     width_grid: dict[str, Any] = dataclasses.field(default_factory=dict)  # the widths a search may choose, and why
 

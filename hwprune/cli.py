@@ -92,9 +92,8 @@ def _model_options(f):
 @click.option("--grid", default=None, help="Keep ratios to profile, comma-separated (default: with channel_multiple "
               "auto, every width the measured staircase allows; with a fixed multiple, every allowed width of "
               "groups with at most 16, else 0.1,0.2,...,1.0).")
-@click.option("--calibration-samples", type=int, default=30, show_default=True,
-              help="Random whole sub-networks measured to calibrate the LUT's predictions: the ms line and, "
-                   "from 12 of them, a context factor per layer (a layer inside the network against alone).")
+@click.option("--calibration-samples", type=int, default=10, show_default=True,
+              help="Random whole sub-networks measured to calibrate the LUT's predictions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights and calibration samples.")
 @click.option("--allow-other-device", is_flag=True, help="Extend a LUT that was measured on another device.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -121,11 +120,6 @@ def profile_cmd(device, model, input_shape, num_classes, weights, lut_path, fmt,
     if cal:
         click.echo(f"calibration on {cal['n']} sub-networks: measured = {cal['a']:.4f} ms + {cal['b']:.4f} x raw; "
                    f"median error {cal['raw_median_abs_error_pct']:.1f}% raw -> {cal['median_abs_error_pct']:.1f}% calibrated")
-        ctx = cal.get("context") or {}
-        if ctx.get("basis") is not None:
-            click.echo(f"context factors, one per {ctx['basis']} ({min(ctx['unit_scale']):.2f}-{max(ctx['unit_scale']):.2f}): "
-                       f"held-out median error {ctx['cv_line_median_abs_error_pct']:.2f}% with the line alone -> "
-                       f"{ctx['cv_median_abs_error_pct']:.2f}%")
 
 
 @cli.group("lut")
@@ -168,11 +162,11 @@ def lut_show_cmd(lut_path, key):
     r = lut_show(lut_path, key)
     click.echo(f"{lut_path}: device {r.device} (fingerprint {r.fingerprint}), "
                f"{r.signatures} measured signatures; model {r.model_key}, statistic {r.statistic}")
-    click.echo(f"{'layer (unit)':48s} {'ops':34s} {'channels':>10s} {'ms alone':>9s} {'context':>7s}")
+    click.echo(f"{'layer (unit)':48s} {'ops':34s} {'channels':>10s} {'ms':>9s}")
     for u in r.units:
         click.echo(f"{u['unit'][:48]:48s} {u['ops'][:34]:34s} {'x'.join(map(str, u['widths'])) or '-':>10s} "
-                   f"{u['latency_ms']:9.4f} {u['context_scale']:7.3f}")
-    click.echo(f"{'sum (x context factors) + per-call overhead':48s} {'':34s} {'':>10s} {r.raw_ms:9.4f}")
+                   f"{u['latency_ms']:9.4f}")
+    click.echo(f"{'sum + per-call overhead':48s} {'':34s} {'':>10s} {r.raw_ms:9.4f}")
     click.echo(f"{'calibrated prediction (dense model)':48s} {'':34s} {'':>10s} {r.predicted_ms:9.4f}")
     grid = r.width_grid
     click.echo(f"\nwidths a search may choose (channel_multiple {grid['channel_multiple']}): {grid['rule']}")

@@ -295,11 +295,9 @@ class _UnitTable:
 class Predictor:
     """Predicts a sub-network's latency from a LUT: multilinear interpolation per unit, summed.
 
-    ``predict_raw`` adds the runtime's one per-call overhead to the units' latencies, each times
-    its context factor when the calibration has them (:mod:`hwprune.context`: a unit inside the
-    network against the unit timed alone); ``predict`` applies the calibration line fitted on
-    whole-model measurements (``measured ≈ a + b · raw``). Widths outside a group's profiled
-    grid are refused, never silently extrapolated.
+    ``predict`` adds the runtime's one per-call overhead and applies the calibration fitted
+    on whole-model measurements (``measured ≈ a + b · raw``). Widths outside a group's
+    profiled grid are refused, never silently extrapolated.
     """
 
     def __init__(self, structure: dict[str, Any], latency_by_signature: Mapping[str, float],
@@ -330,11 +328,6 @@ class Predictor:
                 raise HwpruneError(f"LUT is incomplete for unit {u['name']}: "
                                    f"{int(np.isnan(table).sum())} grid point(s) not measured; re-run hwprune profile")
             self.units.append(_UnitTable(gs, table))
-        scale = (cal.get("context") or {}).get("unit_scale")
-        if scale is not None and len(scale) != len(self.units):
-            raise HwpruneError(f"LUT calibration has {len(scale)} context factors for {len(self.units)} units of "
-                               f"{structure.get('model')}: the LUT is inconsistent; re-profile into a new file")
-        self.unit_scale = np.asarray(scale if scale is not None else [1.0] * len(self.units), float)
 
     def _vector(self, widths: Mapping[str, int] | Sequence[int]) -> list[int]:
         if isinstance(widths, Mapping):
@@ -347,8 +340,8 @@ class Predictor:
             raise HwpruneError(f"expected {len(self.dense)} group widths, got {len(vec)}")
         return vec
 
-    def unit_latencies(self, widths: Mapping[str, int] | Sequence[int]) -> np.ndarray:
-        """Each unit's LUT latency (ms) at these widths, as timed alone (no overhead, no factors)."""
+    def predict_raw(self, widths: Mapping[str, int] | Sequence[int]) -> float:
+        """Overhead + Σ unit latencies, before calibration (ms)."""
         vec = self._vector(widths)
         brackets = []
         for g, w in enumerate(vec):
@@ -357,10 +350,10 @@ class Predictor:
                 raise HwpruneError(f"group '{self.group_names[g]}': width {w} is outside the profiled grid "
                                    f"[{grid[0]}, {grid[-1]}]; profile a finer --grid rather than extrapolate")
             brackets.append(_bracket(grid, w))
-        out = np.empty(len(self.units))
-        for k, u in enumerate(self.units):
+        total = self.overhead_ms
+        for u in self.units:
             if not u.groups:
-                out[k] = float(u.table)
+                total += float(u.table)
                 continue
             acc = 0.0
             # Σ over the corners of the enclosing grid cell, each weighted by its volume; a
@@ -372,12 +365,8 @@ class Predictor:
                 for _, f in combo:
                     wt *= f
                 acc += wt * u.table[tuple(i for i, _ in combo)]
-            out[k] = acc
-        return out
-
-    def predict_raw(self, widths: Mapping[str, int] | Sequence[int]) -> float:
-        """Overhead + Σ unit latencies × their context factors, before the calibration line (ms)."""
-        return self.overhead_ms + float(self.unit_latencies(widths) @ self.unit_scale)
+            total += acc
+        return total
 
     def predict(self, widths: Mapping[str, int] | Sequence[int]) -> float:
         """Calibrated latency prediction (ms) of the sub-network with these group widths."""
@@ -390,11 +379,10 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> di
     Huber regression on relative residuals (iteratively reweighted least squares): the errors
     that matter are relative ones, so each point counts by its relative residual, and a point
     far off the line (a sub-network measured while the machine was briefly busy) counts less
-    the further off it is instead of tilting the line. It replaced Theil-Sen, whose median of
-    pairwise slopes is noisy with the eight or so points an in-process calibration has: on a
-    fresh-process check of resnet20 it gave median 1.33% where this fit gives 0.79%, and on
-    random 9-point subsets of 50 measured sub-networks (one in three with a point 20% high)
-    0.93% against 1.03% (bench/results/calibration_resnet20_ctx.json).
+    the further off it is instead of tilting the line. It replaced Theil-Sen (the same guards
+    below): on random 9-point subsets of seven committed 50-sample checks, one subset in three
+    with a point 20% slow, its median error on the other points was lower or equal in six of
+    seven (by up to 0.16 points) and 0.01 point higher in one (``bench/line_fit.py``).
     """
     x = np.asarray(raw_ms, float)
     y = np.asarray(measured_ms, float)
@@ -447,12 +435,16 @@ def _huber_line(x: np.ndarray, y: np.ndarray, iterations: int = 30) -> tuple[flo
 
 def unit_breakdown(lut: "LatencyLUT", key: str, widths: Mapping[str, int] | None = None,
                    statistic: str | None = None) -> list[dict[str, Any]]:
-    """Per-unit latency (ms) of a model at ``widths`` (dense by default), as timed alone, with the
-    unit's context factor (1.0 when the LUT has none), for tables."""
+    """Per-unit latency (ms) of a model at ``widths`` (dense by default), for tables."""
     pred = lut.predictor(key, statistic)
     vec = pred._vector(widths or {})
     m = lut.model(key)
-    alone = pred.unit_latencies(vec)
-    return [{"unit": u["name"], "ops": u["label"], "groups": [pred.group_names[g] for g in u["groups"]],
-             "widths": [vec[g] for g in u["groups"]], "latency_ms": float(ms), "context_scale": float(k)}
-            for u, ms, k in zip(m["units"], alone, pred.unit_scale)]
+    out = []
+    for u, table in zip(m["units"], pred.units):
+        single = Predictor({**m, "units": [u], "overhead_ms": 0.0, "calibration": None},
+                           lut.latency_ms(lut.meta["fingerprint"], m["precision"], m["batch"], pred.statistic),
+                           pred.statistic)
+        out.append({"unit": u["name"], "ops": u["label"],
+                    "groups": [pred.group_names[g] for g in u["groups"]],
+                    "widths": [vec[g] for g in u["groups"]], "latency_ms": single.predict_raw(vec)})
+    return out

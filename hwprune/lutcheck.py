@@ -96,7 +96,6 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
     timings = measure_many(items, cfg, "measuring", show_progress, with_reference=True)
     cal = fit_here(stored, cal_points, timings, cfg.statistic) if cal_points else None
     predictor = cal.predictor if cal is not None else stored
-    plain = _without_context(stored, cal_points, timings, cfg.statistic)
     drift = drift_factor(lut, timings, cfg.statistic)
 
     rows = []
@@ -106,8 +105,7 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
         rows.append({"sample": f"check:{i}", "widths": w, "predicted_ms": pred, "raw_predicted_ms": stored.predict_raw(w),
                      "stored_predicted_ms": stored_pred, "measured_ms": meas,
                      "error_pct": (pred - meas) / meas * 100,
-                     "drift_adjusted_error_pct": (stored_pred - meas * drift) / (meas * drift) * 100,
-                     **({"no_context_predicted_ms": plain.predict(w)} if plain is not None else {})})
+                     "drift_adjusted_error_pct": (stored_pred - meas * drift) / (meas * drift) * 100})
     measured = [r["measured_ms"] for r in rows]
     fit_points = ([(p.widths, p.measured_ms) for p in cal.points] + [(None, cal.dense_ms)] if cal is not None
                   else [(p["widths"], p["measured_ms"]) for p in (lut.model(key).get("calibration") or {}).get("points", [])])
@@ -125,9 +123,6 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
         # what a FLOPs-based tool predicts: latency proportional to MACs, fitted on the same
         # calibration points as the LUT's correction (None without calibration points)
         "macs_baseline": macs_baseline(model, x, groups, fit_points, rows),
-        # the same in-process line without the LUT's per-unit context factors (None when it has none)
-        "without_context": error_figures([r["no_context_predicted_ms"] for r in rows], measured)
-        if plain is not None else None,
         "predictor_calls_per_s": predictor_calls_per_s(predictor, space),
         # The machine's speed now relative to while the LUT was measured (drift reference): the
         # stored calibration's errors with that speed difference taken out.
@@ -138,20 +133,6 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
     if json_path:
         atomic_write_json(json_path, result)
     return result
-
-
-def _without_context(stored, cal_points, timings: dict[str, Any], statistic: str):
-    """The predictor calibrated in this process as if the LUT had no context factors, for comparison;
-    None when it has none (or nothing was measured for a calibration)."""
-    import copy
-    import dataclasses
-
-    if not cal_points or np.all(stored.unit_scale == 1.0):
-        return None
-    plain = copy.copy(stored)
-    plain.unit_scale = np.ones_like(stored.unit_scale)
-    points = [dataclasses.replace(p, raw_ms=plain.predict_raw(p.widths)) for p in cal_points]
-    return fit_here(plain, points, timings, statistic).predictor
 
 
 def _check_widths(space: SearchSpace, samples: int, seed: int, low: float,
@@ -218,8 +199,6 @@ def format_check_table(r: dict[str, Any]) -> str:
     if cal:
         lines.append(f"the LUT's stored calibration on the same samples: {_figures_text(r['stored_calibration'])} "
                      f"(machine speed vs LUT {1 / r['drift_factor']:.3f}x)")
-    if r.get("without_context"):
-        lines.append(f"the same, without the LUT's per-unit context factors: {_figures_text(r['without_context'])}")
     m = r.get("macs_baseline")
     if m:
         lines.append(f"a MACs-proportional line fitted on the same {m['fitted_on']} calibration points: "

@@ -21,14 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import pandas as pd
 import torch
 
 from hwprune.agents.base import SearchSpace
 from hwprune.candidates import (MAX_UNIT_GRID_POINTS, Candidate, build_width_graph, cap_unit_grids,
                                 check_grid_size, enumerate_candidates, grids_for)
-from hwprune.context import fit_context
 from hwprune.errors import HwpruneError
 from hwprune.export import check_input_shape, export_onnx
 from hwprune.groups import PrunableGroup, UnprunableGroup, find_groups, prune_to_widths
@@ -39,10 +36,6 @@ from hwprune.widthsteps import Staircase, measure_staircases, staircase_candidat
 from profilers.config import DeviceConfig, load_device_config
 
 CALIBRATION_KEY = "calib:"
-# Whole sub-networks measured at the end of a profile: the calibration line and the per-unit
-# context factors (hwprune.context) are fitted on them. Thirty let 5-fold cross-validation
-# choose the factors' basis and strength; each costs about a second on resnet20 at 28x28.
-DEFAULT_CALIBRATION_SAMPLES = 30
 
 
 @dataclass
@@ -96,7 +89,7 @@ def _lut_row(record: dict[str, Any], meta: dict[str, Any], session: dict[str, An
 
 
 def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratios: Sequence[float] | None = None,
-            calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES, seed: int = 0, fmt: str | None = None,
+            calibration_samples: int = 10, seed: int = 0, fmt: str | None = None,
             allow_other_device: bool = False, show_progress: bool = True, log=print) -> ProfileResult:
     """Profile ``spec`` on ``device`` into the LUT at ``lut_path`` (created or extended).
 
@@ -166,7 +159,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     rng = random.Random(seed)
     calib_widths = [random_widths(space, rng) for _ in range(calibration_samples)]
     calib_items = []
-    if rows.calibration is None or rows.calibration.get("requested", rows.calibration.get("n", 0)) < calibration_samples:
+    if rows.calibration is None or rows.calibration.get("n", 0) < min(3, calibration_samples):
         # Real sub-networks, pruned by Torch-Pruning and exported as they will be deployed.
         for i, w in enumerate(calib_widths):
             h = hashlib.sha1(json.dumps(w).encode()).hexdigest()[:10]
@@ -287,39 +280,14 @@ def _calibrate(lut: LatencyLUT, structure: dict[str, Any], calib_items, rows: "_
     calib_measured = {k: statistic_ms(t, cfg.statistic) * drift for k, t in timings.items() if k != REFERENCE_KEY}
     lat = lut.latency_ms(lut.meta["fingerprint"], cfg.precision, cfg.batch_size, cfg.statistic)
     pred = Predictor({**structure, "overhead_ms": rows.overhead_ms(), "calibration": None}, lat, cfg.statistic)
-    units, measured, points = [], [], []
+    raws, measured, points = [], [], []
     for k, _, meta in calib_items:
         if k in calib_measured:
-            units.append(pred.unit_latencies(meta["widths"]))
+            raw = pred.predict_raw(meta["widths"])
+            raws.append(raw)
             measured.append(calib_measured[k])
-            points.append({"widths": meta["widths"], "raw_ms": pred.overhead_ms + float(units[-1].sum()),
-                           "measured_ms": calib_measured[k]})
-    line = fit_calibration([p["raw_ms"] for p in points], measured)
-    context = fit_context(np.array(units), pred.overhead_ms, measured, _unit_kinds(lut, structure))
-    if context.corrected:  # the stored fit error is then the corrected prediction's
-        corrected = [pred.overhead_ms + float(u @ np.asarray(context.unit_scale)) for u in units]
-        line = {**line, **_fit_error(line, corrected, measured)}
-    return {**line, "statistic": cfg.statistic, "requested": len(calib_items), "context": context.to_dict(),
-            "points": points}
-
-
-def _unit_kinds(lut: LatencyLUT, structure: dict[str, Any]) -> list[str]:
-    """Each unit's kind for the shared context factors: its ops, kernel, and whether it is grouped."""
-    rows = lut.rows.drop_duplicates("signature").set_index("signature")
-    kinds = []
-    for u in structure["units"]:
-        sig = next(iter(u["table"].values()), None)
-        r = rows.loc[sig] if sig in rows.index else None
-        kernel = f"k{int(r.kernel)}" if r is not None and not pd.isna(r.kernel) else "k-"
-        grouped = r is not None and not pd.isna(r.groups) and int(r.groups) > 1
-        kinds.append(f"{u['label']}/{kernel}/{'grouped' if grouped else 'dense'}")
-    return kinds
-
-
-def _fit_error(line: dict[str, Any], raws: Sequence[float], measured: Sequence[float]) -> dict[str, float]:
-    """The line's in-sample median |error| (%) on ``raws``."""
-    err = [abs(line["a"] + line["b"] * r - m) / m * 100 for r, m in zip(raws, measured)]
-    return {"median_abs_error_pct": float(np.median(err))}
+            points.append({"widths": meta["widths"], "raw_ms": raw, "measured_ms": calib_measured[k]})
+    return {**fit_calibration(raws, measured), "statistic": cfg.statistic, "points": points}
 
 
 class _Rows:
