@@ -54,16 +54,8 @@ def check(model: str, shape: str, device: str, samples: int, name: str = "") -> 
     return {"model": model, "shape": shape, "lut": str(lut), "profile_s": profile_s, "check_s": check_s,
             "in_process": {k: r[k] for k in keys}, "stored": {k: r["stored_calibration"][k] for k in keys},
             "macs_line": {k: r["macs_baseline"][k] for k in keys} if r.get("macs_baseline") else None,
-            "without_context": {k: r["without_context"][k] for k in keys} if r.get("without_context") else None,
-            "context": {k: v for k, v in (_stored_context(lut, r["model"]) or {}).items() if k != "unit_scale"},
             "calibration": {k: v for k, v in r["in_process_calibration"].items() if k != "points"}
             if r.get("in_process_calibration") else None, "load_avg": os.getloadavg()}
-
-
-def _stored_context(lut: Path, key: str) -> dict | None:
-    from hwprune.lut import LatencyLUT
-
-    return (LatencyLUT.load(lut).model(key).get("calibration") or {}).get("context")
 
 
 def time_twice(model: str, shape: str, device: str, processes: int) -> dict:
