@@ -9,11 +9,17 @@ to bench/results/finetune_bench[_NAME].json and a Markdown table on stdout.
     .venv/bin/python bench/finetune_bench.py --run bench/results/runs/resnet20-rl-30pct-s0-issue5 --epochs 1
     .venv/bin/python bench/finetune_bench.py --run RUN --strategies standard,swd --no-kd --name stress
     .venv/bin/python bench/finetune_bench.py --uniform-params 0.025 --strategies standard,swd --no-kd --name stress
+    .venv/bin/python bench/finetune_bench.py --widths '{"conv1": 4, ...}' --strategies standard --no-kd \
+        --importances l1,l2,bn-scale,taylor --seeds 0,1,2 --name importance50
 
 ``--uniform-params F`` replaces ``--run`` with the largest uniform architecture (one keep ratio,
 channels not snapped) of at most F x the dense model's parameters: the stress test of SWD's
 paper, which no device's channel multiple would allow (resnet20 at 2.5% is below the
-smallest x86-cpu-ort architecture).
+smallest x86-cpu-ort architecture). ``--widths JSON`` gives the widths directly.
+
+``--importances`` compares channel-importance criteria on the one architecture: each keeps the
+channels `hwprune prune` would keep with it (the accuracy proxy's ranking, ``taylor`` from the
+proxy's BatchNorm batches), so nothing but the choice of channels differs between them.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ def main() -> None:
     src.add_argument("--run", help="run folder of `hwprune prune` (report.json gives the widths)")
     src.add_argument("--uniform-params", type=float,
                      help="instead of --run: uniform widths with at most this fraction of the dense parameters")
+    src.add_argument("--widths", help='instead of --run: the widths as JSON, {"group": channels, ...}')
     ap.add_argument("--model", default="resnet20", help="with --uniform-params")
     ap.add_argument("--data", default="fashion-mnist", help="with --uniform-params")
     ap.add_argument("--strategies", default="standard,swd,agp")
@@ -42,6 +49,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (default: --seed)")
+    ap.add_argument("--importances", default="l1", help="comma-separated channel-importance criteria")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--name", default="")
     args = ap.parse_args()
@@ -52,6 +61,7 @@ def main() -> None:
     from hwprune.finetune import recover
     from hwprune.groups import count_params
     from hwprune.profiling import ModelSpec
+    from hwprune.proxy import AccuracyProxy
     from hwprune.train import evaluate
 
     if args.threads:
@@ -59,6 +69,11 @@ def main() -> None:
     if args.run:
         report = json.loads((Path(args.run) / "report.json").read_text())
         widths = {g: int(kept) for g, (_, kept) in report["pruned"]["channels"].items()}
+    elif args.widths:
+        from hwprune.pruning import default_weights
+
+        widths = {g: int(w) for g, w in json.loads(args.widths).items()}
+        report = {"model": args.model, "data": args.data, "weights": default_weights(args.model, args.data)}
     else:
         from hwprune.pruning import default_weights
 
@@ -75,22 +90,29 @@ def main() -> None:
     dense_acc = evaluate(dense, test_ds)
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rows = []
-    for strategy in args.strategies.split(","):
-        for kd in ([False] if args.no_kd else [False, True]):
-            torch.manual_seed(args.seed)
-            t0 = time.perf_counter()
-            rec = recover(strategy, dense, x, widths, train_ds=train_ds, val_ds=val_ds, epochs=args.epochs,
-                          lr=args.lr, batch_size=args.batch_size, seed=args.seed, criterion="l1",
-                          teacher=dense if kd else None, log=None, progress=False)
-            acc = evaluate(rec.model, test_ds)
-            row = {"strategy": strategy, "kd": kd, "test_accuracy": acc, "params": count_params(rec.model),
-                   "val_acc_after_prune": rec.info.get("val_acc_after_prune"),
-                   "val_acc_before_prune": rec.info.get("val_acc_before_prune"),
-                   "epochs": rec.epochs, "seconds": time.perf_counter() - t0}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    seeds = [int(v) for v in (args.seeds or str(args.seed)).split(",")]
+    for criterion in args.importances.split(","):
+        # the channels hwprune prune keeps with this criterion: the proxy's ranking of the dense model
+        keep = AccuracyProxy(dense, x, train_ds, val_ds, criterion=criterion).keep_indices(widths)
+        for strategy in args.strategies.split(","):
+            for kd in ([False] if args.no_kd else [False, True]):
+                for seed in seeds:
+                    torch.manual_seed(seed)
+                    t0 = time.perf_counter()
+                    rec = recover(strategy, dense, x, widths, train_ds=train_ds, val_ds=val_ds, epochs=args.epochs,
+                                  lr=args.lr, batch_size=args.batch_size, seed=seed, criterion=criterion,
+                                  keep=keep if strategy == "standard" else None,
+                                  teacher=dense if kd else None, log=None, progress=False)
+                    acc = evaluate(rec.model, test_ds)
+                    row = {"importance": criterion, "strategy": strategy, "kd": kd, "seed": seed,
+                           "test_accuracy": acc, "params": count_params(rec.model),
+                           "val_acc_after_prune": rec.info.get("val_acc_after_prune"),
+                           "val_acc_before_prune": rec.info.get("val_acc_before_prune"),
+                           "epochs": rec.epochs, "seconds": time.perf_counter() - t0}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     out = {"started": started, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "run": args.run or f"uniform, {args.uniform_params:g} of dense params", "widths": widths, "dense_test_accuracy": dense_acc, "settings": vars(args), "rows": rows}
+           "run": args.run or ("given widths" if args.widths else f"uniform, {args.uniform_params:g} of dense params"), "widths": widths, "dense_test_accuracy": dense_acc, "settings": vars(args), "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = f"_{args.name}" if args.name else ""
     (RESULTS / f"finetune_bench{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -100,11 +122,11 @@ def main() -> None:
 
     print(f"\ndense test accuracy {dense_acc * 100:.2f}% ({count_params(dense):,} params); widths from "
           f"{out['run']}; {args.epochs} epoch(s), lr {args.lr}\n")
-    print("| strategy | KD | test acc % | val acc right after the cut % | params | wall s |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| importance | strategy | KD | seed | test acc % | val acc right after the cut % | params | wall s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['strategy']} | {'yes' if r['kd'] else 'no'} | {pct(r['test_accuracy'])} | "
-              f"{pct(r['val_acc_after_prune'])} | {r['params']:,} | {r['seconds']:.0f} |")
+        print(f"| {r['importance']} | {r['strategy']} | {'yes' if r['kd'] else 'no'} | {r['seed']} | "
+              f"{pct(r['test_accuracy'])} | {pct(r['val_acc_after_prune'])} | {r['params']:,} | {r['seconds']:.0f} |")
 
 
 def uniform_widths_for_params(dense, x, fraction: float) -> dict[str, int]:
