@@ -25,6 +25,7 @@ proxy's BatchNorm batches), so nothing but the choice of channels differs betwee
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from datetime import datetime, timezone
@@ -69,15 +70,12 @@ def main() -> None:
     if args.run:
         report = json.loads((Path(args.run) / "report.json").read_text())
         widths = {g: int(kept) for g, (_, kept) in report["pruned"]["channels"].items()}
-    elif args.widths:
-        from hwprune.pruning import default_weights
-
-        widths = {g: int(w) for g, w in json.loads(args.widths).items()}
-        report = {"model": args.model, "data": args.data, "weights": default_weights(args.model, args.data)}
-    else:
+    else:  # --widths or --uniform-params: the zoo model's committed checkpoint
         from hwprune.pruning import default_weights
 
         report = {"model": args.model, "data": args.data, "weights": default_weights(args.model, args.data)}
+        if args.widths:
+            widths = {g: int(w) for g, w in json.loads(args.widths).items()}
     train_full = load_dataset(report["data"], "train")
     test_ds = load_dataset(report["data"], "test")
     train_ds, val_ds = train_val_split(train_full, val_fraction=0.1, seed=0)
@@ -91,26 +89,26 @@ def main() -> None:
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rows = []
     seeds = [int(v) for v in (args.seeds or str(args.seed)).split(",")]
+    strategies = args.strategies.split(",")
     for criterion in args.importances.split(","):
-        # the channels hwprune prune keeps with this criterion: the proxy's ranking of the dense model
-        keep = AccuracyProxy(dense, x, train_ds, val_ds, criterion=criterion).keep_indices(widths)
-        for strategy in args.strategies.split(","):
-            for kd in ([False] if args.no_kd else [False, True]):
-                for seed in seeds:
-                    torch.manual_seed(seed)
-                    t0 = time.perf_counter()
-                    rec = recover(strategy, dense, x, widths, train_ds=train_ds, val_ds=val_ds, epochs=args.epochs,
-                                  lr=args.lr, batch_size=args.batch_size, seed=seed, criterion=criterion,
-                                  keep=keep if strategy == "standard" else None,
-                                  teacher=dense if kd else None, log=None, progress=False)
-                    acc = evaluate(rec.model, test_ds)
-                    row = {"importance": criterion, "strategy": strategy, "kd": kd, "seed": seed,
-                           "test_accuracy": acc, "params": count_params(rec.model),
-                           "val_acc_after_prune": rec.info.get("val_acc_after_prune"),
-                           "val_acc_before_prune": rec.info.get("val_acc_before_prune"),
-                           "epochs": rec.epochs, "seconds": time.perf_counter() - t0}
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+        # the channels hwprune prune keeps with this criterion (the proxy's ranking of the dense
+        # model); only the standard strategy takes a fixed plan
+        keep = (AccuracyProxy(dense, x, train_ds, val_ds, criterion=criterion).keep_indices(widths)
+                if "standard" in strategies else None)
+        for strategy, kd, seed in itertools.product(strategies, [False] if args.no_kd else [False, True], seeds):
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            rec = recover(strategy, dense, x, widths, train_ds=train_ds, val_ds=val_ds, epochs=args.epochs,
+                          lr=args.lr, batch_size=args.batch_size, seed=seed, criterion=criterion,
+                          keep=keep if strategy == "standard" else None,
+                          teacher=dense if kd else None, log=None, progress=False)
+            row = {"importance": criterion, "strategy": strategy, "kd": kd, "seed": seed,
+                   "test_accuracy": evaluate(rec.model, test_ds), "params": count_params(rec.model),
+                   "val_acc_after_prune": rec.info.get("val_acc_after_prune"),
+                   "val_acc_before_prune": rec.info.get("val_acc_before_prune"),
+                   "epochs": rec.epochs, "seconds": time.perf_counter() - t0}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     out = {"started": started, "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "run": args.run or ("given widths" if args.widths else f"uniform, {args.uniform_params:g} of dense params"), "widths": widths, "dense_test_accuracy": dense_acc, "settings": vars(args), "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)

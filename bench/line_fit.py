@@ -24,16 +24,13 @@ from hwprune.lut import fit_calibration
 
 
 def theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """The estimator fit_calibration used before, with the same guards it still applies."""
-    b, a = (float(v) for v in theilslopes(y, x)[:2])
-    scale = float(np.median(y / x))
+    """The estimator fit_calibration used before, behind the same guards it still applies."""
+    def line(x_: np.ndarray, y_: np.ndarray) -> tuple[float, float]:
+        b, a = theilslopes(y_, x_)[:2]
+        return float(a), float(b)
 
-    def med_err(a_: float, b_: float) -> float:
-        return float(np.median(np.abs(a_ + b_ * x - y) / y))
-
-    if b > 0 and (a < -0.5 * b * float(x.min()) or med_err(0.0, scale) <= med_err(a, b)):
-        return 0.0, scale
-    return (a, b) if b > 0 else (0.0, scale)
+    fit = fit_calibration(x, y, line=line)
+    return fit["a"], fit["b"]
 
 
 def huber(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -373,7 +373,7 @@ class Predictor:
         return self.cal_a + self.cal_b * self.predict_raw(widths)
 
 
-def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> dict[str, float]:
+def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float], line=None) -> dict[str, float]:
     """Robust ``measured ≈ a + b · raw`` on relative errors, with its fit error; identity with < 3 points.
 
     Huber regression on relative residuals (iteratively reweighted least squares): the errors
@@ -382,14 +382,15 @@ def fit_calibration(raw_ms: Sequence[float], measured_ms: Sequence[float]) -> di
     the further off it is instead of tilting the line. It replaced Theil-Sen (the same guards
     below): on random 9-point subsets of seven committed 50-sample checks, one subset in three
     with a point 20% slow, its median error on the other points was lower or equal in six of
-    seven (by up to 0.16 points) and 0.01 point higher in one (``bench/line_fit.py``).
+    seven (by up to 0.16 points) and 0.01 point higher in one (``bench/line_fit.py``, which
+    passes another estimator as ``line``: a function ``(x, y) -> (a, b)``).
     """
     x = np.asarray(raw_ms, float)
     y = np.asarray(measured_ms, float)
     if len(x) < 3 or np.ptp(x) == 0:
         a, b = 0.0, 1.0
     else:
-        a, b = _huber_line(x, y)
+        a, b = (line or _huber_line)(x, y)
         scale = float(np.median(y / x))
 
         def med_err(a_: float, b_: float) -> float:
