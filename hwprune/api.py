@@ -258,7 +258,8 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None, proces
 
     With ``processes`` > 1 the model is timed in that many fresh processes one after another
     (:mod:`hwprune.processes`): ``timing`` pools every process's samples and
-    ``across_processes`` gives each process's statistic and their spread.
+    ``across_processes`` gives each process's statistic and their spread, and, when the machine
+    switched speed states (:mod:`profilers.machine_state`), the same per state.
 
     Example:
         >>> from hwprune import api
@@ -307,7 +308,7 @@ def _read_onnx(onnx_path: str) -> bytes:
 
 def _time_in_processes(onnx_path: str, cfg, processes: int) -> dict[str, Any]:
     """``hwprune time --processes N``: the model in N fresh processes, each process's figures and the spread."""
-    from hwprune.processes import measure_in_processes, spread
+    from hwprune.processes import measure_in_processes, spread, state_spreads
     from profilers.environment import collect_manifest
     from profilers.remote import check_reachable
     from profilers.stats import summarize
@@ -320,8 +321,9 @@ def _time_in_processes(onnx_path: str, cfg, processes: int) -> dict[str, Any]:
     return {"device": cfg.name, "model": onnx_path, "timed_scope": "session.run", "timing": pooled,
             "processes": processes,
             "across_processes": {**spread(runs, "model", cfg.statistic).to_dict(),
-                                 "per_process": [{k: v for k, v in r["model"].items() if k != "samples_ms"}
-                                                 for r in runs]},
+                                 "per_process": [{k: v for k, v in r["model"].items()
+                                                  if k not in ("samples_ms", "sample_states")} for r in runs],
+                                 "by_machine_state": [s.to_dict() for s in state_spreads(runs, "model", cfg)]},
             "extra_timings": {}, "environment": collect_manifest(cfg) if cfg.remote is None else {}}
 
 

@@ -7,6 +7,10 @@ around them: retakes while the machine is shifted, close calls measured again an
 pooled samples, room for the final measurement's own noise. The measuring function is a
 parameter, so a test scripts measurements instead of patching the timing module.
 
+Every verdict is taken in the machine state the models fare worst in (:mod:`hwprune.states`):
+on a machine that switches speed states a pruned/dense ratio differs between them, and a
+budget met only in the fast one is not met.
+
 The budget lives in one place, :class:`LatencyBudget`: an absolute limit, or a speed-up over
 the dense model measured *beside* the candidate (a lone measurement minutes earlier may sit on
 another machine state).
@@ -28,7 +32,9 @@ from typing import Any, Callable, Sequence
 
 from hwprune.errors import HwpruneError
 from hwprune.measure import statistic_ms
+from hwprune.states import MIN_STATE_SAMPLES, StateView, common_states, quickest_ms, view
 from profilers.config import DeviceConfig
+from profilers.machine_state import by_state, same_state
 
 Timing = dict[str, Any]  # a TimingStats dict, with samples
 Measure = Callable[[Sequence[tuple[str, bytes]], DeviceConfig, str], dict[str, Timing]]
@@ -44,6 +50,14 @@ MACHINE_SHIFT = 0.10
 RETAKE_WAIT_S = (15.0, 45.0)
 MAX_FINAL_REMEASURES = 2
 CONFIDENCE = 0.95
+# A measurement short of samples in a machine state this job has met in at least
+# STATE_RECURS measurements (one that keeps coming back, not a passing burst) is taken again and
+# pooled, at most MAX_STATE_TRIES times, STATE_WAIT_S apart: on our VM states last a few seconds
+# and a measurement often a fraction of one, so a verdict would otherwise be about whichever
+# state it happened to land in.
+STATE_RECURS = 2
+MAX_STATE_TRIES = 3
+STATE_WAIT_S = 2.0
 
 
 def default_measure(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, label: str) -> dict[str, Timing]:
@@ -121,6 +135,7 @@ class RoundMeasurement:
     budget_ms: float | None
     remeasured: bool         # a close call, measured again and pooled
     retakes: int
+    state_probe_us: float | None = None  # the machine state the verdict was taken in (None: one state)
 
     @property
     def kept(self) -> Measured:
@@ -142,6 +157,7 @@ class FinalMeasurement:
     retakes: int
     pruned_first: Timing  # the samples taken beside the reference (baseline.json keeps these)
     across: "AcrossProcesses | None" = None  # the pair again in fresh processes (--processes N)
+    states: StateView | None = None  # the machine states the verdict was taken across
 
 
 @dataclass
@@ -153,6 +169,7 @@ class ProcessVerdict:
     upper_bound_ms: float
     budget_ms: float | None
     certified: bool
+    state_probe_us: float | None = None   # the machine state the verdict was taken in (None: one state)
 
 
 @dataclass
@@ -193,6 +210,7 @@ class Round:
     candidate: int
     candidates: list[dict[str, Any]]
     agent_info: dict[str, Any] = field(default_factory=dict)
+    state_probe_us: float | None = None   # the machine state the round's verdict was taken in
     final: FinalMeasurement | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,7 +220,8 @@ class Round:
             f = self.final
             d.update(final_upper_bound_ms=f.upper_bound_ms, final_budget_ms=f.budget_ms,
                      final_measured_ms=f.measured_ms, final_remeasured=f.remeasured, final_retakes=f.retakes,
-                     final_utilisation=budget_utilisation(f.upper_bound_ms, f.budget_ms))
+                     final_utilisation=budget_utilisation(f.upper_bound_ms, f.budget_ms),
+                     final_machine_states=f.states.to_dict() if f.states is not None and f.states.states else None)
         return d
 
 
@@ -222,11 +241,13 @@ class Certificate:
     confidence: float
     rounds: list[Round]
     across: AcrossProcesses | None = None  # --processes N: the final pair in N fresh processes
+    states: StateView | None = None        # the machine states the final verdict was taken across
 
     def to_dict(self) -> dict[str, Any]:
         """``report.json``'s ``certificate``."""
         return {"statistic": self.statistic, "upper_bound_ms": self.upper_bound_ms, "confidence": self.confidence,
                 "budget_ms": self.budget_ms, "utilisation": self.utilisation,
+                "machine_states": self.states.to_dict() if self.states is not None and self.states.states else None,
                 "across_processes": self.across.to_dict() if self.across is not None else None,
                 "rounds": [r.to_dict() for r in self.rounds]}
 
@@ -272,9 +293,11 @@ class Certifier:
         self._measure_processes = measure_processes or measure_in_processes
         self._wait = wait
         self._log = log
-        self.dense: Timing | None = None       # the dense model's latest measurement (a pair's dense side)
+        self.dense: Timing | None = None       # the dense model's latest measurement (a pair's dense side),
+        self._dense_raw: Timing | None = None  # in the governing state, and with every state's samples
         self.dense_alone_ms: float | None = None
         self.quiet_ms = math.inf                # the quickest the dense model has run in this job
+        self.seen_states: dict[float, int] = {}  # machine states met (probe µs): in how many measurements
 
     @property
     def statistic(self) -> str:
@@ -293,11 +316,15 @@ class Certifier:
     def measure_dense(self, extra: Sequence[tuple[str, bytes]] = ()) -> dict[str, Timing]:
         """The dense model at the start, interleaved with ``extra`` (the in-process calibration's
         sub-networks, :mod:`hwprune.calibrate`): the first budget and the quiet machine's speed.
-        Returns every timing, the dense one under ``"dense"``."""
-        t = self._measure([("dense", self.dense_onnx)] + list(extra), self.cfg,
-                          "dense and calibration" if extra else "dense")
-        self.dense = t["dense"]
-        self.dense_alone_ms = self.quiet_ms = self.stat(self.dense)
+        Returns every timing, the dense one under ``"dense"``, in the state the sub-networks fare
+        worst in (the state later verdicts are taken in)."""
+        items = [("dense", self.dense_onnx)] + list(extra)
+        label = "dense and calibration" if extra else "dense"
+        raw = self._covering(items, self._measure(items, self.cfg, label), self.cfg, label)
+        t = self._view(raw).timings
+        self.dense, self._dense_raw = t["dense"], raw["dense"]
+        self.dense_alone_ms = self.stat(self.dense)
+        self.quiet_ms = quickest_ms(raw["dense"], self.cfg)
         return t
 
     def retake_floor(self, key: str, floor_onnx: bytes) -> tuple[float, float | None]:
@@ -306,9 +333,11 @@ class Certifier:
         moment slows a tiny model's per-operator overhead far more than the dense model (seen:
         the floor at 0.38 of dense in quiet processes, 0.54 in busy ones)."""
         self._wait(RETAKE_WAIT_S[0])
-        t = self._measure([("dense", self.dense_onnx), (key, floor_onnx)], self.cfg, "dense vs smallest")
-        self.dense = t["dense"]
-        self.quiet_ms = min(self.quiet_ms, self.stat(self.dense))
+        items = [("dense", self.dense_onnx), (key, floor_onnx)]
+        raw = self._covering(items, self._measure(items, self.cfg, "dense vs smallest"), self.cfg, "dense vs smallest")
+        t = self._view(raw).timings
+        self.dense, self._dense_raw = t["dense"], raw["dense"]
+        self.quiet_ms = min(self.quiet_ms, quickest_ms(raw["dense"], self.cfg))
         return self.stat(t[key]), self.budget_ms
 
     def has_room(self, upper_bound: float | None, budget_ms: float | None) -> bool:
@@ -328,9 +357,11 @@ class Certifier:
         tighten the limit and lose accuracy.
         """
         keys = ["pruned"] + [f"candidate {i + 2}" for i in range(len(proposals) - 1)]
-        t, retakes = self._steady([("dense", self.dense_onnx)] + [(k, p.onnx) for k, p in zip(keys, proposals)],
-                                  "dense vs candidates")
-        self.dense = t["dense"]
+        raw, retakes = self._steady([("dense", self.dense_onnx)] + [(k, p.onnx) for k, p in zip(keys, proposals)],
+                                    "dense vs candidates")
+        v = self._view(raw)
+        t = v.timings
+        self.dense, self._dense_raw = t["dense"], raw["dense"]
         budget_ms = self.budget_ms
         measured = [Measured(p.widths, p.score, p.predicted_ms, t[k],
                              upper_bound_ms(t[k], self.statistic) if budget_ms is not None else None)
@@ -344,14 +375,15 @@ class Certifier:
                 # percent, and tightening on it costs accuracy for nothing. Measure it once more
                 # and decide on both measurements' samples pooled (not the better of the two).
                 m = measured[best]
-                m.timing = self._again_pooled(proposals[best].onnx, m.timing)
+                _, v = self._again_pooled(proposals[best].onnx, raw[keys[best]])
+                m.timing = v.timings["pruned"]
                 budget_ms = self.budget_ms
                 m.upper_bound_ms = upper_bound_ms(m.timing, self.statistic)
                 remeasured = True
                 if self.has_room(m.upper_bound_ms, budget_ms):
                     pick = best
         return RoundMeasurement(measured, 0 if pick is None else pick, pick is not None, budget_ms, remeasured,
-                                retakes)
+                                retakes, v.probe_us)
 
     def measure_final(self, pruned_onnx: bytes, reference: tuple[str, bytes] | None = None,
                       min_repeats: int = 0) -> FinalMeasurement:
@@ -360,9 +392,10 @@ class Certifier:
         call is measured again, at most ``MAX_FINAL_REMEASURES`` times, on pooled samples."""
         items = [("dense", self.dense_onnx), ("pruned", pruned_onnx)] + ([reference] if reference else [])
         cfg = self.cfg.replace(min_repeats=max(self.cfg.min_repeats, min_repeats))
-        t, retakes = self._steady(items, "dense vs pruned", cfg)
-        self.dense, pruned = t["dense"], t["pruned"]
-        first = pruned
+        raw, retakes = self._steady(items, "dense vs pruned", cfg)
+        v = self._view(raw, ignore=(reference[0],) if reference else ())
+        self.dense, self._dense_raw = v.timings["dense"], raw["dense"]
+        pruned, pruned_raw = v.timings["pruned"], raw["pruned"]
         budget_ms = self.budget_ms
         ucb = upper_bound_ms(pruned, self.statistic)
         certified = budget_ms is not None and ucb <= budget_ms
@@ -372,40 +405,48 @@ class Certifier:
             # A close call, for widths that (usually) measured with room in their round: the
             # pruned/dense ratio drifts a few percent between measurements minutes apart. Measure
             # again and decide on the pooled samples (never the better of the two).
-            pruned = self._again_pooled(pruned_onnx, pruned)
+            pruned_raw, v = self._again_pooled(pruned_onnx, pruned_raw)
+            pruned = v.timings["pruned"]
             budget_ms = self.budget_ms
             ucb = upper_bound_ms(pruned, self.statistic)
             certified = ucb <= budget_ms
             remeasured += 1
-        return FinalMeasurement(self.dense, pruned, t[reference[0]] if reference else None, self.stat(pruned), ucb,
-                                budget_ms, bool(certified), remeasured, retakes, first)
+        return FinalMeasurement(self.dense, pruned, raw[reference[0]] if reference else None, self.stat(pruned), ucb,
+                                budget_ms, bool(certified), remeasured, retakes, raw["pruned"], states=v)
 
     def across_processes(self, pruned_onnx: bytes, processes: int) -> AcrossProcesses:
         """The dense/pruned pair in ``processes`` fresh processes, each held to the budget against
-        the dense model it measured beside the pruned one."""
+        the dense model it measured beside the pruned one, in the state the pair fared worst in."""
         runs = self._measure_processes([("dense", self.dense_onnx), ("pruned", pruned_onnx)], self.cfg, processes)
         verdicts = []
-        for t in runs:
+        for raw in runs:
+            v = self._view(raw)
+            t = v.timings
             budget_ms = self.budget.ms(self.stat(t["dense"]))
             ucb = upper_bound_ms(t["pruned"], self.statistic)
             verdicts.append(ProcessVerdict(self.stat(t["dense"]), self.stat(t["pruned"]), ucb, budget_ms,
-                                           budget_ms is not None and ucb <= budget_ms))
+                                           budget_ms is not None and ucb <= budget_ms, v.probe_us))
         return AcrossProcesses(verdicts)
+
+    def _view(self, raw: dict[str, Timing], ignore: tuple[str, ...] = ()) -> StateView:
+        return view(raw, self.budget, self.cfg, ignore)
 
     def _steady(self, items: list[tuple[str, bytes]], label: str,
                 cfg: DeviceConfig | None = None) -> tuple[dict[str, Timing], int]:
         """``measure(items)`` (the first item is the dense model), taken again, at most
         ``MAX_RETAKES`` times and each after waiting ``RETAKE_WAIT_S``, while the dense model runs
-        more than ``MACHINE_SHIFT`` slower than the quickest it has run in this job.
+        more than ``MACHINE_SHIFT`` slower than the quickest it has run in this job. Returns
+        the raw timings (every machine state's samples).
 
         On this shared VM a co-tenant's burst slowed the dense model 28% (0.76 → 0.98 ms) and a
         pruned one 37%: the pruned/dense ratio, which the budget is, was not the quiet machine's, and
         one such measurement sent 30% searches to the smallest architecture. The retake is chosen
-        on the dense model's speed alone, never on the pruned model's result.
+        on the dense model's speed alone, never on the pruned model's result, and on its fastest
+        state's speed: a slow state the machine keeps returning to is judged, not waited out.
         """
         for retakes in range(MAX_RETAKES + 1):
-            t = self._measure(items, cfg or self.cfg, label)
-            dense_ms = self.stat(t[items[0][0]])
+            t = self._covering(items, self._measure(items, cfg or self.cfg, label), cfg or self.cfg, label)
+            dense_ms = quickest_ms(t[items[0][0]], self.cfg)
             if dense_ms <= self.quiet_ms * (1 + MACHINE_SHIFT) or retakes == MAX_RETAKES:
                 break
             wait_s = RETAKE_WAIT_S[min(retakes, len(RETAKE_WAIT_S) - 1)]
@@ -415,20 +456,50 @@ class Certifier:
         self.quiet_ms = min(self.quiet_ms, dense_ms)
         return t, retakes
 
-    def _again_pooled(self, onnx: bytes, model_t: Timing) -> Timing:
-        """The dense model and one pruned model measured once more, interleaved; both summaries
-        pool the new samples with the earlier ones (the dense side becomes the latest dense)."""
+    def _covering(self, items: Sequence[tuple[str, bytes]], t: dict[str, Timing], cfg: DeviceConfig,
+                  label: str) -> dict[str, Timing]:
+        """``t`` measured again and pooled while it lacks a recurring machine state of this job
+        (at most ``MAX_STATE_TRIES`` times); the states it has are remembered."""
+        for _ in range(MAX_STATE_TRIES):
+            have = [c for c, _ in common_states(t)]
+            missing = [c for c, n in self.seen_states.items()
+                       if n >= STATE_RECURS and not any(same_state(c, h) for h in have)]
+            if not missing:
+                break
+            self._wait(STATE_WAIT_S)
+            again = self._measure(items, cfg, label)
+            t = {k: pooled(t[k], again[k], self.cfg) for k in t}
+        self._remember(t["dense"])
+        return t
+
+    def _remember(self, dense: Timing) -> None:
+        for c, samples in by_state(dense).items():
+            if math.isnan(c) or len(samples) < MIN_STATE_SAMPLES:
+                continue
+            known = next((k for k in self.seen_states if same_state(k, c)), None)
+            self.seen_states[c if known is None else known] = self.seen_states.get(known, 0) + 1
+
+    def _again_pooled(self, onnx: bytes, model_raw: Timing) -> tuple[Timing, StateView]:
+        """The dense model and one pruned model measured once more, interleaved; both pool the new
+        samples with the earlier ones, state by state (the dense side becomes the latest dense).
+        Returns the pruned model's pooled raw timing and the pair's view."""
         t2 = self._measure([("dense", self.dense_onnx), ("pruned", onnx)], self.cfg, "dense vs pruned")
-        self.dense = pooled(self.dense, t2["dense"], self.cfg)
-        return pooled(model_t, t2["pruned"], self.cfg)
+        self._dense_raw = pooled(self._dense_raw, t2["dense"], self.cfg)
+        model_raw = pooled(model_raw, t2["pruned"], self.cfg)
+        v = self._view({"dense": self._dense_raw, "pruned": model_raw})
+        self.dense = v.timings["dense"]
+        return model_raw, v
 
 
 def pooled(a: Timing, b: Timing, cfg: DeviceConfig) -> Timing:
-    """One timing summary over the samples of two measurements of the same model."""
+    """One timing summary over the samples of two measurements of the same model, their machine
+    states matched by probe time."""
+    from profilers.machine_state import merge, with_labels
     from profilers.stats import summarize
 
-    samples = list(a["samples_ms"]) + list(b["samples_ms"])
-    return summarize(samples, cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci).to_dict()
+    samples, labels = merge(a, b)
+    return with_labels(summarize(samples, cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci).to_dict(),
+                       labels)
 
 
 def measured_points(rounds: Sequence[Round]) -> list[tuple[float, float]]:

@@ -70,6 +70,9 @@ def time_cmd(onnx_path: str, device: str, json_path: str | None, processes: int)
         a = result["across_processes"]
         click.echo(f"{processes} processes: {a['statistic']} " + " / ".join(f"{v:.4f}" for v in a["values_ms"])
                    + f" ms; median {a['median_ms']:.4f} ms, spread (max - min) / median {a['spread_pct']:.1f}%")
+        for st in a.get("by_machine_state") or []:
+            click.echo(f"  machine state probe {st['probe_us']:.0f} us, in {st['processes']} of {processes} processes: "
+                       f"median {st['median_ms']:.4f} ms, spread {st['spread_pct']:.1f}%")
 
 
 def _model_options(f):

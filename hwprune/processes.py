@@ -70,6 +70,36 @@ def spread(runs: Sequence[dict[str, Timing]], key: str, statistic: str) -> Sprea
     return Spread(key, statistic, [statistic_ms(r[key], statistic) for r in runs])
 
 
+@dataclass
+class StateSpread:
+    """One model's statistic in one machine state, in each process that ran long enough in it."""
+
+    probe_us: float
+    spread: Spread
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"probe_us": self.probe_us, "processes": len(self.spread.values_ms), **self.spread.to_dict()}
+
+
+def state_spreads(runs: Sequence[dict[str, Timing]], key: str, cfg: DeviceConfig) -> list[StateSpread]:
+    """``key``'s statistic per machine state across ``runs`` (states matched by probe time), fastest
+    state first; empty when no process saw more than one state and all saw the same one."""
+    from hwprune.measure import statistic_ms
+    from hwprune.states import MIN_STATE_SAMPLES, in_state
+    from profilers.machine_state import by_state, same_state
+
+    found: dict[float, list[float]] = {}
+    for r in runs:
+        for c, samples in by_state(r[key]).items():
+            if c != c or len(samples) < MIN_STATE_SAMPLES:   # nan: measured without the probe
+                continue
+            known = next((k for k in found if same_state(k, c)), c)
+            found.setdefault(known, []).append(statistic_ms(in_state(r[key], samples, c, cfg), cfg.statistic))
+    if len(found) < 2:
+        return []
+    return [StateSpread(c, Spread(key, cfg.statistic, v)) for c, v in sorted(found.items())]
+
+
 def measure_in_processes(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, processes: int,
                          progress: Callable[[int], None] | None = None) -> list[dict[str, Timing]]:
     """``items`` timed interleaved in each of ``processes`` fresh processes, one after another

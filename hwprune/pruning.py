@@ -292,7 +292,7 @@ def _lead(job: _Job, lut, limits, user_budgets, agent, num_classes, reproduce, d
     baseline = make_baseline(outcome.onnx, "pruned.onnx", cfg.name, cfg.statistic, f.pruned_first, env,
                              reference=f.reference)
     certificate = Certificate(f.certified, cfg.statistic, f.upper_bound_ms, f.budget_ms, CONFIDENCE, outcome.rounds,
-                              f.across)
+                              f.across, f.states)
     report = build_report(opts, agent_name, cert, setup, outcome.result, certificate, f, dense, pruned, x,
                           job.task.evaluate(dense), job.task.evaluate(pruned), outcome.recovered.report, env, limits,
                           seconds=time.perf_counter() - t0, reproduce=reproduce)
@@ -447,11 +447,12 @@ def _measured_round(job: _Job, s: SearchSetup, cert: Certifier, rnd: int, lut_li
         result = replace(result, widths=kept.widths, score=kept.proxy_accuracy, values=s.values(kept.widths))
     r = Round(rnd + 1, lut_limit_ms, result.widths, result.score, kept.predicted_ms, cert.stat(kept.timing),
               kept.upper_bound_ms, rm.budget_ms, result.evaluations, result.seconds, rm.remeasured, rm.retakes,
-              rm.index + 1, [m.summary() for m in rm.measured], result.extra)
+              rm.index + 1, [m.summary() for m in rm.measured], result.extra, rm.state_probe_us)
     job.log(f"round {r.round}: " + (f"predicted {r.predicted_ms:.4f} ms, " if r.predicted_ms is not None else "")
             + f"measured {cfg.statistic} {r.measured_ms:.4f} ms"
             + (f" (95% upper bound {r.upper_bound_ms:.4f} ms vs budget {r.budget_ms:.4f} ms)"
-               if r.upper_bound_ms is not None else ""))
+               if r.upper_bound_ms is not None else "")
+            + (f", judged in its worst machine state (probe {r.state_probe_us:.0f} µs)" if r.state_probe_us else ""))
     return r, rm, result, models
 
 

@@ -68,6 +68,11 @@ def certificate_text(report: dict[str, Any]) -> tuple[str, str]:
     bound = f"95% upper bound of the measured {cert['statistic']}: {cert['upper_bound_ms']:.4f} ms"
     if cert.get("budget_ms"):
         detail = f"{bound} vs budget {cert['budget_ms']:.4f} ms ({cert['upper_bound_ms'] / cert['budget_ms']:.0%} of it)"
+        states = cert.get("machine_states")
+        if states and states.get("governing_probe_us"):
+            uses = " / ".join(f"{s['utilisation']:.0%}" for s in states["states"] if s.get("utilisation") is not None)
+            detail += (f"; the machine ran in {len(states['states'])} speed states (budget used {uses}), "
+                       f"judged in the worst (probe {states['governing_probe_us']:.0f} µs)")
         across = cert.get("across_processes")
         if across and across.get("utilisation"):
             u = across["utilisation"]

@@ -3,6 +3,11 @@
 Measuring model A for a second and then B for a second lets anything that drifts in between
 (thermal state, a neighbour's load, frequency scaling) masquerade as a difference between
 them. Alternating short bursts (A B A B ...) exposes both to the same conditions.
+
+A machine that switches between discrete speed states is another matter: the ratio of two
+models differs from state to state, and the share of time in each moves the pooled figures.
+So a probe is timed before every burst (:mod:`profilers.machine_state`) and each sample is
+labelled with the state it ran in; a verdict can then be taken state by state.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
+from profilers.machine_state import StateSplit, probe_us, split_states
 from profilers.runner import BaseRunner
 from profilers.stats import TimingStats, summarize
 
@@ -18,13 +24,15 @@ def measure_interleaved(runners: Sequence[BaseRunner], *, burst: int = 20, warmu
                         min_repeats: int | None = None, max_seconds: float | None = None,
                         statistic: str | None = None, rel_ci: float | None = None,
                         confidence: float | None = None, min_seconds: float | None = None,
-                        on_round: Callable[[int], None] | None = None) -> list[TimingStats]:
+                        on_round: Callable[[int], None] | None = None,
+                        probe: Callable[[], float] = probe_us) -> list[TimingStats]:
     """Time active ``runners`` in alternating bursts until every statistic has converged.
 
     Defaults come from the first runner's device config. Stops when each runner has at
     least ``min_repeats`` samples and its CI is within ``±rel_ci``, or after ``max_seconds``
     (of timed bursts, for all runners together). ``on_round(n_converged)`` is called after
-    every round.
+    every round. Each summary carries its samples' machine states (``state_probe_us``,
+    ``sample_states``), read from ``probe()`` before every burst and after the last.
     """
     c = runners[0].config
     warmup = c.warmup if warmup is None else warmup
@@ -39,11 +47,15 @@ def measure_interleaved(runners: Sequence[BaseRunner], *, burst: int = 20, warmu
         for _ in range(warmup):
             r.time_once_ms()
     samples: list[list[float]] = [[] for _ in runners]
+    probes: list[float] = [probe()]    # probes[j] before burst j, probes[j + 1] after it
+    burst_of: list[int] = []              # the runner of burst j
     start = time.perf_counter()
     while True:
-        for r, s in zip(runners, samples):
+        for i, (r, s) in enumerate(zip(runners, samples)):
             for _ in range(burst):
                 s.append(r.time_once_ms())
+            burst_of.append(i)
+            probes.append(probe())
         elapsed = time.perf_counter() - start
         converged = sum(summarize(s, statistic, confidence, c.cv_threshold, rel_ci).converged for s in samples)
         if on_round is not None:
@@ -53,4 +65,15 @@ def measure_interleaved(runners: Sequence[BaseRunner], *, burst: int = 20, warmu
                 break
     # Each runner's total_s is the time spent inside its own timed calls, not the whole
     # round robin's: summed over runners, it is the time actually spent measuring.
-    return [summarize(s, statistic, confidence, c.cv_threshold, rel_ci, total_s=sum(s) / 1e3) for s in samples]
+    stats = [summarize(s, statistic, confidence, c.cv_threshold, rel_ci, total_s=sum(s) / 1e3) for s in samples]
+    _label_states(stats, split_states(probes), probes, burst_of, burst)
+    return stats
+
+
+def _label_states(stats: list[TimingStats], split: StateSplit, probes: list[float], burst_of: list[int],
+                  burst: int) -> None:
+    """Give each summary its samples' states: every sample takes its burst's label."""
+    for st in stats:
+        st.state_probe_us = list(split.centers_us)
+    for j, i in enumerate(burst_of):
+        stats[i].sample_states.extend([split.label(probes[j], probes[j + 1])] * burst)

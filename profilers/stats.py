@@ -154,6 +154,10 @@ class TimingStats:
     total_s: float
     samples_ms: list[float] = field(default_factory=list, repr=False)
     remeasured: bool = False
+    # The machine states the samples ran in (profilers.machine_state): each state's probe µs,
+    # and each sample's index into it (-1: a burst that straddled a switch). Empty: not probed.
+    state_probe_us: list[float] = field(default_factory=list)
+    sample_states: list[int] = field(default_factory=list, repr=False)
 
     def value(self, statistic: str | None = None) -> float:
         stat = statistic or self.statistic
@@ -168,6 +172,7 @@ class TimingStats:
         d = asdict(self)
         if not with_samples:
             d.pop("samples_ms")
+            d.pop("sample_states")
         return d
 
     @classmethod
