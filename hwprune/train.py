@@ -460,9 +460,85 @@ def _save_atomic(obj, path: str) -> None:
             os.remove(tmp)
 
 
+@dataclass
+class _StepPlan:
+    """How the run is cut into steps: the scaled peak rate and the per-rank batch counts."""
+
+    peak_lr: float
+    n: int
+    local_batch: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+@dataclass
+class _TrainContext:
+    """What stays fixed for a whole run of :func:`_train`: the model, the data, the recipe and where to write."""
+
+    model: nn.Module
+    train_ds: ImageDataset
+    dist_ctx: DistContext
+    device: torch.device
+    say: Callable[[str], None]
+    plan: _StepPlan
+    started: float
+    epochs: int
+    momentum: float
+    weight_decay: float
+    teacher: nn.Module | None
+    kd_temperature: float
+    kd_alpha: float
+    label_smoothing: float
+    augment: bool
+    val_ds: ImageDataset | None
+    checkpoint_path: str | None
+    progress: bool
+    raise_on_nan: bool
+    hooks: TrainHooks | None
+    resume_path: str | None
+    fingerprint: dict
+    mean: torch.Tensor
+    std: torch.Tensor
+    val_order: np.ndarray | None
+
+
+@dataclass
+class _LoopState:
+    """What the training loop carries from step to step and from epoch to epoch."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    order_rng: np.random.Generator
+    aug_gen: torch.Generator
+    step: int = 0
+    first_epoch: int = 1
+    prior_seconds: float = 0.0
+    last_good: dict[str, torch.Tensor] = field(default_factory=dict)
+    last_good_at: str = ""
+    current_lr: float = 0.0
+
+
+@dataclass
+class _EpochTotals:
+    """An epoch's running sums on this rank, and the 1-based step of a non-finite loss if one stopped it."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    bad_step: int | None = None
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Count one optimised batch: its task loss and correct predictions, weighted by its size."""
+        batch_n = len(y)
+        self.loss_sum += float(loss.detach()) * batch_n
+        self.correct += float((logits.detach().argmax(1) == y).sum())
+        self.seen += batch_n
+
+
 def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: DistContext, *, epochs, lr, momentum,
            weight_decay, batch_size, seed, teacher, kd_temperature, kd_alpha, label_smoothing, augment,
            val_ds, log, checkpoint_path, progress, raise_on_nan, device, hooks, resume_path) -> TrainResult:
+    """The body of :func:`train` on checked arguments: set the run up, then train epoch by epoch."""
     started = time.perf_counter()
     rank, world = dist_ctx.rank, dist_ctx.world_size
     if device is None and dist_ctx.active and torch.cuda.is_available():
@@ -470,169 +546,246 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: DistContext, *, e
     device = _resolve_device(model, device)
     model.to(device)
     say = log if (log is not None and dist_ctx.is_main) else (lambda _msg: None)
-
-    peak_lr = lr * batch_size / LR_REFERENCE_BATCH
-    n = len(train_ds)
-    local_batch = max(1, batch_size // world)
-    per_rank = -(-n // world)
-    # Drop the ragged tail batch (a batch of one breaks BatchNorm) unless it is all there is.
-    steps_per_epoch = max(1, per_rank // local_batch)
-    total_steps = steps_per_epoch * epochs
-    result = TrainResult(epochs=0, seconds=0.0, lr=peak_lr, world_size=world, rank=rank)
+    plan = _plan_steps(len(train_ds), batch_size, lr, world, epochs)
+    result = TrainResult(epochs=0, seconds=0.0, lr=plan.peak_lr, world_size=world, rank=rank)
     if epochs == 0:
         return result
 
     if teacher is not None:
         teacher = teacher.to(device).eval()  # its forward runs under no_grad; train() restores its mode
-
-    def wrap(m: nn.Module) -> nn.Module:
-        if not dist_ctx.active:
-            return m
-        from torch.nn.parallel import DistributedDataParallel
-
-        # 1x1 conv weight gradients come back with different strides on their size-1 dims,
-        # which is the same memory layout; DDP's reducer warns about it anyway on every run.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        return DistributedDataParallel(m, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def make_optimizer() -> torch.optim.Optimizer:
-        return torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=momentum, weight_decay=weight_decay)
-
-    optimizer = make_optimizer()
     mean, std = _norm_tensors(train_ds, device)
-    # The permutation is shared by all ranks (same seed); the augmentation differs per rank.
-    order_rng = np.random.default_rng(seed)
-    aug_gen = torch.Generator().manual_seed(seed * 1000003 + rank)
     # Validation shards are not padded, so every image counts exactly once in the all-reduced accuracy.
     val_order = np.arange(len(val_ds))[rank::world] if val_ds is not None and len(val_ds) else None
-
-    step = 0
-    first_epoch = 1
-    prior_seconds = 0.0
     fingerprint = _recipe_fingerprint(model, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      batch_size=batch_size, seed=seed, world=world, n=n, augment=augment,
+                                      batch_size=batch_size, seed=seed, world=world, n=plan.n, augment=augment,
                                       teacher=teacher, kd_temperature=kd_temperature, kd_alpha=kd_alpha,
                                       label_smoothing=label_smoothing)
-    if resume_path:
-        saved = _load_resume_state(resume_path, fingerprint, say)
-        if saved is not None:
-            # Every rank reads the same file, so the weights agree before DDP wraps the model.
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            order_rng.bit_generator.state = saved["order_rng"]
-            aug_gen.set_state(saved["aug_rng"][rank])
-            step = int(saved["step"])
-            first_epoch = int(saved["epoch"]) + 1
-            prior_seconds = float(saved["seconds"])
-            result.history = list(saved["history"])
-            result.best_val_acc = saved["best_val_acc"]
-            result.epochs = result.resumed_at_epoch = int(saved["epoch"])
-            say(f"resuming from {resume_path} after epoch {saved['epoch']}/{epochs} (delete it to start over)")
-    net = wrap(model)
-
-    last_good = _state_copy(model)  # epoch 0 (or the resumed epoch): the weights we start from
-    last_good_at = f"epoch {first_epoch - 1}"
-    say(f"training {n} images for {epochs} epochs: {steps_per_epoch} steps of {local_batch * world} "
-        f"(x{world} ranks), peak lr {peak_lr:g}, cosine to 0" + (", distilling" if teacher is not None else ""))
-    for epoch in range(first_epoch, epochs + 1):
+    ctx = _TrainContext(
+        model=model, train_ds=train_ds, dist_ctx=dist_ctx, device=device, say=say, plan=plan, started=started,
+        epochs=epochs, momentum=momentum, weight_decay=weight_decay, teacher=teacher,
+        kd_temperature=kd_temperature, kd_alpha=kd_alpha, label_smoothing=label_smoothing, augment=augment,
+        val_ds=val_ds, checkpoint_path=checkpoint_path, progress=progress, raise_on_nan=raise_on_nan,
+        hooks=hooks, resume_path=resume_path, fingerprint=fingerprint, mean=mean, std=std, val_order=val_order)
+    state = _start_state(ctx, seed, result)
+    say(f"training {plan.n} images for {epochs} epochs: {plan.steps_per_epoch} steps of {plan.local_batch * world} "
+        f"(x{world} ranks), peak lr {plan.peak_lr:g}, cosine to 0" + (", distilling" if teacher is not None else ""))
+    for epoch in range(state.first_epoch, epochs + 1):
         epoch_start = time.perf_counter()
-        net.train()
-        order = _shard(order_rng.permutation(n), rank, world)
-        bar = _progress_bar(steps_per_epoch, f"epoch {epoch}/{epochs}", progress and dist_ctx.is_main)
-        loss_sum = correct = seen = 0.0
-        bad_step = None
-        try:
-            for s in range(steps_per_epoch):
-                if hooks is not None and hooks.before_step(model, step, total_steps):
-                    # New parameter tensors: the old optimiser state and DDP buckets point at
-                    # the old ones, and pruning leaves the model in eval mode.
-                    model.to(device).train()
-                    net = wrap(model)
-                    optimizer = make_optimizer()
-                    last_good = _state_copy(model)  # the previous shapes can no longer be restored
-                    last_good_at = f"epoch {epoch} step {s + 1}, after pruning"
-                idx = torch.as_tensor(order[s * local_batch:(s + 1) * local_batch], dtype=torch.int64)
-                x = train_ds.images[idx]
-                if augment:
-                    x = augment_batch(x, aug_gen)
-                x = (x.to(device).float() - mean) / std
-                y = train_ds.labels[idx].to(device)
-                current_lr = cosine_lr(step, total_steps, peak_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = current_lr
-                logits = net(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-                    loss = kd_loss(logits, teacher_logits, y, kd_temperature, kd_alpha)
-                else:
-                    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                extra = hooks.extra_loss(model, step, total_steps) if hooks is not None else None
-                objective = loss if extra is None else loss + extra
-                finite = bool(torch.isfinite(objective))
-                if dist_ctx.active:
-                    # All ranks must agree to stop, or the others would hang in backward's all-reduce.
-                    finite = dist_ctx.all_sum([0.0 if finite else 1.0], device)[0] == 0.0
-                if not finite:
-                    bad_step = s + 1
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                optimizer.step()
-                step += 1
-                batch_n = len(idx)
-                loss_sum += float(loss.detach()) * batch_n
-                correct += float((logits.detach().argmax(1) == y).sum())
-                seen += batch_n
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", lr=f"{current_lr:.4g}")
-        finally:
-            if bar is not None:
-                bar.close()
-
-        if bad_step is not None:
-            model.load_state_dict(last_good)
-            if checkpoint_path and dist_ctx.is_main:
-                save_state_dict(last_good, checkpoint_path)
-            result.stopped_reason = "nan"
-            result.seconds = prior_seconds + time.perf_counter() - started
-            where = f" (saved to {checkpoint_path})" if checkpoint_path else ""
-            message = (f"NaN loss at epoch {epoch} step {bad_step}; kept the last good checkpoint "
-                       f"({last_good_at}){where}; try a lower --lr")
-            say(message)
-            if raise_on_nan:
-                raise HwpruneError(message)
-            return result
-
-        loss_sum, correct, seen = dist_ctx.all_sum([loss_sum, correct, seen], device)
-        row: dict[str, float] = {"epoch": epoch, "loss": loss_sum / max(seen, 1.0),
-                                 "acc": correct / max(seen, 1.0), "lr": current_lr}
-        if val_order is not None:
-            c, t = _count_correct(model, val_ds, val_order, 512, device)
-            c, t = dist_ctx.all_sum([float(c), float(t)], device)
-            row["val_acc"] = c / t if t else 0.0
-            result.best_val_acc = max(result.best_val_acc or 0.0, row["val_acc"])
-        row["seconds"] = time.perf_counter() - epoch_start
-        result.history.append(row)
-        result.epochs = epoch
-        last_good = _state_copy(model)
-        last_good_at = f"epoch {epoch}"
-        if checkpoint_path and dist_ctx.is_main:
-            save_state_dict(last_good, checkpoint_path)
-        if resume_path:
-            aug_states = dist_ctx.all_gather_tensor(aug_gen.get_state(), device)
-            if dist_ctx.is_main:
-                _save_atomic({"format": RESUME_FORMAT, "fingerprint": fingerprint, "epoch": epoch, "step": step,
-                              "model": last_good, "optimizer": optimizer.state_dict(),
-                              "order_rng": order_rng.bit_generator.state, "aug_rng": aug_states,
-                              "history": result.history, "best_val_acc": result.best_val_acc,
-                              "seconds": prior_seconds + time.perf_counter() - started}, resume_path)
-        say(f"epoch {epoch}/{epochs}: loss {row['loss']:.4f} train acc {row['acc']:.4f}"
-            + (f" val acc {row['val_acc']:.4f}" if "val_acc" in row else "")
-            + f" lr {current_lr:.3g} ({row['seconds']:.1f} s)")
-    result.seconds = prior_seconds + time.perf_counter() - started
+        totals = _run_epoch(ctx, state, epoch)
+        if totals.bad_step is not None:
+            return _stop_on_nan(ctx, state, result, epoch, totals.bad_step)
+        _finish_epoch(ctx, state, result, epoch, totals, epoch_start)
+    result.seconds = state.prior_seconds + time.perf_counter() - started
     return result
+
+
+def _plan_steps(n: int, batch_size: int, lr: float, world: int, epochs: int) -> _StepPlan:
+    """The linearly scaled peak learning rate and the step counts of ``n`` images over ``world`` ranks."""
+    local_batch = max(1, batch_size // world)
+    per_rank = -(-n // world)
+    # Drop the ragged tail batch (a batch of one breaks BatchNorm) unless it is all there is.
+    steps_per_epoch = max(1, per_rank // local_batch)
+    return _StepPlan(peak_lr=lr * batch_size / LR_REFERENCE_BATCH, n=n, local_batch=local_batch,
+                     steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * epochs)
+
+
+def _wrap_ddp(ctx: _TrainContext) -> nn.Module:
+    """The model as the loop runs it: itself, or inside ``DistributedDataParallel`` when distributed."""
+    if not ctx.dist_ctx.active:
+        return ctx.model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # 1x1 conv weight gradients come back with different strides on their size-1 dims,
+    # which is the same memory layout; DDP's reducer warns about it anyway on every run.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    device = ctx.device
+    return DistributedDataParallel(ctx.model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _make_optimizer(ctx: _TrainContext) -> torch.optim.Optimizer:
+    """A fresh SGD over the model's current parameters, at the peak learning rate."""
+    return torch.optim.SGD(ctx.model.parameters(), lr=ctx.plan.peak_lr, momentum=ctx.momentum,
+                           weight_decay=ctx.weight_decay)
+
+
+def _start_state(ctx: _TrainContext, seed: int, result: TrainResult) -> _LoopState:
+    """The optimiser and both random streams, continued from ``ctx.resume_path`` when it holds this recipe,
+    with the model wrapped for the loop and its starting weights kept as the last good ones."""
+    optimizer = _make_optimizer(ctx)
+    # The permutation is shared by all ranks (same seed); the augmentation differs per rank.
+    order_rng = np.random.default_rng(seed)
+    aug_gen = torch.Generator().manual_seed(seed * 1000003 + ctx.dist_ctx.rank)
+    state = _LoopState(net=ctx.model, optimizer=optimizer, order_rng=order_rng, aug_gen=aug_gen)
+    if ctx.resume_path:
+        _resume(ctx, state, result)
+    state.net = _wrap_ddp(ctx)
+    state.last_good = _state_copy(ctx.model)  # epoch 0 (or the resumed epoch): the weights we start from
+    state.last_good_at = f"epoch {state.first_epoch - 1}"
+    return state
+
+
+def _resume(ctx: _TrainContext, state: _LoopState, result: TrainResult) -> None:
+    """Load the saved training state of this recipe, if ``ctx.resume_path`` holds one, into the model,
+    ``state`` and ``result``."""
+    saved = _load_resume_state(ctx.resume_path, ctx.fingerprint, ctx.say)
+    if saved is None:
+        return
+    # Every rank reads the same file, so the weights agree before DDP wraps the model.
+    ctx.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.order_rng.bit_generator.state = saved["order_rng"]
+    state.aug_gen.set_state(saved["aug_rng"][ctx.dist_ctx.rank])
+    state.step = int(saved["step"])
+    state.first_epoch = int(saved["epoch"]) + 1
+    state.prior_seconds = float(saved["seconds"])
+    result.history = list(saved["history"])
+    result.best_val_acc = saved["best_val_acc"]
+    result.epochs = result.resumed_at_epoch = int(saved["epoch"])
+    ctx.say(f"resuming from {ctx.resume_path} after epoch {saved['epoch']}/{ctx.epochs} (delete it to start over)")
+
+
+def _run_epoch(ctx: _TrainContext, state: _LoopState, epoch: int) -> _EpochTotals:
+    """One pass over this rank's shard of a fresh permutation, with a progress bar; stops at the first
+    non-finite loss (``bad_step`` of the result)."""
+    plan = ctx.plan
+    state.net.train()
+    order = _shard(state.order_rng.permutation(plan.n), ctx.dist_ctx.rank, ctx.dist_ctx.world_size)
+    bar = _progress_bar(plan.steps_per_epoch, f"epoch {epoch}/{ctx.epochs}", ctx.progress and ctx.dist_ctx.is_main)
+    totals = _EpochTotals()
+    try:
+        for s in range(plan.steps_per_epoch):
+            _apply_structure_hook(ctx, state, epoch, s)
+            idx = torch.as_tensor(order[s * plan.local_batch:(s + 1) * plan.local_batch], dtype=torch.int64)
+            if not _optimise_batch(ctx, state, idx, totals):
+                totals.bad_step = s + 1
+                break
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{totals.loss_sum / totals.seen:.4f}", acc=f"{totals.correct / totals.seen:.4f}",
+                                lr=f"{state.current_lr:.4g}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return totals
+
+
+def _apply_structure_hook(ctx: _TrainContext, state: _LoopState, epoch: int, s: int) -> None:
+    """Run ``hooks.before_step``; when it changed the model's parameters, rebuild what pointed at the old ones."""
+    if ctx.hooks is None or not ctx.hooks.before_step(ctx.model, state.step, ctx.plan.total_steps):
+        return
+    # New parameter tensors: the old optimiser state and DDP buckets point at
+    # the old ones, and pruning leaves the model in eval mode.
+    ctx.model.to(ctx.device).train()
+    state.net = _wrap_ddp(ctx)
+    state.optimizer = _make_optimizer(ctx)
+    state.last_good = _state_copy(ctx.model)  # the previous shapes can no longer be restored
+    state.last_good_at = f"epoch {epoch} step {s + 1}, after pruning"
+
+
+def _load_batch(ctx: _TrainContext, state: _LoopState, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch ``idx`` on the device: images augmented (when asked) and normalised, and their labels."""
+    x = ctx.train_ds.images[idx]
+    if ctx.augment:
+        x = augment_batch(x, state.aug_gen)
+    x = (x.to(ctx.device).float() - ctx.mean) / ctx.std
+    y = ctx.train_ds.labels[idx].to(ctx.device)
+    return x, y
+
+
+def _task_loss(ctx: _TrainContext, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The distillation loss against the teacher's logits on ``x``, or the cross-entropy without a teacher."""
+    if ctx.teacher is not None:
+        with torch.no_grad():
+            teacher_logits = ctx.teacher(x)
+        return kd_loss(logits, teacher_logits, y, ctx.kd_temperature, ctx.kd_alpha)
+    return F.cross_entropy(logits, y, label_smoothing=ctx.label_smoothing)
+
+
+def _all_finite(ctx: _TrainContext, objective: torch.Tensor) -> bool:
+    """Whether the step's objective is finite on every rank."""
+    finite = bool(torch.isfinite(objective))
+    if ctx.dist_ctx.active:
+        # All ranks must agree to stop, or the others would hang in backward's all-reduce.
+        finite = ctx.dist_ctx.all_sum([0.0 if finite else 1.0], ctx.device)[0] == 0.0
+    return finite
+
+
+def _optimise_batch(ctx: _TrainContext, state: _LoopState, idx: torch.Tensor, totals: _EpochTotals) -> bool:
+    """One SGD step on the batch ``idx`` at the scheduled rate, counted in ``totals``; False, with nothing
+    stepped, when the loss is not finite."""
+    x, y = _load_batch(ctx, state, idx)
+    state.current_lr = cosine_lr(state.step, ctx.plan.total_steps, ctx.plan.peak_lr)
+    for group in state.optimizer.param_groups:
+        group["lr"] = state.current_lr
+    logits = state.net(x)
+    loss = _task_loss(ctx, logits, x, y)
+    extra = ctx.hooks.extra_loss(ctx.model, state.step, ctx.plan.total_steps) if ctx.hooks is not None else None
+    objective = loss if extra is None else loss + extra
+    if not _all_finite(ctx, objective):
+        return False
+    state.optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    state.optimizer.step()
+    state.step += 1
+    totals.add(loss, logits, y)
+    return True
+
+
+def _stop_on_nan(ctx: _TrainContext, state: _LoopState, result: TrainResult, epoch: int,
+                 bad_step: int) -> TrainResult:
+    """Restore (and checkpoint) the last good weights after a non-finite loss; raise, or return ``result``
+    marked ``nan``, as ``raise_on_nan`` says."""
+    ctx.model.load_state_dict(state.last_good)
+    if ctx.checkpoint_path and ctx.dist_ctx.is_main:
+        save_state_dict(state.last_good, ctx.checkpoint_path)
+    result.stopped_reason = "nan"
+    result.seconds = state.prior_seconds + time.perf_counter() - ctx.started
+    where = f" (saved to {ctx.checkpoint_path})" if ctx.checkpoint_path else ""
+    message = (f"NaN loss at epoch {epoch} step {bad_step}; kept the last good checkpoint "
+               f"({state.last_good_at}){where}; try a lower --lr")
+    ctx.say(message)
+    if ctx.raise_on_nan:
+        raise HwpruneError(message)
+    return result
+
+
+def _finish_epoch(ctx: _TrainContext, state: _LoopState, result: TrainResult, epoch: int,
+                  totals: _EpochTotals, epoch_start: float) -> None:
+    """Record a finished epoch: its history row (with validation), the new last good weights, the
+    checkpoint and resume state, and its log line."""
+    dist_ctx, device = ctx.dist_ctx, ctx.device
+    loss_sum, correct, seen = dist_ctx.all_sum([totals.loss_sum, totals.correct, totals.seen], device)
+    row: dict[str, float] = {"epoch": epoch, "loss": loss_sum / max(seen, 1.0),
+                             "acc": correct / max(seen, 1.0), "lr": state.current_lr}
+    if ctx.val_order is not None:
+        c, t = _count_correct(ctx.model, ctx.val_ds, ctx.val_order, 512, device)
+        c, t = dist_ctx.all_sum([float(c), float(t)], device)
+        row["val_acc"] = c / t if t else 0.0
+        result.best_val_acc = max(result.best_val_acc or 0.0, row["val_acc"])
+    row["seconds"] = time.perf_counter() - epoch_start
+    result.history.append(row)
+    result.epochs = epoch
+    state.last_good = _state_copy(ctx.model)
+    state.last_good_at = f"epoch {epoch}"
+    if ctx.checkpoint_path and dist_ctx.is_main:
+        save_state_dict(state.last_good, ctx.checkpoint_path)
+    if ctx.resume_path:
+        _save_resume_state(ctx, state, result, epoch)
+    ctx.say(f"epoch {epoch}/{ctx.epochs}: loss {row['loss']:.4f} train acc {row['acc']:.4f}"
+            + (f" val acc {row['val_acc']:.4f}" if "val_acc" in row else "")
+            + f" lr {state.current_lr:.3g} ({row['seconds']:.1f} s)")
+
+
+def _save_resume_state(ctx: _TrainContext, state: _LoopState, result: TrainResult, epoch: int) -> None:
+    """Write the whole training state after ``epoch`` to ``ctx.resume_path`` (rank 0; every rank's
+    augmentation stream is gathered first)."""
+    aug_states = ctx.dist_ctx.all_gather_tensor(state.aug_gen.get_state(), ctx.device)
+    if ctx.dist_ctx.is_main:
+        _save_atomic({"format": RESUME_FORMAT, "fingerprint": ctx.fingerprint, "epoch": epoch, "step": state.step,
+                      "model": state.last_good, "optimizer": state.optimizer.state_dict(),
+                      "order_rng": state.order_rng.bit_generator.state, "aug_rng": aug_states,
+                      "history": result.history, "best_val_acc": result.best_val_acc,
+                      "seconds": state.prior_seconds + time.perf_counter() - ctx.started}, ctx.resume_path)
 
 
 RESUME_FORMAT = 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -167,6 +167,31 @@ def _interval(log_ratios: np.ndarray, confidence: float, point: float) -> tuple[
     return min(lo, point), max(hi, point)
 
 
+@dataclass
+class _Reference:
+    """The drift reference's samples beside the baseline and beside the candidate, and their medians."""
+
+    baseline: np.ndarray
+    candidate: np.ndarray
+    scale_b: float
+    scale_c: float
+
+
+@dataclass
+class _Intervals:
+    """The bootstrap intervals of the ratio the verdict reads and of the raw ratio, and the log-ratio's
+    variance parts (raw: baseline and candidate; all: the part that cannot grow and the part that can)."""
+
+    lo: float
+    hi: float
+    raw_lo: float
+    raw_hi: float
+    raw_var_b: float
+    raw_var_c: float
+    var_fixed: float
+    var_grow: float
+
+
 def compare_samples(baseline_ms: Sequence[float], candidate_ms: Sequence[float], statistic: str, tolerance: float,
                     *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
                     baseline_fixed: bool = True, baseline_reference_ms: Sequence[float] | None = None,
@@ -199,75 +224,127 @@ def compare_samples(baseline_ms: Sequence[float], candidate_ms: Sequence[float],
         raise HwpruneError("a reference-normalised comparison needs reference samples on both sides")
     b = np.asarray(baseline_ms, dtype=float)
     c = np.asarray(candidate_ms, dtype=float)
+    ref = _reference(baseline_reference_ms, candidate_reference_ms)
+    scale_b, scale_c = (ref.scale_b, ref.scale_c) if ref is not None else (1.0, 1.0)
+    u = mannwhitneyu(c / scale_c, b / scale_b, alternative="greater")
+    base = _point_comparison(b, c, statistic, tolerance, confidence, ref, float(u.pvalue), float(u.statistic))
+    short = _too_few_samples(base, baseline_fixed)
+    if short is not None:
+        return short
+    iv = _bootstrap_intervals(b, c, ref, base, resamples, seed)
+    base = replace(base, raw_ci_low=iv.raw_lo, raw_ci_high=iv.raw_hi)
+    verdict = decide(iv.lo, iv.hi, tolerance)
+    if ref is not None and verdict == "regressed" and decide(iv.raw_lo, iv.raw_hi, tolerance) != "regressed":
+        return _disputed_regression(base, iv, baseline_fixed)
+    return _decided(base, iv, verdict, baseline_fixed)
+
+
+def _reference(baseline_reference_ms: Sequence[float] | None,
+               candidate_reference_ms: Sequence[float] | None) -> _Reference | None:
+    """The drift reference's samples and medians on both sides; None without a reference."""
+    if baseline_reference_ms is None:
+        return None
+    rb = np.asarray(baseline_reference_ms, dtype=float)
+    rc = np.asarray(candidate_reference_ms, dtype=float)
+    return _Reference(baseline=rb, candidate=rc, scale_b=point_statistic(rb, REFERENCE_STATISTIC),
+                      scale_c=point_statistic(rc, REFERENCE_STATISTIC))
+
+
+def _point_comparison(b: np.ndarray, c: np.ndarray, statistic: str, tolerance: float, confidence: float,
+                      ref: _Reference | None, mannwhitney_p: float, mannwhitney_u: float) -> Comparison:
+    """The comparison's point figures (ratios, sample counts, the Mann-Whitney test); verdict, reason and
+    intervals are placeholders that every caller replaces."""
     nb, nc = len(b), len(c)
     pb, pc = point_statistic(b, statistic), point_statistic(c, statistic)
     raw_ratio = pc / pb
-    ratio, scale_b, scale_c = raw_ratio, 1.0, 1.0
-    refs: dict[str, Any] = {}
-    if baseline_reference_ms is not None:
-        rb = np.asarray(baseline_reference_ms, dtype=float)
-        rc = np.asarray(candidate_reference_ms, dtype=float)
-        scale_b, scale_c = point_statistic(rb, REFERENCE_STATISTIC), point_statistic(rc, REFERENCE_STATISTIC)
-        ratio = raw_ratio / (scale_c / scale_b)
-        refs = dict(ratio_measure=NORMALISED, baseline_reference_ms=scale_b, candidate_reference_ms=scale_c,
-                    reference_ratio=scale_c / scale_b, n_baseline_reference=len(rb), n_candidate_reference=len(rc))
-    u = mannwhitneyu(c / scale_c, b / scale_b, alternative="greater")
-    common = dict(statistic=statistic, baseline_ms=pb, candidate_ms=pc, ratio=ratio, confidence=confidence,
-                  tolerance=tolerance, n_baseline=nb, n_candidate=nc, mannwhitney_p_slower=float(u.pvalue),
-                  prob_slower=float(u.statistic) / (nb * nc), raw_ratio=raw_ratio, **refs)
+    base = Comparison(statistic=statistic, verdict="inconclusive", reason="", baseline_ms=pb, candidate_ms=pc,
+                      ratio=raw_ratio, ci_low=math.nan, ci_high=math.nan, confidence=confidence,
+                      tolerance=tolerance, n_baseline=nb, n_candidate=nc, mannwhitney_p_slower=mannwhitney_p,
+                      prob_slower=mannwhitney_u / (nb * nc), raw_ratio=raw_ratio)
+    if ref is None:
+        return base
+    return replace(base, ratio=raw_ratio / (ref.scale_c / ref.scale_b), ratio_measure=NORMALISED,
+                   baseline_reference_ms=ref.scale_b, candidate_reference_ms=ref.scale_c,
+                   reference_ratio=ref.scale_c / ref.scale_b, n_baseline_reference=len(ref.baseline),
+                   n_candidate_reference=len(ref.candidate))
+
+
+def _too_few_samples(base: Comparison, baseline_fixed: bool) -> Comparison | None:
+    """An inconclusive result when a side has too few samples for its statistic (or its reference's); None
+    when both have enough."""
+    statistic, nb, nc = base.statistic, base.n_baseline, base.n_candidate
+    with_ref = base.ratio_measure == NORMALISED
     need = _min_samples(statistic)
     need_ref = _min_samples(REFERENCE_STATISTIC)
     short_base = [f"the baseline has {nb} samples; {statistic} needs at least {need}"] if nb < need else []
     short_now = [f"{nc} samples measured; {statistic} needs at least {need}"] if nc < need else []
-    if refs:
-        if refs["n_baseline_reference"] < need_ref:
-            short_base.append(f"the baseline's drift reference has {refs['n_baseline_reference']} samples; "
+    if with_ref:
+        if base.n_baseline_reference < need_ref:
+            short_base.append(f"the baseline's drift reference has {base.n_baseline_reference} samples; "
                               f"its {REFERENCE_STATISTIC} needs at least {need_ref}")
-        if refs["n_candidate_reference"] < need_ref:
-            short_now.append(f"{refs['n_candidate_reference']} drift reference samples measured; "
+        if base.n_candidate_reference < need_ref:
+            short_now.append(f"{base.n_candidate_reference} drift reference samples measured; "
                              f"its {REFERENCE_STATISTIC} needs at least {need_ref}")
     if short_base:
         grow = None if baseline_fixed else need
-        return Comparison(verdict="inconclusive", ci_low=math.nan, ci_high=math.nan, samples_to_decide=grow,
-                          reason="; ".join(short_base), **common)
+        return replace(base, verdict="inconclusive", ci_low=math.nan, ci_high=math.nan, samples_to_decide=grow,
+                       reason="; ".join(short_base))
     if short_now:
-        return Comparison(verdict="inconclusive", ci_low=math.nan, ci_high=math.nan,
-                          samples_to_decide=max(need, need_ref if refs else 0), reason="; ".join(short_now), **common)
+        return replace(base, verdict="inconclusive", ci_low=math.nan, ci_high=math.nan,
+                       samples_to_decide=max(need, need_ref if with_ref else 0), reason="; ".join(short_now))
+    return None
+
+
+def _bootstrap_intervals(b: np.ndarray, c: np.ndarray, ref: _Reference | None, base: Comparison,
+                         resamples: int, seed: int) -> _Intervals:
+    """Bootstrap the statistic on both sides (and the reference's median on both, when there is one)
+    from one seeded stream, and read the ratios' intervals from them."""
     rng = np.random.default_rng(seed)
-    log_b = np.log(bootstrap_statistic(b, statistic, resamples, rng))
-    log_c = np.log(bootstrap_statistic(c, statistic, resamples, rng))
-    raw_lo, raw_hi = _interval(log_c - log_b, confidence, raw_ratio)
+    log_b = np.log(bootstrap_statistic(b, base.statistic, resamples, rng))
+    log_c = np.log(bootstrap_statistic(c, base.statistic, resamples, rng))
+    raw_lo, raw_hi = _interval(log_c - log_b, base.confidence, base.raw_ratio)
     var_fixed, var_grow = float(log_b.var()), float(log_c.var())
-    if refs:
-        log_rb = np.log(bootstrap_statistic(rb, REFERENCE_STATISTIC, resamples, rng))
-        log_rc = np.log(bootstrap_statistic(rc, REFERENCE_STATISTIC, resamples, rng))
-        lo, hi = _interval((log_c - log_rc) - (log_b - log_rb), confidence, ratio)
+    if ref is not None:
+        log_rb = np.log(bootstrap_statistic(ref.baseline, REFERENCE_STATISTIC, resamples, rng))
+        log_rc = np.log(bootstrap_statistic(ref.candidate, REFERENCE_STATISTIC, resamples, rng))
+        lo, hi = _interval((log_c - log_rc) - (log_b - log_rb), base.confidence, base.ratio)
         # the stored reference cannot grow either; the one timed now grows with the model
         var_fixed += float(log_rb.var())
         var_grow += float(log_rc.var())
     else:
         lo, hi = raw_lo, raw_hi
-    common.update(raw_ci_low=raw_lo, raw_ci_high=raw_hi)
-    verdict = decide(lo, hi, tolerance)
-    pct = f"{int(round(confidence * 100))}%"
-    if refs and verdict == "regressed" and decide(raw_lo, raw_hi, tolerance) != "regressed":
-        # Normalising by a drift reference that ran faster now than then turns an unchanged
-        # model into a "regression" (measured under load: +0.8% raw read as +11.4%). A verdict
-        # that fails a CI job needs both measures to agree; more samples do not settle it.
-        reason = (f"{pct} CI of the {statistic} ratio normalised by the drift reference [{lo:.4f}, {hi:.4f}] lies "
-                  f"above 1+t = {1 + tolerance:.4f}, but the raw ratio's [{raw_lo:.4f}, {raw_hi:.4f}] does not: the "
-                  f"reference ran {scale_c / scale_b:.3f}x its stored time, so the machine, not the model, may "
-                  f"have changed; measure again on a quieter machine")
-        more = None
-        if decide(raw_lo, raw_hi, tolerance) == "inconclusive":
-            # the raw interval straddles 1 + t: more samples may confirm the regression on it too
-            raw_share = float(log_b.var()) / (float(log_b.var()) + float(log_c.var())) \
-                if float(log_b.var()) + float(log_c.var()) > 0 else 0.0
-            more = samples_to_decide(raw_ratio, raw_lo, raw_hi, tolerance, nc, raw_share, baseline_fixed)
-        return Comparison(verdict="inconclusive", reason=reason, ci_low=lo, ci_high=hi, samples_to_decide=more,
-                          **common)
-    what = f"{statistic} ratio" + (" (normalised by the drift reference)" if refs else "")
-    span = f"{pct} CI of {what} [{lo:.4f}, {hi:.4f}]"
+    return _Intervals(lo=lo, hi=hi, raw_lo=raw_lo, raw_hi=raw_hi, raw_var_b=float(log_b.var()),
+                      raw_var_c=float(log_c.var()), var_fixed=var_fixed, var_grow=var_grow)
+
+
+def _disputed_regression(base: Comparison, iv: _Intervals, baseline_fixed: bool) -> Comparison:
+    """Inconclusive: the reference-normalised interval says regressed but the raw one does not."""
+    tolerance = base.tolerance
+    pct = f"{int(round(base.confidence * 100))}%"
+    # Normalising by a drift reference that ran faster now than then turns an unchanged
+    # model into a "regression" (measured under load: +0.8% raw read as +11.4%). A verdict
+    # that fails a CI job needs both measures to agree; more samples do not settle it.
+    reason = (f"{pct} CI of the {base.statistic} ratio normalised by the drift reference [{iv.lo:.4f}, {iv.hi:.4f}] "
+              f"lies above 1+t = {1 + tolerance:.4f}, but the raw ratio's [{iv.raw_lo:.4f}, {iv.raw_hi:.4f}] does "
+              f"not: the reference ran {base.reference_ratio:.3f}x its stored time, so the machine, not the model, "
+              f"may have changed; measure again on a quieter machine")
+    more = None
+    if decide(iv.raw_lo, iv.raw_hi, tolerance) == "inconclusive":
+        # the raw interval straddles 1 + t: more samples may confirm the regression on it too
+        raw_share = iv.raw_var_b / (iv.raw_var_b + iv.raw_var_c) if iv.raw_var_b + iv.raw_var_c > 0 else 0.0
+        more = samples_to_decide(base.raw_ratio, iv.raw_lo, iv.raw_hi, tolerance, base.n_candidate, raw_share,
+                                 baseline_fixed)
+    return replace(base, verdict="inconclusive", reason=reason, ci_low=iv.lo, ci_high=iv.hi, samples_to_decide=more)
+
+
+def _decided(base: Comparison, iv: _Intervals, verdict: str, baseline_fixed: bool) -> Comparison:
+    """The result for ``verdict`` read from the interval, with its reason and, when inconclusive, how
+    many samples should decide it."""
+    tolerance = base.tolerance
+    pct = f"{int(round(base.confidence * 100))}%"
+    what = f"{base.statistic} ratio" + (" (normalised by the drift reference)" if base.ratio_measure == NORMALISED
+                                        else "")
+    span = f"{pct} CI of {what} [{iv.lo:.4f}, {iv.hi:.4f}]"
     reason = {
         "regressed": f"{span} lies above 1+t = {1 + tolerance:.4f}",
         "improved": f"{span} lies below 1-t = {1 - tolerance:.4f}",
@@ -276,12 +353,12 @@ def compare_samples(baseline_ms: Sequence[float], candidate_ms: Sequence[float],
     }[verdict]
     more = None
     if verdict == "inconclusive":
-        share = var_fixed / (var_fixed + var_grow) if var_fixed + var_grow > 0 else 0.0
-        more = samples_to_decide(ratio, lo, hi, tolerance, nc, share, baseline_fixed)
+        share = iv.var_fixed / (iv.var_fixed + iv.var_grow) if iv.var_fixed + iv.var_grow > 0 else 0.0
+        more = samples_to_decide(base.ratio, iv.lo, iv.hi, tolerance, base.n_candidate, share, baseline_fixed)
         if more is None:
             reason += ("; no sample count decides it (the estimate sits on the edge, or the stored "
                        "baseline's own spread is too wide)")
-    return Comparison(verdict=verdict, reason=reason, ci_low=lo, ci_high=hi, samples_to_decide=more, **common)
+    return replace(base, verdict=verdict, reason=reason, ci_low=iv.lo, ci_high=iv.hi, samples_to_decide=more)
 
 
 def overall_verdict(verdicts: Sequence[str]) -> str:

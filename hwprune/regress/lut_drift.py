@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +35,28 @@ def decide_lut(ci_low: float, ci_high: float, tolerance: float) -> str:
     return "inconclusive"
 
 
+@dataclass
+class _TimedCandidates:
+    """What timing the rebuilt candidates gave: each row's record by signature, the session's environment
+    (when none was known before), and when the timing started."""
+
+    records: dict[str, dict[str, Any]]
+    environment: dict[str, Any] | None
+    started: float
+
+
+@dataclass
+class _DriftTest:
+    """The median drift of the re-timed rows, its bootstrap interval and the verdict read from it."""
+
+    drift: np.ndarray
+    use_adjusted: bool
+    median: float
+    ci_low: float
+    ci_high: float
+    verdict: str
+
+
 def regress_lut(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, statistics: list[str],
                 log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Re-time ``opts.sample`` random rows of a LUT and test the median drift (``hwprune.regress``'s docstring).
@@ -44,11 +67,7 @@ def regress_lut(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, stati
     reference, as the row was. Drift is the new time over the LUT's, corrected by the drift
     reference's time then and now where both are recorded.
     """
-    import shutil
-    import tempfile
-
-    from hwprune.lut import STAT_COLUMNS, LatencyLUT
-    from hwprune.measure import statistic_ms, time_items
+    from hwprune.lut import LatencyLUT
 
     if opts.sample < 2:
         raise HwpruneError(f"--sample must be at least 2, got {opts.sample}")
@@ -59,6 +78,32 @@ def regress_lut(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, stati
     now_env = _local_environment(cfg)
     env_info = _environment_check(lut.meta.get("environment"), lut_fp, now_env, f"the LUT {opts.lut}",
                                   opts.allow_env_change) if now_env else None
+    key, structure = _pick_model(opts, cfg, lut)
+    statistic = statistics[0] if statistics else lut.meta.get("statistic", cfg.statistic)
+    where = _unit_points(structure)
+    picked = _pick_rows(opts, cfg, lut, lut_fp, key, where)
+    items = _rebuild_candidates(opts, cfg, key, structure, picked, where, log)
+    timed = _time_candidates(items, cfg, now_env)
+    if env_info is None:
+        env_info = _environment_check(lut.meta.get("environment"), lut_fp, timed.environment, f"the LUT {opts.lut}",
+                                      opts.allow_env_change)
+    out_rows = _drift_rows(picked, timed.records, statistic)
+    test = _test_drift(out_rows, opts, tolerance)
+    return {
+        "format": RESULT_FORMAT, "kind": "lut", "mode": "lut", "device": cfg.name, "lut": opts.lut, "model": key,
+        "statistic": statistic, "verdict": test.verdict, "exit_code": VERDICT_EXIT[test.verdict],
+        "tolerance": tolerance, "confidence": opts.confidence, "resamples": opts.resamples, "seed": opts.seed,
+        "drift_measure": "reference-adjusted" if test.use_adjusted else "raw",
+        "median_drift": test.median, "ci_low": test.ci_low, "ci_high": test.ci_high,
+        "rows_beyond_tolerance": int(np.sum(np.abs(test.drift) > tolerance)), "rows": out_rows,
+        "measurement": {"seconds": time.perf_counter() - timed.started, "rows": len(out_rows)},
+        "environment": env_info, "created_unix_s": time.time(),
+    }
+
+
+def _pick_model(opts: RegressOptions, cfg: DeviceConfig, lut) -> tuple[str, dict[str, Any]]:
+    """The LUT's one model to check (``opts.model``, or the only one) and its recorded structure, which
+    must have been profiled at the device config's batch and precision."""
     models = lut.meta.get("models") or {}
     if opts.model:
         keys = [k for k, s in models.items() if opts.model in (k, s.get("model"))]
@@ -70,22 +115,40 @@ def regress_lut(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, stati
                                               else "pick one model with --model") + f" (models: {known})")
     key = keys[0]
     structure = models[key]
-    statistic = statistics[0] if statistics else lut.meta.get("statistic", cfg.statistic)
     if structure.get("batch") != cfg.batch_size or structure.get("precision") != cfg.precision:
         raise HwpruneError(f"{opts.lut}: {key} was profiled at batch {structure.get('batch')} "
                            f"{structure.get('precision')}, the device config says batch {cfg.batch_size} "
                            f"{cfg.precision}")
+    return key, structure
+
+
+def _unit_points(structure: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """For each candidate signature of the model, its unit's index and the unit's widths (the first
+    point that has it)."""
     where: dict[str, tuple[int, tuple[int, ...]]] = {}
     for ui, unit in enumerate(structure.get("units", [])):
         for point, sig in unit.get("table", {}).items():
             where.setdefault(sig, (ui, tuple(int(v) for v in point.split(",") if v)))
+    return where
+
+
+def _pick_rows(opts: RegressOptions, cfg: DeviceConfig, lut, lut_fp: str, key: str,
+               where: dict[str, tuple[int, tuple[int, ...]]]):
+    """A seeded random sample of ``opts.sample`` of the model's rows measured on this device, batch and
+    precision."""
     rows = lut.rows
     rows = rows[(rows["device_fingerprint"] == lut_fp) & (rows["precision"] == cfg.precision)
                 & (rows["batch"] == cfg.batch_size) & rows["signature"].isin(list(where))]
     if len(rows) < 2:
         raise HwpruneError(f"{opts.lut}: fewer than 2 measured rows for {key} on this device")
-    picked = rows.sample(n=min(opts.sample, len(rows)), random_state=opts.seed)
+    return rows.sample(n=min(opts.sample, len(rows)), random_state=opts.seed)
 
+
+def _rebuild_candidates(opts: RegressOptions, cfg: DeviceConfig, key: str, structure: dict[str, Any], picked,
+                        where: dict[str, tuple[int, tuple[int, ...]]],
+                        log: Callable[[str], None]) -> list[tuple[str, bytes, dict]]:
+    """The picked rows' candidates, rebuilt from the zoo model as ``hwprune profile`` built them, as
+    ``time_items`` items; each must still have its recorded signature."""
     import torch
 
     from hwprune.candidates import build_width_graph
@@ -113,27 +176,43 @@ def regress_lut(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, stati
             raise HwpruneError(f"{opts.lut}: rebuilt candidate {sig} of unit {u.name} has another signature now "
                                "(other --num-classes, or a changed exporter?)")
         items.append((sig, wg.instantiate(u.nodes, widths), {}))
+    return items
 
-    records: dict[str, dict[str, Any]] = {}
+
+def _time_candidates(items: list[tuple[str, bytes, dict]], cfg: DeviceConfig,
+                     environment: dict[str, Any] | None) -> _TimedCandidates:
+    """Time ``items`` through a profiling bundle in a temporary folder; a failed candidate raises.
+    ``environment`` is kept unless None, when the session's takes its place."""
+    import shutil
+    import tempfile
+
+    from hwprune.measure import time_items
+
+    timed = _TimedCandidates(records={}, environment=environment, started=0.0)
 
     def on_record(rec: dict[str, Any]) -> None:
-        nonlocal now_env
         if rec.get("type") == "row":
-            records[rec["key"]] = rec
-        elif rec.get("type") == "session" and now_env is None:
-            now_env = rec.get("environment")
+            timed.records[rec["key"]] = rec
+        elif rec.get("type") == "session" and timed.environment is None:
+            timed.environment = rec.get("environment")
         elif rec.get("type") == "error":
             raise HwpruneError(f"LUT candidate {rec['key']} failed on {cfg.name}: {rec['error']}")
 
     work = Path(tempfile.mkdtemp(prefix="hwprune-regress-lut-"))
-    start = time.perf_counter()
+    timed.started = time.perf_counter()
     try:
         time_items(items, cfg, work, on_record)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if env_info is None:
-        env_info = _environment_check(lut.meta.get("environment"), lut_fp, now_env, f"the LUT {opts.lut}",
-                                      opts.allow_env_change)
+    return timed
+
+
+def _drift_rows(picked, records: dict[str, dict[str, Any]], statistic: str) -> list[dict[str, Any]]:
+    """One report row per picked LUT row: its time then and now, the raw drift and, where the drift
+    reference was timed both times, the reference-adjusted drift."""
+    from hwprune.lut import STAT_COLUMNS
+    from hwprune.measure import statistic_ms
+
     col = STAT_COLUMNS[statistic]
     out_rows = []
     for _, row in picked.iterrows():
@@ -148,22 +227,19 @@ def regress_lut(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, stati
         out_rows.append({"signature": row["signature"], "op": row.get("op"), "cin": _int_or_none(row.get("cin")),
                          "cout": _int_or_none(row.get("cout")), "lut_ms": lut_ms, "now_ms": now_ms,
                          "drift": now_ms / lut_ms - 1, "adjusted_drift": adjusted, "n": rec["timing"]["n"]})
+    return out_rows
+
+
+def _test_drift(out_rows: list[dict[str, Any]], opts: RegressOptions, tolerance: float) -> _DriftTest:
+    """The median drift over the rows (reference-adjusted when every row has it), its bootstrap
+    interval and the verdict."""
     use_adjusted = all(r["adjusted_drift"] is not None for r in out_rows)
     drift = np.array([r["adjusted_drift"] if use_adjusted else r["drift"] for r in out_rows])
     med = float(np.median(drift))
     lo, hi = _median_ci(drift, opts.confidence, opts.resamples, opts.seed)
     lo, hi = min(lo, med), max(hi, med)
-    verdict = decide_lut(lo, hi, tolerance)
-    return {
-        "format": RESULT_FORMAT, "kind": "lut", "mode": "lut", "device": cfg.name, "lut": opts.lut, "model": key,
-        "statistic": statistic, "verdict": verdict, "exit_code": VERDICT_EXIT[verdict], "tolerance": tolerance,
-        "confidence": opts.confidence, "resamples": opts.resamples, "seed": opts.seed,
-        "drift_measure": "reference-adjusted" if use_adjusted else "raw",
-        "median_drift": med, "ci_low": lo, "ci_high": hi,
-        "rows_beyond_tolerance": int(np.sum(np.abs(drift) > tolerance)), "rows": out_rows,
-        "measurement": {"seconds": time.perf_counter() - start, "rows": len(out_rows)},
-        "environment": env_info, "created_unix_s": time.time(),
-    }
+    return _DriftTest(drift=drift, use_adjusted=use_adjusted, median=med, ci_low=lo, ci_high=hi,
+                      verdict=decide_lut(lo, hi, tolerance))
 
 
 def _int_or_none(v: Any) -> int | None:
