@@ -32,9 +32,9 @@ from typing import Any, Callable, Sequence
 
 from hwprune.errors import HwpruneError
 from hwprune.measure import statistic_ms
-from hwprune.states import MIN_STATE_SAMPLES, StateView, common_states, quickest_ms, view
+from hwprune.states import StateView, common_states, judgeable, quickest_ms, view
 from profilers.config import DeviceConfig
-from profilers.machine_state import by_state, same_state
+from profilers.machine_state import find_state
 
 Timing = dict[str, Any]  # a TimingStats dict, with samples
 Measure = Callable[[Sequence[tuple[str, bytes]], DeviceConfig, str], dict[str, Timing]]
@@ -320,7 +320,7 @@ class Certifier:
         worst in (the state later verdicts are taken in)."""
         items = [("dense", self.dense_onnx)] + list(extra)
         label = "dense and calibration" if extra else "dense"
-        raw = self._covering(items, self._measure(items, self.cfg, label), self.cfg, label)
+        raw = self._covering(items, self.cfg, label)
         t = self._view(raw).timings
         self.dense, self._dense_raw = t["dense"], raw["dense"]
         self.dense_alone_ms = self.stat(self.dense)
@@ -334,7 +334,7 @@ class Certifier:
         the floor at 0.38 of dense in quiet processes, 0.54 in busy ones)."""
         self._wait(RETAKE_WAIT_S[0])
         items = [("dense", self.dense_onnx), (key, floor_onnx)]
-        raw = self._covering(items, self._measure(items, self.cfg, "dense vs smallest"), self.cfg, "dense vs smallest")
+        raw = self._covering(items, self.cfg, "dense vs smallest")
         t = self._view(raw).timings
         self.dense, self._dense_raw = t["dense"], raw["dense"]
         self.quiet_ms = min(self.quiet_ms, quickest_ms(raw["dense"], self.cfg))
@@ -445,7 +445,7 @@ class Certifier:
         state's speed: a slow state the machine keeps returning to is judged, not waited out.
         """
         for retakes in range(MAX_RETAKES + 1):
-            t = self._covering(items, self._measure(items, cfg or self.cfg, label), cfg or self.cfg, label)
+            t = self._covering(items, cfg or self.cfg, label)
             dense_ms = quickest_ms(t[items[0][0]], self.cfg)
             if dense_ms <= self.quiet_ms * (1 + MACHINE_SHIFT) or retakes == MAX_RETAKES:
                 break
@@ -456,14 +456,13 @@ class Certifier:
         self.quiet_ms = min(self.quiet_ms, dense_ms)
         return t, retakes
 
-    def _covering(self, items: Sequence[tuple[str, bytes]], t: dict[str, Timing], cfg: DeviceConfig,
-                  label: str) -> dict[str, Timing]:
-        """``t`` measured again and pooled while it lacks a recurring machine state of this job
-        (at most ``MAX_STATE_TRIES`` times); the states it has are remembered."""
+    def _covering(self, items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, label: str) -> dict[str, Timing]:
+        """``measure(items)``, measured again and pooled while it lacks a recurring machine state of
+        this job (at most ``MAX_STATE_TRIES`` times); the states it has are remembered."""
+        t = self._measure(items, cfg, label)
         for _ in range(MAX_STATE_TRIES):
             have = [c for c, _ in common_states(t)]
-            missing = [c for c, n in self.seen_states.items()
-                       if n >= STATE_RECURS and not any(same_state(c, h) for h in have)]
+            missing = [c for c, n in self.seen_states.items() if n >= STATE_RECURS and find_state(have, c) is None]
             if not missing:
                 break
             self._wait(STATE_WAIT_S)
@@ -473,11 +472,10 @@ class Certifier:
         return t
 
     def _remember(self, dense: Timing) -> None:
-        for c, samples in by_state(dense).items():
-            if math.isnan(c) or len(samples) < MIN_STATE_SAMPLES:
-                continue
-            known = next((k for k in self.seen_states if same_state(k, c)), None)
-            self.seen_states[c if known is None else known] = self.seen_states.get(known, 0) + 1
+        for c in judgeable(dense):
+            i = find_state(list(self.seen_states), c)
+            known = c if i is None else list(self.seen_states)[i]
+            self.seen_states[known] = self.seen_states.get(known, 0) + 1
 
     def _again_pooled(self, onnx: bytes, model_raw: Timing) -> tuple[Timing, StateView]:
         """The dense model and one pruned model measured once more, interleaved; both pool the new

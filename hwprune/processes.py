@@ -85,15 +85,14 @@ def state_spreads(runs: Sequence[dict[str, Timing]], key: str, cfg: DeviceConfig
     """``key``'s statistic per machine state across ``runs`` (states matched by probe time), fastest
     state first; empty when no process saw more than one state and all saw the same one."""
     from hwprune.measure import statistic_ms
-    from hwprune.states import MIN_STATE_SAMPLES, in_state
-    from profilers.machine_state import by_state, same_state
+    from hwprune.states import in_state, judgeable
+    from profilers.machine_state import find_state
 
     found: dict[float, list[float]] = {}
     for r in runs:
-        for c, samples in by_state(r[key]).items():
-            if c != c or len(samples) < MIN_STATE_SAMPLES:   # nan: measured without the probe
-                continue
-            known = next((k for k in found if same_state(k, c)), c)
+        for c, samples in judgeable(r[key]).items():
+            i = find_state(list(found), c)
+            known = c if i is None else list(found)[i]
             found.setdefault(known, []).append(statistic_ms(in_state(r[key], samples, c, cfg), cfg.statistic))
     if len(found) < 2:
         return []

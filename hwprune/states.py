@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from profilers.config import DeviceConfig
-from profilers.machine_state import by_state, same_state
+from profilers.machine_state import by_state, find_state
 
 if TYPE_CHECKING:
     from hwprune.certify import LatencyBudget
@@ -70,6 +70,11 @@ def in_state(timing: Timing, samples_ms: list[float], probe_us: float, cfg: Devi
     return t.to_dict()
 
 
+def judgeable(timing: Timing) -> dict[float, list[float]]:
+    """The probed states of ``timing`` with ``MIN_STATE_SAMPLES`` or more samples: {probe µs: samples}."""
+    return {c: s for c, s in by_state(timing).items() if not math.isnan(c) and len(s) >= MIN_STATE_SAMPLES}
+
+
 def common_states(timings: dict[str, Timing]) -> list[tuple[float, dict[str, list[float]]]]:
     """The states (by the dense model's probe µs) in which every model has ``MIN_STATE_SAMPLES``,
     each with every model's samples in it."""
@@ -78,10 +83,11 @@ def common_states(timings: dict[str, Timing]) -> list[tuple[float, dict[str, lis
     for probe, dense_samples in split.get(DENSE_KEY, next(iter(split.values()))).items():
         per_key = {}
         for k, states in split.items():
-            match = next((s for c, s in states.items() if same_state(c, probe)), None)
-            if match is None or len(match) < MIN_STATE_SAMPLES:
+            probes = list(states)
+            i = find_state(probes, probe)
+            if i is None or len(states[probes[i]]) < MIN_STATE_SAMPLES:
                 break
-            per_key[k] = match
+            per_key[k] = states[probes[i]]
         else:
             out.append((probe, per_key))
     return sorted(out, key=lambda s: s[0])
@@ -114,11 +120,11 @@ def _utilisation(stats: dict[str, float], budget: "LatencyBudget", ignore: tuple
     """The highest statistic among the models over the budget in one state (without a budget,
     over the dense model: the slowest-relative state still governs)."""
     models = [v for k, v in stats.items() if k != DENSE_KEY and k not in ignore]
-    if not models:
-        return None
     dense = stats.get(DENSE_KEY)
-    limit = budget.ms(dense) if dense is not None and budget.given else (budget.latency_ms or dense)
-    return max(models) / limit if limit else None
+    if not models or (dense is None and budget.latency_ms is None):
+        return None
+    limit = budget.ms(dense) if budget.given else dense
+    return max(models) / limit
 
 
 def quickest_ms(timing: Timing, cfg: DeviceConfig) -> float:
@@ -126,8 +132,8 @@ def quickest_ms(timing: Timing, cfg: DeviceConfig) -> float:
     how fast the machine can run this model, for telling a busy moment from a slow state."""
     from hwprune.measure import statistic_ms
 
-    states = [(c, s) for c, s in by_state(timing).items() if len(s) >= MIN_STATE_SAMPLES and not math.isnan(c)]
+    states = judgeable(timing)
     if len(states) < 2:
         return statistic_ms(timing, cfg.statistic)
-    c, s = min(states, key=lambda cs: cs[0])
-    return statistic_ms(in_state(timing, s, c, cfg), cfg.statistic)
+    fastest = min(states)
+    return statistic_ms(in_state(timing, states[fastest], fastest, cfg), cfg.statistic)

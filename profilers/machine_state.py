@@ -144,6 +144,11 @@ def same_state(a_us: float, b_us: float) -> bool:
     return max(a_us, b_us) / min(a_us, b_us) < SAME_STATE_RATIO
 
 
+def find_state(known: Sequence[float], probe_us: float) -> int | None:
+    """The index of the state in ``known`` (probe µs) that ``probe_us`` is, or None."""
+    return next((i for i, c in enumerate(known) if same_state(c, probe_us)), None)
+
+
 def merge(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[float], StateLabels | None]:
     """The samples of two timings of one model and their labels, states matched by probe time.
 
@@ -158,7 +163,7 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[float], StateLabel
     centers = list(la.centers_us)
     mapping = {}
     for j, c in enumerate(lb.centers_us):
-        match = next((i for i, ca in enumerate(la.centers_us) if same_state(ca, c)), None)
+        match = find_state(la.centers_us, c)
         if match is None:
             centers.append(c)
             match = len(centers) - 1
