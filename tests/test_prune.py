@@ -602,16 +602,19 @@ def test_a_round_keeps_the_best_scoring_candidate_that_fits_end_to_end(env, tmp_
 
 
 def test_a_round_with_budget_to_spare_searches_again_looser_and_keeps_the_best_certified(env, tmp_path):
-    # round 1 certified at 80% of the budget; round 2 (looser) fits at 97%: round 2 is kept
+    # round 1 certified at 80% of the budget; round 2 (looser) fits at 97%. The run keeps the
+    # certified round with the better proxy score. Which one that is depends on the LUT, which
+    # the env fixture measures on this machine, so the test checks the rule, not a winner.
     res, script = _run_scripted(env, tmp_path, lambda kind, call, key, budget: (
         (0.8 if call == 1 else 0.97) * budget, 50), agent="random", max_evaluations=8)
     rounds = res.certificate.rounds
     assert script.calls[:4] == ["round", "final", "round", "final"] and res.certified
     assert rounds[1].lut_limit_ms > rounds[0].predicted_ms  # looser, from the measured 80%
-    assert rounds[1].proxy_accuracy >= rounds[0].proxy_accuracy
-    assert res.plan.widths == rounds[1].widths and res.certificate.utilisation == pytest.approx(0.97)
+    second = rounds[1].proxy_accuracy > rounds[0].proxy_accuracy
+    kept, use = (rounds[1], 0.97) if second else (rounds[0], 0.8)
+    assert res.plan.widths == kept.widths and res.certificate.utilisation == pytest.approx(use)
     r = res.report["certificate"]
-    assert r["utilisation"] == pytest.approx(0.97) and r["rounds"][0]["final_utilisation"] == pytest.approx(0.8)
+    assert r["utilisation"] == pytest.approx(use) and r["rounds"][0]["final_utilisation"] == pytest.approx(0.8)
     assert "80% of it" in (tmp_path / "run" / "report.md").read_text()
 
 
