@@ -128,6 +128,20 @@ def _check_samples(p: Path, timing: Any, where: str) -> None:
         raise HwpruneError(f"{p}: corrupt baseline: '{where}.samples_ms' must be numbers") from None
     if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
         raise HwpruneError(f"{p}: corrupt baseline: '{where}.samples_ms' must be positive finite numbers")
+    _check_states(p, timing, len(samples), where)
+
+
+def _check_states(p: Path, timing: dict, n: int, where: str) -> None:
+    """The samples' machine states, when the baseline has them: one label a sample, each naming a state or mixed."""
+    if not timing.get("sample_states") and not timing.get("state_probe_us"):
+        return  # not probed
+    centers, labels = timing.get("state_probe_us"), timing.get("sample_states")
+    if not isinstance(centers, list) or not all(isinstance(c, (int, float)) and c > 0 for c in centers):
+        raise HwpruneError(f"{p}: corrupt baseline: '{where}.state_probe_us' must list positive numbers")
+    if not isinstance(labels, list) or len(labels) != n or not all(
+            isinstance(v, int) and -1 <= v < len(centers) for v in labels):
+        raise HwpruneError(f"{p}: corrupt baseline: '{where}.sample_states' must give each of the {n} samples "
+                           f"a state index below {len(centers)} (or -1)")
 
 
 def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -73,7 +73,14 @@ def measure_interleaved(runners: Sequence[BaseRunner], *, burst: int = 20, warmu
 def _label_states(stats: list[TimingStats], split: StateSplit, probes: list[float], burst_of: list[int],
                   burst: int) -> None:
     """Give each summary its samples' states: every sample takes its burst's label."""
-    for st in stats:
-        st.state_probe_us = list(split.centers_us)
+    for st, labels in zip(stats, burst_labels(split, probes, burst_of, burst, len(stats))):
+        st.state_probe_us, st.sample_states = list(split.centers_us), labels
+
+
+def burst_labels(split: StateSplit, probes: list[float], burst_of: list[int], burst: int, n: int) -> list[list[int]]:
+    """Each of ``n`` runners' sample labels, in sample order: burst ``j`` (of runner ``burst_of[j]``,
+    ``burst`` samples) ran between ``probes[j]`` and ``probes[j + 1]``."""
+    out: list[list[int]] = [[] for _ in range(n)]
     for j, i in enumerate(burst_of):
-        stats[i].sample_states.extend([split.label(probes[j], probes[j + 1])] * burst)
+        out[i].extend([split.label(probes[j], probes[j + 1])] * burst)
+    return out

@@ -51,6 +51,14 @@ Against a stored baseline with a drift reference, [lo, hi] is the normalised rat
 ``inconclusive``: normalising by a reference that ran faster now than when it was stored turned
 an unchanged model into a regression on a loaded machine (+0.8% raw read as +11.4%).
 
+Machine states (``hwprune.regress.states``): every burst is probed for the speed state the machine
+ran it in (``profilers.machine_state``), and a baseline keeps its samples' states. When either side
+was measured in more than one state, or the two in different ones, the test above runs in each
+state both sides (and both references) have enough samples in, and the worst of those verdicts
+stands; with no state in common the verdict is ``inconclusive`` whatever the pooled ratio says,
+because a small model's speed relative to the reference moves with the state (an unchanged
+pruned resnet20 read +32.8% normalised across two states). One shared state is the pooled test.
+
 An inconclusive comparison estimates how many samples would decide it: the interval's
 half-width on the log scale shrinks like 1/sqrt(n) for the side that is still measured (a
 stored baseline's share of the variance, estimated from its bootstrap, does not shrink), so

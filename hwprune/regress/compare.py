@@ -155,6 +155,10 @@ class Comparison:
     reference_ratio: float | None = None
     n_baseline_reference: int | None = None
     n_candidate_reference: int | None = None
+    # Compared per machine state (hwprune.regress.states): the state the figures are from, and
+    # every state each side was measured in with what each comparison gave. None: pooled.
+    state_probe_us: float | None = None
+    machine_states: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

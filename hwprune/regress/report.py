@@ -59,6 +59,7 @@ def format_text(result: dict[str, Any]) -> str:
         if normalised:
             lines.append("the verdict tests the ratio normalised by the drift reference timed beside the model "
                          "(ref now/then: the machine's speed change; >1 is slower now)")
+        lines += [f"{c['statistic']}: {states_line(c)}" for c in result["comparisons"] if c.get("machine_states")]
         for w in result.get("warnings", []):
             lines.append(f"warning: {w}")
         for d in result["environment"]["differences"]:
@@ -79,6 +80,19 @@ def format_text(result: dict[str, Any]) -> str:
 
 _BADGE = {"pass": "PASS", "improved": "IMPROVED", "regressed": "REGRESSED", "inconclusive": "INCONCLUSIVE",
           "fresh": "FRESH", "stale": "STALE"}
+
+
+def states_line(c: dict[str, Any]) -> str:
+    """What a comparison taken per machine state compared (``hwprune.regress.states``), in one line."""
+    st = c["machine_states"]
+    then = "/".join(f"{p:.0f}" for p in st["baseline_probe_us"])
+    now = "/".join(f"{p:.0f}" for p in st["candidate_probe_us"])
+    head = f"machine states by probe time: baseline {then} µs, now {now} µs"
+    if not st["compared"]:
+        return head + "; none in common, so nothing is decided"
+    each = ", ".join(f"{s['probe_us']:.0f} µs {s['verdict']} ({_pct(s['ratio'])}, n {s['n_baseline']}/{s['n_candidate']})"
+                     for s in st["compared"])
+    return f"{head}; compared in {each}; the figures are the {c['state_probe_us']:.0f} µs state's"
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -130,6 +144,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         for c in result["comparisons"]:
             if c["verdict"] != "pass":
                 out.append(f"- {c['statistic']}: {c['reason']}")
+            if c.get("machine_states"):
+                out.append(f"- {c['statistic']}: {states_line(c)}")
         if result.get("model_changed"):
             out.append(f"- the model differs from the baseline's (sha256 `{result['model_sha256'][:12]}` vs "
                        f"`{str(result['baseline'].get('onnx_sha256'))[:12]}`)")

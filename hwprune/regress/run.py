@@ -16,7 +16,7 @@ from hwprune.regress.environment import _environment_check, _local_environment
 from hwprune.regress.lut_drift import regress_lut
 from hwprune.regress.options import RegressOptions, _check_outputs, _check_statistics, command_line, parse_tolerance
 from hwprune.regress.report import RESULT_FORMAT, write_outputs
-from hwprune.regress.sampler import BASELINE, CANDIDATE, _measure_until_decided, open_sampler
+from hwprune.regress.sampler import BASELINE, CANDIDATE, _measure_until_decided, open_sampler, sampled_timing
 from profilers.config import DeviceConfig, load_device_config
 from profilers.fileio import atomic_write_json
 from profilers.remote import check_reachable
@@ -96,8 +96,10 @@ def write_baseline(opts: RegressOptions, statistics: Sequence[str] = (),
     finally:
         sampler.close()
     seconds = time.perf_counter() - start
-    timing, ref_timing = (summarize(sampler.samples[k], cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci,
-                                    total_s=seconds).to_dict() for k in (CANDIDATE, BASELINE_REFERENCE_KEY))
+    # each sample's machine state goes with it, so that a later check compares state by state
+    timing, ref_timing = ({**summarize(sampler.samples[k], cfg.statistic, cfg.confidence, cfg.cv_threshold,
+                                       cfg.rel_ci, total_s=seconds).to_dict(), **sampled_timing(sampler, k)}
+                          for k in (CANDIDATE, BASELINE_REFERENCE_KEY))
     out = Path(opts.write_baseline)
     rel = os.path.relpath(Path(opts.model).resolve(), out.resolve().parent)
     baseline = make_baseline(blob, rel, cfg.name, statistics[0] if statistics else cfg.statistic, timing, env,
@@ -131,7 +133,7 @@ def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, st
     blob = _read_model(model_path)
     ref_blob = _read_model(opts.against, "--against model") if mode == "against" else None
     warnings: list[str] = []
-    drift_blob, base_ref_samples = None, None
+    drift_blob, base_ref = None, None
     if baseline is not None:
         drift_name, drift_blob = reference_graph()
         stored = baseline.get("reference")
@@ -144,7 +146,7 @@ def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, st
                             "raw, exposed to process-level drift; re-write the baseline with --write-baseline")
             drift_blob = None
         else:
-            base_ref_samples = stored["timing"]["samples_ms"]
+            base_ref = stored["timing"]
 
     now_env = _local_environment(cfg)
     env_info = None
@@ -164,9 +166,8 @@ def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, st
         + (" interleaved with the drift reference" if drift_blob is not None else ""))
     sampler = open_sampler(items, cfg)
     try:
-        base_samples = baseline["timing"]["samples_ms"] if baseline is not None else None
-        comps, info = _measure_until_decided(sampler, cfg, statistics, tolerance, opts, base_samples, log,
-                                             base_ref_samples)
+        base_timing = baseline["timing"] if baseline is not None else None
+        comps, info = _measure_until_decided(sampler, cfg, statistics, tolerance, opts, base_timing, log, base_ref)
         if now_env is None:  # remote: the device's manifest arrives with the first measurement
             now_env = sampler.environment
             if baseline is not None:
@@ -185,7 +186,7 @@ def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, st
         "format": RESULT_FORMAT, "kind": "model", "mode": mode, "device": cfg.name, "model": model_path,
         "model_sha256": sha, "verdict": verdict, "exit_code": VERDICT_EXIT[verdict], "tolerance": tolerance,
         "confidence": opts.confidence, "resamples": opts.resamples, "seed": opts.seed,
-        "ratio_measure": NORMALISED if base_ref_samples is not None else RAW,
+        "ratio_measure": NORMALISED if base_ref is not None else RAW,
         "comparisons": [c.to_dict() for c in comps], "measurement": info, "environment": env_info,
         "warnings": warnings, "created_unix_s": time.time(),
     }

@@ -10,9 +10,11 @@ import numpy as np
 
 from hwprune.baseline import BASELINE_REFERENCE_KEY
 from hwprune.errors import HwpruneError
-from hwprune.regress.compare import Comparison, compare_samples
+from hwprune.regress.compare import Comparison
 from hwprune.regress.options import RegressOptions
+from hwprune.regress.states import compare_in_states
 from profilers.config import DeviceConfig
+from profilers.machine_state import StateLabels, merge
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 # Upper bound on measuring rounds after the first (each one re-tests every statistic).
@@ -25,7 +27,9 @@ HOPELESS_FACTOR = 3
 
 class LocalSampler:
     """Models timed interleaved (``profilers.interleave``) in one process; runners stay open,
-    so later calls add samples taken in the same process as the first ones."""
+    so later calls add samples taken in the same process as the first ones. Every burst is
+    probed for the machine state it ran in (``profilers.machine_state``): ``labels[key]`` holds
+    each sample's state, matched across calls by probe time."""
 
     def __init__(self, items: Sequence[tuple[str, bytes]], cfg: DeviceConfig):
         from contextlib import ExitStack
@@ -35,6 +39,7 @@ class LocalSampler:
         self.cfg = cfg
         self.keys = [k for k, _ in items]
         self.samples: dict[str, list[float]] = {k: [] for k in self.keys}
+        self.labels: dict[str, StateLabels | None] = {k: None for k in self.keys}
         self.environment: dict[str, Any] | None = None
         self._stack = ExitStack()
         try:
@@ -46,27 +51,65 @@ class LocalSampler:
     def take(self, min_samples: int, max_seconds: float, first: bool = False) -> None:
         """At least ``min_samples`` more per model; the first call follows the device config's
         convergence rules, later ones take just the samples asked for (or stop at ``max_seconds``)."""
+        from profilers import machine_state  # its probe looked up now: a test may script it
+
         if first:
             from profilers.interleave import measure_interleaved
 
             stats = measure_interleaved(self.runners, min_repeats=max(self.cfg.min_repeats, min_samples),
-                                        max_seconds=max_seconds)
+                                        max_seconds=max_seconds, probe=machine_state.probe_us)
             for k, s in zip(self.keys, stats):
-                self.samples[k].extend(s.samples_ms)
-            return
-        # A/B/A/B bursts, as measure_interleaved does, without its per-round re-summarising
-        # (which sorts every sample every round: quadratic for the many samples asked for here).
+                add_samples(self, k, s.to_dict())
+        else:
+            self._take_more(min_samples, max_seconds, machine_state.probe_us)
+
+    def _take_more(self, min_samples: int, max_seconds: float, probe: Callable[[], float]) -> None:
+        """A/B/A/B bursts, as measure_interleaved does, without its per-round re-summarising
+        (which sorts every sample every round: quadratic for the many samples asked for here)."""
+        from profilers.interleave import burst_labels
+        from profilers.machine_state import split_states
+
         for r in self.runners:
             for _ in range(min(self.cfg.warmup, 5)):
                 r.time_once_ms()
+        new: list[list[float]] = [[] for _ in self.keys]
+        probes, burst_of = [probe()], []
         taken, deadline = 0, time.perf_counter() + max_seconds
         while taken < min_samples and time.perf_counter() < deadline:
-            for k, r in zip(self.keys, self.runners):
-                self.samples[k].extend(r.time_once_ms() for _ in range(BURST))
+            for i, r in enumerate(self.runners):
+                new[i].extend(r.time_once_ms() for _ in range(BURST))
+                burst_of.append(i)
+                probes.append(probe())
             taken += BURST
+        split = split_states(probes)
+        for k, samples, labels in zip(self.keys, new, burst_labels(split, probes, burst_of, BURST, len(new))):
+            add_samples(self, k, {"samples_ms": samples, "state_probe_us": list(split.centers_us),
+                                  "sample_states": labels})
 
     def close(self) -> None:
         self._stack.close()
+
+
+def add_samples(sampler, key: str, timing: dict[str, Any]) -> None:
+    """Append a timing's samples to ``sampler.samples[key]`` and its state labels to
+    ``sampler.labels[key]`` (states matched by probe time; None once any part had no labels)."""
+    had = sampler.samples[key]
+    old = {"samples_ms": had, **(state_fields(sampler.labels[key]) if had else {})}
+    if not had and StateLabels.of(timing) is not None:
+        old = {"samples_ms": [], "state_probe_us": list(timing["state_probe_us"]), "sample_states": []}
+    samples, labels = merge(old, timing)
+    sampler.samples[key] = samples
+    sampler.labels[key] = labels
+
+
+def state_fields(labels: StateLabels | None) -> dict[str, Any]:
+    """``labels`` as a TimingStats dict's ``state_probe_us`` and ``sample_states`` (none: {})."""
+    return {} if labels is None else {"state_probe_us": list(labels.centers_us), "sample_states": list(labels.labels)}
+
+
+def sampled_timing(sampler, key: str) -> dict[str, Any]:
+    """The samples of ``key`` so far with their states, as a TimingStats-like dict."""
+    return {"samples_ms": list(sampler.samples[key]), **state_fields(getattr(sampler, "labels", {}).get(key))}
 
 
 class BundleSampler:
@@ -78,6 +121,7 @@ class BundleSampler:
         self.items = list(items)
         self.keys = [k for k, _ in items]
         self.samples: dict[str, list[float]] = {k: [] for k in self.keys}
+        self.labels: dict[str, StateLabels | None] = {k: None for k in self.keys}
         self.environment: dict[str, Any] | None = None
 
     def take(self, min_samples: int, max_seconds: float, first: bool = False) -> None:
@@ -98,7 +142,7 @@ class BundleSampler:
             if rec.get("type") == "session":
                 self.environment = rec.get("environment")
             elif rec.get("type") == "row":
-                self.samples[rec["key"]].extend(rec["timing"]["samples_ms"])
+                add_samples(self, rec["key"], rec["timing"])
             elif rec.get("type") == "error":
                 raise HwpruneError(f"model {rec['key']} failed on {cfg.name}: {rec['error']}")
 
@@ -121,33 +165,37 @@ def _mean_ms(samples: Sequence[float]) -> float:
 
 
 def _measure_until_decided(sampler, cfg: DeviceConfig, statistics: Sequence[str], tolerance: float,
-                           opts: RegressOptions, baseline_samples: Sequence[float] | None,
-                           log: Callable[[str], None], baseline_reference: Sequence[float] | None = None
+                           opts: RegressOptions, baseline: dict[str, Any] | None,
+                           log: Callable[[str], None], baseline_reference: dict[str, Any] | None = None
                            ) -> tuple[list[Comparison], dict[str, Any]]:
     """First measurement, test, then extra samples for inconclusive statistics within the budget.
 
-    ``baseline_reference``: the stored baseline's drift reference samples; the sampler then
+    ``baseline``: the stored baseline's timing (``samples_ms``, and its machine states when it has
+    them); None: the sampler times the baseline model (key ``BASELINE``) beside the candidate.
+    ``baseline_reference``: the stored baseline's drift reference timing; the sampler then
     times the reference (key ``BASELINE_REFERENCE_KEY``) beside the candidate, and the test is normalised.
+    The comparison is taken per machine state (``hwprune.regress.states``).
     """
     start = time.perf_counter()
     deadline = start + opts.max_seconds
-    fixed = baseline_samples is not None
+    fixed = baseline is not None
     first_s = min(cfg.max_seconds * len(sampler.keys), opts.max_seconds)
     first_n = cfg.min_repeats
     if fixed:
         # As many samples as the baseline holds, as far as the first window allows: the
         # measuring loop honours its time limit only once it has its minimum count.
-        round_ms = _mean_ms(baseline_samples) + (_mean_ms(baseline_reference) if baseline_reference else 0.0)
-        first_n = max(first_n, min(len(baseline_samples), int(first_s / (round_ms / 1e3))))
+        stored = baseline["samples_ms"]
+        round_ms = _mean_ms(stored) + (_mean_ms(baseline_reference["samples_ms"]) if baseline_reference else 0.0)
+        first_n = max(first_n, min(len(stored), int(first_s / (round_ms / 1e3))))
     sampler.take(first_n, first_s, first=True)
     rounds = 1
 
     def test() -> list[Comparison]:
-        base = baseline_samples if fixed else sampler.samples[BASELINE]
-        ref_now = sampler.samples[BASELINE_REFERENCE_KEY] if baseline_reference is not None else None
-        return [compare_samples(base, sampler.samples[CANDIDATE], s, tolerance, confidence=opts.confidence,
-                                resamples=opts.resamples, seed=opts.seed, baseline_fixed=fixed,
-                                baseline_reference_ms=baseline_reference, candidate_reference_ms=ref_now)
+        base = baseline if fixed else sampled_timing(sampler, BASELINE)
+        ref_now = sampled_timing(sampler, BASELINE_REFERENCE_KEY) if baseline_reference is not None else None
+        return [compare_in_states(base, sampled_timing(sampler, CANDIDATE), s, tolerance, confidence=opts.confidence,
+                                  resamples=opts.resamples, seed=opts.seed, baseline_fixed=fixed,
+                                  baseline_reference=baseline_reference, candidate_reference=ref_now)
                 for s in statistics]
 
     comps = test()
