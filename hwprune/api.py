@@ -259,16 +259,19 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None, proces
     With ``processes`` > 1 the model is timed in that many fresh processes one after another
     (:mod:`hwprune.processes`): ``timing`` pools every process's samples and
     ``across_processes`` gives each process's statistic and their spread, and, when the machine
-    switched speed states (:mod:`profilers.machine_state`), the same per state.
+    switched speed states (:mod:`profilers.machine_state`), the same per state. In one process,
+    ``by_machine_state`` gives the timing in each state the machine switched between (empty: one).
 
     Example:
         >>> from hwprune import api
         >>> r = api.time_model("model.onnx", "x86-cpu-ort")  # doctest: +SKIP
         >>> r["timing"]["p50_ms"]  # doctest: +SKIP
     """
-    from profilers.environment import collect_manifest
-    from profilers.runners import make_runner
     from hwprune.processes import check_processes
+    from hwprune.states import state_timings
+    from profilers.environment import collect_manifest
+    from profilers.machine_state import probe_us
+    from profilers.runners import make_runner
 
     cfg = load_device_config(device)
     check_processes(processes)
@@ -290,10 +293,11 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None, proces
 
         model = for_device(_read_onnx(onnx_path), cfg.backend)
     with make_runner(model, cfg, name=onnx_path) as runner:
-        stats = runner.measure()
+        stats = runner.measure(probe=probe_us)   # each sample's machine state (profilers.machine_state)
         extra = {k: v.to_dict() for k, v in runner.extra_timings().items()}
+    timing = stats.to_dict()
     result = {"device": cfg.name, "model": onnx_path, "timed_scope": runner.timed_scope,
-              "timing": stats.to_dict(), "extra_timings": extra,
+              "timing": timing, "by_machine_state": state_timings(timing, cfg), "extra_timings": extra,
               "environment": collect_manifest(cfg)}
     if json_path:
         atomic_write_json(json_path, result)
@@ -355,9 +359,11 @@ def _time_remote(onnx_path: str, cfg) -> dict[str, Any]:
     row, session = records.get("row"), records.get("session", {})
     if row is None:
         raise HwpruneError(f"{cfg.name} returned no timing for {onnx_path}")
+    from hwprune.states import state_timings
+
     return {"device": cfg.name, "model": onnx_path, "timed_scope": row.get("timed_scope"),
-            "timing": row["timing"], "extra_timings": row.get("extra", {}),
-            "environment": session.get("environment", {})}
+            "timing": row["timing"], "by_machine_state": state_timings(row["timing"], cfg),
+            "extra_timings": row.get("extra", {}), "environment": session.get("environment", {})}
 
 
 def _lut_path(lut: str | LatencyLUT) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -136,10 +137,11 @@ def _check_states(p: Path, timing: dict, n: int, where: str) -> None:
     if not timing.get("sample_states") and not timing.get("state_probe_us"):
         return  # not probed
     centers, labels = timing.get("state_probe_us"), timing.get("sample_states")
-    if not isinstance(centers, list) or not all(isinstance(c, (int, float)) and c > 0 for c in centers):
+    if not isinstance(centers, list) or not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0 for c in centers):
         raise HwpruneError(f"{p}: corrupt baseline: '{where}.state_probe_us' must list positive numbers")
     if not isinstance(labels, list) or len(labels) != n or not all(
-            isinstance(v, int) and -1 <= v < len(centers) for v in labels):
+            isinstance(v, int) and not isinstance(v, bool) and -1 <= v < len(centers) for v in labels):
         raise HwpruneError(f"{p}: corrupt baseline: '{where}.sample_states' must give each of the {n} samples "
                            f"a state index below {len(centers)} (or -1)")
 

@@ -66,6 +66,10 @@ def time_cmd(onnx_path: str, device: str, json_path: str | None, processes: int)
                f"p90={s['p90_ms']:.4f} ms p99={s['p99_ms']:.4f} ms mean={s['mean_ms']:.4f} ms "
                f"{s['statistic']} {int(s['confidence'] * 100)}% CI [{s['ci_low_ms']:.4f}, {s['ci_high_ms']:.4f}] "
                f"cv={s['cv']:.3f}{'' if s['stable'] else ' UNSTABLE'}")
+    for st in result.get("by_machine_state") or []:
+        t = st["timing"]
+        click.echo(f"  machine state probe {st['probe_us']:.0f} us, {st['share']:.0%} of the samples: n={t['n']} "
+                   f"p50={t['p50_ms']:.4f} ms p90={t['p90_ms']:.4f} ms")
     if processes > 1:
         a = result["across_processes"]
         click.echo(f"{processes} processes: {a['statistic']} " + " / ".join(f"{v:.4f}" for v in a["values_ms"])

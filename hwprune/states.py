@@ -127,6 +127,21 @@ def _utilisation(stats: dict[str, float], budget: "LatencyBudget", ignore: tuple
     return max(models) / limit
 
 
+def state_timings(timing: Timing, cfg: DeviceConfig) -> list[dict[str, Any]]:
+    """One model's timing per machine state, fastest first: each state's probe µs, its share of the
+    samples and its summary (no samples); empty when fewer than two states have enough samples
+    (or the timing kept no samples)."""
+    if not timing.get("samples_ms"):
+        return []
+    states = judgeable(timing)
+    if len(states) < 2:
+        return []
+    n = len(timing["samples_ms"]) or 1
+    return [{"probe_us": c, "share": len(v) / n,
+             "timing": {k: x for k, x in in_state(timing, v, c, cfg).items() if k not in ("samples_ms", "sample_states")}}
+            for c, v in sorted(states.items())]
+
+
 def quickest_ms(timing: Timing, cfg: DeviceConfig) -> float:
     """The statistic in the fastest state with enough samples (the whole timing's with one state):
     how fast the machine can run this model, for telling a busy moment from a slow state."""

@@ -107,6 +107,35 @@ def split_states(probes_us: Sequence[float]) -> StateSplit:
     return StateSplit([fast, slow], float(np.exp((lo[-1] + hi[0]) / 2)))
 
 
+def assign_states(known_us: Sequence[float], probes_us: Sequence[float]) -> tuple[list[float], list[int]]:
+    """Each probe's state: the nearest of the states ``known_us`` (probe µs) when within
+    ``MIN_STATE_RATIO`` of it, else one of the new states the other probes form (:func:`split_states`).
+    Returns the states' probe µs (``known_us`` first) and each probe's index into them. A short
+    measurement's few probes cannot split into states by themselves; against the states met
+    before, each one can still be read."""
+    known = [float(c) for c in known_us]
+    idx: list[int | None] = []
+    for p in probes_us:
+        near = min(range(len(known)), key=lambda i: abs(math.log(p / known[i])), default=None)
+        idx.append(near if near is not None and max(p, known[near]) / min(p, known[near]) < MIN_STATE_RATIO else None)
+    others = [p for p, i in zip(probes_us, idx) if i is None]
+    new = split_states(others).centers_us if others else []
+    centers = known + list(new)
+    out = [i if i is not None else len(known) + min(range(len(new)), key=lambda k: abs(math.log(p / new[k])))
+           for p, i in zip(probes_us, idx)]
+    return centers, out
+
+
+def label_samples(probes_us: Sequence[float], n: int, burst: int) -> tuple[list[float], list[int]]:
+    """The states of ``n`` samples taken in bursts of ``burst`` (the last may be shorter), burst ``j``
+    between ``probes_us[j]`` and ``probes_us[j + 1]``: the states' probe µs and each sample's label."""
+    split = split_states(probes_us)
+    labels: list[int] = []
+    for j in range(math.ceil(n / burst)):
+        labels += [split.label(probes_us[j], probes_us[j + 1])] * min(burst, n - j * burst)
+    return list(split.centers_us), labels
+
+
 @dataclass
 class StateLabels:
     """The samples' states of one timing: ``labels[i]`` indexes ``centers_us`` or is ``MIXED``."""

@@ -25,6 +25,9 @@ from typing import Callable
 import numpy as np
 
 _QUANTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
+# With a machine-state probe, ``measure`` reads it before every this many samples (a burst, as
+# profilers.interleave alternates models in bursts of 20).
+PROBE_EVERY = 20
 
 
 def _z(confidence: float, two_sided: bool = True) -> float:
@@ -205,7 +208,8 @@ def summarize(samples_ms, statistic: str = "p50", confidence: float = 0.95,
 def measure(time_once_ms: Callable[[], float], *, warmup: int = 20, min_repeats: int = 50,
             max_repeats: int = 100000, max_seconds: float = 2.0, statistic: str = "p50",
             rel_ci: float = 0.02, confidence: float = 0.95, cv_threshold: float = 0.25,
-            remeasure_unstable: bool = True, min_seconds: float = 0.0) -> TimingStats:
+            remeasure_unstable: bool = True, min_seconds: float = 0.0,
+            probe: Callable[[], float] | None = None) -> TimingStats:
     """Time ``time_once_ms`` adaptively and return its statistics.
 
     ``time_once_ms`` runs one inference and returns its duration in milliseconds (the
@@ -216,19 +220,24 @@ def measure(time_once_ms: Callable[[], float], *, warmup: int = 20, min_repeats:
     and the ``confidence`` interval of ``statistic`` is within ``±rel_ci`` of it, or until
     ``max_seconds`` is spent — but never with fewer than ``min_repeats`` samples. A measurement whose coefficient of variation exceeds
     ``cv_threshold`` is flagged unstable and, once, measured again from scratch; the
-    steadier of the two is kept and marked ``remeasured``.
+    steadier of the two is kept and marked ``remeasured``. With ``probe``
+    (:func:`profilers.machine_state.probe_us`) the machine state is read before every
+    ``PROBE_EVERY`` samples and after the last, and the result carries each sample's state.
     """
 
     def one_pass() -> TimingStats:
         for _ in range(warmup):
             time_once_ms()
         samples: list[float] = []
+        probes = [probe()] if probe is not None else []   # probes[j] before samples j*PROBE_EVERY ...
         start = time.perf_counter()
         deadline = start + max_seconds
         next_check = min_repeats
         while True:
             samples.append(float(time_once_ms()))
             n = len(samples)
+            if probe is not None and n % PROBE_EVERY == 0:
+                probes.append(probe())
             now = time.perf_counter()
             if n >= max_repeats or (now >= deadline and n >= min_repeats):
                 break
@@ -239,8 +248,14 @@ def measure(time_once_ms: Callable[[], float], *, warmup: int = 20, min_repeats:
                 if s.converged:
                     break
                 next_check = max(n + 1, int(n * 1.25))
-        return summarize(samples, statistic, confidence, cv_threshold, rel_ci,
-                         total_s=time.perf_counter() - start)
+        out = summarize(samples, statistic, confidence, cv_threshold, rel_ci, total_s=time.perf_counter() - start)
+        if probe is not None:
+            from profilers.machine_state import label_samples
+
+            if len(samples) % PROBE_EVERY:
+                probes.append(probe())
+            out.state_probe_us, out.sample_states = label_samples(probes, len(samples), PROBE_EVERY)
+        return out
 
     first = one_pass()
     if first.stable or not remeasure_unstable:

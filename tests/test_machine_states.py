@@ -230,3 +230,57 @@ def test_time_across_processes_reports_each_state_in_the_processes_that_ran_in_i
     assert spreads[1].spread.values_ms == pytest.approx([1.50, 1.52])
     assert spreads[1].to_dict()["processes"] == 2
     assert state_spreads(runs[1:2], "model", cfg) == []
+
+
+# -- one model, one process: profilers.stats.measure and hwprune time -----------------------------
+
+def switching_machine(every: int = 4):
+    """A machine that switches state every ``every`` probes; the probe reads 28 or 53 µs."""
+    machine = {"state": 0, "probes": 0}
+
+    def probe():
+        machine["probes"] += 1
+        machine["state"] = (machine["probes"] // every) % 2
+        return (28.0, 53.0)[machine["state"]]
+
+    return machine, probe
+
+
+def test_a_single_model_measurement_labels_every_sample_by_its_burst():
+    from profilers.stats import PROBE_EVERY, measure
+
+    machine, probe = switching_machine()
+    s = measure(lambda: (0.3, 0.45)[machine["state"]], warmup=0, min_repeats=210, max_seconds=0.01,
+                remeasure_unstable=False, probe=probe).to_dict()
+    assert len(s["sample_states"]) == s["n"] == 210 and 210 % PROBE_EVERY   # a last, shorter burst
+    states = by_state(s)
+    assert {round(c): set(v) for c, v in states.items()} == {28: {0.3}, 53: {0.45}}
+    assert measure(lambda: 0.3, warmup=0, min_repeats=30, max_seconds=0.01).sample_states == []   # no probe
+
+
+def test_label_samples_gives_a_shorter_last_burst_its_own_probes():
+    from profilers.machine_state import label_samples
+
+    centers, labels = label_samples([28.0, 28.0, 53.0, 53.0, 53.0, 28.0, 28.0, 28.0], 13, 2)
+    assert [round(c) for c in centers] == [28, 53]
+    assert labels == [0, 0, MIXED, MIXED, 1, 1, 1, 1, MIXED, MIXED, 0, 0, 0]
+
+
+def test_hwprune_time_reports_each_state_the_machine_switched_between(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from hwprune import api
+    from hwprune.cli import cli
+    from test_regress import DEVICE_YAML, _relu_model
+
+    device = tmp_path / "fast.yaml"
+    device.write_text(DEVICE_YAML + "min_seconds: 0.1\n")
+    model = _relu_model(tmp_path / "m.onnx")
+    _, probe = switching_machine(every=6)
+    monkeypatch.setattr("profilers.machine_state.probe_us", probe)
+    r = api.time_model(model, str(device))
+    states = r["by_machine_state"]
+    assert [round(s["probe_us"]) for s in states] == [28, 53] and 0 < states[0]["share"] < 1
+    assert states[0]["timing"]["n"] >= MIN_STATE_SAMPLES and "samples_ms" not in states[0]["timing"]
+    out = CliRunner().invoke(cli, ["time", model, "--device", str(device)])
+    assert out.exit_code == 0 and out.output.count("machine state probe") == 2, out.output

@@ -92,14 +92,55 @@ def test_the_worst_state_governs():
 
 
 def test_no_state_in_common_decides_nothing_and_asks_for_more_samples():
-    cand, ref = timing(3, (SLOW, 1.5, 300)), timing(4, (SLOW, 0.36, 300))
+    # now the machine switched between two states, neither of them the baseline's
+    cand = timing(3, (SLOW, 1.5, 300), (SLOW * 1.4, 1.8, 300))
+    ref = timing(4, (SLOW, 0.36, 300), (SLOW * 1.4, 0.4, 300))
     assert pooled(BASE, cand, BASE_REF, ref).verdict == "regressed"
     c = compare(BASE, cand, BASE_REF, ref)
-    assert c.verdict == "inconclusive" and c.samples_to_decide == 600
+    assert c.verdict == "inconclusive" and c.samples_to_decide == 1200
     assert "machine state" in c.reason and "'regressed'" in c.reason
-    assert c.machine_states["compared"] == [] and c.machine_states["candidate_probe_us"] == [SLOW]
+    assert c.machine_states["compared"] == [] and c.machine_states["candidate_probe_us"] == [SLOW, SLOW * 1.4]
     # a pass across states is not one either: the state may hide a change
-    assert compare(BASE, timing(3, (SLOW, 1.0, 300))).verdict == "inconclusive"
+    assert compare(BASE, timing(3, (SLOW, 1.0, 300), (SLOW * 1.4, 1.0, 300))).verdict == "inconclusive"
+
+
+def test_a_steady_machine_at_another_probe_level_is_compared_pooled_and_says_so():
+    # one state on each side, different ones: a slower clock or another host, not a switching machine
+    cand, ref = timing(3, (SLOW, 1.25, 300)), timing(4, (SLOW, 0.375, 300))
+    c = compare(BASE, cand, BASE_REF, ref)
+    p = pooled(BASE, cand, BASE_REF, ref)
+    assert c.verdict == p.verdict == "pass" and c.ratio == p.ratio and c.samples_to_decide == p.samples_to_decide
+    assert c.machine_states["compared"] == [] and "probe read 30 µs then and 55 µs now" in c.reason
+
+
+def test_labelled_samples_too_thin_in_every_state_are_inconclusive():
+    # 30 fast, 30 slow, and bursts that straddled the switches: no state has MIN_STATE_SAMPLES
+    cand = timing(3, (FAST, 1.0, 30), (SLOW, 1.5, 30))
+    cand["sample_states"] += [-1] * 40
+    cand["samples_ms"] += [1.2] * 40
+    c = compare(BASE, cand)
+    assert c.verdict == "inconclusive" and c.samples_to_decide == 200 and "no machine state" in c.reason
+
+
+def test_a_thin_second_state_is_left_out_of_a_steady_comparison():
+    # 39 slow samples in 640 (and two straddling bursts) would move the p90 into the slow state
+    cand = timing(3, (FAST, 1.0, 600), (SLOW, 1.6, 39))
+    cand["sample_states"] += [-1] * 40
+    cand["samples_ms"] += [1.3] * 40
+    c = compare(BASE, cand, statistic="p90")
+    assert pooled(BASE, cand, statistic="p90").ratio > 1.1
+    assert c.verdict == "pass" and c.n_candidate == 600 and c.state_probe_us == FAST
+
+
+def test_model_labels_without_reference_labels_compare_pooled():
+    cand, ref = timing(3, (FAST, 1.0, 200), (SLOW, 1.5, 300)), timing(4, (FAST, 0.3, 200), (SLOW, 0.36, 300))
+    assert compare(BASE, cand, BASE_REF, unlabelled(ref)).to_dict() == pooled(BASE, cand, BASE_REF, ref).to_dict()
+
+
+def test_each_of_several_states_is_tested_at_a_shared_out_confidence():
+    base = timing(1, (FAST, 1.0, 400), (SLOW, 1.5, 400))
+    c = compare(base, timing(3, (FAST, 1.0, 400), (SLOW, 1.5, 400)))
+    assert [s["confidence"] for s in c.machine_states["compared"]] == pytest.approx([0.975, 0.975])
 
 
 def test_a_state_where_the_reference_has_too_few_samples_is_not_compared():
@@ -123,25 +164,68 @@ def test_a_state_asks_for_more_samples_by_its_share():
 # -- the samplers and the command ------------------------------------------------------------------
 @pytest.fixture
 def two_state_probe(monkeypatch):
-    """The probe reads 30 µs for 12 calls, then 55 µs for 12, and so on."""
-    levels = itertools.cycle([FAST] * 12 + [SLOW] * 12)
-    monkeypatch.setattr("profilers.machine_state.probe_us", lambda: next(levels))
+    """The probe reads 30 µs for 12 calls, then 55 µs for 12, and so on; returns the machine's state."""
+    machine = {"state": 0, "probes": 0}
+
+    def probe():
+        machine["state"] = (machine["probes"] // 12) % 2
+        machine["probes"] += 1
+        return (FAST, SLOW)[machine["state"]]
+
+    monkeypatch.setattr("profilers.machine_state.probe_us", probe)
+    return machine
+
+
+class StateRunner:
+    """A model whose time is the machine's state's: (fast ms, slow ms)."""
+
+    def __init__(self, config, machine, ms):
+        self.config, self.machine, self.ms = config, machine, ms
+
+    def time_once_ms(self):
+        return self.ms[self.machine["state"]]
+
+
+def _sampler_on(setup, machine):
+    blob = Path(setup["model"]).read_bytes()
+    s = rg.LocalSampler([(rg.CANDIDATE, blob), (rg.BASELINE_REFERENCE_KEY, blob)], setup["cfg"])
+    s.runners = [StateRunner(setup["cfg"], machine, (1.0, 1.5)), StateRunner(setup["cfg"], machine, (0.3, 0.36))]
+    return s
+
+
+def _value_by_label(s, key):
+    lab = s.labels[key]
+    return {(round(lab.centers_us[i]) if i >= 0 else i, v) for v, i in zip(s.samples[key], lab.labels)}
 
 
 def test_the_local_sampler_labels_every_sample_across_takes(setup, two_state_probe):
-    blob = Path(setup["model"]).read_bytes()
-    s = rg.LocalSampler([(rg.CANDIDATE, blob), (rg.BASELINE_REFERENCE_KEY, blob)], setup["cfg"])
+    s = _sampler_on(setup, two_state_probe)
     try:
         s.take(200, 0.5, first=True)
         s.take(400, 5.0)
     finally:
         s.close()
-    for k in s.keys:
+    for k, (fast, slow) in ((rg.CANDIDATE, (1.0, 1.5)), (rg.BASELINE_REFERENCE_KEY, (0.3, 0.36))):
         lab = s.labels[k]
         assert lab is not None and len(lab.labels) == len(s.samples[k]) >= 600
         assert [round(c) for c in lab.centers_us] == [FAST, SLOW]   # the second take's states matched
-        assert set(lab.labels) <= {-1, 0, 1} and {0, 1} <= set(lab.labels)
-    assert s.labels[rg.CANDIDATE].centers_us == s.labels[rg.BASELINE_REFERENCE_KEY].centers_us
+        # every sample labelled with a state ran in it
+        assert {pair for pair in _value_by_label(s, k) if pair[0] != -1} == {(FAST, fast), (SLOW, slow)}
+
+
+def test_a_short_take_reads_its_few_probes_against_the_states_met_before(setup, two_state_probe, monkeypatch):
+    s = _sampler_on(setup, two_state_probe)
+    try:
+        s.take(200, 0.5, first=True)
+        n = len(s.samples[rg.CANDIDATE])
+        # one burst each: fast before the candidate's, fast after it, slow after the reference's
+        probes = iter([FAST, FAST, SLOW])
+        monkeypatch.setattr("profilers.machine_state.probe_us", lambda: next(probes))
+        s.take(20, 5.0)
+    finally:
+        s.close()
+    assert s.labels[rg.CANDIDATE].labels[n:] == [0] * 20
+    assert s.labels[rg.BASELINE_REFERENCE_KEY].labels[n:] == [-1] * 20   # it straddled the switch
 
 
 def test_a_written_baseline_keeps_its_samples_states(setup, two_state_probe):
@@ -185,8 +269,12 @@ def _state_baseline(setup) -> str:
 @pytest.mark.parametrize("dists, verdict, code, words", [
     ({rg.CANDIDATE: [(FAST, 1.0, 0.4), (SLOW, 1.5, 0.6)], rg.BASELINE_REFERENCE_KEY: [(FAST, 0.3, 0.4), (SLOW, 0.36, 0.6)]},
      "pass", 0, "compared in 30 µs pass"),
-    ({rg.CANDIDATE: [(SLOW, 1.5, 1.0)], rg.BASELINE_REFERENCE_KEY: [(SLOW, 0.36, 1.0)]},
+    ({rg.CANDIDATE: [(SLOW, 1.5, 0.5), (SLOW * 1.4, 1.8, 0.5)],
+      rg.BASELINE_REFERENCE_KEY: [(SLOW, 0.36, 0.5), (SLOW * 1.4, 0.4, 0.5)]},
      "inconclusive", 3, "none in common"),
+    # steady now at another level: the pooled, normalised test decides (here a 25% regression)
+    ({rg.CANDIDATE: [(SLOW, 1.5, 1.0)], rg.BASELINE_REFERENCE_KEY: [(SLOW, 0.36, 1.0)]},
+     "regressed", 1, "each side steady at its own level"),
 ])
 def test_the_command_compares_per_state_and_says_so(setup, monkeypatch, dists, verdict, code, words):
     monkeypatch.setattr("hwprune.regress.run.open_sampler", lambda items, cfg: StateSampler(items, dists))

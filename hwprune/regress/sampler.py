@@ -67,7 +67,7 @@ class LocalSampler:
         """A/B/A/B bursts, as measure_interleaved does, without its per-round re-summarising
         (which sorts every sample every round: quadratic for the many samples asked for here)."""
         from profilers.interleave import burst_labels
-        from profilers.machine_state import split_states
+        from profilers.machine_state import assign_states
 
         for r in self.runners:
             for _ in range(min(self.cfg.warmup, 5)):
@@ -81,10 +81,11 @@ class LocalSampler:
                 burst_of.append(i)
                 probes.append(probe())
             taken += BURST
-        split = split_states(probes)
-        for k, samples, labels in zip(self.keys, new, burst_labels(split, probes, burst_of, BURST, len(new))):
-            add_samples(self, k, {"samples_ms": samples, "state_probe_us": list(split.centers_us),
-                                  "sample_states": labels})
+        # read against the states met so far: a short take's few probes cannot split by themselves
+        known = self.labels[self.keys[0]]
+        centers, states = assign_states(known.centers_us if known is not None else [], probes)
+        for k, samples, labels in zip(self.keys, new, burst_labels(states, burst_of, BURST, len(new))):
+            add_samples(self, k, {"samples_ms": samples, "state_probe_us": centers, "sample_states": labels})
 
     def close(self) -> None:
         self._stack.close()
