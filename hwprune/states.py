@@ -70,9 +70,9 @@ def in_state(timing: Timing, samples_ms: list[float], probe_us: float, cfg: Devi
     return t.to_dict()
 
 
-def judgeable(timing: Timing) -> dict[float, list[float]]:
-    """The probed states of ``timing`` with ``MIN_STATE_SAMPLES`` or more samples: {probe µs: samples}."""
-    return {c: s for c, s in by_state(timing).items() if not math.isnan(c) and len(s) >= MIN_STATE_SAMPLES}
+def judgeable(timing: Timing, min_samples: int = MIN_STATE_SAMPLES) -> dict[float, list[float]]:
+    """The probed states of ``timing`` with ``min_samples`` or more samples: {probe µs: samples}."""
+    return {c: s for c, s in by_state(timing).items() if not math.isnan(c) and len(s) >= min_samples}
 
 
 def common_states(timings: dict[str, Timing]) -> list[tuple[float, dict[str, list[float]]]]:

@@ -123,8 +123,8 @@ def test_labelled_samples_too_thin_in_every_state_are_inconclusive():
 
 
 def test_a_thin_second_state_is_left_out_of_a_steady_comparison():
-    # 39 slow samples in 640 (and two straddling bursts) would move the p90 into the slow state
-    cand = timing(3, (FAST, 1.0, 600), (SLOW, 1.6, 39))
+    # 90 slow samples (under five bursts) and two straddling bursts would move the p90 into the slow state
+    cand = timing(3, (FAST, 1.0, 600), (SLOW, 1.6, 90))
     cand["sample_states"] += [-1] * 40
     cand["samples_ms"] += [1.3] * 40
     c = compare(BASE, cand, statistic="p90")

@@ -9,7 +9,7 @@ them state by state:
 
 - Every sample of both sides in one state, the same one (a steady machine): the pooled
   comparison, as always.
-- States both sides have enough samples in (``hwprune.states.MIN_STATE_SAMPLES``, the drift
+- States both sides have enough samples in (``MIN_STATE_SAMPLES``: five bursts; the drift
   reference's too when there is one): a comparison in each, on that state's samples only, at a
   confidence shared out among them (Bonferroni: k states at 1 - (1 - confidence) / k each, so
   that taking the worst of k does not raise the false-alarm rate k-fold). The verdict is the
@@ -36,6 +36,11 @@ from hwprune.states import judgeable
 from profilers.machine_state import StateLabels, find_state, same_state
 
 Timing = dict[str, Any]
+# A state decides a regression only with this many samples of every side in it: five bursts of
+# 20. Samples of one burst are taken back to back and move together, so two bursts are nearer two
+# observations than forty; with two, an unchanged model once read +43% in a slow state whose few
+# reference bursts had run fast (bench/regress_states.py, BENCHMARKS).
+MIN_STATE_SAMPLES = 100
 ORDER = {"regressed": 0, "inconclusive": 1, "pass": 2, "improved": 3}
 
 
@@ -55,7 +60,7 @@ def compare_in_states(baseline: Timing, candidate: Timing, statistic: str, toler
     sides = [t for t in (baseline, candidate, *refs) if t is not None]
     if any(StateLabels.of(t) is None for t in sides) or all(_steady(t) for t in sides) and _same_level(sides):
         return pooled()
-    b_states, c_states = judgeable(baseline), judgeable(candidate)
+    b_states, c_states = judgeable(baseline, MIN_STATE_SAMPLES), judgeable(candidate, MIN_STATE_SAMPLES)
     seen: dict[str, Any] = {"baseline_probe_us": sorted(b_states), "candidate_probe_us": sorted(c_states),
                             "compared": [], "how": "pooled"}
     if not b_states:   # a stored side too thin in every state: nothing better than the pooled test
@@ -114,7 +119,7 @@ def _same_level(sides: list[Timing]) -> bool:
 def _common(b_states: dict[float, list[float]], c_states: dict[float, list[float]],
             refs: tuple[Timing | None, Timing | None]) -> list[tuple[float, float, tuple]]:
     """The states both sides (and both references, when there are) can judge in, each with its samples."""
-    ref_states = [judgeable(r) if r is not None else None for r in refs]
+    ref_states = [judgeable(r, MIN_STATE_SAMPLES) if r is not None else None for r in refs]
     out = []
     for pb, b in sorted(b_states.items()):
         c = _in(c_states, pb)
