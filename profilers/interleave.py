@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
-from profilers.machine_state import MIXED, StateSplit, probe_us, split_states
+from profilers.machine_state import StateSplit, burst_labels, probe_us, split_states
 from profilers.runner import BaseRunner
 from profilers.stats import TimingStats, summarize
 
@@ -76,14 +76,3 @@ def _label_states(stats: list[TimingStats], split: StateSplit, probes: list[floa
     states = [split.state_of(p) for p in probes]
     for st, labels in zip(stats, burst_labels(states, burst_of, burst, len(stats))):
         st.state_probe_us, st.sample_states = list(split.centers_us), labels
-
-
-def burst_labels(probe_states: list[int], burst_of: list[int], burst: int, n: int) -> list[list[int]]:
-    """Each of ``n`` runners' sample labels, in sample order: burst ``j`` (of runner ``burst_of[j]``,
-    ``burst`` samples) ran between probes ``j`` and ``j + 1``, whose states are ``probe_states``;
-    it takes their state when they agree, else ``MIXED``."""
-    out: list[list[int]] = [[] for _ in range(n)]
-    for j, i in enumerate(burst_of):
-        a, b = probe_states[j], probe_states[j + 1]
-        out[i].extend([a if a == b else MIXED] * burst)
-    return out

@@ -126,14 +126,25 @@ def assign_states(known_us: Sequence[float], probes_us: Sequence[float]) -> tupl
     return centers, out
 
 
+def burst_labels(probe_states: list[int], burst_of: list[int], burst: int, n: int) -> list[list[int]]:
+    """Each of ``n`` runners' sample labels, in sample order: burst ``j`` (of runner ``burst_of[j]``,
+    ``burst`` samples) ran between probes ``j`` and ``j + 1``, whose states are ``probe_states``;
+    it takes their state when they agree, else ``MIXED``."""
+    out: list[list[int]] = [[] for _ in range(n)]
+    for j, i in enumerate(burst_of):
+        a, b = probe_states[j], probe_states[j + 1]
+        out[i].extend([a if a == b else MIXED] * burst)
+    return out
+
+
 def label_samples(probes_us: Sequence[float], n: int, burst: int) -> tuple[list[float], list[int]]:
-    """The states of ``n`` samples taken in bursts of ``burst`` (the last may be shorter), burst ``j``
-    between ``probes_us[j]`` and ``probes_us[j + 1]``: the states' probe µs and each sample's label."""
+    """The states of ``n`` samples of one model taken in bursts of ``burst`` (the last may be
+    shorter), burst ``j`` between ``probes_us[j]`` and ``probes_us[j + 1]``: the states' probe µs
+    and each sample's label."""
     split = split_states(probes_us)
-    labels: list[int] = []
-    for j in range(math.ceil(n / burst)):
-        labels += [split.label(probes_us[j], probes_us[j + 1])] * min(burst, n - j * burst)
-    return list(split.centers_us), labels
+    bursts = math.ceil(n / burst)
+    labels = burst_labels([split.state_of(p) for p in probes_us], [0] * bursts, burst, 1)[0]
+    return list(split.centers_us), labels[:n]   # the last burst's label, cut to its length
 
 
 @dataclass

@@ -66,8 +66,7 @@ class LocalSampler:
     def _take_more(self, min_samples: int, max_seconds: float, probe: Callable[[], float]) -> None:
         """A/B/A/B bursts, as measure_interleaved does, without its per-round re-summarising
         (which sorts every sample every round: quadratic for the many samples asked for here)."""
-        from profilers.interleave import burst_labels
-        from profilers.machine_state import assign_states
+        from profilers.machine_state import assign_states, burst_labels
 
         for r in self.runners:
             for _ in range(min(self.cfg.warmup, 5)):
@@ -94,13 +93,12 @@ class LocalSampler:
 def add_samples(sampler, key: str, timing: dict[str, Any]) -> None:
     """Append a timing's samples to ``sampler.samples[key]`` and its state labels to
     ``sampler.labels[key]`` (states matched by probe time; None once any part had no labels)."""
-    had = sampler.samples[key]
-    old = {"samples_ms": had, **(state_fields(sampler.labels[key]) if had else {})}
-    if not had and StateLabels.of(timing) is not None:
-        old = {"samples_ms": [], "state_probe_us": list(timing["state_probe_us"]), "sample_states": []}
-    samples, labels = merge(old, timing)
-    sampler.samples[key] = samples
-    sampler.labels[key] = labels
+    if not sampler.samples[key]:
+        sampler.samples[key] = [float(v) for v in timing["samples_ms"]]
+        sampler.labels[key] = StateLabels.of(timing)
+        return
+    had = {"samples_ms": sampler.samples[key], **state_fields(sampler.labels[key])}
+    sampler.samples[key], sampler.labels[key] = merge(had, timing)
 
 
 def state_fields(labels: StateLabels | None) -> dict[str, Any]:

@@ -122,18 +122,18 @@ def _common(b_states: dict[float, list[float]], c_states: dict[float, list[float
     ref_states = [judgeable(r, MIN_STATE_SAMPLES) if r is not None else None for r in refs]
     out = []
     for pb, b in sorted(b_states.items()):
-        c = _in(c_states, pb)
-        rb, rc = (None if s is None else _in(s, pb) for s in ref_states)
+        pc, c = _in(c_states, pb)
+        rb, rc = (None if s is None else _in(s, pb)[1] for s in ref_states)
         if c is None or (refs[0] is not None and (rb is None or rc is None)):
             continue
-        pc = list(c_states)[find_state(list(c_states), pb)]
         out.append((pb, pc, (b, c, rb, rc)))
     return out
 
 
-def _in(states: dict[float, list[float]], probe_us: float) -> list[float] | None:
+def _in(states: dict[float, list[float]], probe_us: float) -> tuple[float | None, list[float] | None]:
+    """The state of ``states`` that ``probe_us`` is (its probe µs and samples), or (None, None)."""
     i = find_state(list(states), probe_us)
-    return None if i is None else list(states.values())[i]
+    return (None, None) if i is None else list(states.items())[i]
 
 
 def _levels(seen: dict[str, Any]) -> tuple[str, str]:
