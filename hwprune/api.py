@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, api_errors
 from hwprune.lut import LatencyLUT
 from hwprune.models.spec import ModelSpec, ModuleSpec, check_example_input
 from hwprune.pruning import PruneOptions, PruneResult, command_line, default_weights
@@ -64,6 +64,7 @@ def model_spec(model: nn.Module | str, example_input: torch.Tensor | None = None
     return ModelSpec(model, shape, 10 if num_classes is None else num_classes, weights)
 
 
+@api_errors
 def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str,
             lut: str | LatencyLUT, name: str | None = None, grid: Sequence[float] | None = None,
             calibration_samples: int = 10, seed: int = 0, allow_other_device: bool = False,
@@ -90,6 +91,7 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
     return table
 
 
+@api_errors
 def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str,
           lut: str | LatencyLUT | None = None, latency_ms: float | None = None, speedup: float | None = None,
           max_params: float | str | None = None, max_macs: float | str | None = None,
@@ -175,6 +177,7 @@ def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, 
     return _run(opts, spec, task, lut=lut, log=log, reproduce=None, started=started)
 
 
+@api_errors
 def prune_options(opts: PruneOptions, log: Callable[[str], None] = print) -> PruneResult:
     """``hwprune prune``: a zoo or file model on a built-in dataset, from the CLI's options."""
     from hwprune.task import Task
@@ -205,9 +208,14 @@ def _check_options(options: dict[str, Any]) -> None:
     own = fields & set(inspect.signature(prune).parameters)  # set through prune's own keywords
     if "budget" in options:
         raise HwpruneError("budget= is spelt budgets= here: a list of (function of the widths, limit) pairs")
+    known = sorted((fields - own) | (set(inspect.signature(prune).parameters) - {"model", "example_input", "options"}))
     unknown = sorted(set(options) - (fields - own))
     if unknown:
-        raise HwpruneError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(fields - own))})")
+        import difflib
+
+        hints = [f"{u} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(u, known, 1)) else u
+                 for u in unknown]
+        raise HwpruneError(f"unknown option(s) {', '.join(hints)}; prune takes: {', '.join(known)}")
 
 
 def _check_budgets(budgets: Any) -> list[tuple[Any, float]]:
@@ -233,6 +241,7 @@ def _run(opts: PruneOptions, spec: ModelSpec | ModuleSpec, task, *, lut, log, re
                started=started)
 
 
+@api_errors
 def apply_plan(model: nn.Module | str, plan: str, example_input: torch.Tensor | None = None, *,
                weights: str | None = None, input_shape: Sequence[int] | None = None,
                num_classes: int | None = None, dense_weights: str | None = None) -> nn.Module:
@@ -253,6 +262,7 @@ def apply_plan(model: nn.Module | str, plan: str, example_input: torch.Tensor | 
     return apply_to_spec(spec, plan, weights)
 
 
+@api_errors
 def time_model(onnx_path: str, device: str, json_path: str | None = None, processes: int = 1) -> dict[str, Any]:
     """Time one ONNX file on a device config; returns the device name, timing and environment.
 

@@ -147,7 +147,9 @@ def test_without_finetune_fn_or_data_the_cut_ships_unrecovered(env):
     ({"latency_ms": -1.0, "speedup": None}, "--latency-ms"),
     ({"max_evaluations": 0}, "--max-evaluations"),
     ({"certify_rounds": 0}, "--certify-rounds"),
-    ({"colour": "blue"}, "unknown option(s) colour"),
+    ({"colour": "blue"}, "unknown option(s) colour;"),
+    ({"max_evals": 3}, "max_evals (did you mean max_evaluations?)"),
+    ({"device": "x86-cpu-typo"}, "unknown device 'x86-cpu-typo'"),
     ({"lut": 42}, "LUT"),
     ({"budget": [("m:f", 1.0)]}, "spelt budgets="),
     ({"budgets": ("m:f", 1.0)}, "budgets= must be a list of"),
@@ -165,6 +167,17 @@ def test_bad_input_through_the_api_is_one_sentence(env, kw, fragment):
     with pytest.raises(HwpruneError) as info:
         _prune(env, **kw)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_profilers_error_reaches_the_user_as_both_hwprune_error_and_its_own_type(env, tmp_path):
+    from profilers.errors import ConfigError, ModelFileError
+
+    with pytest.raises(HwpruneError) as info:
+        _prune(env, device="no-such-device")
+    assert isinstance(info.value, ConfigError)
+    with pytest.raises(ModelFileError) as info:
+        hwprune.time_model(str(tmp_path / "missing.onnx"), "x86-cpu-ort")
+    assert isinstance(info.value, HwpruneError) and "missing.onnx" in str(info.value)
 
 
 def test_weights_for_the_users_module_load_into_the_copy(env, tmp_path):
