@@ -380,7 +380,9 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
     A round over budget tightens the LUT limit; a certified round that leaves more than
     1 - ``USE_BUDGET`` of the budget unused loosens it and searches again, and the run keeps the
     certified architecture with the best proxy score (the search's own validation objective,
-    never the test set). A loosened round that does not fit ends the run on the certified one.
+    never the test set). A loosened round that does not fit, or whose candidates score no higher
+    than the certified architecture (it could not be kept: nothing is measured or recovered), ends
+    the run on the certified one.
     """
     opts, log = job.opts, job.log
     rounds: list[Round] = []
@@ -394,10 +396,10 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
     if lut_limit_ms is not None and floor_ms is not None:
         lut_limit_ms = max(lut_limit_ms, floor_ms)
     for rnd in range(opts.certify_rounds):
-        searched = _measured_round(job, s, cert, rnd, lut_limit_ms, tried,
-                                   stop_at=s.space.key(best.result.widths) if best is not None else None)
+        searched = _measured_round(job, s, cert, rnd, lut_limit_ms, tried, beat=best.result if best is not None else None)
         if searched is None:
-            log(f"round {rnd + 1}: the looser limit finds the certified architecture again; keeping it")
+            log(f"round {rnd + 1}: the looser limit finds nothing that scores above the certified architecture "
+                f"({best.result.score:.4f}); keeping it")
             return best
         r, rm, result, models = searched
         rounds.append(r)
@@ -429,15 +431,20 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
 
 
 def _measured_round(job: _Job, s: SearchSetup, cert: Certifier, rnd: int, lut_limit_ms: float | None,
-                    tried: set, stop_at: tuple[int, ...] | None = None) -> tuple[Round, Any, Any, list[nn.Module]] | None:
+                    tried: set, beat=None) -> tuple[Round, Any, Any, list[nn.Module]] | None:
     """One round: search under ``lut_limit_ms``, measure its best few beside the dense model, keep one.
-    None, with nothing measured, when the search's answer is ``stop_at`` (the architecture already certified)."""
+
+    ``beat`` is the certified search result a looser round must improve on. The run keeps the
+    certified architecture with the best proxy score: when no candidate of the round scores above
+    ``beat``, nothing the round could measure would be kept, and it returns None with nothing
+    measured or recovered (the search finding ``beat`` again is one such case)."""
     opts, cfg, x = job.opts, cert.cfg, job.x
     result = s.search(rnd, lut_limit_ms, seed=opts.seed, max_evaluations=opts.max_evaluations,
                       show_progress=opts.show_progress, log=job.log)
-    if stop_at is not None and s.space.key(result.widths) == stop_at:
-        return None
     cands = top_candidates(result, opts.measure_top, s.space, tried)
+    if beat is not None and (s.space.key(result.widths) == s.space.key(beat.widths)
+                             or max(score for _, score in cands) <= beat.score):
+        return None
     models = [s.objective.pruned_model(w) for w, _ in cands]  # the channels the objective scored
     rm = cert.measure_round([Proposal(w, score, s.predict(w), export_onnx(m, x))
                              for (w, score), m in zip(cands, models)])
