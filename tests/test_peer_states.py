@@ -13,14 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import peer  # noqa: E402  (bench/ scripts import their siblings by name)
 import peer_states  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def resnet20():
-    from hwprune.models.spec import ModelSpec
-
-    torch.manual_seed(0)
-    return ModelSpec("resnet20", (1, 28, 28), 10).build(), torch.zeros(1, 1, 28, 28)
+from test_peer_bench import resnet20  # noqa: E402,F401  (the same dense resnet20 fixture)
 
 
 def test_torch_pruning_conv_widths_map_onto_groups_and_rebuild_the_same_cut(resnet20, tmp_path):
