@@ -32,6 +32,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+# bench/peer.py trains and tests on Fashion-MNIST files (its --quick subset too), so every model
+# it recorded takes this input.
+PEER_INPUT_SHAPE = (1, 28, 28)
+
 
 def group_widths_of(row: dict, conv_names: list[str], groups: list[str]) -> dict[str, int]:
     """The row's widths as {group: channels}; Torch-Pruning rows record every conv's, in module order."""
@@ -52,6 +56,7 @@ def architectures(peer: dict, x) -> tuple[bytes, dict[str, dict]]:
     from hwprune.export import export_onnx
     from hwprune.groups import find_groups, prune_to_widths
     from hwprune.models.spec import ModelSpec
+    from peer import conv_widths
 
     recipe, dense_info = peer["recipe"], peer["dense"]
     torch.manual_seed(0)
@@ -67,7 +72,7 @@ def architectures(peer: dict, x) -> tuple[bytes, dict[str, dict]]:
         if arch not in archs:
             model = prune_to_widths(dense, x, widths)
             if isinstance(row["widths"], list):
-                got = [m.out_channels for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+                got = list(conv_widths(model))
                 if got != list(row["widths"]):
                     raise SystemExit(f"{key}: rebuilt conv widths {got} differ from the recorded {row['widths']}")
             archs[arch] = {"name": f"a{len(archs)}", "onnx": export_onnx(model, x), "rows": []}
@@ -150,7 +155,7 @@ def main() -> int:
     args = ap.parse_args()
     peer = json.loads(Path(args.peer).read_text())
     cfg = load_device_config(peer["recipe"]["device"])
-    x = torch.zeros(cfg.batch_size, *peer.get("input_shape", (1, 28, 28)))
+    x = torch.zeros(cfg.batch_size, *PEER_INPUT_SHAPE)
     dense_onnx, archs = architectures(peer, x)
     print(f"{len(archs)} architectures from {sum(len(a['rows']) for a in archs.values())} cells", file=sys.stderr)
     items = [("dense", dense_onnx)] + [(n, a["onnx"]) for n, a in archs.items()]

@@ -205,14 +205,15 @@ def _check_options(options: dict[str, Any]) -> None:
     import inspect
 
     fields = {f.name for f in dataclasses.fields(PruneOptions)}
-    own = fields & set(inspect.signature(prune).parameters)  # set through prune's own keywords
+    keywords = set(inspect.signature(prune).parameters) - {"model", "example_input", "options"}
+    own = fields & keywords  # set through prune's own keywords
     if "budget" in options:
         raise HwpruneError("budget= is spelt budgets= here: a list of (function of the widths, limit) pairs")
-    known = sorted((fields - own) | (set(inspect.signature(prune).parameters) - {"model", "example_input", "options"}))
     unknown = sorted(set(options) - (fields - own))
     if unknown:
         import difflib
 
+        known = sorted((fields - own) | keywords)
         hints = [f"{u} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(u, known, 1)) else u
                  for u in unknown]
         raise HwpruneError(f"unknown option(s) {', '.join(hints)}; prune takes: {', '.join(known)}")

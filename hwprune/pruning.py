@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwprune.agents.base import SearchResult
 from hwprune.certify import (CONFIDENCE, Certificate, Certifier, is_finite_number, FinalMeasurement, LatencyBudget, Measure, Proposal, Round, default_measure,
                              measured_points, next_lut_limit, top_candidates)
 from hwprune.errors import HwpruneError, describe_callable, first_line
@@ -431,7 +432,7 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
 
 
 def _measured_round(job: _Job, s: SearchSetup, cert: Certifier, rnd: int, lut_limit_ms: float | None,
-                    tried: set, beat=None) -> tuple[Round, Any, Any, list[nn.Module]] | None:
+                    tried: set, beat: SearchResult | None = None) -> tuple[Round, Any, Any, list[nn.Module]] | None:
     """One round: search under ``lut_limit_ms``, measure its best few beside the dense model, keep one.
 
     ``beat`` is the certified search result a looser round must improve on. The run keeps the
