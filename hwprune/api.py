@@ -64,7 +64,16 @@ def model_spec(model: nn.Module | str, example_input: torch.Tensor | None = None
     return ModelSpec(model, shape, 10 if num_classes is None else num_classes, weights)
 
 
-@api_errors
+def _fields(cls) -> Callable[[], dict[str, Any]]:
+    """A dataclass's fields and defaults, as :func:`api_errors` keywords (read on first error)."""
+    return lambda: {f.name: f.default for f in dataclasses.fields(cls)}
+
+
+def _prune_fields() -> dict[str, Any]:
+    return _fields(PruneOptions)()
+
+
+@api_errors(flags={"format": "fmt"})
 def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str,
             lut: str | LatencyLUT, name: str | None = None, grid: Sequence[float] | None = None,
             calibration_samples: int = 10, seed: int = 0, allow_other_device: bool = False,
@@ -91,7 +100,7 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
     return table
 
 
-@api_errors
+@api_errors(options=_prune_fields, flags={"budget": "budgets"})
 def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str,
           lut: str | LatencyLUT | None = None, latency_ms: float | None = None, speedup: float | None = None,
           max_params: float | str | None = None, max_macs: float | str | None = None,
@@ -177,7 +186,7 @@ def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, 
     return _run(opts, spec, task, lut=lut, log=log, reproduce=None, started=started)
 
 
-@api_errors
+@api_errors(options=_prune_fields)
 def prune_options(opts: PruneOptions, log: Callable[[str], None] = print) -> PruneResult:
     """``hwprune prune``: a zoo or file model on a built-in dataset, from the CLI's options."""
     from hwprune.task import Task
@@ -263,7 +272,7 @@ def apply_plan(model: nn.Module | str, plan: str, example_input: torch.Tensor | 
     return apply_to_spec(spec, plan, weights)
 
 
-@api_errors
+@api_errors(flags={"json": "json_path"})
 def time_model(onnx_path: str, device: str, json_path: str | None = None, processes: int = 1) -> dict[str, Any]:
     """Time one ONNX file on a device config; returns the device name, timing and environment.
 
@@ -410,6 +419,7 @@ class LutSummary:
     width_grid: dict[str, Any] = dataclasses.field(default_factory=dict)  # the widths a search may choose, and why
 
 
+@api_errors(flags={"model": "model_key"})
 def lut_show(lut: str | LatencyLUT, model_key: str | None = None) -> LutSummary:
     """What a LUT holds for one model (``model_key`` may be left out when it holds only one)."""
     from hwprune.lut import unit_breakdown
@@ -432,6 +442,7 @@ def lut_show(lut: str | LatencyLUT, model_key: str | None = None) -> LutSummary:
                                      {g["name"]: g.get("step", 1) for g in m.get("groups", [])}))
 
 
+@api_errors(flags={"json": "json_path"})
 def lut_check(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str, lut: str,
               samples: int = 50, seed: int = 0, name: str | None = None, input_shape: Sequence[int] | None = None,
               num_classes: int | None = None, weights: str | None = None, calibration_samples: int = 8,
@@ -456,8 +467,15 @@ def pretrain(model: str, data: str = "fashion-mnist", **kw: Any):
     return train_dense(model, data, **kw)
 
 
+@api_errors(options=lambda: _fields(_regress_options())())
 def regress(options, log: Callable[[str], None] = _quiet) -> dict[str, Any]:
     """Re-measure a model or LUT rows and test for a latency regression (see :mod:`hwprune.regress`)."""
     from hwprune.regress import regress as check
 
     return check(options, log=log)
+
+
+def _regress_options():
+    from hwprune.regress import RegressOptions
+
+    return RegressOptions

@@ -19,8 +19,11 @@ class _Group(click.Group):
     """A click group that turns library errors into one line and exit code 2."""
 
     def invoke(self, ctx):
+        from hwprune.errors import cli_spelling
+
         try:
-            return super().invoke(ctx)
+            with cli_spelling():   # the library's messages name --flags here, keywords from Python
+                return super().invoke(ctx)
         except ProfilerError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(2)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -39,18 +41,73 @@ def as_hwprune_error(err: ProfilerError) -> HwpruneError:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Set while the command line runs: its users type flags, so its messages keep naming them.
+_CLI = contextvars.ContextVar("hwprune_cli", default=False)
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)( (?=['\"]))?")
 
-def api_errors(fn: F) -> F:
-    """A public API function whose user errors all arrive as :class:`HwpruneError`."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except HwpruneError:
-            raise
-        except ProfilerError as err:
-            raise as_hwprune_error(err) from None
-    return wrapper  # type: ignore[return-value]
+
+@contextlib.contextmanager
+def cli_spelling() -> Iterator[None]:
+    """Messages raised inside name options as the command line spells them (``--latency-ms``)."""
+    token = _CLI.set(True)
+    try:
+        yield
+    finally:
+        _CLI.reset(token)
+
+
+def keyword_spelling(message: str, keywords: dict[str, Any]) -> str:
+    """``message`` with each ``--flag`` that is one of ``keywords`` spelt as the keyword
+    (``--latency-ms`` -> ``latency_ms=``; a switch, default False, ``--overwrite`` -> ``overwrite=True``).
+
+    ``keywords`` maps a flag's snake-case name to ``(keyword, default)``; flags it does not hold
+    are left as they are (they may name a command-line-only option)."""
+    def spell(m: re.Match) -> str:
+        found = keywords.get(m.group(1).replace("-", "_"))
+        if found is None:
+            return m.group(0)
+        name, default = found
+        # "--finetune 'nope'" reads as finetune='nope'
+        return f"{name}=True" if default is False and not m.group(2) else f"{name}="
+    return _FLAG.sub(spell, message)
+
+
+def api_errors(fn: F | None = None, *, options: Callable[[], dict[str, Any]] | None = None,
+               flags: dict[str, str] | None = None) -> Any:
+    """A public API function whose user errors all arrive as :class:`HwpruneError`, naming its keywords.
+
+    The library's messages name options as the command line spells them (``--speedup``); called
+    from Python they name the function's keyword instead (``speedup=``). ``options`` gives more
+    keywords with their defaults (those a function takes through ``**options``); ``flags`` maps a
+    flag to a keyword of another name (``{"json": "json_path"}``).
+    """
+    def decorate(f: F) -> F:
+        keywords: dict[str, Any] | None = None
+
+        def spelling() -> dict[str, Any]:
+            nonlocal keywords
+            if keywords is None:
+                params = inspect.signature(f).parameters.values()
+                found = {p.name: (p.name, p.default) for p in params
+                         if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+                found.update({k: (k, d) for k, d in (options() if options else {}).items()})
+                found.update({flag: found.get(kw, (kw, None)) for flag, kw in (flags or {}).items()})
+                keywords = found
+            return keywords
+
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return f(*args, **kwargs)
+            except ProfilerError as err:
+                user = as_hwprune_error(err)
+                if not _CLI.get() and user.args and isinstance(user.args[0], str):
+                    user.args = (keyword_spelling(user.args[0], spelling()), *user.args[1:])
+                if user is err:
+                    raise
+                raise user from None
+        return wrapper  # type: ignore[return-value]
+    return decorate(fn) if fn is not None else decorate
 
 
 def first_line(err: BaseException) -> str:

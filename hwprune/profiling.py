@@ -63,9 +63,18 @@ def parse_ratios(text: str) -> tuple[float, ...]:
         ratios = tuple(sorted({float(p) for p in text.split(",") if p.strip()}))
     except ValueError:
         raise HwpruneError(f"--grid must be comma-separated keep ratios, got '{text}'") from None
-    if not ratios or ratios[0] <= 0 or ratios[-1] > 1:
-        raise HwpruneError(f"--grid ratios must lie in (0, 1], got '{text}'")
-    return ratios
+    return check_ratios(ratios, text)
+
+
+def check_ratios(ratios: Sequence[float], shown: str | None = None) -> tuple[float, ...]:
+    """Keep ratios, sorted and distinct, each in (0, 1]; ``shown`` is how the user wrote them."""
+    try:
+        out = tuple(sorted({float(r) for r in ratios}))
+    except (TypeError, ValueError):
+        raise HwpruneError(f"--grid must be keep ratios in (0, 1], got {ratios!r}") from None
+    if not out or out[0] <= 0 or out[-1] > 1:
+        raise HwpruneError(f"--grid ratios must lie in (0, 1], got '{shown if shown is not None else list(ratios)}'")
+    return out
 
 
 def random_widths(space: SearchSpace, rng: random.Random, low: float = 0.2, high: float = 1.0) -> list[int]:
@@ -102,6 +111,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         >>> r.signatures_measured, r.overhead_ratio  # doctest: +SKIP
     """
     t_start = time.perf_counter()
+    if ratios is not None:
+        ratios = check_ratios(ratios)
     cfg = device if isinstance(device, DeviceConfig) else load_device_config(device)
     path = Path(lut_path)
     lut, local_fp = _open_lut(path, cfg, fmt, allow_other_device)
@@ -189,7 +200,7 @@ def _open_lut(path: Path, cfg: DeviceConfig, fmt: str | None, allow_other_device
     """The LUT at ``path`` (new if absent) and this machine's fingerprint (None when the device is
     remote), after the checks that must come before minutes of export."""
     if fmt is not None and path.suffix != f".{fmt}":
-        raise HwpruneError(f"--format {fmt} does not match the LUT file name {path.name}")
+        raise HwpruneError(f"--format '{fmt}' does not match the LUT file name {path.name}")
     if path.suffix not in (".parquet", ".csv"):
         raise HwpruneError(f"LUT path must end in .parquet or .csv, got {path.name}")
     lut = LatencyLUT.load(path) if path.exists() else LatencyLUT()

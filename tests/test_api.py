@@ -143,10 +143,10 @@ def test_without_finetune_fn_or_data_the_cut_ships_unrecovered(env):
     ({"finetune_fn": lambda m, t: None}, "finetune_fn returned None"),
     ({"finetune_fn": lambda m, t: make_net()}, "finetune_fn changed the pruned architecture"),
     ({"score_fn": None}, "pass score_fn="),
-    ({"speedup": float("nan")}, "--speedup"),
-    ({"latency_ms": -1.0, "speedup": None}, "--latency-ms"),
-    ({"max_evaluations": 0}, "--max-evaluations"),
-    ({"certify_rounds": 0}, "--certify-rounds"),
+    ({"speedup": float("nan")}, "speedup= must be a number"),
+    ({"latency_ms": -1.0, "speedup": None}, "latency_ms= must be a positive"),
+    ({"max_evaluations": 0}, "max_evaluations="),
+    ({"certify_rounds": 0}, "certify_rounds="),
     ({"colour": "blue"}, "unknown option(s) colour;"),
     ({"max_evals": 3}, "max_evals (did you mean max_evaluations?)"),
     ({"device": "x86-cpu-typo"}, "unknown device 'x86-cpu-typo'"),
@@ -167,6 +167,34 @@ def test_bad_input_through_the_api_is_one_sentence(env, kw, fragment):
     with pytest.raises(HwpruneError) as info:
         _prune(env, **kw)
     assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_messages_name_the_keyword_called_from_python_and_the_flag_from_the_command_line(env, tmp_path):
+    from click.testing import CliRunner
+
+    from hwprune.cli import cli
+
+    with pytest.raises(HwpruneError, match=r"^give either latency_ms= or speedup=, not both$"):
+        _prune(env, latency_ms=1.0)
+    with pytest.raises(HwpruneError, match=r"^processes= must be"):
+        hwprune.time_model(str(tmp_path / "m.onnx"), env["device"], processes=0)
+    with pytest.raises(HwpruneError, match=r"^grid= ratios must lie in \(0, 1\]"):
+        hwprune.profile(make_net(), torch.zeros(1, 1, 16, 16), device=env["device"], lut=str(tmp_path / "g.parquet"),
+                        grid=[0.0, 2.0])
+    assert not (tmp_path / "g.parquet").exists()
+    res = CliRunner().invoke(cli, ["time", str(tmp_path / "m.onnx"), "-d", env["device"], "--processes", "0"])
+    assert res.exit_code == 2 and "error: --processes must be" in res.stderr
+
+
+def test_keyword_spelling_rewrites_only_the_keywords_it_knows():
+    from hwprune.errors import keyword_spelling
+
+    kws = {"latency_ms": ("latency_ms", None), "overwrite": ("overwrite", False), "json": ("json_path", None),
+           "finetune": ("finetune", "agp")}
+    assert keyword_spelling("pass --latency-ms or --overwrite; --json too", kws) == \
+        "pass latency_ms= or overwrite=True; json_path= too"
+    assert keyword_spelling("unknown --finetune 'x' (see --help, x--latency-ms)", kws) == \
+        "unknown finetune='x' (see --help, x--latency-ms)"
 
 
 def test_a_profilers_error_reaches_the_user_as_both_hwprune_error_and_its_own_type(env, tmp_path):

@@ -402,7 +402,7 @@ def test_cli_lut_check_of_a_model_not_in_the_lut(profiled, env, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--lut-name", "lut.txt"], "must end in .parquet or .csv"),
-    (["--lut-name", "lut.parquet", "--format", "csv"], "--format csv does not match"),
+    (["--lut-name", "lut.parquet", "--format", "csv"], "--format 'csv' does not match"),
     (["--grid", "0,2"], "--grid ratios must lie in (0, 1]"),
     (["--grid", "0.5,x"], "--grid must be comma-separated"),
     (["--shape", "1,8"], "--input-shape must be three positive integers"),
