@@ -64,18 +64,24 @@ def model_spec(model: nn.Module | str, example_input: torch.Tensor | None = None
     return ModelSpec(model, shape, 10 if num_classes is None else num_classes, weights)
 
 
-def _fields(cls) -> Callable[[], dict[str, Any]]:
-    """A dataclass's fields and defaults, as :func:`api_errors` keywords (read on first error)."""
-    return lambda: {f.name: f.default for f in dataclasses.fields(cls)}
+def _fields(cls) -> dict[str, Any]:
+    """A dataclass's fields and their defaults: keywords for :func:`api_errors`."""
+    return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
 def _prune_fields() -> dict[str, Any]:
-    return _fields(PruneOptions)()
+    return _fields(PruneOptions)
+
+
+def _regress_fields() -> dict[str, Any]:
+    from hwprune.regress import RegressOptions
+
+    return _fields(RegressOptions)
 
 
 @api_errors(flags={"format": "fmt"})
 def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str,
-            lut: str | LatencyLUT, name: str | None = None, grid: Sequence[float] | None = None,
+            lut: str | LatencyLUT, name: str | None = None, grid: Sequence[float] | str | None = None,
             calibration_samples: int = 10, seed: int = 0, allow_other_device: bool = False,
             input_shape: Sequence[int] | None = None, num_classes: int | None = None, weights: str | None = None,
             fmt: str | None = None, show_progress: bool = False, log: Callable[[str], None] = _quiet) -> LatencyLUT:
@@ -92,7 +98,10 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
         raise HwpruneError(f"calibration_samples must be >= 0, got {calibration_samples}")
     spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
                       weights=weights)
-    result = profile_spec(spec, device, path, ratios=tuple(grid) if grid else None,
+    from hwprune.profiling import parse_ratios
+
+    ratios = parse_ratios(grid) if isinstance(grid, str) else grid   # profile checks the ratios themselves
+    result = profile_spec(spec, device, path, ratios=ratios,
                           calibration_samples=calibration_samples, seed=seed, fmt=fmt,
                           allow_other_device=allow_other_device, show_progress=show_progress, log=log)
     table = LatencyLUT.load(result.lut_path)
@@ -467,15 +476,9 @@ def pretrain(model: str, data: str = "fashion-mnist", **kw: Any):
     return train_dense(model, data, **kw)
 
 
-@api_errors(options=lambda: _fields(_regress_options())())
+@api_errors(options=_regress_fields)
 def regress(options, log: Callable[[str], None] = _quiet) -> dict[str, Any]:
     """Re-measure a model or LUT rows and test for a latency regression (see :mod:`hwprune.regress`)."""
     from hwprune.regress import regress as check
 
     return check(options, log=log)
-
-
-def _regress_options():
-    from hwprune.regress import RegressOptions
-
-    return RegressOptions

@@ -43,7 +43,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Set while the command line runs: its users type flags, so its messages keep naming them.
 _CLI = contextvars.ContextVar("hwprune_cli", default=False)
-_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)( (?=['\"]))?")
+# A flag, then (2) a space before a quoted value, or (3) a value that is no word of the sentence:
+# a number, a path, or NAME:VALUE ("--out runs/x", "--num-classes 10", "--data cifar10:PATH").
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)"
+                   r"(?:( (?=['\"]))| (\d[\w.]*|[/.~][^\s,;)]*|[\w.-]+[:/][^\s,;)]*))?")
 
 
 @contextlib.contextmanager
@@ -67,6 +70,8 @@ def keyword_spelling(message: str, keywords: dict[str, Any]) -> str:
         if found is None:
             return m.group(0)
         name, default = found
+        if m.group(3):                      # "--out runs/x" reads as out=runs/x
+            return f"{name}={m.group(3)}"
         # "--finetune 'nope'" reads as finetune='nope'
         return f"{name}=True" if default is False and not m.group(2) else f"{name}="
     return _FLAG.sub(spell, message)

@@ -101,8 +101,8 @@ class PruneOptions:
         if self.finetune not in FINETUNE_STRATEGIES:
             raise HwpruneError(f"unknown --finetune '{self.finetune}' (known: {', '.join(FINETUNE_STRATEGIES)})")
         if self.finetune in ("swd", "agp") and self.importance == "taylor":
-            raise HwpruneError(f"--finetune {self.finetune} ranks channels as it trains; use --importance l1, l2 "
-                               f"or bn-scale")
+            raise HwpruneError(f"--finetune '{self.finetune}' ranks channels as it trains; use --importance 'l1', "
+                               f"'l2' or 'bn-scale'")
         for flag, value, low in (("--max-evaluations", self.max_evaluations, 1), ("--finetune-epochs",
                                  self.finetune_epochs, 0), ("--batch-size", self.batch_size, 1),
                                  ("--certify-rounds", self.certify_rounds, 1), ("--measure-top", self.measure_top, 1),
