@@ -22,7 +22,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -160,9 +160,12 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: Sequence
     dg = _build_graph(model, example_input)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     skipped: list[UnprunableGroup] = []
-    groups = [PrunableGroup(name, _out_channels(root), members, step)
-              for name, root, _, _, members, step in _iter_groups(model, dg, ignored_layers, skipped)]
-    failing = _cut_failures(model, example_input, groups, getattr(dg, "hwprune_structure", None))
+    groups, reshaped = [], set()
+    for name, root, _, g, members, step in _iter_groups(model, dg, ignored_layers, skipped):
+        groups.append(PrunableGroup(name, _out_channels(root), members, step))
+        if _reaches_reshape(g):
+            reshaped.add(name)
+    failing = _cut_failures(model, example_input, groups, getattr(dg, "hwprune_structure", None), alone=reshaped)
     if failing:
         skipped += [UnprunableGroup(g.name, g.channels, failing[g.name]) for g in groups if g.name in failing]
         groups = [g for g in groups if g.name not in failing]
@@ -247,49 +250,81 @@ def _ask_tied_channels(dg, root: nn.Module, handler) -> str | None:
 _CUT_FAILURES: dict[tuple, dict[str, str]] = {}
 
 
+def _reaches_reshape(group) -> bool:
+    """Whether a Torch-Pruning group passes through a reshape, split or unbind, whose shape
+    arithmetic (a channel shuffle's ``view(b, 2, c // 2, h, w)``) may hold for some cuts only."""
+    tp = _tp()
+    kinds = (tp.ops._ReshapeOp, tp.ops._SplitOp, tp.ops._UnbindOp)
+    return any(isinstance(item.dep.target.module, kinds) or isinstance(item.dep.source.module, kinds)
+               for item in group)
+
+
 def _cut_failures(model: nn.Module, example_input: torch.Tensor, groups: Sequence[PrunableGroup],
-                  structure: tuple | None) -> dict[str, str]:
-    """The groups whose cut by one channel step breaks the forward pass, and why.
+                  structure: tuple | None, alone: set[str] = frozenset()) -> dict[str, str]:
+    """The groups whose cut by one channel step breaks the forward pass or changes an output's shape, and why.
 
     Torch-Pruning's graph knows layers, not the shape arithmetic between them: an attention
     block reshapes its projections into ``(heads, head_dim)`` with the head count written in
     the code, so a cut of one channel there is valid for Torch-Pruning and fails at run time.
-    All groups are cut together once; only when that fails are they halved until each failing
-    group is found (a few prunes for a few such groups).
+    And only the classifier is known to be an output: a second head (a box regressor, a mask)
+    would lose output channels, which changes what the model returns. All groups are cut
+    together once; only when that fails are they halved until each failing group is found
+    (a few prunes for a few such groups). The groups in ``alone`` (those reaching a reshape) are
+    also cut one at a time: a channel shuffle after a concatenation takes both halves cut by one
+    (30 channels, even) and fails on one of them cut alone (31).
     """
-    key = (structure, tuple(g.name for g in groups))
+    key = (structure, tuple(g.name for g in groups), tuple(sorted(alone)))
     if structure is not None and key in _CUT_FAILURES:
         return _CUT_FAILURES[key]
+    with torch.no_grad():
+        dense_shapes = _output_shapes(model(example_input))
 
     def fails(subset: Sequence[PrunableGroup]) -> str | None:
+        """Why cutting ``subset`` fails, worded to follow "cutting it"; None when it works."""
         try:
             pruned = prune_to_widths(model, example_input, {g.name: g.channels - g.step for g in subset})
             with torch.no_grad():
-                pruned(example_input)
-            return None
+                shapes = _output_shapes(pruned(example_input))
         except Exception as err:  # a failed cut shows as any error the model's code raises
             text = " ".join(str(err).split()) or type(err).__name__
-            return text[:200]
+            return f"breaks the forward pass ({text[:200]})"
+        if shapes != dense_shapes:
+            changed = next((a, b) for a, b in zip(dense_shapes, shapes) if a != b) if len(shapes) == len(dense_shapes) \
+                else (dense_shapes, shapes)
+            return f"changes the shape of a model output from {changed[0]} to {changed[1]} (the layer feeds an output)"
+        return None
 
     def search(subset: Sequence[PrunableGroup], err: str) -> dict[str, str]:
         if len(subset) == 1:
-            return {subset[0].name: f"cutting {subset[0].step} channel(s) of it breaks the forward pass ({err}); "
-                                    f"kept at full width"}
+            return {subset[0].name: f"cutting {subset[0].step} channel(s) of it {err}; kept at full width"}
         found: dict[str, str] = {}
         for part in (subset[:len(subset) // 2], subset[len(subset) // 2:]):
             part_err = fails(part)
             if part_err is not None:
                 found.update(search(part, part_err))
         # each half runs alone but not together: keep them all dense rather than guess
-        return found or {g.name: f"cut together with other groups it breaks the forward pass ({err}); "
-                                 f"kept at full width" for g in subset}
+        return found or {g.name: f"cut together with other groups it {err}; kept at full width" for g in subset}
 
     cuttable = [g for g in groups if g.channels >= 2 * g.step]  # a one-step group has no cut to try
     err = fails(cuttable) if cuttable else None
     out = {} if err is None else search(cuttable, err)
+    for g in cuttable:
+        if g.name in alone and g.name not in out and (err := fails([g])) is not None:
+            out[g.name] = f"cutting {g.step} channel(s) of it alone {err}; kept at full width"
     if structure is not None:
         _CUT_FAILURES[key] = out
     return out
+
+
+def _output_shapes(out: Any) -> list[tuple[int, ...] | None]:
+    """The shapes of every tensor in a model's output (nested tuples, lists and dicts), in order."""
+    if isinstance(out, torch.Tensor):
+        return [tuple(out.shape)]
+    if isinstance(out, dict):
+        return [s for k in out for s in _output_shapes(out[k])]
+    if isinstance(out, (list, tuple)):
+        return [s for o in out for s in _output_shapes(o)]
+    return [None]
 
 
 def snap_channels(channels: float, dense: int, multiple: int) -> int:

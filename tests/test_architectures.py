@@ -394,3 +394,71 @@ def test_a_one_channel_group_is_still_a_group():
     groups = find_groups(_SqueezeExcitation().eval(), torch.zeros(1, 3, 8, 8), unprunable=unprunable)
     assert ("down", 1, 1) in [(g.name, g.channels, g.step) for g in groups]
     assert unprunable == []
+
+
+class _TwoHeads(nn.Module):
+    """A classifier and a box regressor on one trunk, returned as a tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Conv2d(3, 32, 3, padding=1)
+        self.cls, self.box = nn.Linear(32, 10), nn.Linear(32, 4)
+
+    def forward(self, x):
+        z = torch.relu(self.trunk(x)).mean((2, 3))
+        return self.cls(z), self.box(z)
+
+
+class _DictSeg(nn.Module):
+    """Logits and a 2-channel mask, returned as a dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.seg, self.fc = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 2, 1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return {"logits": self.fc(h.mean((2, 3))), "mask": self.seg(h)}
+
+
+@pytest.mark.parametrize("net, head", [(_TwoHeads, "cls"), (_DictSeg, "seg")])
+def test_every_layer_that_feeds_a_model_output_keeps_its_channels(net, head):
+    # Only the last Linear is known as the classifier; the other head (cls before box, a conv
+    # mask beside the logits) would lose output channels and change what the model returns.
+    model, x = net().eval(), torch.zeros(1, 3, 16, 16)
+    unprunable = []
+    groups = find_groups(model, x, unprunable=unprunable)
+    assert head not in [g.name for g in groups]
+    reason = next(u.reason for u in unprunable if u.name == head)
+    assert "changes the shape of a model output" in reason
+    out = prune_to_widths(model, x, {g.name: g.channels // 2 for g in groups})(x)
+    dense = model(x)
+    shapes = lambda o: [t.shape for t in (o.values() if isinstance(o, dict) else o)]  # noqa: E731
+    assert shapes(out) == shapes(dense)
+
+
+class _CatShuffle(nn.Module):
+    """Two convs concatenated, then a channel shuffle ``view(b, 2, c // 2, h, w)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.c, self.fc = nn.Conv2d(32, 32, 1), nn.Linear(32, 10)
+
+    def forward(self, x):
+        a = torch.relu(self.a(x))
+        h = torch.cat([a, torch.relu(self.b(a))], 1)
+        n, c, hh, ww = h.shape
+        h = h.view(n, 2, c // 2, hh, ww).transpose(1, 2).reshape(n, c, hh, ww)
+        return self.fc(torch.relu(self.c(h)).mean((2, 3)))
+
+
+def test_a_shuffle_that_holds_only_when_both_halves_are_cut_keeps_them_dense():
+    # Both halves cut by one give 30 channels, which the shuffle splits; either one cut alone
+    # gives 31, which it cannot: the profile's one-group exports failed before.
+    model, x = _CatShuffle().eval(), torch.zeros(1, 3, 16, 16)
+    unprunable = []
+    groups = find_groups(model, x, unprunable=unprunable)
+    assert [g.name for g in groups] == ["c"]
+    assert {u.name for u in unprunable if "alone breaks the forward pass" in u.reason} == {"a", "b"}
+    build_width_graph(model, x, groups)   # every group's narrower copy exports
