@@ -521,7 +521,7 @@ def measured_points(rounds: Sequence[Round]) -> list[tuple[float, float]]:
 
 
 def next_lut_limit(points: list[tuple[float, float]], limit_ms: float, target: float, floor_ms: float) -> float:
-    """The next round's LUT limit after a round measured over budget.
+    """The next round's LUT limit after a round measured over budget, or under it with budget to spare.
 
     ``points`` are the rounds so far as (LUT-predicted ms, measured upper bound / budget);
     ``target`` is the wanted upper bound / budget (below 1, leaving room for the final
@@ -546,6 +546,11 @@ def next_lut_limit(points: list[tuple[float, float]], limit_ms: float, target: f
         slope, intercept = np.polyfit(np.asarray(xs), np.asarray([m for _, m in points]), 1)
         if slope > 0:
             new = min(scaled, max((target - intercept) / slope, base - 2.0 * (base - scaled)))
+    if m_last < target:
+        # Loosening after a certified round: the agent may have chosen far below the old limit,
+        # so a limit scaled from its prediction can come out tighter than the old one and buy a
+        # smaller network. Move at least half the scale step past the old limit.
+        new = max(new, limit_ms * (1.0 + 0.5 * (target / m_last - 1.0)))
     return max(new, floor_ms)
 
 

@@ -195,6 +195,16 @@ def test_next_lut_limit_never_loosens_and_respects_the_floor():
     assert next_lut_limit([(0.20, 3.0)], 0.20, 0.97, 0.15) == 0.15
 
 
+def test_a_loosened_limit_is_looser_than_the_last_even_when_the_agent_chose_far_below_it():
+    # Seen by a new user: limit 0.0473 ms, the agent's choice predicted 0.0345 ms and certified at
+    # 80.6% of the budget; scaling its prediction gave 0.0430, a *tighter* "looser" round.
+    new = next_lut_limit([(0.0345, 0.806)], 0.0473, 0.98, 0.01)
+    assert new > 0.0473
+    assert new >= 0.0473 * (1 + 0.5 * (0.98 / 0.806 - 1))
+    # Chosen at the limit: the full scale step, as before.
+    assert next_lut_limit([(0.0473, 0.806)], 0.0473, 0.98, 0.01) == pytest.approx(0.0473 * 0.98 / 0.806)
+
+
 def test_next_lut_limit_damps_a_nearly_flat_line_through_noisy_rounds():
     # Two rounds 10% apart in prediction but only 5% apart in measurement (the second one on a
     # busy moment): the line asks for a far smaller network; the step is held to twice scaling's.
