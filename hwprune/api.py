@@ -109,7 +109,7 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
     return table
 
 
-@api_errors(options=_prune_fields, flags={"budget": "budgets"})
+@api_errors(options=_prune_fields, flags={"budget": "budgets", "max_memory": "max_memory_bytes"})
 def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str,
           lut: str | LatencyLUT | None = None, latency_ms: float | None = None, speedup: float | None = None,
           max_params: float | str | None = None, max_macs: float | str | None = None,
@@ -191,11 +191,15 @@ def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, 
         weights = _default_weights(model, data, log)
     spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
                       weights=weights)
+    for batch in task.bn_batches or []:
+        if tuple(batch.shape[1:]) != tuple(spec.input_shape):
+            raise HwpruneError(f"bn_data yields batches shaped {tuple(batch.shape)}; the model takes "
+                               f"(N, {', '.join(map(str, spec.input_shape))}), as example_input says")
     opts = dataclasses.replace(opts, model=spec.name, weights=weights, input_shape=tuple(spec.input_shape))
     return _run(opts, spec, task, lut=lut, log=log, reproduce=None, started=started)
 
 
-@api_errors(options=_prune_fields)
+@api_errors(options=_prune_fields, flags={"max_memory": "max_memory_bytes"})
 def prune_options(opts: PruneOptions, log: Callable[[str], None] = print) -> PruneResult:
     """``hwprune prune``: a zoo or file model on a built-in dataset, from the CLI's options."""
     from hwprune.task import Task
@@ -436,6 +440,9 @@ def lut_show(lut: str | LatencyLUT, model_key: str | None = None) -> LutSummary:
     table = lut if isinstance(lut, LatencyLUT) else LatencyLUT.load(_lut_path(lut))
     models = sorted(table.meta["models"])
     if model_key is None:
+        if not models:
+            raise HwpruneError(f"the LUT holds no profiled model yet ({len(table.rows)} rows measured): "
+                               f"finish its profile with `hwprune profile`")
         if len(models) != 1:
             raise HwpruneError(f"the LUT holds {len(models)} models; pick one with --model"
                                + (f" ({', '.join(models)})" if models else ""))

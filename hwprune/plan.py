@@ -108,9 +108,9 @@ def apply_plan(spec: ModelSpec, plan_path: str, weights: str | None = None, batc
     from hwprune.models import load_weights
 
     plan = Plan.load(plan_path)
+    dense = spec.build()   # first: a model file or factory that is not there says so, not "other model"
     if plan.model != spec.name:
-        raise HwpruneError(f"{plan_path} was made for model '{plan.model}' with other groups; "
-                           f"it does not fit {spec.name}")
+        raise HwpruneError(f"{plan_path} was made for model '{plan.model}'; it does not fit {spec.name}")
     if plan.input_shape and list(plan.input_shape[1:]) != list(spec.input_shape):
         raise HwpruneError(f"{plan_path} was made for input shape {tuple(plan.input_shape[1:])}, "
                            f"not {tuple(spec.input_shape)}: pass --input-shape "
@@ -118,7 +118,7 @@ def apply_plan(spec: ModelSpec, plan_path: str, weights: str | None = None, batc
     if plan.num_classes is not None and plan.num_classes != spec.num_classes:
         raise HwpruneError(f"{plan_path} was made for {plan.num_classes} classes, not {spec.num_classes}: "
                            f"pass --num-classes {plan.num_classes}")
-    pruned = plan.apply(spec.build(), spec.example_input(batch), plan_path)
+    pruned = plan.apply(dense, spec.example_input(batch), plan_path)
     if weights:
         load_weights(pruned, weights)
     return pruned.eval()

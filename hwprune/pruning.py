@@ -94,7 +94,8 @@ class PruneOptions:
         limits = {attr: parse_count_limit(getattr(self, attr), flag) for attr, (_, flag) in COUNT_BUDGETS.items()
                   if getattr(self, attr) is not None}
         if not self.latency_budget and not limits and not self.budget:
-            raise HwpruneError("no budget given: pass --latency-ms, --speedup, --max-params, --max-macs or --budget")
+            raise HwpruneError("no budget given: pass --latency-ms, --speedup, --max-params, --max-macs, --max-memory "
+                               "or --budget")
         if self.latency_budget and not self.lut:
             raise HwpruneError("a latency budget (--latency-ms, --speedup) needs --lut, the table from "
                                "`hwprune profile`")

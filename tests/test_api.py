@@ -247,3 +247,20 @@ def test_import_hwprune_is_quick_and_lazy():
             "assert callable(hwprune.prune) and callable(hwprune.profile); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_float64_models_bad_bn_data_and_an_unfinished_lut_are_one_sentence(env, tmp_path):
+    with pytest.raises(HwpruneError, match=r"^the model's weights are float64; .*model.float\(\)"):
+        _prune(env, model=make_net().double())
+    with pytest.raises(HwpruneError, match=r"^example_input is float64"):
+        hwprune.prune(make_net(), torch.zeros(1, 1, 16, 16, dtype=torch.float64), device=env["device"],
+                      max_params="50%", score_fn=agreement)
+    with pytest.raises(HwpruneError, match=r"^bn_data yields batches shaped \(8, 3, 16, 16\); the model takes "
+                                           r"\(N, 1, 16, 16\)"):
+        _prune(env, bn_data=[torch.zeros(8, 3, 16, 16)])
+    from hwprune.api import lut_show
+
+    empty = LatencyLUT()
+    empty.meta["models"] = {}
+    with pytest.raises(HwpruneError, match="holds no profiled model yet"):
+        lut_show(empty)

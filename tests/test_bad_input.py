@@ -144,7 +144,7 @@ def _rows(d):
          ["--calibration-samples must be an integer of at least 0"]),
         # hostile file contents
         ("lut-meta-a-list", ["lut", "show", "--lut", str(d / "listmeta.parquet")], {}, ["not a JSON object"]),
-        ("lut-without-models", ["lut", "show", "--lut", str(d / "empty.parquet")], {}, ["holds 0 models"]),
+        ("lut-without-models", ["lut", "show", "--lut", str(d / "empty.parquet")], {}, ["holds no profiled model yet"]),
         ("lut-rows-of-another-device", ["lut", "show", "--lut", str(d / "inconsistent.parquet")], {},
          ["fingerprint(s) bbbb", "names aaaa", "inconsistent"]),
         ("plan-for-another-input-shape", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_cifar.json"),
@@ -217,3 +217,13 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(files, row, monkeypatch
     for f in fragments:
         assert f in error_lines[0], (name, error_lines[0])
     assert after == before, (name, sorted(after - before))
+
+
+def test_apply_plan_with_a_missing_factory_or_file_says_so_not_that_the_plan_does_not_fit(files, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": 1, "model": "resnet20", "input_shape": [1, 1, 28, 28],
+                                "groups": {"conv1": {"dense": 16, "kept": list(range(8))}}}))
+    for model, fragment in ((f"{files / 'models.py'}:nosuch", "has no callable factory 'nosuch'"),
+                            (f"{files / 'nofile.py'}:net", "nofile.py")):
+        res = CliRunner().invoke(cli, ["apply-plan", "-m", model, "--plan", str(plan)])
+        assert res.exit_code == 2 and fragment in res.stderr and "was made for" not in res.stderr, res.stderr

@@ -56,6 +56,7 @@ class ModuleSpec:
         if not isinstance(model, torch.nn.Module):
             raise HwpruneError(f"model must be a torch.nn.Module (or a zoo name), got {type(model).__name__}")
         check_example_input(example_input)
+        _check_float32(model, example_input)
         if name is not None and (not isinstance(name, str) or not name.strip() or "@" in name):
             raise HwpruneError(f"name must be a non-empty string without '@', got {name!r}")
         self.model = model
@@ -95,6 +96,20 @@ def batch_of(example_input: torch.Tensor, batch: int) -> torch.Tensor:
     check_example_input(example_input)
     first = example_input[:1].detach()
     return first.repeat(batch, *([1] * (first.dim() - 1))) if batch != 1 else first.clone()
+
+
+def _check_float32(model: torch.nn.Module, example_input: torch.Tensor) -> None:
+    """Refuse float64 or float16 weights and inputs up front: the exported model and every LUT row
+    are float32 (a device config's ``precision`` converts at build time), and onnxruntime has no
+    float64 convolution, which would otherwise surface minutes later as a runtime's error."""
+    other = {str(p.dtype).removeprefix("torch.") for p in model.parameters()
+             if p.is_floating_point() and p.dtype != torch.float32}
+    if other:
+        raise HwpruneError(f"the model's weights are {', '.join(sorted(other))}; hwprune exports and times float32 "
+                           f"models (the device config's precision converts them): pass model.float()")
+    if example_input.is_floating_point() and example_input.dtype != torch.float32:
+        raise HwpruneError(f"example_input is {str(example_input.dtype).removeprefix('torch.')}; hwprune exports "
+                           f"and times float32 models: pass example_input.float()")
 
 
 def check_example_input(example_input) -> None:
