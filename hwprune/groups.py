@@ -289,9 +289,8 @@ def _cut_failures(model: nn.Module, example_input: torch.Tensor, groups: Sequenc
             text = " ".join(str(err).split()) or type(err).__name__
             return f"breaks the forward pass ({text[:200]})"
         if shapes != dense_shapes:
-            changed = next((a, b) for a, b in zip(dense_shapes, shapes) if a != b) if len(shapes) == len(dense_shapes) \
-                else (dense_shapes, shapes)
-            return f"changes the shape of a model output from {changed[0]} to {changed[1]} (the layer feeds an output)"
+            was, now = next(((a, b) for a, b in zip(dense_shapes, shapes) if a != b), (dense_shapes, shapes))
+            return f"changes the shape of a model output from {was} to {now} (the layer feeds an output)"
         return None
 
     def search(subset: Sequence[PrunableGroup], err: str) -> dict[str, str]:
