@@ -211,6 +211,9 @@ class Round:
     candidates: list[dict[str, Any]]
     agent_info: dict[str, Any] = field(default_factory=dict)
     state_probe_us: float | None = None   # the machine state the round's verdict was taken in
+    # The most the upper bound may be for the round to be kept: below the budget by the final
+    # re-measurement's own interval (Certifier.has_room). None without a latency budget.
+    room_ms: float | None = None
     final: FinalMeasurement | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -343,7 +346,11 @@ class Certifier:
     def has_room(self, upper_bound: float | None, budget_ms: float | None) -> bool:
         """Room for the final re-measurement's own ±rel_ci: the model is measured again after
         fine-tuning, and one that just scrapes under the budget fails that half the time."""
-        return budget_ms is None or upper_bound <= budget_ms * (1 - self.cfg.rel_ci)
+        return budget_ms is None or upper_bound <= self.room_ms(budget_ms)
+
+    def room_ms(self, budget_ms: float) -> float:
+        """The highest upper bound with room under ``budget_ms`` (see :meth:`has_room`)."""
+        return budget_ms * (1 - self.cfg.rel_ci)
 
     def close_call(self, upper_bound: float, budget_ms: float) -> bool:
         """Within twice the timing's relative interval of the budget: one busy moment's worth."""

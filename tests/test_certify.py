@@ -251,3 +251,14 @@ def test_top_candidates_are_the_best_feasible_new_architectures_the_search_s_own
     got = top_candidates(res, 3, space, tried={space.key({"a": 6, "b": 6})})
     assert [w for w, _ in got] == [{"a": 5, "b": 7}, {"a": 7, "b": 5}, {"a": 4, "b": 4}]
     assert top_candidates(res, 1, space, set()) == [({"a": 5, "b": 7}, 0.8)]
+
+
+def test_a_round_under_the_budget_but_without_room_says_why_it_was_not_kept():
+    from hwprune.report import _round_text
+
+    r = _round(0.38, 0.3831, 0.3866)
+    r.room_ms = 0.3866 * 0.98
+    assert "not kept: under the budget but without room for the final re-measurement, which needs at most 0.3789" \
+        in _round_text(r.to_dict())
+    r.room_ms, r.upper_bound_ms = 0.3866 * 0.98, 0.37   # kept: nothing to explain
+    assert "not kept" not in _round_text(r.to_dict())
