@@ -334,6 +334,11 @@ def _calibrate(job: _Job, cert: Certifier, predictor):
             f"raw (fit median |error| {cal.fit_median_abs_error_pct:.1f}%); the smallest architecture measured "
             f"{cal.floor_ms:.4f} ms")
     budget_ms = cert.budget_ms
+    if budget_ms is not None and cal.floor_ms is not None and cal.floor_ms > HOPELESS_FLOOR_RATIO * budget_ms:
+        raise HwpruneError(f"the latency budget {budget_ms:.4g} ms ({cfg.statistic}) is unreachable on {cfg.name}: "
+                           f"the smallest architecture (every group at its narrowest allowed width) measured "
+                           f"{cal.floor_ms:.4g} ms in this process, {cal.floor_ms / budget_ms:.1f}x the budget, beside "
+                           f"the dense model at {cert.stat(cert.dense):.4g} ms")
     if budget_ms is not None and cal.floor_ms is not None and cal.floor_ms > budget_ms:
         # Refused only if it misses twice: searching costs little, a wrong refusal a whole rerun.
         floor = next(p for p in points if p.key == FLOOR_KEY)
@@ -347,6 +352,12 @@ def _calibrate(job: _Job, cert: Certifier, predictor):
                                f"model at {cert.stat(cert.dense):.4g} ms")
         cal.floor_ms = again_ms
     return cal
+
+
+# A smallest architecture measured over this many times the budget is refused without a second
+# measurement: a busy moment slows it by at most ~1.4x (0.38 of dense quiet, 0.54 busy; see
+# Certifier.retake_floor), so no retake could bring it under.
+HOPELESS_FLOOR_RATIO = 2.0
 
 
 def _follow(job: _Job, num_classes: int | None) -> PruneResult:
@@ -456,12 +467,15 @@ def _measured_round(job: _Job, s: SearchSetup, cert: Certifier, rnd: int, lut_li
         result = replace(result, widths=kept.widths, score=kept.proxy_accuracy, values=s.values(kept.widths))
     r = Round(rnd + 1, lut_limit_ms, result.widths, result.score, kept.predicted_ms, cert.stat(kept.timing),
               kept.upper_bound_ms, rm.budget_ms, result.evaluations, result.seconds, rm.remeasured, rm.retakes,
-              rm.index + 1, [m.summary() for m in rm.measured], result.extra, rm.state_probe_us)
+              rm.index + 1, [m.summary() for m in rm.measured], result.extra, rm.state_probe_us,
+              cert.room_ms(rm.budget_ms) if rm.budget_ms is not None else None)
     job.log(f"round {r.round}: " + (f"predicted {r.predicted_ms:.4f} ms, " if r.predicted_ms is not None else "")
             + f"measured {cfg.statistic} {r.measured_ms:.4f} ms"
             + (f" (95% upper bound {r.upper_bound_ms:.4f} ms vs budget {r.budget_ms:.4f} ms)"
                if r.upper_bound_ms is not None else "")
-            + (f", judged in its worst machine state (probe {r.state_probe_us:.0f} µs)" if r.state_probe_us else ""))
+            + (f", judged in its worst machine state (probe {r.state_probe_us:.0f} µs)" if r.state_probe_us else "")
+            + (f"; under the budget but without room for the final re-measurement (at most {r.room_ms:.4f} ms)"
+               if not rm.accepted and r.room_ms is not None and r.upper_bound_ms <= r.budget_ms else ""))
     return r, rm, result, models
 
 

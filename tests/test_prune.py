@@ -688,6 +688,16 @@ def test_prune_calibrates_the_lut_in_its_own_process(env, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["calibration_samples"] == 6
 
 
+def test_a_floor_far_over_the_budget_is_refused_without_a_second_measurement(env, tmp_path):
+    from hwprune.errors import HwpruneError
+
+    # dense 1 ms at --speedup 4: budget 0.25 ms, the floor 0.9 ms is 3.6x it; no pause and retake
+    with pytest.raises(HwpruneError, match=r"unreachable .*measured 0\.9 ms in this process, 3\.6x the budget"):
+        _run_scripted(env, tmp_path, lambda kind, call, key, budget: (0.97 * budget, 50),
+                      calibration=lambda key: 0.9, calibration_samples=3, speedup=4.0)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_budget_under_the_measured_floor_is_refused_with_that_measurement(env, tmp_path):
     from hwprune.errors import HwpruneError
 
