@@ -21,7 +21,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor) -> bytes:
     ResNet) and, with constant folding in eval mode, folds BatchNorm into the preceding
     conv, which is how runtimes deploy it. Export failures name the layer or op.
     """
-    model = model.eval()
+    model = _positional(model.eval())
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -34,6 +34,29 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor) -> bytes:
         where = f" (at {op.group(1)})" if op else ""
         raise HwpruneError(f"ONNX export failed{where}: {msg[:300]}") from None
     return buf.getvalue()
+
+
+class _OneInput(nn.Module):
+    """``model(x)`` and nothing else: what the exporter sees of a model whose ``forward`` has
+    keyword-only arguments (``forward(self, x, *, t=1.0)``), which the TorchScript exporter
+    passes positionally and fails on ("takes 2 positional arguments but 4 were given")."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def _positional(model: nn.Module) -> nn.Module:
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return model
+    return _OneInput(model) if any(p.kind is p.KEYWORD_ONLY for p in params) else model
 
 
 def check_input_shape(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:

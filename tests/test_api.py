@@ -264,3 +264,20 @@ def test_float64_models_bad_bn_data_and_an_unfinished_lut_are_one_sentence(env, 
     empty.meta["models"] = {}
     with pytest.raises(HwpruneError, match="holds no profiled model yet"):
         lut_show(empty)
+
+
+def test_a_forward_with_keyword_only_arguments_exports_and_prunes():
+    class KwOnly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(16, 32), nn.Linear(32, 4)
+
+        def forward(self, x, *, temperature=1.0):
+            return self.l2(torch.relu(self.l1(x))) / temperature
+
+    from hwprune.export import export_onnx
+
+    assert export_onnx(KwOnly().eval(), torch.zeros(1, 16))   # the exporter alone used to fail here
+    res = hwprune.prune(KwOnly().eval(), torch.zeros(1, 16), device="x86-cpu-ort", max_params="60%",
+                        score_fn=lambda m: 0.5, agent="uniform", max_evaluations=3)
+    assert res.model(torch.zeros(2, 16)).shape == (2, 4) and res.plan.widths["l1"] < 32
