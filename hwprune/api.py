@@ -43,7 +43,7 @@ def model_spec(model: nn.Module | str, example_input: torch.Tensor | None = None
         raise HwpruneError(f"input_shape must be positive integers (C, H, W without the batch), got {input_shape!r}")
     if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
                                     or num_classes < 1):
-        raise HwpruneError(f"num_classes must be an integer of at least 1, got {num_classes!r}")
+        raise HwpruneError(f"--num-classes must be an integer of at least 1, got {num_classes!r}")
     if example_input is not None:
         check_example_input(example_input)
     if isinstance(model, nn.Module):
@@ -95,7 +95,7 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
     path = _lut_path(lut)
     check_writable(path, "--lut")
     if calibration_samples < 0:
-        raise HwpruneError(f"calibration_samples must be >= 0, got {calibration_samples}")
+        raise HwpruneError(f"--calibration-samples must be >= 0, got {calibration_samples}")
     spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
                       weights=weights)
     from hwprune.profiling import parse_ratios
@@ -275,6 +275,9 @@ def apply_plan(model: nn.Module | str, plan: str, example_input: torch.Tensor | 
     from hwprune.models import load_weights
     from hwprune.plan import Plan, apply_plan as apply_to_spec
 
+    if weights and dense_weights:
+        raise HwpruneError("give --weights (the run's pruned.pt) or --dense-weights (a dense checkpoint to cut), "
+                           "not both")
     if isinstance(model, nn.Module):
         spec = model_spec(model, example_input, input_shape=input_shape)
         pruned = Plan.load(plan).apply(spec.build(), spec.example_input(1), plan)

@@ -224,7 +224,8 @@ def _agent_options(ctx, param, values):
 
 @cli.command("prune")
 @click.option("--device", "-d", required=True, help="Shipped device name (see `hwprune devices`) or a YAML path.")
-@click.option("--model", "-m", required=True, help="Zoo name or path/to/file.py:factory.")
+@click.option("--model", "-m", required=True,
+              help="Zoo name, path/to/file.py:factory, or pytorchcv:NAME / timm:NAME / torchvision:NAME.")
 @click.option("--data", default="fashion-mnist", show_default=True,
               help="fashion-mnist[:PATH], cifar10:PATH or imagefolder:PATH.")
 @click.option("--lut", "lut_path", type=click.Path(dir_okay=False),

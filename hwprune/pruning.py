@@ -110,7 +110,7 @@ class PruneOptions:
                                  ("--val-samples", self.val_samples, 1), ("--proxy-train-steps",
                                                                           self.proxy_train_steps, 0),
                                  ("--calibration-samples", self.calibration_samples, 0),
-                                 ("--processes", self.processes, 1)):
+                                 ("--processes", self.processes, 1), ("--seed", self.seed, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise HwpruneError(f"{flag} must be an integer of at least {low}, got {value!r}")
         for flag, value, ok in (("--lr", self.lr, lambda v: v > 0), ("--kd-weight", self.kd_weight,

@@ -252,7 +252,7 @@ def _check_values(cfg: DeviceConfig, source: str) -> None:
     if cfg.max_seconds <= 0:
         raise bad("max_seconds", f"must be > 0, got {cfg.max_seconds}")
     if not 0 <= cfg.min_seconds <= cfg.max_seconds:
-        raise bad("min_seconds", f"must be in [0, max_seconds], got {cfg.min_seconds}")
+        raise bad("min_seconds", f"must be in [0, max_seconds] (max_seconds is {cfg.max_seconds}), got {cfg.min_seconds}")
     if cfg.max_repeats < cfg.min_repeats:
         raise bad("max_repeats", f"must be >= min_repeats ({cfg.min_repeats}), got {cfg.max_repeats}")
     if not 0 < cfg.rel_ci < 1:

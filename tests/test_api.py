@@ -158,7 +158,7 @@ def test_without_finetune_fn_or_data_the_cut_ships_unrecovered(env):
     ({"agent_options": {"nonsense": 1}}, "agent 'uniform'"),
     ({"bn_data": 5}, "bn_data must be an iterable"),
     ({"importance": "taylor"}, "taylor"),
-    ({"num_classes": 2.5}, "num_classes must be an integer"),
+    ({"num_classes": 2.5}, "num_classes= must be an integer"),
     ({"name": "a@b"}, "name must be a non-empty string"),
     ({"val_samples": 500}, "val_samples set the built-in proxy, which your score_fn replaces"),
     ({"finetune_epochs": 3, "lr": 0.1}, "finetune_epochs, lr set the built-in recovery, which your finetune_fn"),

@@ -189,9 +189,9 @@ def _rows(d):
         ("speedup-inf", prune + ["--speedup", "inf", "--lut", str(d / "empty.parquet")], {}, ["--speedup"]),
         ("max-params-nan", prune + ["--max-params", "nan"], {}, ["--max-params"]),
         ("num-classes-zero", ["profile", "-d", dev, "-m", model, "--num-classes", "0", "--lut", str(d / "L.parquet")],
-         {}, ["num_classes"]),
+         {}, ["--num-classes must be"]),
         ("calibration-samples-negative", ["profile", "-d", dev, "-m", model, "--calibration-samples", "-3",
-                                          "--lut", str(d / "L.parquet")], {}, ["calibration_samples"]),
+                                          "--lut", str(d / "L.parquet")], {}, ["--calibration-samples must be"]),
     ]
 
 
@@ -227,3 +227,20 @@ def test_apply_plan_with_a_missing_factory_or_file_says_so_not_that_the_plan_doe
                             (f"{files / 'nofile.py'}:net", "nofile.py")):
         res = CliRunner().invoke(cli, ["apply-plan", "-m", model, "--plan", str(plan)])
         assert res.exit_code == 2 and fragment in res.stderr and "was made for" not in res.stderr, res.stderr
+
+
+def test_negative_seeds_conflicting_weights_and_a_unitless_budget_are_one_sentence(files, tmp_path):
+    import hwprune
+    from hwprune.errors import HwpruneError
+    from hwprune.pruning import PruneOptions
+    from hwprune.regress.options import RegressOptions
+    from hwprune.regress.run import regress
+
+    with pytest.raises(HwpruneError, match=r"^--seed must be an integer of at least 0, got -5$"):
+        PruneOptions(model="resnet20", device="x86-cpu-ort", max_params="50%", seed=-5).validate()
+    opts = RegressOptions(device="x86-cpu-ort", model=str(files / "bad_run.onnx"), against=str(files / "bad_run.onnx"),
+                          seed=-1)
+    with pytest.raises(HwpruneError, match=r"^--seed must be an integer of at least 0"):
+        regress(opts)
+    with pytest.raises(HwpruneError, match=r"^give weights= \(the run's pruned.pt\) or dense_weights="):
+        hwprune.apply_plan("resnet20", str(tmp_path / "plan.json"), weights="a.pt", dense_weights="b.pt")

@@ -157,8 +157,9 @@ class Problem:
         for b in self.budgets:
             v = b.value(smallest)
             if v > b.limit:
-                raise HwpruneError(f"budget {b.name} <= {b.limit:g} {b.unit} is unreachable: the smallest "
-                                   f"architecture (every group at its narrowest allowed width) needs {v:g} {b.unit}")
+                unit = f" {b.unit}" if b.unit else ""   # a user's budget function has none
+                raise HwpruneError(f"budget {b.name} <= {b.limit:g}{unit} is unreachable: the smallest "
+                                   f"architecture (every group at its narrowest allowed width) needs {v:g}{unit}")
 
 
 @dataclass

@@ -107,7 +107,7 @@ def create_model(
         known = ", ".join(sorted(_MODEL_BUILDERS))
         raise HwpruneError(
             f"unknown model {name!r}; known models: {known} "
-            "(or use path/to/file.py:factory, torchvision:NAME, timm:NAME)"
+            "(or use path/to/file.py:factory, pytorchcv:NAME, torchvision:NAME, timm:NAME)"
         )
     builder = _MODEL_BUILDERS[name]
     params = inspect.signature(builder).parameters

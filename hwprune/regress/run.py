@@ -50,6 +50,8 @@ def regress(opts: RegressOptions, log: Callable[[str], None] = lambda m: None) -
         raise HwpruneError(f"--confidence must lie in [0.5, 1), got {opts.confidence}")
     if not opts.max_seconds > 0:
         raise HwpruneError(f"--max-seconds must be positive, got {opts.max_seconds}")
+    if not isinstance(opts.seed, int) or isinstance(opts.seed, bool) or opts.seed < 0:
+        raise HwpruneError(f"--seed must be an integer of at least 0, got {opts.seed!r}")
     statistics = _check_statistics(opts.statistics)
     check_processes(opts.processes)
     if opts.processes > 1 and mode not in ("baseline", "against"):
