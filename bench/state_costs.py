@@ -91,13 +91,15 @@ def measure_child(widths: list[list[int]], out: str) -> None:
     Path(out).write_text(json.dumps({"cells": cells}))
 
 
-def state_rows(journal: str, fast_below_us: float) -> dict[str, dict[str, float]]:
+def journal_rows(journal: str) -> list[dict]:
+    """The profile journal's row records (read once: it holds every sample of every row)."""
+    return [rec for rec in map(json.loads, open(journal)) if rec.get("type") == "row"]
+
+
+def state_rows(records: list[dict], fast_below_us: float) -> dict[str, dict[str, float]]:
     """Per signature: its p50 over all samples and over each state's (``fast``/``slow``), per-call overhead kept."""
     rows = {}
-    for line in open(journal):
-        rec = json.loads(line)
-        if rec.get("type") != "row":
-            continue
+    for rec in records:
         t = rec["timing"]
         samples, labels = np.asarray(t["samples_ms"]), np.asarray(t.get("sample_states", []))
         row = {"pooled": t["p50_ms"]}
@@ -107,11 +109,6 @@ def state_rows(journal: str, fast_below_us: float) -> dict[str, dict[str, float]
                 row["fast" if probe < fast_below_us else "slow"] = float(np.median(sel))
         rows[rec["key"]] = row
     return rows
-
-
-def journal_probes(journal: str) -> list[float]:
-    return [p for line in open(journal) if '"row"' in line
-            for p in json.loads(line)["timing"].get("state_probe_us", [])]
 
 
 def rows_for(rows: dict[str, dict[str, float]], state: str) -> dict[str, float]:
@@ -169,10 +166,11 @@ def analyse(lut_path: str, widths: list[list[int]], procs: list[dict], journal: 
 
     n = len(widths)
     cell_probes = [c["probe_us"] for p in procs for c in p["cells"]]
+    records = journal_rows(journal) if journal else []
     if journal:   # the profile's rows carry many more probes: one split for rows and cells alike
         from profilers.machine_state import split_states
 
-        split = split_states(cell_probes + journal_probes(journal))
+        split = split_states(cell_probes + [p for rec in records for p in rec["timing"].get("state_probe_us", [])])
         centers, threshold = split.centers_us, split.threshold_us or float("inf")
     else:
         centers, threshold = state_levels(cell_probes)
@@ -203,7 +201,7 @@ def analyse(lut_path: str, widths: list[list[int]], procs: list[dict], journal: 
     lut = LatencyLUT.load(lut_path)
     predictors = {"stored rows": lut.predictor(KEY)}
     if journal:
-        rows = state_rows(journal, threshold)
+        rows = state_rows(records, threshold)
         structure = lut.model(KEY)
         for state in ("fast", "slow"):
             predictors[f"{state}-state rows"] = Predictor(structure, rows_for(rows, state), "p50")

@@ -447,8 +447,7 @@ def lut_show(lut: str | LatencyLUT, model_key: str | None = None) -> LutSummary:
             raise HwpruneError(f"the LUT holds no profiled model yet ({len(table.rows)} rows measured): "
                                f"finish its profile with `hwprune profile`")
         if len(models) != 1:
-            raise HwpruneError(f"the LUT holds {len(models)} models; pick one with --model"
-                               + (f" ({', '.join(models)})" if models else ""))
+            raise HwpruneError(f"the LUT holds {len(models)} models; pick one with --model ({', '.join(models)})")
         model_key = models[0]
     from hwprune.widthsteps import report_section, staircases_of
 

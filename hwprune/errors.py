@@ -115,6 +115,13 @@ def api_errors(fn: F | None = None, *, options: Callable[[], dict[str, Any]] | N
     return decorate(fn) if fn is not None else decorate
 
 
+def check_integer(value: Any, flag: str, low: int) -> int:
+    """``value`` when it is an integer (not a bool) of at least ``low``, else one sentence naming ``flag``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise HwpruneError(f"{flag} must be an integer of at least {low}, got {value!r}")
+    return value
+
+
 def first_line(err: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type's name."""
     text = str(err).strip().splitlines()

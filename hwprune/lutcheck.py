@@ -19,7 +19,7 @@ import numpy as np
 
 from hwprune.agents.base import SearchSpace
 from hwprune.calibrate import DEFAULT_SAMPLES, calibration_points, fit_here
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, check_integer
 from hwprune.export import export_onnx
 from hwprune.groups import count_macs, find_groups, prune_to_widths
 from hwprune.lut import LatencyLUT, model_key
@@ -65,8 +65,7 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
     check_reachable(cfg)
     if samples < 2:
         raise HwpruneError("--samples must be at least 2")
-    if not isinstance(calibration_samples, int) or isinstance(calibration_samples, bool) or calibration_samples < 0:
-        raise HwpruneError(f"--calibration-samples must be an integer of at least 0, got {calibration_samples!r}")
+    check_integer(calibration_samples, "--calibration-samples", 0)
     lut = LatencyLUT.load(lut_path)
     if cfg.remote is None:
         from profilers.environment import collect_manifest, fingerprint

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, check_integer
 from profilers.config import DeviceConfig
 
 Timing = dict[str, Any]
@@ -59,9 +59,7 @@ class Spread:
 
 
 def check_processes(processes: Any, flag: str = "--processes") -> int:
-    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
-        raise HwpruneError(f"{flag} must be an integer of at least 1, got {processes!r}")
-    return processes
+    return check_integer(processes, flag, 1)
 
 
 def spread(runs: Sequence[dict[str, Timing]], key: str, statistic: str) -> Spread:

@@ -23,7 +23,7 @@ from torch import nn
 from hwprune.agents.base import SearchResult
 from hwprune.certify import (CONFIDENCE, Certificate, Certifier, is_finite_number, FinalMeasurement, LatencyBudget, Measure, Proposal, Round, default_measure,
                              measured_points, next_lut_limit, top_candidates)
-from hwprune.errors import HwpruneError, describe_callable, first_line
+from hwprune.errors import HwpruneError, check_integer, describe_callable, first_line
 from hwprune.export import check_input_shape, export_onnx
 from hwprune.groups import UnprunableGroup, find_groups
 from hwprune.lut import LatencyLUT
@@ -111,8 +111,7 @@ class PruneOptions:
                                                                           self.proxy_train_steps, 0),
                                  ("--calibration-samples", self.calibration_samples, 0),
                                  ("--processes", self.processes, 1), ("--seed", self.seed, 0)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise HwpruneError(f"{flag} must be an integer of at least {low}, got {value!r}")
+            check_integer(value, flag, low)
         for flag, value, ok in (("--lr", self.lr, lambda v: v > 0), ("--kd-weight", self.kd_weight,
                                                                     lambda v: 0 <= v <= 1),
                                 ("--kd-temperature", self.kd_temperature, lambda v: v > 0)):
@@ -334,23 +333,24 @@ def _calibrate(job: _Job, cert: Certifier, predictor):
             f"raw (fit median |error| {cal.fit_median_abs_error_pct:.1f}%); the smallest architecture measured "
             f"{cal.floor_ms:.4f} ms")
     budget_ms = cert.budget_ms
-    if budget_ms is not None and cal.floor_ms is not None and cal.floor_ms > HOPELESS_FLOOR_RATIO * budget_ms:
-        raise HwpruneError(f"the latency budget {budget_ms:.4g} ms ({cfg.statistic}) is unreachable on {cfg.name}: "
-                           f"the smallest architecture (every group at its narrowest allowed width) measured "
-                           f"{cal.floor_ms:.4g} ms in this process, {cal.floor_ms / budget_ms:.1f}x the budget, beside "
-                           f"the dense model at {cert.stat(cert.dense):.4g} ms")
-    if budget_ms is not None and cal.floor_ms is not None and cal.floor_ms > budget_ms:
-        # Refused only if it misses twice: searching costs little, a wrong refusal a whole rerun.
-        floor = next(p for p in points if p.key == FLOOR_KEY)
-        log(f"the smallest architecture measured {cal.floor_ms:.4f} ms, over the budget {budget_ms:.4f} ms: "
-            f"measuring it again beside the dense model after a pause")
-        again_ms, budget_ms = cert.retake_floor(floor.key, floor.onnx)
-        if again_ms > budget_ms:
-            raise HwpruneError(f"the latency budget {budget_ms:.4g} ms ({cfg.statistic}) is unreachable on {cfg.name}: "
-                               f"the smallest architecture (every group at its narrowest allowed width) measured "
-                               f"{cal.floor_ms:.4g} ms in this process and {again_ms:.4g} ms again, beside the dense "
-                               f"model at {cert.stat(cert.dense):.4g} ms")
-        cal.floor_ms = again_ms
+    if budget_ms is None or cal.floor_ms is None or cal.floor_ms <= budget_ms:
+        return cal
+
+    def unreachable(budget: float, measured: str) -> HwpruneError:
+        return HwpruneError(f"the latency budget {budget:.4g} ms ({cfg.statistic}) is unreachable on {cfg.name}: "
+                            f"the smallest architecture (every group at its narrowest allowed width) measured "
+                            f"{measured}, beside the dense model at {cert.stat(cert.dense):.4g} ms")
+
+    if cal.floor_ms > HOPELESS_FLOOR_RATIO * budget_ms:
+        raise unreachable(budget_ms, f"{cal.floor_ms:.4g} ms in this process, {cal.floor_ms / budget_ms:.1f}x the budget")
+    # Refused only if it misses twice: searching costs little, a wrong refusal a whole rerun.
+    floor = next(p for p in points if p.key == FLOOR_KEY)
+    log(f"the smallest architecture measured {cal.floor_ms:.4f} ms, over the budget {budget_ms:.4f} ms: "
+        f"measuring it again beside the dense model after a pause")
+    again_ms, budget_ms = cert.retake_floor(floor.key, floor.onnx)
+    if again_ms > budget_ms:
+        raise unreachable(budget_ms, f"{cal.floor_ms:.4g} ms in this process and {again_ms:.4g} ms again")
+    cal.floor_ms = again_ms
     return cal
 
 

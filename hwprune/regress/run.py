@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 from hwprune.baseline import (BASELINE_REFERENCE_KEY, BASELINE_SAMPLES, _sha256, load_baseline, make_baseline,
                               reference_graph)
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, check_integer
 from hwprune.processes import check_processes
 from hwprune.regress.compare import MIN_RESAMPLES, NORMALISED, RAW, STATISTICS, VERDICT_EXIT, overall_verdict
 from hwprune.regress.environment import _environment_check, _local_environment
@@ -50,8 +50,7 @@ def regress(opts: RegressOptions, log: Callable[[str], None] = lambda m: None) -
         raise HwpruneError(f"--confidence must lie in [0.5, 1), got {opts.confidence}")
     if not opts.max_seconds > 0:
         raise HwpruneError(f"--max-seconds must be positive, got {opts.max_seconds}")
-    if not isinstance(opts.seed, int) or isinstance(opts.seed, bool) or opts.seed < 0:
-        raise HwpruneError(f"--seed must be an integer of at least 0, got {opts.seed!r}")
+    check_integer(opts.seed, "--seed", 0)
     statistics = _check_statistics(opts.statistics)
     check_processes(opts.processes)
     if opts.processes > 1 and mode not in ("baseline", "against"):
