@@ -325,6 +325,9 @@ def _calibrate(job: _Job, cert: Certifier, predictor):
     log(f"measuring the dense model on {cfg.name}"
         + (f" beside {len(points)} calibration sub-networks" if points else "") + " ...")
     timings = cert.measure_dense([(p.key, p.onnx) for p in points])
+    if cert.budget_ms is not None and cert.stat(cert.dense) <= cert.budget_ms:
+        log(f"note: the dense model already measures {cert.stat(cert.dense):.4g} ms ({cfg.statistic}), within the "
+            f"latency budget {cert.budget_ms:.4g} ms; the search may keep it whole")
     if predictor is None:
         return None
     cal = fit_here(predictor, points, timings, cfg.statistic)

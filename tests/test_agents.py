@@ -211,8 +211,11 @@ def test_unknown_agent_and_options_are_clear_errors():
     assert set(AGENTS) <= set(list_agents())
     with pytest.raises(HwpruneError, match="unknown agent 'nope'"):
         create_agent("nope")
-    with pytest.raises(HwpruneError, match="greedy"):
+    with pytest.raises(HwpruneError, match="agent 'greedy' has no option 'iterationz'"):
         create_agent("greedy", iterationz=3)
+    # the options are listed, with the nearest name when there is one
+    with pytest.raises(HwpruneError, match=r"its options: .*max_episodes.*did you mean 'max_episodes'\?"):
+        create_agent("rl", max_episode=3)
     with pytest.raises(HwpruneError, match="criterion"):
         create_agent("greedy", criterion="fastest")
     with pytest.raises(HwpruneError, match="max_evaluations"):

@@ -557,15 +557,24 @@ def _run_scripted(env, tmp_path, value, **kw):
 
     script = Script(load_device_config(env["device"]), value, calibration=kw.pop("calibration", None))
     measure_processes = kw.pop("measure_processes", None)
+    log = kw.pop("log", lambda m: None)
     # the stored calibration unless a test scripts the in-process one
     settings = dict(speedup=1.3, agent="uniform", finetune_epochs=0, max_evaluations=5, calibration_samples=0)
     settings.update(kw)
     opts = PruneOptions(model=env["model"], device=env["device"], lut=env["lut"], out=str(tmp_path / "run"),
                         data=env["data"], weights=env["weights"], show_progress=False, **settings)
     spec = Spec(env["model"], (1, 8, 8), 10, env["weights"])
-    res = run(opts, spec, Task(Datasets.load(env["data"])), measure=script, wait=script.wait, log=lambda m: None,
+    res = run(opts, spec, Task(Datasets.load(env["data"])), measure=script, wait=script.wait, log=log,
               measure_processes=measure_processes)
     return res, script
+
+
+def test_a_budget_the_dense_model_already_meets_is_said(env, tmp_path):
+    lines: list[str] = []
+    res, _ = _run_scripted(env, tmp_path, lambda kind, call, key, budget: (0.5, 50), speedup=None,
+                           latency_ms=5.0, log=lines.append)  # the scripted dense model runs at 1 ms
+    assert res.certified
+    assert any("the dense model already measures 1 ms" in m and "within the latency budget 5 ms" in m for m in lines)
 
 
 def test_a_final_measurement_over_budget_sends_the_search_round_again(env, tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import bisect
+import difflib
 import inspect
 import math
 import time
@@ -227,9 +228,18 @@ def create_agent(name: str, **options: Any) -> Agent:
     if name not in _AGENTS:
         raise HwpruneError(f"unknown agent '{name}' (known: {', '.join(sorted(_AGENTS))})")
     cls = _AGENTS[name]
+    # Check the names first so a misspelt option is the user's one-line error, while a
+    # TypeError raised inside the constructor still surfaces as the bug it is.
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        known = [k for k, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise HwpruneError(f"agent '{name}' has no option {', '.join(repr(k) for k in unknown)}"
+                               f" (its options: {', '.join(known) or 'none'}){hint}")
     try:
-        # Bind first so a misspelt option is the user's one-line error, while a TypeError
-        # raised inside the constructor still surfaces as the bug it is.
         inspect.signature(cls).bind(**options)
     except TypeError as err:
         raise HwpruneError(f"agent '{name}': {err}") from None
