@@ -73,6 +73,10 @@ def _prune_fields() -> dict[str, Any]:
     return _fields(PruneOptions)
 
 
+# PruneOptions' names that are not the API's keyword: the CLI's --max-memory is max_memory_bytes=.
+_PRUNE_FLAGS = {"max_memory": "max_memory_bytes"}
+
+
 def _regress_fields() -> dict[str, Any]:
     from hwprune.regress import RegressOptions
 
@@ -109,7 +113,7 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
     return table
 
 
-@api_errors(options=_prune_fields, flags={"budget": "budgets", "max_memory": "max_memory_bytes"})
+@api_errors(options=_prune_fields, flags={**_PRUNE_FLAGS, "budget": "budgets"})
 def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, device: str,
           lut: str | LatencyLUT | None = None, latency_ms: float | None = None, speedup: float | None = None,
           max_params: float | str | None = None, max_macs: float | str | None = None,
@@ -199,7 +203,7 @@ def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, 
     return _run(opts, spec, task, lut=lut, log=log, reproduce=None, started=started)
 
 
-@api_errors(options=_prune_fields, flags={"max_memory": "max_memory_bytes"})
+@api_errors(options=_prune_fields, flags=_PRUNE_FLAGS)
 def prune_options(opts: PruneOptions, log: Callable[[str], None] = print) -> PruneResult:
     """``hwprune prune``: a zoo or file model on a built-in dataset, from the CLI's options."""
     from hwprune.task import Task

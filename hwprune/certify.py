@@ -228,6 +228,11 @@ class Round:
         return d
 
 
+def short_of_room(upper_bound_ms: float | None, budget_ms: float | None, room_ms: float | None) -> bool:
+    """Under the budget, but above the most a round may read to be kept (``Round.room_ms``)."""
+    return None not in (upper_bound_ms, budget_ms, room_ms) and room_ms < upper_bound_ms <= budget_ms
+
+
 def budget_utilisation(upper_bound_ms: float | None, budget_ms: float | None) -> float | None:
     """Upper bound / budget: how much of the latency budget a measured model uses (None without one)."""
     return upper_bound_ms / budget_ms if upper_bound_ms is not None and budget_ms else None

@@ -22,7 +22,7 @@ from torch import nn
 
 from hwprune.agents.base import SearchResult
 from hwprune.certify import (CONFIDENCE, Certificate, Certifier, is_finite_number, FinalMeasurement, LatencyBudget, Measure, Proposal, Round, default_measure,
-                             measured_points, next_lut_limit, top_candidates)
+                             measured_points, next_lut_limit, short_of_room, top_candidates)
 from hwprune.errors import HwpruneError, check_integer, describe_callable, first_line
 from hwprune.export import check_input_shape, export_onnx
 from hwprune.groups import UnprunableGroup, find_groups
@@ -478,7 +478,7 @@ def _measured_round(job: _Job, s: SearchSetup, cert: Certifier, rnd: int, lut_li
                if r.upper_bound_ms is not None else "")
             + (f", judged in its worst machine state (probe {r.state_probe_us:.0f} µs)" if r.state_probe_us else "")
             + (f"; under the budget but without room for the final re-measurement (at most {r.room_ms:.4f} ms)"
-               if not rm.accepted and r.room_ms is not None and r.upper_bound_ms <= r.budget_ms else ""))
+               if short_of_room(r.upper_bound_ms, r.budget_ms, r.room_ms) else ""))
     return r, rm, result, models
 
 

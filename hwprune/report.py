@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hwprune.certify import short_of_room
+
 
 def write_plots(report: dict[str, Any], out: Path) -> list[str]:
     """Channels per group (dense vs pruned) and the speed-up audit (MACs vs predicted vs measured)."""
@@ -180,10 +182,9 @@ def _round_text(r: dict) -> str:
             notes.append(f"{r['retakes']} retake(s) on a shifted machine")
         if r.get("remeasured"):
             notes.append("close call, measured again and pooled")
-        room = r.get("room_ms")
-        if room is not None and room < r["upper_bound_ms"] <= r["budget_ms"]:
+        if short_of_room(r["upper_bound_ms"], r["budget_ms"], r.get("room_ms")):
             notes.append(f"not kept: under the budget but without room for the final re-measurement, "
-                         f"which needs at most {room:.4f} ms")
+                         f"which needs at most {r['room_ms']:.4f} ms")
         text += f" ({'; '.join(notes)})"
     if r.get("final_upper_bound_ms") is not None and r.get("final_budget_ms") is not None:
         extra = []

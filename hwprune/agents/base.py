@@ -209,6 +209,24 @@ class Agent(abc.ABC):
 _AGENTS: dict[str, Callable[..., Agent]] = {}
 
 
+def check_option(agent: str, option: str, value: Any, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, integer: bool = False) -> Any:
+    """An agent option's number, checked (a finite int or float, never a bool, within the bounds);
+    else one sentence naming the agent and the option, as ``--agent-option`` spells it."""
+    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = [f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
+                  f"<= {high:g}" if high is not None else ""]
+        bounds_text = " and ".join(b for b in bounds if b)
+        raise HwpruneError(f"agent {agent}: {option} must be {'an integer' if integer else 'a number'}"
+                           f"{' ' + bounds_text if bounds_text else ''}, got {value!r}")
+    return int(value) if integer else float(value)
+
+
 def register_agent(name: str):
     """Class decorator: make an agent available as ``--agent NAME``."""
     def deco(cls):

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hwprune.agents.base import Agent, Problem, SearchResult, SearchSpace, Widths, register_agent
+from hwprune.agents.base import Agent, Problem, SearchResult, SearchSpace, Widths, check_option, register_agent
 from hwprune.agents.evaluator import Evaluator
 from hwprune.budgets import BudgetFunction
 from hwprune.errors import HwpruneError
@@ -52,10 +52,6 @@ class _Grid:
         return [len(c) - 1 for c in self.choices]
 
 
-def _positive_int(agent: str, option: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise HwpruneError(f"agent {agent}: {option} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def largest_uniform_ratio(problem: Problem, steps: int = 20) -> tuple[float, Widths, int]:
@@ -102,7 +98,7 @@ class UniformAgent(Agent):
     """
 
     def __init__(self, steps: int = 20):
-        self.steps = _positive_int("uniform", "steps", steps)
+        self.steps = check_option("uniform", "steps", steps, 1, integer=True)
 
     def _search(self, problem: Problem, *, seed: int, max_evaluations: int,
                 progress: ProgressFn | None) -> SearchResult:
@@ -129,8 +125,8 @@ class RandomAgent(Agent):
         if isinstance(low, bool) or not isinstance(low, (int, float)) or not 0.0 < low <= 1.0:
             raise HwpruneError(f"agent random: low must be a keep ratio in (0, 1], got {low!r}")
         self.low = float(low)
-        self.draws_per_sample = _positive_int("random", "draws_per_sample", draws_per_sample)
-        self.blend_steps = _positive_int("random", "blend_steps", blend_steps)
+        self.draws_per_sample = check_option("random", "draws_per_sample", draws_per_sample, 1, integer=True)
+        self.blend_steps = check_option("random", "blend_steps", blend_steps, 1, integer=True)
 
     def _search(self, problem: Problem, *, seed: int, max_evaluations: int,
                 progress: ProgressFn | None) -> SearchResult:
@@ -208,7 +204,7 @@ class GreedyAgent(Agent):
     CRITERIA = ("ratio", "accuracy")
 
     def __init__(self, iterations: int = 15, criterion: str = "ratio"):
-        self.iterations = _positive_int("greedy", "iterations", iterations)
+        self.iterations = check_option("greedy", "iterations", iterations, 1, integer=True)
         if criterion not in self.CRITERIA:
             raise HwpruneError(f"agent greedy: unknown criterion '{criterion}' (known: {', '.join(self.CRITERIA)})")
         self.criterion = criterion
@@ -356,9 +352,9 @@ class KnapsackAgent(Agent):
     """
 
     def __init__(self, rounds: int = 4, bins: int = 2000, max_candidates: int = 3):
-        self.rounds = _positive_int("knapsack", "rounds", rounds)
-        self.bins = _positive_int("knapsack", "bins", bins, minimum=10)
-        self.max_candidates = _positive_int("knapsack", "max_candidates", max_candidates)
+        self.rounds = check_option("knapsack", "rounds", rounds, 1, integer=True)
+        self.bins = check_option("knapsack", "bins", bins, 10, integer=True)
+        self.max_candidates = check_option("knapsack", "max_candidates", max_candidates, 1, integer=True)
 
     def _search(self, problem: Problem, *, seed: int, max_evaluations: int,
                 progress: ProgressFn | None) -> SearchResult:

@@ -82,7 +82,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hwprune.agents.base import Agent, Problem, SearchResult, SearchSpace, Widths, register_agent
+from hwprune.agents.base import Agent, Problem, SearchResult, SearchSpace, Widths, check_option, register_agent
 from hwprune.agents.evaluator import Evaluator
 from hwprune.errors import HwpruneError
 
@@ -335,19 +335,8 @@ class Projector:
 # -- option checks -------------------------------------------------------------------------------
 
 
-def _int_option(option: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise HwpruneError(f"agent bo: {option} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
-def _float_option(option: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise HwpruneError(f"agent bo: {option} must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
-    return float(value)
 
 
 def _botorch_available() -> bool:
@@ -396,7 +385,7 @@ class BOAgent(Agent):
                  projection_steps: int = 14,
                  checkpoint: str | None = None, log_csv: str | None = None):
         if clusters is not None:
-            _int_option("clusters", clusters, 0)
+            check_option("bo", "clusters", clusters, 0, integer=True)
         self.clusters = clusters
         if not isinstance(clustering, bool):
             raise HwpruneError(f"agent bo: clustering must be true or false, got {clustering!r}")
@@ -405,26 +394,26 @@ class BOAgent(Agent):
             raise HwpruneError(f"agent bo: unknown importance_scale '{importance_scale}' "
                                f"(known: {', '.join(IMPORTANCE_SCALES)})")
         self.importance_scale = importance_scale
-        self.init_points = _int_option("init_points", init_points, 1)
+        self.init_points = check_option("bo", "init_points", init_points, 1, integer=True)
         if rollback not in ROLLBACKS:
             raise HwpruneError(f"agent bo: unknown rollback '{rollback}' (known: {', '.join(ROLLBACKS)})")
         self.rollback = rollback
         if isinstance(rollback_at, int) and not isinstance(rollback_at, bool) and rollback_at >= 1:
             self.rollback_at: float | int = rollback_at
         else:
-            self.rollback_at = _float_option("rollback_at", rollback_at, 0.0, 1.0, low_open=True)
-        self.patience = _int_option("patience", patience, 0)
-        self.top_k = _int_option("top_k", top_k, 1)
-        self.widen = _float_option("widen", widen, 0.0, 1.0)
-        self.low = _float_option("low", low, 0.0, 1.0, low_open=True)
+            self.rollback_at = check_option("bo", "rollback_at", rollback_at, 0.0, 1.0, low_open=True)
+        self.patience = check_option("bo", "patience", patience, 0, integer=True)
+        self.top_k = check_option("bo", "top_k", top_k, 1, integer=True)
+        self.widen = check_option("bo", "widen", widen, 0.0, 1.0)
+        self.low = check_option("bo", "low", low, 0.0, 1.0, low_open=True)
         if not isinstance(fill, bool):
             raise HwpruneError(f"agent bo: fill must be true or false, got {fill!r}")
         self.fill = fill
-        self.raw_samples = _int_option("raw_samples", raw_samples, 1)
-        self.restarts = _int_option("restarts", restarts, 0)
-        self.fit_iterations = _int_option("fit_iterations", fit_iterations, 1)
-        self.refit_every = _int_option("refit_every", refit_every, 1)
-        self.projection_steps = _int_option("projection_steps", projection_steps, 1)
+        self.raw_samples = check_option("bo", "raw_samples", raw_samples, 1, integer=True)
+        self.restarts = check_option("bo", "restarts", restarts, 0, integer=True)
+        self.fit_iterations = check_option("bo", "fit_iterations", fit_iterations, 1, integer=True)
+        self.refit_every = check_option("bo", "refit_every", refit_every, 1, integer=True)
+        self.projection_steps = check_option("bo", "projection_steps", projection_steps, 1, integer=True)
         for opt, v in (("checkpoint", checkpoint), ("log_csv", log_csv)):
             if v is not None and (not isinstance(v, str) or not v):
                 raise HwpruneError(f"agent bo: {opt} must be a file path, got {v!r}")

@@ -119,7 +119,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwprune.agents.base import Agent, Problem, SearchResult, Widths, register_agent
+from hwprune.agents.base import Agent, Problem, SearchResult, Widths, check_option, register_agent
 from hwprune.agents.baselines import largest_uniform_ratio
 from hwprune.agents.evaluator import Evaluator
 from hwprune.errors import HwpruneError
@@ -354,21 +354,6 @@ class _Env:
 # -- the agent --------------------------------------------------------------------------------------------
 
 
-def _number(option: str, value: Any, low: float | None = None, high: float | None = None,
-            low_open: bool = False, integer: bool = False) -> Any:
-    ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
-    ok = ok and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        bounds = [f"{'>' if low_open else '>='} {low:g}" if low is not None else "",
-                  f"<= {high:g}" if high is not None else ""]
-        raise HwpruneError(f"agent rl: {option} must be {kind} {' and '.join(b for b in bounds if b)}, "
-                           f"got {value!r}".replace("  ", " "))
-    return int(value) if integer else float(value)
 
 
 @register_agent("rl")
@@ -403,31 +388,31 @@ class RLAgent(Agent):
                  nu_lr: float = 5.0, nu_init: float = 1.0, projection: str = "boundary",
                  projection_steps: int = 14, final_mean: bool = True, patience: int = 400,
                  max_episodes: int = 2000, checkpoint: str | None = None, log_csv: str | None = None):
-        self.episodes_per_update = _number("episodes_per_update", episodes_per_update, 1, integer=True)
-        self.ppo_epochs = _number("ppo_epochs", ppo_epochs, 0, integer=True)
-        self.minibatch_size = _number("minibatch_size", minibatch_size, 1, integer=True)
-        self.pi_lr = _number("pi_lr", pi_lr, 0, low_open=True)
-        self.vf_lr = _number("vf_lr", vf_lr, 0, low_open=True)
-        self.hidden = _number("hidden", hidden, 1, integer=True)
-        self.gamma = _number("gamma", gamma, 0, 1)
-        self.lam = _number("lam", lam, 0, 1)
-        self.clip = _number("clip", clip, 0, low_open=True)
-        self.ent_coef = _number("ent_coef", ent_coef, 0)
-        self.init_std = _number("init_std", init_std, 0, low_open=True)
-        self.a_max_start = _number("a_max_start", a_max_start, 0, 1, low_open=True)
-        self.a_max_end = _number("a_max_end", a_max_end, 0, 1, low_open=True)
-        self.a_max_episodes = _number("a_max_episodes", a_max_episodes, 0, integer=True)
-        self.nu_lr = _number("nu_lr", nu_lr, 0)
-        self.nu_init = _number("nu_init", nu_init, 0, low_open=True)
+        self.episodes_per_update = check_option("rl", "episodes_per_update", episodes_per_update, 1, integer=True)
+        self.ppo_epochs = check_option("rl", "ppo_epochs", ppo_epochs, 0, integer=True)
+        self.minibatch_size = check_option("rl", "minibatch_size", minibatch_size, 1, integer=True)
+        self.pi_lr = check_option("rl", "pi_lr", pi_lr, 0, low_open=True)
+        self.vf_lr = check_option("rl", "vf_lr", vf_lr, 0, low_open=True)
+        self.hidden = check_option("rl", "hidden", hidden, 1, integer=True)
+        self.gamma = check_option("rl", "gamma", gamma, 0, 1)
+        self.lam = check_option("rl", "lam", lam, 0, 1)
+        self.clip = check_option("rl", "clip", clip, 0, low_open=True)
+        self.ent_coef = check_option("rl", "ent_coef", ent_coef, 0)
+        self.init_std = check_option("rl", "init_std", init_std, 0, low_open=True)
+        self.a_max_start = check_option("rl", "a_max_start", a_max_start, 0, 1, low_open=True)
+        self.a_max_end = check_option("rl", "a_max_end", a_max_end, 0, 1, low_open=True)
+        self.a_max_episodes = check_option("rl", "a_max_episodes", a_max_episodes, 0, integer=True)
+        self.nu_lr = check_option("rl", "nu_lr", nu_lr, 0)
+        self.nu_init = check_option("rl", "nu_init", nu_init, 0, low_open=True)
         if projection not in PROJECTIONS:
             raise HwpruneError(f"agent rl: unknown projection '{projection}' (known: {', '.join(PROJECTIONS)})")
         self.projection = projection
-        self.projection_steps = _number("projection_steps", projection_steps, 1, integer=True)
+        self.projection_steps = check_option("rl", "projection_steps", projection_steps, 1, integer=True)
         if not isinstance(final_mean, bool):
             raise HwpruneError(f"agent rl: final_mean must be true or false, got {final_mean!r}")
         self.final_mean = final_mean
-        self.patience = _number("patience", patience, 0, integer=True)
-        self.max_episodes = _number("max_episodes", max_episodes, 1, integer=True)
+        self.patience = check_option("rl", "patience", patience, 0, integer=True)
+        self.max_episodes = check_option("rl", "max_episodes", max_episodes, 1, integer=True)
         for opt, path in (("checkpoint", checkpoint), ("log_csv", log_csv)):
             if path is not None and (not isinstance(path, (str, os.PathLike)) or not str(path)):
                 raise HwpruneError(f"agent rl: {opt} must be a file path, got {path!r}")
