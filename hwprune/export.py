@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import re
+import sys
+import tempfile
 import warnings
 
 import torch
@@ -24,7 +28,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor) -> bytes:
     model = _positional(model.eval())
     buf = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _no_attention_fastpath(), _ir_dump_dropped():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example_input,), buf, dynamo=False, do_constant_folding=True,
                               opset_version=OPSET, input_names=["input"], output_names=["output"])
@@ -34,6 +38,53 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor) -> bytes:
         where = f" (at {op.group(1)})" if op else ""
         raise HwpruneError(f"ONNX export failed{where}: {msg[:300]}") from None
     return buf.getvalue()
+
+
+@contextlib.contextmanager
+def _no_attention_fastpath():
+    """nn.MultiheadAttention (and nn.TransformerEncoderLayer) in eval mode run a fused kernel,
+    aten::_native_multi_head_attention, that no ONNX opset has; the exporter then fails. With
+    the fast path off they run the plain ops, which export and compute the same result."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "get_fastpath_enabled"):
+        yield
+        return
+    was = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(was)
+
+
+@contextlib.contextmanager
+def _ir_dump_dropped():
+    """The TorchScript exporter prints the whole Torch IR graph to standard output when it
+    fails (its log is switched on by every export: a truthiness slip in torch's
+    setup_onnx_logging). The failure is reported as one line instead; output written while
+    the export succeeds is passed on."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no real standard output (a notebook kernel, a closed fd)
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            if ok:
+                captured.seek(0)
+                text = captured.read()
+                if text:
+                    sys.stdout.write(text.decode(errors="replace"))
+                    sys.stdout.flush()
 
 
 class _OneInput(nn.Module):

@@ -165,7 +165,7 @@ def keep_by_importance(model: nn.Module, example_input: torch.Tensor, widths: Ma
     was_training = model.training
     try:
         with torch.enable_grad():  # Torch-Pruning traces through autograd
-            ranking = channel_ranking(model, example_input, criterion)
+            ranking = channel_ranking(model, example_input, criterion, only=set(widths))
     finally:
         model.train(was_training)
     return {name: sorted(ranking[name][:int(w)]) for name, w in widths.items()}

@@ -22,7 +22,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -367,28 +367,36 @@ def _importance(criterion: str):
     raise HwpruneError(f"unknown importance criterion '{criterion}' (known: {', '.join(IMPORTANCE_CRITERIA)})")
 
 
-def channel_importance(model: nn.Module, example_input: torch.Tensor,
-                       criterion: str = "l1") -> dict[str, torch.Tensor]:
-    """Per-channel importance of every group's output channels, by group name."""
-    return {name: s for name, (s, _) in _scored_groups(model, example_input, criterion).items()}
+def channel_importance(model: nn.Module, example_input: torch.Tensor, criterion: str = "l1",
+                       only: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+    """Per-channel importance of every group's output channels, by group name (of the groups
+    named in ``only`` when given: a group left at full width is never scored)."""
+    return {name: s for name, (s, _) in _scored_groups(model, example_input, criterion, only).items()}
 
 
-def channel_ranking(model: nn.Module, example_input: torch.Tensor, criterion: str = "l1") -> dict[str, list[int]]:
+def channel_ranking(model: nn.Module, example_input: torch.Tensor, criterion: str = "l1",
+                    only: Collection[str] | None = None) -> dict[str, list[int]]:
     """Every group's channels from most to least important (``rank_channels``): the ``w`` first
     are the channels a cut to width ``w`` keeps."""
-    return {name: rank_channels(s, step) for name, (s, step) in _scored_groups(model, example_input, criterion).items()}
+    return {name: rank_channels(s, step)
+            for name, (s, step) in _scored_groups(model, example_input, criterion, only).items()}
 
 
-def _scored_groups(model: nn.Module, example_input: torch.Tensor, criterion: str) -> dict[str, tuple[torch.Tensor, int]]:
+def _scored_groups(model: nn.Module, example_input: torch.Tensor, criterion: str,
+                   only: Collection[str] | None = None) -> dict[str, tuple[torch.Tensor, int]]:
     model = model.eval()
     dg = _build_graph(model, example_input)
     clf = classifier_layer(model)
     imp = _importance(criterion)
     scores = {}
     for name, _, _, g, _, step in _iter_groups(model, dg, [clf] if clf is not None else []):
+        if only is not None and name not in only:
+            continue
         s = imp(g)
         if s is None:
-            raise HwpruneError(f"importance '{criterion}' is undefined for group '{name}'")
+            why = (": no BatchNorm follows its layer (bn-scale ranks channels by their BatchNorm scale); "
+                   "use l1 or l2" if criterion == "bn-scale" else "")
+            raise HwpruneError(f"importance '{criterion}' is undefined for group '{name}'{why}")
         scores[name] = (s.detach().float().cpu(), step)
     return scores
 

@@ -115,7 +115,7 @@ class SearchSetup:
                 budget_cls = COUNT_BUDGETS[attr][0]
                 resolved[attr] = resolve_count_limit(limit, getattr(cost, budget_cls.metric)({}))
                 budgets.append(budget_cls(cost, resolved[attr]))
-        importance = channel_importance(dense, x, criterion if criterion != "taylor" else "l1")
+        importance = channel_importance(dense, x, criterion if criterion != "taylor" else "l1", only=set(names))
         return cls(agent.name, dict(agent_options), space, objective, predictor, budgets + list(user_budgets),
                    resolved, importance, group_layer_info(dense, x, groups), agent=agent)
 

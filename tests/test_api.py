@@ -266,6 +266,38 @@ def test_float64_models_bad_bn_data_and_an_unfinished_lut_are_one_sentence(env, 
         lut_show(empty)
 
 
+def test_multi_head_attention_exports_and_a_failed_export_prints_no_graph(capfd):
+    import numpy as np
+    import onnxruntime as ort
+
+    from hwprune.export import export_onnx
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn, self.head = nn.MultiheadAttention(16, 2, batch_first=True), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+    # in eval mode torch runs its fused attention, which has no ONNX op; the export turns it off
+    model, x = Attention().eval(), torch.randn(1, 5, 16)
+    onnx = export_onnx(model, x)
+    assert torch.backends.mha.get_fastpath_enabled()   # and back on afterwards
+    got = ort.InferenceSession(onnx, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+
+    class Svd(nn.Module):
+        def forward(self, x):
+            return torch.linalg.svd(x)[1]
+
+    capfd.readouterr()
+    with pytest.raises(HwpruneError, match=r"^ONNX export failed \(at operator 'aten::linalg_svd'\)"):
+        export_onnx(Svd(), torch.zeros(1, 4, 4))
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" not in out + err   # the exporter's own dump of the whole graph
+
+
 def test_a_forward_with_keyword_only_arguments_exports_and_prunes():
     class KwOnly(nn.Module):
         def __init__(self):
