@@ -195,6 +195,7 @@ def prune(model: nn.Module | str, example_input: torch.Tensor | None = None, *, 
         weights = _default_weights(model, data, log)
     spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
                       weights=weights)
+    task.check_input_shape(spec.input_shape, "example_input" if example_input is not None else "input_shape")
     for batch in task.bn_batches or []:
         if tuple(batch.shape[1:]) != tuple(spec.input_shape):
             raise HwpruneError(f"bn_data yields batches shaped {tuple(batch.shape)}; the model takes "
@@ -213,6 +214,7 @@ def prune_options(opts: PruneOptions, log: Callable[[str], None] = print) -> Pru
     task = Task(data_spec=opts.data)
     weights = opts.weights or _default_weights(opts.model, opts.data, log)
     spec = ModelSpec(opts.model, tuple(opts.input_shape or task.data.input_shape), task.data.num_classes, weights)
+    task.check_input_shape(spec.input_shape, "--input-shape")
     return _run(dataclasses.replace(opts, weights=weights), spec, task, lut=opts.lut, log=log,
                 reproduce=command_line(opts), started=started)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,6 +116,15 @@ class Task:
         if self.finetune_fn is not None and not callable(self.finetune_fn):
             raise HwpruneError(f"finetune_fn must be callable ((model, teacher) -> model), "
                                f"got {type(self.finetune_fn).__name__}")
+
+    def check_input_shape(self, shape: Sequence[int], what: str) -> None:
+        """The model's input shape (C, H, W) against the built-in dataset's images, which are
+        not resized: a mismatch is refused before any measuring, not minutes later in training."""
+        if self.data is None or tuple(shape) == tuple(self.data.input_shape):
+            return
+        have, want = "x".join(map(str, shape)), "x".join(map(str, self.data.input_shape))
+        raise HwpruneError(f"{what} says the model takes {have} inputs (C x H x W) but the {self.data_spec or 'given'} images are {want}, "
+                           f"and the built-in data is not resized: use a model input of {want} or data of {have}")
 
     def objective(self, dense: nn.Module, x: torch.Tensor, *, criterion: str, val_samples: int,
                   train_steps: int) -> PrunedScore:

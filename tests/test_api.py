@@ -7,6 +7,7 @@ Bad input raises :class:`hwprune.HwpruneError` with one sentence.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -255,6 +256,10 @@ def test_float64_models_bad_bn_data_and_an_unfinished_lut_are_one_sentence(env, 
     with pytest.raises(HwpruneError, match=r"^example_input is float64"):
         hwprune.prune(make_net(), torch.zeros(1, 1, 16, 16, dtype=torch.float64), device=env["device"],
                       max_params="50%", score_fn=agreement)
+    if Path("/usr/share/datasets/fashion-mnist").is_dir():   # installed by `make data`
+        with pytest.raises(HwpruneError, match=r"^example_input says the model takes 1x16x16 inputs .* the "
+                                               r"fashion-mnist images are 1x28x28"):
+            _prune(env, data="fashion-mnist")
     with pytest.raises(HwpruneError, match=r"^bn_data yields batches shaped \(8, 3, 16, 16\); the model takes "
                                            r"\(N, 1, 16, 16\)"):
         _prune(env, bn_data=[torch.zeros(8, 3, 16, 16)])

@@ -469,7 +469,11 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_fails(env, uniform_run, tm
     (("--speedup", "0.5"), ("--speedup", "> 1"), True),
     (("--latency-ms", "1e-6"), ("unreachable", "measured"), False),
     (("--budget", "foo.py:channels=10"), ("foo.py",), False),
-], ids=["latency-and-speedup", "no-budget", "speedup-below-1", "unreachable-latency", "missing-budget-file"])
+    # the built-in data is not resized: an input shape other than its images' is refused up front
+    (("--max-params", "50%", "--input-shape", "1,9,9"), ("--input-shape says the model takes 1x9x9", "are 1x8x8"),
+     False),
+], ids=["latency-and-speedup", "no-budget", "speedup-below-1", "unreachable-latency", "missing-budget-file",
+        "input-shape-not-the-data"])
 def test_bad_budgets_are_one_line_errors(env, tmp_path, extra, fragments, alone):
     out = tmp_path / "run"
     line = _user_error(_invoke(_prune_args(env, out, "--agent", "uniform", *extra)), *fragments, alone=alone)
