@@ -218,6 +218,9 @@ def load_callable(spec: str) -> Callable[..., Any]:
                 raise HwpruneError(f"budget file not found: {path}")
             s = importlib.util.spec_from_file_location(f"hwprune_user_budget_{path.stem}", path)
             module = importlib.util.module_from_spec(s)
+            from hwprune.models.registry import put_folder_on_path
+
+            put_folder_on_path(str(path))
             s.loader.exec_module(module)  # type: ignore[union-attr]
         else:
             module = importlib.import_module(mod_name)

@@ -161,6 +161,8 @@ def call_score_fn(score_fn: Callable[[nn.Module], float], model: nn.Module) -> f
         value = score_fn(model)
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
+    if isinstance(value, (str, bytes, bool)):  # float() would take "0.5" and True: neither is a score
+        raise HwpruneError(f"score_fn must return a number, got {type(value).__name__} {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):

@@ -82,14 +82,24 @@ class Plan:
             raise HwpruneError(f"cannot read plan {path}: {err.strerror or err}") from None
         return cls.from_dict(d, str(path))
 
-    def apply(self, model: nn.Module, example_input: torch.Tensor, where: str = "the plan") -> nn.Module:
-        """A pruned copy of the dense ``model`` with exactly the plan's channels (eval mode)."""
+    def apply(self, model: nn.Module, example_input: torch.Tensor, where: str = "the plan",
+              this: str = "this model") -> nn.Module:
+        """A pruned copy of the dense ``model`` with exactly the plan's channels (eval mode).
+
+        The plan fits when the model has the plan's groups at the plan's dense widths, whatever
+        the model is called: a plan made through the Python API (keyed by class name) applies to
+        the same architecture given to the CLI as ``file.py:factory``."""
         from hwprune.groups import find_groups, prune_to_widths
 
         groups = {g.name: g.channels for g in find_groups(model, example_input)}
         if groups != self.dense:
-            raise HwpruneError(f"{where} was made for model '{self.model}' with other groups; "
-                               f"it does not fit this model")
+            diff = sorted(set(groups) ^ set(self.dense)) or sorted(n for n in groups if groups[n] != self.dense[n])
+            first = diff[0]
+            detail = (f"group '{first}' has {groups[first]} channels, the plan's {self.dense[first]}"
+                      if first in groups and first in self.dense else
+                      f"group '{first}' is {'not in the plan' if first in groups else 'not in the model'}")
+            raise HwpruneError(f"{where} was made for model '{self.model}' with other groups ({detail}); "
+                               f"it does not fit {this}")
         pruned = prune_to_widths(model, example_input, self.widths, keep=self.kept)
         return pruned.eval()
 
@@ -109,8 +119,6 @@ def apply_plan(spec: ModelSpec, plan_path: str, weights: str | None = None, batc
 
     plan = Plan.load(plan_path)
     dense = spec.build()   # first: a model file or factory that is not there says so, not "other model"
-    if plan.model != spec.name:
-        raise HwpruneError(f"{plan_path} was made for model '{plan.model}'; it does not fit {spec.name}")
     if plan.input_shape and list(plan.input_shape[1:]) != list(spec.input_shape):
         raise HwpruneError(f"{plan_path} was made for input shape {tuple(plan.input_shape[1:])}, "
                            f"not {tuple(spec.input_shape)}: pass --input-shape "
@@ -118,7 +126,7 @@ def apply_plan(spec: ModelSpec, plan_path: str, weights: str | None = None, batc
     if plan.num_classes is not None and plan.num_classes != spec.num_classes:
         raise HwpruneError(f"{plan_path} was made for {plan.num_classes} classes, not {spec.num_classes}: "
                            f"pass --num-classes {plan.num_classes}")
-    pruned = plan.apply(dense, spec.example_input(batch), plan_path)
+    pruned = plan.apply(dense, spec.example_input(batch), plan_path, this=spec.name)
     if weights:
         load_weights(pruned, weights)
     return pruned.eval()

@@ -438,7 +438,7 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
                 use = r.final.upper_bound_ms / r.final.budget_ms
                 if use >= USE_BUDGET or rnd == opts.certify_rounds - 1:
                     return best
-                log(f"round {r.round}: certified using {use:.1%} of the budget; searching again with a looser "
+                log(f"round {r.round}: certified after recovery, using {use:.1%} of the budget; searching again with a looser "
                     f"LUT limit")
             elif best is not None or last:
                 return best or outcome
@@ -500,6 +500,10 @@ def _recover_and_measure(job: _Job, s: SearchSetup, cert: Certifier, r: Round, r
     # process (hwprune regress normalises by it); the stored side never gains samples later, so
     # it gets plenty now.
     r.final = cert.measure_final(onnx, (BASELINE_REFERENCE_KEY, reference_graph()[1]), BASELINE_SAMPLES)
+    f = r.final
+    job.log(f"round {r.round}: after recovery measured {cert.statistic} {f.measured_ms:.4f} ms"
+            + (f" (95% upper bound {f.upper_bound_ms:.4f} ms vs budget {f.budget_ms:.4f} ms)"
+               if f.upper_bound_ms is not None and f.budget_ms is not None else ""))
     if job.opts.processes > 1 and cert.budget.given and r.final.certified:
         # Certified here; a certificate is about the device, so ask again in fresh processes.
         across = cert.across_processes(onnx, job.opts.processes)

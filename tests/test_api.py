@@ -141,6 +141,7 @@ def test_without_finetune_fn_or_data_the_cut_ships_unrecovered(env):
 @pytest.mark.parametrize("kw, fragment", [
     ({"score_fn": lambda m: float("nan")}, "score_fn returned nan"),
     ({"score_fn": lambda m: "good"}, "score_fn must return a number"),
+    ({"score_fn": lambda m: "0.5"}, "score_fn must return a number, got str '0.5'"),   # float() would take it
     ({"finetune_fn": lambda m, t: None}, "finetune_fn returned None"),
     ({"finetune_fn": lambda m, t: make_net()}, "finetune_fn changed the pruned architecture"),
     ({"score_fn": None}, "pass score_fn="),

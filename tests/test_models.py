@@ -157,6 +157,15 @@ def test_create_model_from_user_file(tmp_path):
     assert fixed(torch.randn(1, 1, 28, 28)).shape == (1, 3)
 
 
+def test_a_model_file_imports_the_modules_beside_it(tmp_path):
+    # as `python file.py` would: the file's folder is on the import path
+    (tmp_path / "parts_beside_it.py").write_text("import torch.nn as nn\n"
+                                                 "def head(c):\n    return nn.Linear(c, 3)\n")
+    (tmp_path / "net_with_parts.py").write_text("import torch.nn as nn\nfrom parts_beside_it import head\n"
+                                                "def build():\n    return nn.Sequential(nn.Flatten(), head(16))\n")
+    assert create_model(f"{tmp_path / 'net_with_parts.py'}:build")(torch.randn(2, 1, 4, 4)).shape == (2, 3)
+
+
 def test_user_file_errors_name_file_and_factory(tmp_path):
     missing = tmp_path / "nope.py"
     with pytest.raises(HwpruneError, match=r"nope\.py.*'build'"):

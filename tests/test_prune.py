@@ -579,6 +579,8 @@ def test_a_budget_the_dense_model_already_meets_is_said(env, tmp_path):
                            latency_ms=5.0, log=lines.append)  # the scripted dense model runs at 1 ms
     assert res.certified
     assert any("the dense model already measures 1 ms" in m and "within the latency budget 5 ms" in m for m in lines)
+    # the measurement after recovery, which certifies, is in the log too
+    assert any(m.startswith("round 1: after recovery measured p50 0.5000 ms (95% upper bound") for m in lines), lines
 
 
 def test_a_final_measurement_over_budget_sends_the_search_round_again(env, tmp_path):

@@ -233,6 +233,14 @@ def _call_with_supported(factory: Callable[..., nn.Module], offered: dict[str, A
     return factory(**{k: v for k, v in offered.items() if k in params})
 
 
+def put_folder_on_path(file_path: str) -> None:
+    """The folder of a user's ``file.py`` first on ``sys.path``, as ``python file.py`` puts it, so
+    the file can import the modules beside it (kept there: a factory may import them later)."""
+    folder = os.path.dirname(os.path.abspath(file_path))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
 def _create_from_file(
     file_path: str,
     factory_name: str,
@@ -253,6 +261,7 @@ def _create_from_file(
     # Registered before running, as importlib's recipe does, so dataclasses and pickling
     # inside the user's file can find their module.
     sys.modules[module_name] = module
+    put_folder_on_path(file_path)
     try:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as err:  # the user's file may raise anything at import time, or exit
