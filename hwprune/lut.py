@@ -255,6 +255,17 @@ class LatencyLUT:
             known = ", ".join(sorted(self.meta["models"])) or "none"
             raise HwpruneError(f"{path} has no profile of model {key} (profiled: {known})") from None
 
+    def key_for(self, key: str, model) -> str:
+        """``key``, or the one other profile at its input shape made of the same layers: a model
+        profiled through the Python API (keyed by class name) is the same model to the CLI's
+        ``file.py:factory``, and the other way round."""
+        models = self.meta["models"]
+        if key in models:
+            return key
+        shape, sha = key.rsplit("@", 1)[-1], structure_sha(model)
+        same = [k for k, m in models.items() if k.rsplit("@", 1)[-1] == shape and m.get("structure_sha") == sha]
+        return same[0] if len(same) == 1 else key
+
     def check_structure(self, key: str, model, path: str = "LUT") -> None:
         """Refuse a profile made for another variant of the model (same name and input shape, other
         layers: a class count, a width option). LUTs older than the check carry no hash and pass."""

@@ -73,7 +73,7 @@ def lut_check(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, sam
         lut.check_device(fingerprint(collect_manifest(cfg)), allow_other_device, lut_path)
     model = spec.build()
     x = spec.example_input(cfg.batch_size)
-    key = model_key(spec.name, tuple(x.shape))
+    key = lut.key_for(model_key(spec.name, tuple(x.shape)), model)
     lut.check_structure(key, model, lut_path)
     stored = lut.predictor(key, cfg.statistic, lut_path)
     groups = find_groups(model, x)

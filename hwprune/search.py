@@ -74,7 +74,7 @@ def load_predictor(lut: LatencyLUT | str | None, cfg: DeviceConfig, name: str, m
         from profilers.environment import collect_manifest, fingerprint
 
         table.check_device(fingerprint(collect_manifest(cfg)), allow_other_device, where)
-    key = model_key(name, tuple(x.shape))
+    key = table.key_for(model_key(name, tuple(x.shape)), model)
     table.check_structure(key, model, where)
     predictor = table.predictor(key, cfg.statistic, where)
     if predictor.group_names != [g.name for g in groups]:

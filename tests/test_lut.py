@@ -404,3 +404,18 @@ def test_a_saved_lut_gets_the_users_umask_not_0600(tmp_path):
         os.umask(old)
     for name in ("lut.parquet", "lut.csv", "lut.csv.meta.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_profile_is_found_under_another_name_when_its_layers_are_the_same():
+    # the Python API keys a module by class name; the CLI keys the same model as file.py:factory
+    from torch import nn
+
+    from hwprune.lut import LatencyLUT, structure_sha
+
+    model, other = nn.Sequential(nn.Conv2d(1, 4, 3)), nn.Sequential(nn.Conv2d(1, 5, 3))
+    lut = LatencyLUT(meta={"models": {"Net-1a2b@1x1x8x8": {"structure_sha": structure_sha(model)},
+                                      "Net-1a2b@1x1x16x16": {"structure_sha": structure_sha(model)}}})
+    assert lut.key_for("net.py:make@1x1x8x8", model) == "Net-1a2b@1x1x8x8"
+    assert lut.key_for("Net-1a2b@1x1x16x16", model) == "Net-1a2b@1x1x16x16"   # its own key first
+    assert lut.key_for("net.py:make@1x1x8x8", other) == "net.py:make@1x1x8x8"  # other layers: not it
+    assert lut.key_for("net.py:make@1x1x4x4", model) == "net.py:make@1x1x4x4"  # other input shape: not it
