@@ -52,8 +52,6 @@ class _Grid:
         return [len(c) - 1 for c in self.choices]
 
 
-
-
 def largest_uniform_ratio(problem: Problem, steps: int = 20) -> tuple[float, Widths, int]:
     """The largest keep ratio (to 2**-steps) whose snapped widths meet every budget.
 

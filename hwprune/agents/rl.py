@@ -354,8 +354,6 @@ class _Env:
 # -- the agent --------------------------------------------------------------------------------------------
 
 
-
-
 @register_agent("rl")
 class RLAgent(Agent):
     """Constrained RL (PPO-Lagrangian) over per-group prune fractions; see the module docstring.
