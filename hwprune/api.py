@@ -88,7 +88,8 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
             lut: str | LatencyLUT, name: str | None = None, grid: Sequence[float] | str | None = None,
             calibration_samples: int = 10, seed: int = 0, allow_other_device: bool = False,
             input_shape: Sequence[int] | None = None, num_classes: int | None = None, weights: str | None = None,
-            fmt: str | None = None, show_progress: bool = False, log: Callable[[str], None] = _quiet) -> LatencyLUT:
+            fmt: str | None = None, replace: bool = False, show_progress: bool = False,
+            log: Callable[[str], None] = _quiet) -> LatencyLUT:
     """Measure every prunable layer of ``model`` at its channel grid on ``device`` into the LUT ``lut``.
 
     ``lut`` is a path (created or extended, resumably) or a LUT loaded from one. Returns the
@@ -107,7 +108,8 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
     ratios = parse_ratios(grid) if isinstance(grid, str) else grid   # profile checks the ratios themselves
     result = profile_spec(spec, device, path, ratios=ratios,
                           calibration_samples=calibration_samples, seed=seed, fmt=fmt,
-                          allow_other_device=allow_other_device, show_progress=show_progress, log=log)
+                          allow_other_device=allow_other_device, replace=replace, show_progress=show_progress,
+                          log=log)
     table = LatencyLUT.load(result.lut_path)
     table.profile_result = result
     return table

@@ -106,9 +106,11 @@ def _model_options(f):
               help="Random whole sub-networks measured to calibrate the LUT's predictions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights and calibration samples.")
 @click.option("--allow-other-device", is_flag=True, help="Extend a LUT that was measured on another device.")
+@click.option("--replace", is_flag=True, help="Replace the LUT's profile of a model of the same name and input "
+              "shape made of other layers (refused without it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def profile_cmd(device, model, input_shape, num_classes, weights, lut_path, fmt, grid, calibration_samples,
-                seed, allow_other_device, quiet):
+                seed, allow_other_device, replace, quiet):
     """Measure every prunable layer at its channel grid on DEVICE and build the latency LUT."""
     import hwprune
     from hwprune.models.spec import parse_input_shape
@@ -117,7 +119,7 @@ def profile_cmd(device, model, input_shape, num_classes, weights, lut_path, fmt,
     r = hwprune.profile(model, device=device, lut=lut_path, grid=parse_ratios(grid) if grid else None,
                         input_shape=parse_input_shape(input_shape), num_classes=num_classes, weights=weights,
                         calibration_samples=calibration_samples, seed=seed, fmt=fmt,
-                        allow_other_device=allow_other_device, show_progress=not quiet,
+                        allow_other_device=allow_other_device, replace=replace, show_progress=not quiet,
                         log=lambda m: click.echo(m, err=True)).profile_result
     cal = r.calibration
     click.echo(f"LUT {r.lut_path}: model {r.model_key}, {r.groups} groups, {r.units} units, "

@@ -99,8 +99,13 @@ def _lut_row(record: dict[str, Any], meta: dict[str, Any], session: dict[str, An
 
 def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratios: Sequence[float] | None = None,
             calibration_samples: int = 10, seed: int = 0, fmt: str | None = None,
-            allow_other_device: bool = False, show_progress: bool = True, log=print) -> ProfileResult:
+            allow_other_device: bool = False, replace: bool = False, show_progress: bool = True,
+            log=print) -> ProfileResult:
     """Profile ``spec`` on ``device`` into the LUT at ``lut_path`` (created or extended).
+
+    A LUT that holds a profile under the same name and input shape made of other layers (another
+    class count, an edited model file, another file of the same name) is refused unless ``replace``:
+    replacing it silently would leave the earlier model's runs without their profile.
 
     With the config's ``channel_multiple: auto`` the groups' latency staircases are measured
     first and the unit tables are profiled on the widths they allow (:mod:`hwprune.widthsteps`).
@@ -120,6 +125,12 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     torch.manual_seed(seed)
     model = spec.build()
     x = spec.example_input(cfg.batch_size)
+    key = model_key(spec.name, tuple(x.shape))
+    old = lut.meta["models"].get(key, {})
+    if old.get("structure_sha") not in (None, structure_sha(model)) and not replace:
+        raise HwpruneError(f"{path} already holds a profile of {key} made of other layers (another variant of "
+                           f"the model, or another model of the same name): profile this one into another LUT, "
+                           f"or pass --replace to replace that profile")
     check_input_shape(model, x)
     unprunable: list[UnprunableGroup] = []
     groups = find_groups(model, x, unprunable=unprunable)
@@ -128,8 +139,6 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     log(f"{spec.name}: {len(groups)} prunable groups; exporting the width-parametric graph ...")
     wg = build_width_graph(model, x, groups)
     units = wg.units()
-    key = model_key(spec.name, tuple(x.shape))
-    old = lut.meta["models"].get(key, {})
     rows = _Rows(lut, path, key, cfg, allow_other_device, show_progress)
     rows.structure, rows.calibration = (old or None), old.get("calibration")
 

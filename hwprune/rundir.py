@@ -44,6 +44,11 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise HwpruneError(f"--out {out}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise HwpruneError(f"--out {out}: cannot write in {parent} (permission denied)")
+    try:  # the bits are not the whole answer (root, a read-only mount, /proc): making a file is
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".hwprune-write-check-"):
+            pass
+    except OSError as err:
+        raise HwpruneError(f"--out {out}: cannot write in {parent} ({err.strerror or err})") from None
 
 
 def _existing_parent(p: Path) -> Path:

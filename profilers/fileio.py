@@ -60,6 +60,13 @@ def check_writable(path: str | os.PathLike[str], flag: str) -> None:
         raise ProfilerError(f"{flag} {path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ProfilerError(f"{flag} {path}: cannot write in {folder} (permission denied)")
+    # Permission bits are not the whole answer (root passes them everywhere; a read-only mount,
+    # /proc, a quota): creating a file is.
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".hwprune-write-check-"):
+            pass
+    except OSError as err:
+        raise ProfilerError(f"{flag} {path}: cannot write in {folder} ({err.strerror or err})") from None
 
 
 def current_umask() -> int:

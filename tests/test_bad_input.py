@@ -120,6 +120,11 @@ def _rows(d):
          {}, ["--lut", "is a file"]),
         ("prune-out-unwritable", prune[:-3] + ["--out", str(d / "a_file" / "run"), "--max-params", "50%", "-q"],
          {}, ["--out", "is a file"]),
+        # a folder whose permission bits allow writing but where no file can be made (/proc, even for root)
+        ("time-json-in-proc", ["time", str(d / "bad_run.onnx"), "-d", dev, "--json", "/proc/t.json"],
+         {}, ["--json /proc/t.json: cannot write in /proc"]),
+        ("prune-out-in-proc", prune[:-3] + ["--out", "/proc/run", "--max-params", "50%", "-q"],
+         {}, ["--out /proc/run: cannot write in /proc"]),
         ("apply-plan-onnx-unwritable", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_all.json"),
                                         "--onnx", str(d / "a_file" / "x.onnx")], {}, ["--onnx", "is a file"]),
         # the user's code failing
@@ -199,10 +204,10 @@ def _listing(d) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")}
 
 
-@pytest.mark.parametrize("row", range(42))
+@pytest.mark.parametrize("row", range(44))
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(files, row, monkeypatch):
     rows = _rows(files)
-    assert len(rows) == 42, "the parametrize range must cover every row"
+    assert len(rows) == 44, "the parametrize range must cover every row"
     name, argv, env, fragments = rows[row]
     for k, v in env.items():
         monkeypatch.setenv(k, v)

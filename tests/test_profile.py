@@ -438,3 +438,14 @@ def test_prediction_below_the_grid_names_group_and_width(profiled):
         pred.predict({first: 1})
     msg = str(info.value)
     assert f"group '{first}'" in msg and "width 1 is outside the profiled grid [2, 8]" in msg
+
+
+def test_a_profile_of_another_variant_under_the_same_name_is_refused_unless_replaced(profiled, env, tmp_path):
+    # the same file and factory with another class count: other layers under the same key
+    r, src = profiled
+    path = _copy(src, tmp_path)
+    line = _invoke_error(_profile_args(env, path) + ["--num-classes", "5"], tmp_path)
+    assert "already holds a profile of" in line and "--replace" in line
+    res = CliRunner().invoke(cli, _profile_args(env, path) + ["--num-classes", "5", "--replace", "-q"])
+    assert res.exit_code == 0, res.output
+    assert LatencyLUT.load(path).model(r.model_key)["structure_sha"] != LatencyLUT.load(src).model(r.model_key)["structure_sha"]
