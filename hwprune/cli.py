@@ -278,8 +278,11 @@ def _agent_options(ctx, param, values):
 @click.option("--input-shape", default=None, help="Input C,H,W (default: from the data).")
 @click.option("--allow-other-device", is_flag=True, help="Use a LUT measured on another device.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--require-certified", is_flag=True,
+              help="Exit 1 when a latency budget is given and the run is not certified (for CI; the run "
+                   "folder is written either way).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def prune_cmd(lut_path, input_shape, quiet, **kw):
+def prune_cmd(lut_path, input_shape, quiet, require_certified, **kw):
     """Prune a model to a budget on DEVICE, fine-tune, export, and certify the measured latency.
 
     Data-parallel recovery under torchrun (rank 0 searches and measures, every rank fine-tunes):
@@ -304,6 +307,12 @@ def prune_cmd(lut_path, input_shape, quiet, **kw):
 
     click.echo("certified: {} ({})".format(*certificate_text(r)))
     click.echo(f"run folder: {opts.out} (report.md, report.json, plan.json, pruned.onnx, pruned.pt, baseline.json)")
+    if r["budget"].get("latency_ms") is not None:
+        if not r["certified"]:
+            click.echo("warning: not certified: the pruned model's measured upper bound is over the latency budget"
+                       + ("" if require_certified else " (pass --require-certified to exit 1 on this)"), err=True)
+            if require_certified:
+                raise SystemExit(1)
 
 
 @cli.command("apply-plan")

@@ -360,6 +360,8 @@ def _calibrate(job: _Job, cert: Certifier, predictor):
     if again_ms > budget_ms:
         then = f" (against {first_budget_ms:.4g} ms then)" if abs(first_budget_ms - budget_ms) > 1e-4 * budget_ms else ""
         raise unreachable(budget_ms, again_ms, f"{cal.floor_ms:.4g} ms in this process{then} and {again_ms:.4g} ms again")
+    log(f"the smallest architecture measured {again_ms:.4f} ms again, within the budget {budget_ms:.4f} ms "
+        f"(the dense model {cert.stat(cert.dense):.4f} ms beside it): searching")
     cal.floor_ms = again_ms
     return cal
 

@@ -157,3 +157,21 @@ def test_console_script_end_to_end(tiny_onnx, fast_device, tmp_path):
                                 text=True, cwd=tmp_path, env=env, timeout=120)
     assert bad_device.returncode == 2 and bad_device.stderr.startswith("error:")
     assert "Traceback" not in bad_device.stderr
+
+
+@pytest.mark.parametrize("certified, strict, code", [(False, False, 0), (False, True, 1), (True, True, 0)])
+def test_prune_require_certified_exits_1_on_an_uncertified_run(monkeypatch, tmp_path, certified, strict, code):
+    import types
+
+    import hwprune.api
+
+    side = {"accuracy": 0.9, "latency_ms": {"p50": 1.0, "p90": 1.1}, "params": 10, "macs": 100}
+    report = {"dense": side, "pruned": side, "certified": certified, "budget": {"latency_ms": 0.5},
+              "certificate": {"statistic": "p50", "upper_bound_ms": 0.4 if certified else 0.6, "budget_ms": 0.5}}
+    monkeypatch.setattr(hwprune.api, "prune_options",
+                        lambda opts, log: types.SimpleNamespace(is_main=True, report=report))
+    args = ["prune", "-d", "x86-cpu-ort", "-m", "resnet20", "--latency-ms", "0.5", "--lut", str(tmp_path / "L.parquet"),
+            "--out", str(tmp_path / "run")] + (["--require-certified"] if strict else [])
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == code, res.output
+    assert ("warning: not certified" in res.stderr) == (not certified)
