@@ -28,7 +28,9 @@ class _Group(click.Group):
             click.echo(f"error: {err}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            resumes = {"profile": "; run the same command again to resume (no row measured so far is lost)",
+                       "pretrain": "; run the same command again to resume from the last epoch"}
+            click.echo("interrupted" + resumes.get(ctx.invoked_subcommand or "", ""), err=True)
             ctx.exit(130)
 
 
@@ -337,6 +339,9 @@ def apply_plan_cmd(model, plan_path, weights, dense_weights, input_shape, num_cl
     pruned = hwprune.apply_plan(model, plan_path, weights=weights, input_shape=shape, num_classes=num_classes,
                                 dense_weights=dense_weights)
     click.echo(f"{model} pruned by {plan_path}: {count_params(pruned):,} parameters")
+    if not weights and not dense_weights:
+        click.echo("warning: no --weights: the pruned model is randomly initialised, not the run's "
+                   "(pass the run's pruned.pt as --weights, or --dense-weights to cut a dense checkpoint)", err=True)
     if onnx_out:
         import torch
 

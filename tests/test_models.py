@@ -164,6 +164,8 @@ def test_a_model_file_imports_the_modules_beside_it(tmp_path):
     (tmp_path / "net_with_parts.py").write_text("import torch.nn as nn\nfrom parts_beside_it import head\n"
                                                 "def build():\n    return nn.Sequential(nn.Flatten(), head(16))\n")
     assert create_model(f"{tmp_path / 'net_with_parts.py'}:build")(torch.randn(2, 1, 4, 4)).shape == (2, 3)
+    with pytest.raises(HwpruneError, match=r"name the factory as .*net_with_parts\.py:FUNCTION"):
+        create_model(str(tmp_path / "net_with_parts.py"))   # the file alone, no :factory
 
 
 def test_user_file_errors_name_file_and_factory(tmp_path):

@@ -302,6 +302,10 @@ def test_apply_plan_rebuilds_the_saved_model(uniform_run, env, tmp_path):
                        "--weights", out / "pruned.pt", "--input-shape", SHAPE, "--onnx", onnx_out]))
     assert "parameters" in res.stdout
     assert f"{_report(out)['pruned']['params']:,}" in res.stdout
+    assert "warning" not in res.stderr
+    # without --weights the architecture is rebuilt with initial weights, and it says so
+    bare = _ok(_invoke(["apply-plan", "--model", env["model"], "--plan", out / "plan.json", "--input-shape", SHAPE]))
+    assert "warning: no --weights" in bare.stderr
     x = np.random.default_rng(1).standard_normal((1, 1, 8, 8)).astype(np.float32)
     saved = _run_onnx(out / "pruned.onnx", x)
     np.testing.assert_allclose(_run_onnx(onnx_out, x), saved, atol=1e-4, rtol=0)

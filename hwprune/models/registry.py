@@ -103,6 +103,8 @@ def create_model(
             file_path, factory_name, in_channels, num_classes, input_size, **kwargs
         )
     _import_builtin_zoo()
+    if name.endswith(".py") and name not in _MODEL_BUILDERS:
+        raise HwpruneError(f"model {name}: name the factory as {name}:FUNCTION")
     if name not in _MODEL_BUILDERS:
         known = ", ".join(sorted(_MODEL_BUILDERS))
         raise HwpruneError(
