@@ -809,3 +809,18 @@ def test_regressed_needs_the_raw_and_the_normalised_ratio_to_agree():
                         baseline_reference_ms=rng.normal(0.30, 0.003, 600),
                         candidate_reference_ms=rng.normal(0.30, 0.003, 600))
     assert r.verdict == "regressed"
+
+
+def test_the_text_output_says_why_a_verdict_is_inconclusive():
+    import dataclasses
+
+    from hwprune.regress.report import format_text
+
+    base = _draw(5, 1.0, 0.3, 60)
+    c = rg.compare_samples(base, base * 1.08, "p50", 0.05, baseline_fixed=True)
+    assert c.verdict == "inconclusive"
+    result = {"kind": "baseline", "mode": "baseline", "comparisons": [dataclasses.asdict(c)], "warnings": [],
+              "environment": {"differences": []}, "baseline": {"path": "b.json"}, "model": "m.onnx",
+              "device": "dev", "tolerance": 0.05, "verdict": "inconclusive", "command": "hwprune regress ..."}
+    text = format_text(result)
+    assert f"p50: inconclusive: {c.reason}" in text

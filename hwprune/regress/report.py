@@ -60,6 +60,11 @@ def format_text(result: dict[str, Any]) -> str:
             lines.append("the verdict tests the ratio normalised by the drift reference timed beside the model "
                          "(ref now/then: the machine's speed change; >1 is slower now)")
         lines += [f"{c['statistic']}: {states_line(c)}" for c in result["comparisons"] if c.get("machine_states")]
+        # an inconclusive verdict says why on the terminal too, not only in --json
+        lines += [f"{c['statistic']}: inconclusive: {c['reason']}"
+                  + ("; --against the earlier ONNX measures both sides now" if result["mode"] != "against"
+                     and c.get("samples_to_decide") is None else "")
+                  for c in result["comparisons"] if c["verdict"] == "inconclusive"]
         for w in result.get("warnings", []):
             lines.append(f"warning: {w}")
         for d in result["environment"]["differences"]:
