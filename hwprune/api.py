@@ -222,9 +222,11 @@ def prune_options(opts: PruneOptions, log: Callable[[str], None] = print) -> Pru
 
 
 def _default_weights(model: str, data: str, log: Callable[[str], None]) -> str | None:
-    """The committed checkpoint for a zoo model on a dataset; a warning (rank 0 only) when there is none."""
+    """The committed checkpoint for a zoo model on a dataset; a warning (rank 0 only) when there is none.
+    A ``file.py:factory`` model gets no warning: its factory may load its own weights."""
     weights = default_weights(model, data)
-    if weights is None and int(os.environ.get("RANK", "0") or 0) == 0:
+    from_file = model.rpartition(":")[0].endswith(".py")
+    if weights is None and not from_file and int(os.environ.get("RANK", "0") or 0) == 0:
         log(f"warning: no weights for {model} on {data}: pruning a randomly initialised model "
             f"(train one with `hwprune pretrain`)")
     return weights

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,11 @@ PLAN_FORMAT = 1
 
 
 @dataclass
-class Plan:
-    """Per dependency group, its dense width and the sorted indices of the channels kept."""
+class Plan(Mapping):
+    """Per dependency group, its dense width and the sorted indices of the channels kept.
+
+    A read-only mapping group -> kept channel indices (``plan["layer1.0.conv1"]``,
+    ``dict(plan)``), with the dense widths, the model's name and shape beside it."""
 
     model: str
     input_shape: list[int]
@@ -39,6 +43,15 @@ class Plan:
     @property
     def widths(self) -> dict[str, int]:
         return {name: len(k) for name, k in self.kept.items()}
+
+    def __getitem__(self, group: str) -> list[int]:
+        return self.kept[group]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.kept)
+
+    def __len__(self) -> int:
+        return len(self.kept)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, "model": self.model, "input_shape": list(self.input_shape),

@@ -116,6 +116,7 @@ def test_prune_with_the_users_metric_and_loop_needs_no_dataset(env, tmp_path):
     rebuilt = hwprune.apply_plan(make_net(), str(tmp_path / "run" / "plan.json"), torch.zeros(1, 1, 16, 16),
                                  weights=str(tmp_path / "run" / "pruned.pt"))
     assert res.plan.widths == {n: len(k) for n, k in res.plan.kept.items()}
+    assert dict(res.plan) == res.plan.kept   # DESIGN's "group -> kept channel indices"
     assert torch.allclose(rebuilt(X), res.model(X), atol=1e-5)
 
 

@@ -324,7 +324,7 @@ def _bootstrap_intervals(b: np.ndarray, c: np.ndarray, ref: _Reference | None, b
 def _disputed_regression(base: Comparison, iv: _Intervals, baseline_fixed: bool) -> Comparison:
     """Inconclusive: the reference-normalised interval says regressed but the raw one does not."""
     tolerance = base.tolerance
-    pct = f"{int(round(base.confidence * 100))}%"
+    pct = f"{base.confidence * 100:.4g}%"   # 97.5% where two machine states share 95%
     # Normalising by a drift reference that ran faster now than then turns an unchanged
     # model into a "regression" (measured under load: +0.8% raw read as +11.4%). A verdict
     # that fails a CI job needs both measures to agree; more samples do not settle it.
@@ -345,7 +345,7 @@ def _decided(base: Comparison, iv: _Intervals, verdict: str, baseline_fixed: boo
     """The result for ``verdict`` read from the interval, with its reason and, when inconclusive, how
     many samples should decide it."""
     tolerance = base.tolerance
-    pct = f"{int(round(base.confidence * 100))}%"
+    pct = f"{base.confidence * 100:.4g}%"   # 97.5% where two machine states share 95%
     what = f"{base.statistic} ratio" + (" (normalised by the drift reference)" if base.ratio_measure == NORMALISED
                                         else "")
     span = f"{pct} CI of {what} [{iv.lo:.4f}, {iv.hi:.4f}]"
