@@ -27,6 +27,7 @@ from torch import nn
 from hwprune.errors import HwpruneError, api_errors
 from hwprune.lut import LatencyLUT
 from hwprune.models.spec import ModelSpec, ModuleSpec, check_example_input
+from hwprune.plan import Plan
 from hwprune.pruning import PruneOptions, PruneResult, command_line, default_weights
 from profilers.config import load_device_config
 from profilers.fileio import atomic_write_json, check_writable
@@ -275,22 +276,24 @@ def _run(opts: PruneOptions, spec: ModelSpec | ModuleSpec, task, *, lut, log, re
 
 
 @api_errors
-def apply_plan(model: nn.Module | str, plan: str, example_input: torch.Tensor | None = None, *,
+def apply_plan(model: nn.Module | str, plan: str | Plan, example_input: torch.Tensor | None = None, *,
                weights: str | None = None, input_shape: Sequence[int] | None = None,
                num_classes: int | None = None, dense_weights: str | None = None) -> nn.Module:
-    """The pruned model rebuilt from ``plan.json`` on the dense ``model`` (no unpickling).
+    """The pruned model rebuilt from ``plan.json`` (or a run's ``result.plan``) on the dense
+    ``model`` (no unpickling).
 
     ``weights`` is the run's ``pruned.pt``; ``dense_weights`` a dense checkpoint for a zoo model.
     """
     from hwprune.models import load_weights
-    from hwprune.plan import Plan, apply_plan as apply_to_spec
+    from hwprune.plan import apply_plan as apply_to_spec
 
     if weights and dense_weights:
         raise HwpruneError("give --weights (the run's pruned.pt) or --dense-weights (a dense checkpoint to cut), "
                            "not both")
     if isinstance(model, nn.Module):
         spec = model_spec(model, example_input, input_shape=input_shape)
-        pruned = Plan.load(plan).apply(spec.build(), spec.example_input(1), plan)
+        loaded = plan if isinstance(plan, Plan) else Plan.load(plan)
+        pruned = loaded.apply(spec.build(), spec.example_input(1), "the plan" if plan is loaded else plan)
         if weights:
             load_weights(pruned, weights)
         return pruned.eval()

@@ -122,7 +122,7 @@ def load_plan(path: str) -> dict[str, Any]:
     return Plan.load(path).to_dict()
 
 
-def apply_plan(spec: ModelSpec, plan_path: str, weights: str | None = None, batch: int = 1) -> nn.Module:
+def apply_plan(spec: ModelSpec, plan_path: str | Plan, weights: str | None = None, batch: int = 1) -> nn.Module:
     """Rebuild the pruned architecture from ``plan.json`` on the dense model (no unpickling).
 
     ``weights``, when given, is a state_dict of the *pruned* model (``pruned.pt``). The plan's
@@ -130,7 +130,8 @@ def apply_plan(spec: ModelSpec, plan_path: str, weights: str | None = None, batc
     """
     from hwprune.models import load_weights
 
-    plan = Plan.load(plan_path)
+    plan = plan_path if isinstance(plan_path, Plan) else Plan.load(plan_path)
+    plan_path = "the plan" if plan is plan_path else plan_path
     dense = spec.build()   # first: a model file or factory that is not there says so, not "other model"
     if plan.input_shape and list(plan.input_shape[1:]) != list(spec.input_shape):
         raise HwpruneError(f"{plan_path} was made for input shape {tuple(plan.input_shape[1:])}, "

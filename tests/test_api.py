@@ -117,6 +117,8 @@ def test_prune_with_the_users_metric_and_loop_needs_no_dataset(env, tmp_path):
                                  weights=str(tmp_path / "run" / "pruned.pt"))
     assert res.plan.widths == {n: len(k) for n, k in res.plan.kept.items()}
     assert dict(res.plan) == res.plan.kept   # DESIGN's "group -> kept channel indices"
+    again = hwprune.apply_plan(make_net(), res.plan, torch.zeros(1, 1, 16, 16))   # the object, not only its file
+    assert {n: p.shape for n, p in again.state_dict().items()} == {n: p.shape for n, p in res.model.state_dict().items()}
     assert torch.allclose(rebuilt(X), res.model(X), atol=1e-5)
 
 
