@@ -292,8 +292,8 @@ def apply_plan(model: nn.Module | str, plan: str | Plan, example_input: torch.Te
                            "not both")
     if isinstance(model, nn.Module):
         spec = model_spec(model, example_input, input_shape=input_shape)
-        loaded = plan if isinstance(plan, Plan) else Plan.load(plan)
-        pruned = loaded.apply(spec.build(), spec.example_input(1), "the plan" if plan is loaded else plan)
+        loaded, where = Plan.given(plan)
+        pruned = loaded.apply(spec.build(), spec.example_input(1), where)
         if weights:
             load_weights(pruned, weights)
         return pruned.eval()

@@ -84,6 +84,11 @@ class Plan(Mapping):
                    str(d.get("criterion", "l1")), dense, kept, {k: v for k, v in d.items() if k not in known})
 
     @classmethod
+    def given(cls, plan: Plan | str) -> tuple[Plan, str]:
+        """A plan object, or the one loaded from a plan.json path, and how errors should name it."""
+        return (plan, "the plan") if isinstance(plan, Plan) else (cls.load(plan), str(plan))
+
+    @classmethod
     def load(cls, path: str | Path) -> Plan:
         try:
             d = json.loads(Path(path).read_text())
@@ -130,8 +135,7 @@ def apply_plan(spec: ModelSpec, plan_path: str | Plan, weights: str | None = Non
     """
     from hwprune.models import load_weights
 
-    plan = plan_path if isinstance(plan_path, Plan) else Plan.load(plan_path)
-    plan_path = "the plan" if plan is plan_path else plan_path
+    plan, plan_path = Plan.given(plan_path)
     dense = spec.build()   # first: a model file or factory that is not there says so, not "other model"
     if plan.input_shape and list(plan.input_shape[1:]) != list(spec.input_shape):
         raise HwpruneError(f"{plan_path} was made for input shape {tuple(plan.input_shape[1:])}, "

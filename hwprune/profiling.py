@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch import nn
 
 from hwprune.agents.base import SearchSpace
 from hwprune.candidates import (MAX_UNIT_GRID_POINTS, Candidate, build_width_graph, cap_unit_grids,
@@ -123,15 +124,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     lut, local_fp = _open_lut(path, cfg, fmt, allow_other_device)
 
     torch.manual_seed(seed)
-    model = spec.build()
-    x = spec.example_input(cfg.batch_size)
-    key = model_key(spec.name, tuple(x.shape))
-    old = lut.meta["models"].get(key, {})
-    if old.get("structure_sha") not in (None, structure_sha(model)) and not replace:
-        raise HwpruneError(f"{path} already holds a profile of {key} made of other layers (another variant of "
-                           f"the model, or another model of the same name): profile this one into another LUT, "
-                           f"or pass --replace to replace that profile")
-    check_input_shape(model, x)
+    model, x, key, old = _model_and_entry(spec, cfg, lut, path, replace)
     unprunable: list[UnprunableGroup] = []
     groups = find_groups(model, x, unprunable=unprunable)
     for u in unprunable:
@@ -176,15 +169,9 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     if old.get("units") != structure["units"] or old.get("groups") != structure["groups"]:
         rows.calibration = None
 
-    rng = random.Random(seed)
-    calib_widths = [random_widths(space, rng) for _ in range(calibration_samples)]
     calib_items = []
     if rows.calibration is None or rows.calibration.get("n", 0) < min(3, calibration_samples):
-        # Real sub-networks, pruned by Torch-Pruning and exported as they will be deployed.
-        for i, w in enumerate(calib_widths):
-            h = hashlib.sha1(json.dumps(w).encode()).hexdigest()[:10]
-            pruned = prune_to_widths(model, x, {g.name: wi for g, wi in zip(groups, w)})
-            calib_items.append((f"{CALIBRATION_KEY}{i}:{h}", export_onnx(pruned, x), {"widths": w}))
+        calib_items = _calibration_items(model, x, groups, space, calibration_samples, seed)
 
     if missing:
         log(f"{len(todo)} distinct signatures, {len(missing)} to measure on {cfg.name}")
@@ -203,6 +190,35 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         {k: v for k, v in result.to_dict().items() if k not in ("calibration", "errors")})
     rows.save()
     return result
+
+
+def _model_and_entry(spec: ModelSpec, cfg: DeviceConfig, lut: LatencyLUT, path: Path,
+                     replace: bool) -> tuple[nn.Module, torch.Tensor, str, dict[str, Any]]:
+    """The model, its example input at the config's batch, its LUT key and the LUT's entry under
+    that key so far (empty when new); another variant under the same key is refused unless ``replace``."""
+    model = spec.build()
+    x = spec.example_input(cfg.batch_size)
+    key = model_key(spec.name, tuple(x.shape))
+    old = lut.meta["models"].get(key, {})
+    if old.get("structure_sha") not in (None, structure_sha(model)) and not replace:
+        raise HwpruneError(f"{path} already holds a profile of {key} made of other layers (another variant of "
+                           f"the model, or another model of the same name): profile this one into another LUT, "
+                           f"or pass --replace to replace that profile")
+    check_input_shape(model, x)
+    return model, x, key, old
+
+
+def _calibration_items(model: nn.Module, x: torch.Tensor, groups: Sequence[PrunableGroup], space: SearchSpace,
+                       samples: int, seed: int) -> list[tuple[str, bytes, dict[str, Any]]]:
+    """``samples`` random whole sub-networks, pruned by Torch-Pruning and exported as they will be
+    deployed, keyed by their widths' hash."""
+    rng = random.Random(seed)
+    items = []
+    for i, w in enumerate([random_widths(space, rng) for _ in range(samples)]):
+        h = hashlib.sha1(json.dumps(w).encode()).hexdigest()[:10]
+        pruned = prune_to_widths(model, x, {g.name: wi for g, wi in zip(groups, w)})
+        items.append((f"{CALIBRATION_KEY}{i}:{h}", export_onnx(pruned, x), {"widths": w}))
+    return items
 
 
 def _open_lut(path: Path, cfg: DeviceConfig, fmt: str | None, allow_other_device: bool) -> tuple[LatencyLUT, str | None]:

@@ -23,7 +23,9 @@ from torch import nn
 
 from hwprune.errors import HwpruneError
 from hwprune.plan import Plan
-from profilers.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, current_umask
+from profilers.errors import ProfilerError
+from profilers.fileio import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_folder_writable,
+                              current_umask)
 
 RUN_FILES = ("report.json", "plan.json", "pruned.onnx", "pruned.pt", "baseline.json")
 OLD_RUN_FILES = RUN_FILES + ("report.md", "config.json", "channels.png", "speedup.png", "search.csv")
@@ -40,15 +42,10 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         parent = _existing_parent(out.parent)
     except OSError as err:  # e.g. under a folder this user cannot enter
         raise HwpruneError(f"--out {out}: {err.strerror or err}") from None
-    if not parent.is_dir():
-        raise HwpruneError(f"--out {out}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise HwpruneError(f"--out {out}: cannot write in {parent} (permission denied)")
-    try:  # the bits are not the whole answer (root, a read-only mount, /proc): making a file is
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".hwprune-write-check-"):
-            pass
-    except OSError as err:
-        raise HwpruneError(f"--out {out}: cannot write in {parent} ({err.strerror or err})") from None
+    try:
+        check_folder_writable(parent, f"--out {out}")
+    except ProfilerError as err:
+        raise HwpruneError(str(err)) from None
 
 
 def _existing_parent(p: Path) -> Path:

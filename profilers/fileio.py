@@ -56,17 +56,23 @@ def check_writable(path: str | os.PathLike[str], flag: str) -> None:
             folder = folder.parent
     except OSError as err:  # e.g. a path under a folder this user cannot enter
         raise ProfilerError(f"{flag} {path}: {err.strerror or err}") from None
+    check_folder_writable(folder, f"{flag} {path}")
+
+
+def check_folder_writable(folder: Path, what: str) -> None:
+    """Refuse an existing ``folder`` that is a file or where no file can be made; ``what`` (the
+    option and its value) opens the message."""
     if not folder.is_dir():
-        raise ProfilerError(f"{flag} {path}: {folder} is a file, not a folder")
+        raise ProfilerError(f"{what}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ProfilerError(f"{flag} {path}: cannot write in {folder} (permission denied)")
+        raise ProfilerError(f"{what}: cannot write in {folder} (permission denied)")
     # Permission bits are not the whole answer (root passes them everywhere; a read-only mount,
     # /proc, a quota): creating a file is.
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".hwprune-write-check-"):
             pass
     except OSError as err:
-        raise ProfilerError(f"{flag} {path}: cannot write in {folder} ({err.strerror or err})") from None
+        raise ProfilerError(f"{what}: cannot write in {folder} ({err.strerror or err})") from None
 
 
 def current_umask() -> int:
