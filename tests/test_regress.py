@@ -394,6 +394,17 @@ def test_normalised_verdicts_through_the_cli(setup, fake, candidate, reference, 
     assert "**reference-normalised**" in md and "reference now / then" in md
 
 
+def test_the_markdown_header_gives_the_level_its_comparisons_were_tested_at(setup, fake):
+    fake(candidate=(1.0, 0.02), reference=(0.3, 0.006))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--baseline", setup["baseline_ref"], *_outputs(setup["root"]))
+    assert r.exit_code == 0, r.output
+    assert "| 95% CI (normalised) |" in (setup["root"] / "out" / "s.md").read_text()
+    data = json.loads((setup["root"] / "out" / "r.json").read_text())
+    for c in data["comparisons"]:
+        c["confidence"] = 0.975   # as each of two machine states is tested
+    assert "| 97.5% CI (normalised) |" in rg.to_markdown(data)
+
+
 def test_normalised_inconclusive_takes_more_samples_and_decides(setup, fake):
     """Noisy now, tight stored side: the estimate asks for more samples, and they decide it."""
     calls = fake(candidate=(1.08, 0.25), reference=(0.3, 0.006))

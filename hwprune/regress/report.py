@@ -105,7 +105,9 @@ def states_line(c: dict[str, Any]) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     """A Markdown summary for a CI job page (``$GITHUB_STEP_SUMMARY``)."""
-    conf = f"{int(round(result['confidence'] * 100))}%"
+    # the comparisons' own level: a verdict taken in two machine states tests each at 97.5%
+    levels = {c.get("confidence", result["confidence"]) for c in result.get("comparisons") or []}
+    conf = f"{(levels.pop() if len(levels) == 1 else result['confidence']) * 100:.4g}%"
     out = []
     if result["kind"] == "lut":
         out.append(f"### LUT drift: `{result['model']}` on `{result['device']}` — **{_BADGE[result['verdict']]}**\n")
