@@ -67,10 +67,12 @@ def time_cmd(onnx_path: str, device: str, json_path: str | None, processes: int)
 
     result = api.time_model(onnx_path, device, json_path=json_path, processes=processes)
     s = result["timing"]
+    # pooled over processes, the samples' interval says nothing of how far the processes differ
+    within = f" (within-process noise only: {processes} processes pooled)" if processes > 1 else ""
     click.echo(f"{onnx_path} on {result['device']}: n={s['n']} p50={s['p50_ms']:.4f} ms "
                f"p90={s['p90_ms']:.4f} ms p99={s['p99_ms']:.4f} ms mean={s['mean_ms']:.4f} ms "
-               f"{s['statistic']} {int(s['confidence'] * 100)}% CI [{s['ci_low_ms']:.4f}, {s['ci_high_ms']:.4f}] "
-               f"cv={s['cv']:.3f}{'' if s['stable'] else ' UNSTABLE'}")
+               f"{s['statistic']} {int(s['confidence'] * 100)}% CI [{s['ci_low_ms']:.4f}, {s['ci_high_ms']:.4f}]"
+               f"{within} cv={s['cv']:.3f}{'' if s['stable'] else ' UNSTABLE'}")
     for st in result.get("by_machine_state") or []:
         t = st["timing"]
         click.echo(f"  machine state probe {st['probe_us']:.0f} us, {st['share']:.0%} of the samples: n={t['n']} "
@@ -78,7 +80,9 @@ def time_cmd(onnx_path: str, device: str, json_path: str | None, processes: int)
     if processes > 1:
         a = result["across_processes"]
         click.echo(f"{processes} processes: {a['statistic']} " + " / ".join(f"{v:.4f}" for v in a["values_ms"])
-                   + f" ms; median {a['median_ms']:.4f} ms, spread (max - min) / median {a['spread_pct']:.1f}%")
+                   + f" ms; median {a['median_ms']:.4f} ms ({a['median_ci_confidence'] * 100:.4g}% CI of the median process "
+                   f"[{a['median_ci_low_ms']:.4f}, {a['median_ci_high_ms']:.4f}]), spread (max - min) / median "
+                   f"{a['spread_pct']:.1f}%")
         for st in a.get("by_machine_state") or []:
             click.echo(f"  machine state probe {st['probe_us']:.0f} us, in {st['processes']} of {processes} processes: "
                        f"median {st['median_ms']:.4f} ms, spread {st['spread_pct']:.1f}%")

@@ -87,7 +87,9 @@ def measure_many(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, desc: st
         with ExitStack() as stack:
             runners = [stack.enter_context(make_runner(blob, cfg, name=key)) for key, blob in keyed]
             bar = progress_bar(len(keyed), desc, show_progress)
-            stats = measure_interleaved(runners, on_round=lambda done: bar.update(done - bar.n))
+            # models converged so far; a model's interval can widen again, and the bar never goes back
+            stats = measure_interleaved(runners, on_round=lambda done: bar.update(max(0, done - bar.n)))
+            bar.update(len(keyed) - bar.n)  # done: every model converged or the time limit was reached
             bar.close()
         return {key: s.to_dict() for (key, _), s in zip(keyed, stats)}
     out: dict[str, dict[str, Any]] = {}

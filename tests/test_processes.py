@@ -14,7 +14,7 @@ from torch import nn
 from hwprune.cli import cli
 from hwprune.errors import HwpruneError
 from hwprune.export import export_onnx
-from hwprune.processes import measure_in_processes, spread
+from hwprune.processes import Spread, measure_in_processes, spread
 from profilers.config import load_device_config
 
 DEVICE = """\
@@ -60,11 +60,22 @@ def test_hwprune_time_across_processes(files, tmp_path):
                                    "--processes", "3", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "3 processes: p50" in res.output and "spread (max - min) / median" in res.output
+    # the pooled interval is not passed off as the uncertainty across processes
+    assert "within-process noise only: 3 processes pooled" in res.output and "75% CI of the median process" in res.output
     r = json.loads(out.read_text())
     a = r["across_processes"]
     assert r["processes"] == 3 and len(a["values_ms"]) == 3 and len(a["per_process"]) == 3
     # the pooled timing holds every process's samples
     assert r["timing"]["n"] == sum(p["n"] for p in a["per_process"])
+
+
+def test_the_median_process_interval_is_order_statistics_with_their_exact_coverage():
+    five = Spread("m", "p50", [0.5, 0.1, 0.3, 0.2, 0.4])
+    assert five.median_interval() == (0.1, 0.5, pytest.approx(0.9375))  # too few for 95%: the range, said so
+    nine = Spread("m", "p50", [float(v) for v in range(9)])
+    assert nine.median_interval() == (1.0, 7.0, pytest.approx(1 - 2 * 10 / 512))
+    d = nine.to_dict()
+    assert (d["median_ci_low_ms"], d["median_ci_high_ms"]) == (1.0, 7.0) and d["median_ci_confidence"] > 0.95
 
 
 def test_a_bad_process_count_is_refused(files):
