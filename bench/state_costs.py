@@ -45,11 +45,11 @@ def profile_with_journal(lut_path: str, journal: str) -> None:
 
     timed = profiling.time_items
     with open(journal, "w") as out:
-        def teed(items, cfg, work, on_record):
+        def teed(items, cfg, work, on_record, **kw):
             def record(r):
                 out.write(json.dumps(r, default=str) + "\n")
                 on_record(r)
-            return timed(items, cfg, work, record)
+            return timed(items, cfg, work, record, **kw)
         profiling.time_items = teed
         profiling.profile(ModelSpec(MODEL), DEVICE, lut_path, show_progress=False)
 

@@ -29,6 +29,7 @@ from hwprune.lut import LatencyLUT
 from hwprune.models.spec import ModelSpec, ModuleSpec, check_example_input
 from hwprune.plan import Plan
 from hwprune.pruning import PruneOptions, PruneResult, command_line, default_weights
+from hwprune.widthsteps import PROCESSES
 from profilers.config import load_device_config
 from profilers.fileio import atomic_write_json, check_writable
 
@@ -90,11 +91,13 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
             calibration_samples: int = 10, seed: int = 0, allow_other_device: bool = False,
             input_shape: Sequence[int] | None = None, num_classes: int | None = None, weights: str | None = None,
             fmt: str | None = None, replace: bool = False, show_progress: bool = False,
-            log: Callable[[str], None] = _quiet) -> LatencyLUT:
+            staircase_processes: int = PROCESSES, log: Callable[[str], None] = _quiet) -> LatencyLUT:
     """Measure every prunable layer of ``model`` at its channel grid on ``device`` into the LUT ``lut``.
 
     ``lut`` is a path (created or extended, resumably) or a LUT loaded from one. Returns the
     LUT as saved, with ``.profile_result`` (a :class:`hwprune.profiling.ProfileResult`).
+    With ``channel_multiple: auto`` the width steps are those that every one of
+    ``staircase_processes`` processes measured (this one and fresh ones).
     """
     from hwprune.profiling import profile as profile_spec
 
@@ -110,7 +113,7 @@ def profile(model: nn.Module | str, example_input: torch.Tensor | None = None, *
     result = profile_spec(spec, device, path, ratios=ratios,
                           calibration_samples=calibration_samples, seed=seed, fmt=fmt,
                           allow_other_device=allow_other_device, replace=replace, show_progress=show_progress,
-                          log=log)
+                          staircase_processes=staircase_processes, log=log)
     table = LatencyLUT.load(result.lut_path)
     table.profile_result = result
     return table

@@ -111,12 +111,15 @@ def _model_options(f):
 @click.option("--calibration-samples", type=int, default=10, show_default=True,
               help="Random whole sub-networks measured to calibrate the LUT's predictions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights and calibration samples.")
+@click.option("--staircase-processes", type=int, default=2, show_default=True,
+              help="With channel_multiple auto: processes the width staircase is measured in (this one and "
+              "fresh ones); a width step is kept only where every one of them sees it.")
 @click.option("--allow-other-device", is_flag=True, help="Extend a LUT that was measured on another device.")
 @click.option("--replace", is_flag=True, help="Replace the LUT's profile of a model of the same name and input "
               "shape made of other layers (refused without it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def profile_cmd(device, model, input_shape, num_classes, weights, lut_path, fmt, grid, calibration_samples,
-                seed, allow_other_device, replace, quiet):
+                seed, staircase_processes, allow_other_device, replace, quiet):
     """Measure every prunable layer at its channel grid on DEVICE and build the latency LUT."""
     import hwprune
     from hwprune.models.spec import parse_input_shape
@@ -125,6 +128,7 @@ def profile_cmd(device, model, input_shape, num_classes, weights, lut_path, fmt,
     r = hwprune.profile(model, device=device, lut=lut_path, grid=parse_ratios(grid) if grid else None,
                         input_shape=parse_input_shape(input_shape), num_classes=num_classes, weights=weights,
                         calibration_samples=calibration_samples, seed=seed, fmt=fmt,
+                        staircase_processes=staircase_processes,
                         allow_other_device=allow_other_device, replace=replace, show_progress=not quiet,
                         log=lambda m: click.echo(m, err=True)).profile_result
     cal = r.calibration
@@ -188,6 +192,9 @@ def lut_show_cmd(lut_path, key):
     click.echo(f"{'calibrated prediction (dense model)':48s} {'':34s} {'':>10s} {r.predicted_ms:9.4f}")
     grid = r.width_grid
     click.echo(f"\nwidths a search may choose (channel_multiple {grid['channel_multiple']}): {grid['rule']}")
+    if grid.get("groups"):
+        n = min(max(1, len(s.get("process_ms") or [])) for s in grid["groups"])
+        click.echo(f"  (staircases measured in {n} process{'es' if n > 1 else ''})")
     for s in grid.get("groups", []):
         lo, hi = s["ms"][0], s["ms"][-1]
         click.echo(f"  {s['group'][:40]:40s} {s['dense']:5d} ch: {', '.join(map(str, s['allowed']))} "

@@ -22,19 +22,22 @@ def device_items(items: Sequence[tuple], cfg: DeviceConfig) -> list[tuple]:
 
 
 def time_items(items: Sequence[tuple[str, bytes, dict[str, Any]]], cfg: DeviceConfig, work_dir: str | Path,
-               on_record: Callable[[dict[str, Any]], None]) -> None:
+               on_record: Callable[[dict[str, Any]], None], fresh_process: bool = False) -> None:
     """Write ``items`` as a bundle in ``work_dir`` and time it where ``cfg`` says.
 
     ``work_dir/results.jsonl`` is the journal: records already there are re-emitted and not
     measured again, so an interrupted call resumes. Records are passed to ``on_record`` as
-    they arrive (see ``profilers.bundle`` for their shape).
+    they arrive (see ``profilers.bundle`` for their shape). ``fresh_process``: a local device
+    times the bundle in a new interpreter instead of this one (a remote device always does).
     """
     from profilers.bundle import write_bundle
 
     work = Path(work_dir)
     write_bundle(work, cfg, device_items(items, cfg))
     results = work / "results.jsonl"
-    if cfg.remote is None:
+    if cfg.remote is None and fresh_process:
+        _run_bundle_process(work, results, on_record)
+    elif cfg.remote is None:
         from profilers.bundle import run_bundle
 
         run_bundle(work, cfg, results_path=results, on_row=on_record)
@@ -42,6 +45,33 @@ def time_items(items: Sequence[tuple[str, bytes, dict[str, Any]]], cfg: DeviceCo
         from profilers.remote import profile_remote
 
         profile_remote(work, cfg, results, on_row=on_record)
+
+
+def _run_bundle_process(work: Path, results: Path, on_record: Callable[[dict[str, Any]], None]) -> None:
+    """``python -m profilers run`` on the bundle in ``work``, its records streamed to ``on_record``."""
+    import json
+    import subprocess
+    import sys
+
+    from hwprune.errors import HwpruneError
+    from hwprune.processes import child_env
+    from profilers.remote import ROW_PREFIX
+
+    command = [sys.executable, "-m", "profilers", "run", str(work), "--results", str(results)]
+    with open(work / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, env=child_env())
+        try:
+            for line in proc.stdout:
+                if line.startswith(ROW_PREFIX):
+                    on_record(json.loads(line[len(ROW_PREFIX):]))
+        finally:
+            if proc.poll() is None:  # on_record raised, or we were interrupted: the journal resumes
+                proc.kill()
+            proc.wait()
+        if proc.returncode != 0:
+            err.seek(0)
+            last = (err.read().strip().splitlines() or ["no message"])[-1]
+            raise HwpruneError(f"the measuring process failed (exit code {proc.returncode}): {last}")
 
 
 def statistic_ms(timing: dict[str, Any], statistic: str) -> float:

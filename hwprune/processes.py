@@ -152,12 +152,16 @@ def measure_in_processes(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, 
         return runs
 
 
-def _run_one(command: list[str], i: int, processes: int) -> dict[str, Timing]:
+def child_env() -> dict[str, str]:
+    """This environment, with the checkout that holds ``profilers`` first on the child's path."""
     import profilers
 
     root = str(Path(profilers.__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+def _run_one(command: list[str], i: int, processes: int) -> dict[str, Timing]:
+    proc = subprocess.run(command, capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise HwpruneError(f"measuring process {i + 1} of {processes} failed: {last}")

@@ -27,13 +27,13 @@ from torch import nn
 from hwprune.agents.base import SearchSpace
 from hwprune.candidates import (MAX_UNIT_GRID_POINTS, Candidate, build_width_graph, cap_unit_grids,
                                 check_grid_size, enumerate_candidates, grids_for)
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, check_integer
 from hwprune.export import check_input_shape, export_onnx
 from hwprune.groups import PrunableGroup, UnprunableGroup, find_groups, prune_to_widths
 from hwprune.lut import LatencyLUT, Predictor, fit_calibration, model_key, structure_sha
 from hwprune.measure import REFERENCE_KEY, drift_factor, measure_many, progress_bar, statistic_ms, time_items
 from hwprune.models.spec import ModelSpec, parse_input_shape  # noqa: F401  (their old home; callers import them here)
-from hwprune.widthsteps import Staircase, measure_staircases, staircase_candidates
+from hwprune.widthsteps import PROCESSES, Staircase, measure_staircases, staircase_candidates, staircases_of
 from profilers.config import DeviceConfig, load_device_config
 
 CALIBRATION_KEY = "calib:"
@@ -101,7 +101,7 @@ def _lut_row(record: dict[str, Any], meta: dict[str, Any], session: dict[str, An
 def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratios: Sequence[float] | None = None,
             calibration_samples: int = 10, seed: int = 0, fmt: str | None = None,
             allow_other_device: bool = False, replace: bool = False, show_progress: bool = True,
-            log=print) -> ProfileResult:
+            staircase_processes: int = PROCESSES, log=print) -> ProfileResult:
     """Profile ``spec`` on ``device`` into the LUT at ``lut_path`` (created or extended).
 
     A LUT that holds a profile under the same name and input shape made of other layers (another
@@ -109,7 +109,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     replacing it silently would leave the earlier model's runs without their profile.
 
     With the config's ``channel_multiple: auto`` the groups' latency staircases are measured
-    first and the unit tables are profiled on the widths they allow (:mod:`hwprune.widthsteps`).
+    first, in this process and ``staircase_processes - 1`` fresh ones, and the unit tables are
+    profiled on the widths they allow (:mod:`hwprune.widthsteps`).
 
     Example:
         >>> from hwprune.profiling import ModelSpec, profile
@@ -119,6 +120,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     t_start = time.perf_counter()
     if ratios is not None:
         ratios = check_ratios(ratios)
+    check_integer(staircase_processes, "--staircase-processes", 1)
     cfg = device if isinstance(device, DeviceConfig) else load_device_config(device)
     path = Path(lut_path)
     lut, local_fp = _open_lut(path, cfg, fmt, allow_other_device)
@@ -138,7 +140,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     staircases = None
     if cfg.auto_widths:
         staircases = _staircases(wg, units, groups, rows, path.with_name(f"{path.name}.steps-{_journal_id(key, cfg)}"),
-                                 local_fp, log)
+                                 local_fp, staircase_processes,
+                                 staircases_of(old) if old.get("structure_sha") == structure_sha(model) else None, log)
     space = SearchSpace([g.name for g in groups], [g.channels for g in groups], cfg.width_multiple,
                         [s.allowed for s in staircases] if staircases is not None else None,
                         steps=[g.step for g in groups])
@@ -168,6 +171,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     rows.structure = structure
     if old.get("units") != structure["units"] or old.get("groups") != structure["groups"]:
         rows.calibration = None
+    if staircases is not None:
+        rows.save()  # the staircases took processes of their own to measure: an interruption keeps them
 
     calib_items = []
     if rows.calibration is None or rows.calibration.get("n", 0) < min(3, calibration_samples):
@@ -259,26 +264,70 @@ def _candidate_item(wg, units, cand: Candidate) -> tuple[str, bytes, dict[str, A
 
 
 def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work: Path, local_fp: str | None,
-                log) -> list[Staircase]:
-    """Each group's latency staircase (measured now where the LUT lacks a point) and its allowed widths."""
-    cfg, lut = rows.cfg, rows.lut
+                processes: int, old: list[Staircase] | None, log) -> list[Staircase]:
+    """Each group's latency staircase and its allowed widths: measured in this process where the
+    LUT lacks a point and once more in each of ``processes - 1`` fresh ones, or the profile's
+    earlier ones (``old``) when they are of these groups and as many processes; re-measured, a step
+    that came and went would re-grid every table."""
     points = list(staircase_candidates(wg, units, [g.step for g in groups]))
+    widths = [sorted({p.width for p in points if p.group == gi}) or [g.channels] for gi, g in enumerate(groups)]
+    if old is not None and [(s.group, s.dense, s.widths) for s in old] == \
+            [(g.name, g.channels, w) for g, w in zip(groups, widths)] and min(s.processes for s in old) >= processes:
+        log(f"width steps: as measured before, {sum(len(s.allowed) for s in old)} allowed widths over {len(old)} groups")
+        return old
+    cfg, lut = rows.cfg, rows.lut
     todo: dict[str, Candidate] = {}
     for p in points:
         todo.setdefault(p.candidate.signature, p.candidate)
-    missing = _missing(lut, cfg, local_fp, todo)
-    if missing:
-        log(f"channel_multiple auto: measuring the latency staircase of {len(groups)} groups "
-            f"({len(todo)} distinct signatures, {len(missing)} to measure)")
-        rows.measure([_candidate_item(wg, units, c) for c in missing], work, "staircases")
+    items = {c.signature: c for c in _missing(lut, cfg, local_fp, todo)}
+    log(f"channel_multiple auto: measuring the latency staircase of {len(groups)} groups "
+        f"({len(todo)} distinct signatures) in {processes} process(es)")
+    if items:
+        rows.measure([_candidate_item(wg, units, c) for c in items.values()], work, "staircases")
+    others = [_staircase_process(wg, units, list(todo.values()), cfg, work.with_name(f"{work.name}.p{i + 2}"),
+                                 f"staircases, process {i + 2}/{processes}", rows.show_progress)
+              for i in range(processes - 1)]
     fp = lut.meta["fingerprint"]
-    stat = cfg.statistic
     out = measure_staircases(points, [g.name for g in groups], [g.channels for g in groups],
-                             lut.latency_ms(fp, cfg.precision, cfg.batch_size, stat),
-                             lut.noise_ms(fp, cfg.precision, cfg.batch_size))
+                             lut.latency_ms(fp, cfg.precision, cfg.batch_size, cfg.statistic),
+                             lut.noise_ms(fp, cfg.precision, cfg.batch_size), others=others)
     steps = sum(len(s.allowed) for s in out)
     log(f"width steps measured: {steps} allowed widths over {len(out)} groups (e.g. {out[-1].group}: "
         f"{', '.join(map(str, out[-1].allowed))})")
+    return out
+
+
+def _staircase_process(wg, units, cands: Sequence[Candidate], cfg: DeviceConfig, work: Path, desc: str,
+                       show_progress: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """The staircase's signatures timed in a fresh process (through the journal ``work``, resumed
+    if it is there): their latency and noise on that process's own level, as the LUT computes them."""
+    found = LatencyLUT()
+    rows: list[dict[str, Any]] = []
+    sessions: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    bar = progress_bar(len(cands), desc, show_progress)
+
+    def on_record(rec: dict[str, Any]) -> None:
+        if rec.get("type") == "session":
+            sessions[rec["session"]] = rec
+        elif rec.get("type") == "error":
+            errors.append(f"{rec['key']}: {rec['error']}")
+        elif rec.get("session") in sessions:
+            rows.append(_lut_row(rec, rec.get("meta", {}), sessions[rec["session"]], cfg, "this"))
+            bar.update(1)
+
+    if work.exists():
+        shutil.rmtree(work / "onnx", ignore_errors=True)
+    try:
+        time_items([_candidate_item(wg, units, c) for c in cands], cfg, work, on_record, fresh_process=True)
+    finally:
+        bar.close()
+    if errors:
+        raise HwpruneError(f"{len(errors)} staircase point(s) failed to run on {cfg.name}; first: {errors[0]}")
+    found.add_rows(rows)
+    out = (found.latency_ms("this", cfg.precision, cfg.batch_size, cfg.statistic),
+           found.noise_ms("this", cfg.precision, cfg.batch_size))
+    shutil.rmtree(work, ignore_errors=True)
     return out
 
 

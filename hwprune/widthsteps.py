@@ -13,6 +13,11 @@ not be there at all. With ``auto`` the profile measures them instead:
    allowed (wider) one by more than both measurements' confidence half-widths together, by
    :data:`MIN_STEP_FRACTION` of the wider one's latency and by at least the minimum step, the smallest that leaves at most :data:`MAX_STEPS` widths; the
    cheapest width measured is always allowed, so the floor is as low as the device goes;
+   the staircase is measured in :data:`PROCESSES` processes (the profile's own and fresh ones)
+   and a step is kept only when every one of them sees it: a process runs at its own speed
+   level and small savings come and go between processes (issue 23 measured two profiles
+   allowing ``1, 2, 3, 9…16, 32`` and ``1…8, 16, 32`` for the same group), so a step one
+   process alone saw may not be there when the model is deployed;
 3. the LUT's unit tables are then profiled on the allowed widths (see
    :func:`hwprune.candidates.cap_unit_grids`), so every width a search may choose is a
    measured point of every table it touches.
@@ -24,7 +29,7 @@ and shown by ``hwprune lut show`` and in a prune run's report.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 from hwprune.candidates import Candidate
@@ -45,9 +50,13 @@ MAX_STEPS = 12
 # layers moves by a few per cent (issue 19), so a smaller saving may not be there when deployed.
 MIN_STEP_FRACTION = 0.01
 
+# Processes the staircase is measured in by default: the profile's own and one fresh one.
+PROCESSES = 2
+
 RULE = ("a width is allowed when the group's measured latency there is lower than at the next wider "
         "allowed width by more than the two measurements' confidence half-widths, by 1% of the wider "
-        "one's and by at least min_step_ms; the cheapest width measured is always allowed")
+        "one's and by at least min_step_ms, in every process the staircase was measured in; the "
+        "cheapest width measured is always allowed")
 
 
 def staircase_widths(dense: int, step: int = 1) -> list[int]:
@@ -97,10 +106,16 @@ class Staircase:
     group: str
     dense: int
     widths: list[int]
-    ms: list[float]           # Σ of the group's units at each width, other groups dense
-    noise_ms: list[float]     # the sum's confidence half-width
+    ms: list[float]           # Σ of the group's units at each width, other groups dense (mean over processes)
+    noise_ms: list[float]     # the sum's confidence half-width (the widest of the processes')
     allowed: list[int]
     min_step_ms: float
+    # Each process's sums, put on the first process's level; empty when one process measured it.
+    process_ms: list[list[float]] = field(default_factory=list)
+
+    @property
+    def processes(self) -> int:
+        return max(1, len(self.process_ms))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,13 +123,38 @@ class Staircase:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Staircase:
         return cls(str(d["group"]), int(d["dense"]), [int(w) for w in d["widths"]], [float(v) for v in d["ms"]],
-                   [float(v) for v in d["noise_ms"]], [int(w) for w in d["allowed"]], float(d["min_step_ms"]))
+                   [float(v) for v in d["noise_ms"]], [int(w) for w in d["allowed"]], float(d["min_step_ms"]),
+                   [[float(v) for v in p] for p in d.get("process_ms") or []])
+
+
+# One process's staircase of one group: its widths, Σ latency and Σ noise at each.
+Series = tuple[list[float], list[float]]
 
 
 def measure_staircases(points: Sequence[StairPoint], group_names: Sequence[str], dense: Sequence[int],
                        latency_ms: Mapping[str, float], noise_ms: Mapping[str, float],
-                       max_steps: int = MAX_STEPS) -> list[Staircase]:
-    """Each group's staircase from the measured rows of its points, and its allowed widths."""
+                       max_steps: int = MAX_STEPS,
+                       others: Sequence[tuple[Mapping[str, float], Mapping[str, float]]] = ()) -> list[Staircase]:
+    """Each group's staircase from the measured rows of its points, and its allowed widths.
+
+    ``others``: the same points' (latency, noise) as measured in other processes; each is put on
+    the first's level group by group, and a step is allowed only where every process sees it."""
+    runs = [_sums(points, group_names, dense, lat, noise) for lat, noise in [(latency_ms, noise_ms), *others]]
+    out = []
+    for g, (name, d) in enumerate(zip(group_names, dense)):
+        widths = runs[0][g][0]
+        series = [runs[0][g][1]] + [_on_level(runs[0][g][1][0], run[g][1]) for run in runs[1:]]
+        allowed, step = allowed_widths(widths, *series[0], max_steps, others=series[1:])
+        mean = [sum(s[0][i] for s in series) / len(series) for i in range(len(widths))]
+        noise = [max(s[1][i] for s in series) for i in range(len(widths))]
+        out.append(Staircase(name, int(d), widths, mean, noise, allowed, step,
+                             [list(s[0]) for s in series] if others else []))
+    return out
+
+
+def _sums(points: Sequence[StairPoint], group_names: Sequence[str], dense: Sequence[int],
+          latency_ms: Mapping[str, float], noise_ms: Mapping[str, float]) -> list[tuple[list[int], Series]]:
+    """Each group's widths and staircase (Σ latency, Σ noise in quadrature) from one process's rows."""
     sums: list[dict[int, list[float]]] = [dict() for _ in dense]
     for p in points:
         sig = p.candidate.signature
@@ -125,50 +165,64 @@ def measure_staircases(points: Sequence[StairPoint], group_names: Sequence[str],
         acc[0] += float(latency_ms[sig])
         acc[1] += float(noise_ms.get(sig, 0.0)) ** 2
     out = []
-    for g, (name, d) in enumerate(zip(group_names, dense)):
+    for g, d in enumerate(dense):
         found = sums[g] or {int(d): [0.0, 0.0]}  # a group no unit depends on: only dense is worth having
         widths = sorted(found)
-        ms = [found[w][0] for w in widths]
-        noise = [found[w][1] ** 0.5 for w in widths]
-        allowed, step = allowed_widths(widths, ms, noise, max_steps)
-        out.append(Staircase(name, int(d), widths, ms, noise, allowed, step))
+        out.append((widths, ([found[w][0] for w in widths], [found[w][1] ** 0.5 for w in widths])))
     return out
 
 
+def _on_level(reference_ms: Sequence[float], series: Series) -> Series:
+    """``series`` scaled to ``reference_ms``'s level by the median ratio over its widths: each
+    process runs at its own speed, and only the shape of the staircase is compared."""
+    import statistics
+
+    ratios = [r / m for r, m in zip(reference_ms, series[0]) if m > 0 and r > 0]
+    k = statistics.median(ratios) if ratios else 1.0
+    return [m * k for m in series[0]], [n * k for n in series[1]]
+
+
 def allowed_widths(widths: Sequence[int], ms: Sequence[float], noise_ms: Sequence[float],
-                   max_steps: int = MAX_STEPS) -> tuple[list[int], float]:
+                   max_steps: int = MAX_STEPS, others: Sequence[Series] = ()) -> tuple[list[int], float]:
     """The widths on a step of the staircase (ascending; the widest, dense, always) and the minimum
-    step in ms that kept at most ``max_steps`` of them (0 when the noise alone did)."""
-    if len(widths) != len(ms) or len(ms) != len(noise_ms) or not widths:
+    step in ms that kept at most ``max_steps`` of them (0 when the noise alone did).
+
+    ``others``: the staircase as other processes measured it, on the same level; a step must then
+    be there in each of them."""
+    series = [(list(ms), list(noise_ms)), *((list(m), list(n)) for m, n in others)]
+    if not widths or any(len(m) != len(widths) or len(n) != len(widths) for m, n in series):
         raise HwpruneError("a staircase needs one latency and one noise figure per width")
     if max_steps < 2:
         raise HwpruneError(f"max_steps must be >= 2, got {max_steps}")
-    kept = _walk(ms, noise_ms, 0.0)
+    kept = _walk(series, 0.0)
     step = 0.0
     if len(kept) > max_steps:
-        lo, hi = 0.0, max(ms) - min(ms)
+        lo, hi = 0.0, max(max(m) - min(m) for m, _ in series)
         for _ in range(40):  # the smallest minimum step that leaves at most max_steps widths
             mid = (lo + hi) / 2
-            if len(_walk(ms, noise_ms, mid)) > max_steps:
+            if len(_walk(series, mid)) > max_steps:
                 lo = mid
             else:
                 hi = mid
         step = hi
-        kept = _walk(ms, noise_ms, step)
-    cheapest = _cheapest(ms, noise_ms)
+        kept = _walk(series, step)
+    cheapest = max(_cheapest(m, n) for m, n in series)
     last = kept[-1]
-    if cheapest < last and ms[cheapest] < ms[last] - max(noise_ms[cheapest] + noise_ms[last],
-                                                         MIN_STEP_FRACTION * ms[last]):
+    if cheapest < last and _cheaper(series, cheapest, last, 0.0):
         kept.append(cheapest)
     return sorted(int(widths[i]) for i in kept), float(step)
 
 
-def _walk(ms: Sequence[float], noise: Sequence[float], min_step: float) -> list[int]:
+def _cheaper(series: Sequence[Series], i: int, j: int, min_step: float) -> bool:
+    """Width index ``i`` is cheaper than ``j`` beyond noise, 1% and ``min_step`` in every process."""
+    return all(m[i] < m[j] - max(min_step, n[i] + n[j], MIN_STEP_FRACTION * m[j]) for m, n in series)
+
+
+def _walk(series: Sequence[Series], min_step: float) -> list[int]:
     """Indices kept walking down from the widest: each cheaper than the last kept one beyond noise and ``min_step``."""
-    kept = [len(ms) - 1]
-    for i in range(len(ms) - 2, -1, -1):
-        j = kept[-1]
-        if ms[i] < ms[j] - max(min_step, noise[i] + noise[j], MIN_STEP_FRACTION * ms[j]):
+    kept = [len(series[0][0]) - 1]
+    for i in range(len(series[0][0]) - 2, -1, -1):
+        if _cheaper(series, i, kept[-1], min_step):
             kept.append(i)
     return kept
 

@@ -56,6 +56,39 @@ def test_a_smooth_staircase_is_thinned_to_max_steps_and_keeps_the_cheapest_width
     assert allowed[0] == 1 and allowed[-1] == 64
 
 
+def test_a_step_only_one_process_saw_is_not_allowed():
+    widths = [1, 2, 3, 4]
+    first = [0.5, 0.7, 0.9, 1.0]
+    assert allowed_widths(widths, first, [0.0] * 4)[0] == [1, 2, 3, 4]
+    # the other process sees no saving at 1: width 1 costs more there than 2 does
+    allowed, _ = allowed_widths(widths, first, [0.0] * 4, others=[([0.9, 0.7, 0.9, 1.0], [0.0] * 4)])
+    assert allowed == [2, 3, 4]
+
+
+def test_a_process_at_another_speed_level_keeps_the_steps_of_the_same_shape():
+    from hwprune.candidates import Candidate
+    from hwprune.widthsteps import StairPoint, measure_staircases
+
+    widths = [1, 2, 3, 4]
+    shape = [0.5, 0.5, 0.9, 1.0]
+    points = [StairPoint(0, w, Candidate(0, (w,), f"s{w}")) for w in widths]
+    first = ({f"s{w}": m for w, m in zip(widths, shape)}, {f"s{w}": 0.005 for w in widths})
+    slower = ({f"s{w}": 1.6 * m for w, m in zip(widths, shape)}, {f"s{w}": 0.008 for w in widths})
+    alone = measure_staircases(points, ["g"], [4], *first)[0]
+    both = measure_staircases(points, ["g"], [4], *first, others=[slower])[0]
+    assert alone.processes == 1 and both.processes == 2
+    assert both.allowed == alone.allowed == [2, 3, 4]
+    assert both.process_ms[1] == pytest.approx(shape)  # put on the first process's level
+    assert both.ms == pytest.approx(shape)
+
+
+def test_a_measuring_process_that_fails_is_one_line(tmp_path):
+    from hwprune.measure import _run_bundle_process
+
+    with pytest.raises(HwpruneError, match="measuring process failed.*manifest"):
+        _run_bundle_process(tmp_path, tmp_path / "results.jsonl", lambda rec: None)
+
+
 def test_allowed_widths_refuses_mismatched_inputs():
     with pytest.raises(HwpruneError, match="one latency"):
         allowed_widths([1, 2], [1.0], [0.0, 0.0])
@@ -122,9 +155,10 @@ def auto_lut(tmp_path_factory):
     (root / "tiny.py").write_text(TINY)
     lut = root / "lut.parquet"
     spec = ModelSpec(f"{root / 'tiny.py'}:net", (1, 8, 8))
+    said: list[str] = []
     r = profile(spec, str(root / "device.yaml"), str(lut), calibration_samples=3, show_progress=False,
-                log=lambda m: None)
-    return {"root": root, "lut": lut, "spec": spec, "result": r, "device": str(root / "device.yaml")}
+                log=said.append)
+    return {"root": root, "lut": lut, "spec": spec, "result": r, "device": str(root / "device.yaml"), "said": said}
 
 
 def test_an_auto_profile_keeps_each_groups_staircase_and_profiles_its_tables_on_the_allowed_widths(auto_lut):
@@ -147,10 +181,41 @@ def test_an_auto_profile_keeps_each_groups_staircase_and_profiles_its_tables_on_
     assert section["channel_multiple"] == "auto" and len(section["groups"]) == len(stairs)
 
 
+def test_the_staircases_are_measured_in_this_process_and_a_fresh_one(auto_lut):
+    m = LatencyLUT.load(auto_lut["lut"]).model(model_key(auto_lut["spec"].name, (1, 1, 8, 8)))
+    for s in staircases_of(m):
+        assert s.processes == 2 and all(len(p) == len(s.widths) for p in s.process_ms)
+    assert any("in 2 process(es)" in line for line in auto_lut["said"])
+
+
 def test_a_second_auto_profile_measures_nothing(auto_lut):
+    said: list[str] = []
     r = profile(auto_lut["spec"], auto_lut["device"], str(auto_lut["lut"]), calibration_samples=3,
-                show_progress=False, log=lambda m: None)
+                show_progress=False, log=said.append)
     assert r.signatures_measured == 0
+    # the width steps are kept, not re-measured: a step that came and went would re-grid every table
+    assert any(line.startswith("width steps: as measured before") for line in said)
+
+
+def test_a_one_process_staircase_is_measured_again_when_more_processes_are_asked_for(auto_lut, tmp_path):
+    lut = tmp_path / "one.parquet"
+    profile(auto_lut["spec"], auto_lut["device"], str(lut), calibration_samples=0, show_progress=False,
+            staircase_processes=1, log=lambda m: None)
+    key = model_key(auto_lut["spec"].name, (1, 1, 8, 8))
+    assert {s.processes for s in staircases_of(LatencyLUT.load(lut).model(key))} == {1}
+    said: list[str] = []
+    profile(auto_lut["spec"], auto_lut["device"], str(lut), calibration_samples=0, show_progress=False,
+            log=said.append)
+    assert any("in 2 process(es)" in line for line in said)
+    assert {s.processes for s in staircases_of(LatencyLUT.load(lut).model(key))} == {2}
+
+
+def test_staircase_processes_is_checked(auto_lut, tmp_path):
+    out = CliRunner().invoke(cli, ["profile", "-d", auto_lut["device"], "-m", f"{auto_lut['root'] / 'tiny.py'}:net",
+                                   "--input-shape", "1,8,8", "--lut", str(tmp_path / "l.parquet"),
+                                   "--staircase-processes", "0"])
+    assert out.exit_code != 0 and "--staircase-processes must be an integer of at least 1" in out.output
+    assert not (tmp_path / "l.parquet").exists()
 
 
 def test_lut_show_lists_the_allowed_widths(auto_lut):
