@@ -170,6 +170,13 @@ def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(ref, dict) or not isinstance(ref.get("onnx_sha256"), str):
             raise HwpruneError(f"{p}: corrupt baseline: 'reference' must be an object with 'onnx_sha256'")
         _check_samples(p, ref.get("timing"), "reference.timing")
+    if data.get("model") is not None and not isinstance(data["model"], str):
+        raise HwpruneError(f"{p}: corrupt baseline: 'model' must be the ONNX file's name, got {data['model']!r}")
+    from profilers.config import STATISTICS
+
+    if data.get("statistic") is not None and data["statistic"] not in STATISTICS:
+        raise HwpruneError(f"{p}: corrupt baseline: 'statistic' must be one of {', '.join(STATISTICS)}, got "
+                           f"{data['statistic']!r}")
     if data.get("environment") is not None and not isinstance(data["environment"], dict):
         raise HwpruneError(f"{p}: corrupt baseline: 'environment' must be an object")
     return data

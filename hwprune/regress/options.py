@@ -71,10 +71,20 @@ def _check_statistics(statistics: Sequence[str]) -> list[str]:
 
 
 def _check_outputs(opts: RegressOptions) -> None:
+    import os
+
+    written: dict[str, str] = {}
     for flag, path in (("--junit", opts.junit), ("--markdown", opts.markdown), ("--json", opts.json),
                        ("--write-baseline", opts.write_baseline)):
         if path:
             check_writable(path, flag)
+            same = written.setdefault(os.path.realpath(path), flag)
+            if same != flag:  # the second write would replace the first without a word
+                raise HwpruneError(f"{same} and {flag} name the same file {path}: give each output its own")
+    for flag, path in (("--model", opts.model), ("--against", opts.against), ("--baseline", opts.baseline),
+                       ("--lut", opts.lut)):
+        if path and os.path.realpath(path) in written:
+            raise HwpruneError(f"{written[os.path.realpath(path)]} would overwrite the {flag} file {path}")
 
 
 def command_line(opts: RegressOptions) -> str:
