@@ -276,6 +276,24 @@ def shipped_configs() -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
+def _unique_keys_loader(yaml: Any) -> type:
+    """PyYAML's safe loader refusing a key given twice: it keeps the last silently, so a config
+    with ``threads: 1`` and later ``threads: 2`` would time with 2 threads and say nothing."""
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeys
+
+
 def load_device_config(name_or_path: str | os.PathLike[str]) -> DeviceConfig:
     """Load a device config by shipped name (``x86-cpu-ort``) or by path (YAML or JSON)."""
     text = str(name_or_path)
@@ -306,7 +324,7 @@ def load_device_config(name_or_path: str | os.PathLike[str]) -> DeviceConfig:
         except ImportError:  # pragma: no cover - devices get JSON
             raise ConfigError(f"{path}: reading YAML needs pyyaml (pip install pyyaml), or pass a JSON config") from None
         try:
-            data = yaml.safe_load(raw)
+            data = yaml.load(raw, Loader=_unique_keys_loader(yaml))
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
