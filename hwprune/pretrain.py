@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shlex
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, check_integer
 from profilers.fileio import check_writable
 from hwprune.train import TrainResult, evaluate, save_state_dict, train
 
@@ -88,6 +89,11 @@ def pretrain(model: str, data: str = "fashion-mnist", *, epochs: int = 30, out: 
 
     if epochs < 1:
         raise HwpruneError(f"epochs must be at least 1, got {epochs}")
+    # every number is checked before the dataset loads and long before a NaN loss would say it
+    check_integer(batch_size, "--batch-size", 1)
+    check_integer(seed, "--seed", 0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise HwpruneError(f"--lr must be a finite number > 0, got {lr!r}")
     out_dir = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
         raise HwpruneError(f"--out {out} is a directory; give a file path such as {os.path.join(out, 'model.pt')}")

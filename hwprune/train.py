@@ -743,9 +743,9 @@ def _stop_on_nan(ctx: _TrainContext, state: _LoopState, result: TrainResult, epo
     where = f" (saved to {ctx.checkpoint_path})" if ctx.checkpoint_path else ""
     message = (f"NaN loss at epoch {epoch} step {bad_step}; kept the last good checkpoint "
                f"({state.last_good_at}){where}; try a lower --lr")
-    ctx.say(message)
     if ctx.raise_on_nan:
-        raise HwpruneError(message)
+        raise HwpruneError(message)  # said once, by whoever reports the error
+    ctx.say(message)
     return result
 
 
