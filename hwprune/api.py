@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -279,11 +279,12 @@ def _run(opts: PruneOptions, spec: ModelSpec | ModuleSpec, task, *, lut, log, re
 
 
 @api_errors
-def apply_plan(model: nn.Module | str, plan: str | Plan, example_input: torch.Tensor | None = None, *,
+def apply_plan(model: nn.Module | str, plan: str | Plan | Mapping[str, Sequence[int]],
+               example_input: torch.Tensor | None = None, *,
                weights: str | None = None, input_shape: Sequence[int] | None = None,
                num_classes: int | None = None, dense_weights: str | None = None) -> nn.Module:
-    """The pruned model rebuilt from ``plan.json`` (or a run's ``result.plan``) on the dense
-    ``model`` (no unpickling).
+    """The pruned model rebuilt from ``plan.json`` (or a run's ``result.plan``, or a plain mapping
+    group -> kept channel indices, whose other groups stay dense) on the dense ``model`` (no unpickling).
 
     ``weights`` is the run's ``pruned.pt``; ``dense_weights`` a dense checkpoint for a zoo model.
     """
@@ -496,8 +497,10 @@ def lut_check(model: nn.Module | str, example_input: torch.Tensor | None = None,
 
 def pretrain(model: str, data: str = "fashion-mnist", **kw: Any):
     """Train a dense model from scratch (see :func:`hwprune.pretrain.pretrain`)."""
+    from hwprune.errors import check_call
     from hwprune.pretrain import pretrain as train_dense
 
+    check_call(train_dense, (model, data), kw, "pretrain")
     return train_dense(model, data, **kw)
 
 

@@ -102,6 +102,12 @@ def api_errors(fn: F | None = None, *, options: Callable[[], dict[str, Any]] | N
 
         @functools.wraps(f)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            check_call(f, args, kwargs)
+            if "log" in kwargs and kwargs["log"] is None:
+                kwargs["log"] = _silent      # log=None asks for silence
+            elif "log" in kwargs and not callable(kwargs["log"]):
+                raise HwpruneError(f"log= must be a function taking one message (a str), or None; got "
+                                   f"{type(kwargs['log']).__name__}")
             try:
                 return f(*args, **kwargs)
             except ProfilerError as err:
@@ -113,6 +119,29 @@ def api_errors(fn: F | None = None, *, options: Callable[[], dict[str, Any]] | N
                 raise user from None
         return wrapper  # type: ignore[return-value]
     return decorate(fn) if fn is not None else decorate
+
+
+def _silent(_message: str) -> None:
+    return None
+
+
+def check_call(f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None = None) -> None:
+    """A call of the public function ``f`` that Python would refuse (an unknown keyword, a missing
+    argument) as one sentence naming ``hwprune.<name>`` and, for a misspelt keyword, the near one."""
+    import difflib
+
+    sig = inspect.signature(f)
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as err:
+        where = f"hwprune.{name or f.__name__}()"
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if unknown is None:
+            raise HwpruneError(f"{where}: {err}") from None
+        names = [p.name for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        near = difflib.get_close_matches(unknown.group(1), names, 1)
+        raise HwpruneError(f"{where} has no option '{unknown.group(1)}'"
+                           + (f"; did you mean {near[0]}?" if near else f" (its options: {', '.join(names)})")) from None
 
 
 def check_integer(value: Any, flag: str, low: int) -> int:

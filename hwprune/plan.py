@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,9 +85,32 @@ class Plan(Mapping):
                    str(d.get("criterion", "l1")), dense, kept, {k: v for k, v in d.items() if k not in known})
 
     @classmethod
-    def given(cls, plan: Plan | str) -> tuple[Plan, str]:
-        """A plan object, or the one loaded from a plan.json path, and how errors should name it."""
-        return (plan, "the plan") if isinstance(plan, Plan) else (cls.load(plan), str(plan))
+    def given(cls, plan: Any) -> tuple[Plan, str]:
+        """A plan object, the one loaded from a plan.json path, or one made of a plain mapping
+        group -> kept channel indices (``dict(result.plan)``; its groups' dense widths come from the
+        model it is applied to, and groups it leaves out stay dense), and how errors should name it."""
+        if isinstance(plan, Plan):
+            return plan, "the plan"
+        if isinstance(plan, (str, os.PathLike)):
+            return cls.load(plan), str(plan)
+        if isinstance(plan, Mapping):
+            return cls.of_kept(plan), "the plan"
+        raise HwpruneError(f"a plan is a run's result.plan, a mapping group -> kept channel indices or a plan.json "
+                           f"path, not {type(plan).__name__}")
+
+    @classmethod
+    def of_kept(cls, kept: Mapping[Any, Any]) -> Plan:
+        """A plan of kept channel indices alone: no dense widths (the model's, when applied)."""
+        out = {}
+        for name, idx in kept.items():
+            ok = isinstance(name, str) and isinstance(idx, (list, tuple)) and len(idx) >= 1 \
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx) \
+                and len(set(idx)) == len(idx)
+            if not ok:
+                raise HwpruneError(f"the plan's group {name!r} needs a list of distinct channel indices (>= 0, at "
+                                   f"least one), got {idx!r}")
+            out[name] = sorted(idx)
+        return cls("a mapping of kept channels", [], None, "given", {}, out)
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
@@ -110,6 +134,8 @@ class Plan(Mapping):
         from hwprune.groups import find_groups, prune_to_widths
 
         groups = {g.name: g.channels for g in find_groups(model, example_input)}
+        if not self.dense:  # kept indices alone: they name some of the model's groups, the others stay dense
+            return self._with_dense(groups, where, this).apply(model, example_input, where, this)
         if groups != self.dense:
             diff = sorted(set(groups) ^ set(self.dense)) or sorted(n for n in groups if groups[n] != self.dense[n])
             first = diff[0]
@@ -120,6 +146,18 @@ class Plan(Mapping):
                                f"it does not fit {this}")
         pruned = prune_to_widths(model, example_input, self.widths, keep=self.kept)
         return pruned.eval()
+
+
+    def _with_dense(self, groups: Mapping[str, int], where: str, this: str) -> Plan:
+        """This plan of kept indices alone completed with ``groups``' dense widths, checked against them."""
+        for name, idx in self.kept.items():
+            if name not in groups:
+                raise HwpruneError(f"{where}: '{name}' is not a prunable group of {this} (its groups: "
+                                   f"{', '.join(list(groups)[:4])}{' ...' if len(groups) > 4 else ''})")
+            if idx[-1] >= groups[name]:
+                raise HwpruneError(f"{where}: group '{name}' keeps channel {idx[-1]}, but it has {groups[name]}")
+        kept = {n: self.kept.get(n, list(range(c))) for n, c in groups.items()}
+        return Plan(self.model, self.input_shape, self.num_classes, self.criterion, dict(groups), kept, self.extra)
 
 
 def load_plan(path: str) -> dict[str, Any]:

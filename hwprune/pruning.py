@@ -25,7 +25,7 @@ from hwprune.certify import (CONFIDENCE, Certificate, Certifier, is_finite_numbe
                              measured_points, next_lut_limit, short_of_room, top_candidates)
 from hwprune.errors import HwpruneError, check_integer, describe_callable, first_line
 from hwprune.export import check_input_shape, export_onnx
-from hwprune.groups import UnprunableGroup, find_groups
+from hwprune.groups import IMPORTANCE_CRITERIA, UnprunableGroup, find_groups
 from hwprune.lut import LatencyLUT
 from hwprune.plan import Plan
 from hwprune.ranks import Ranks
@@ -101,6 +101,8 @@ class PruneOptions:
                                "`hwprune profile`")
         if self.finetune not in FINETUNE_STRATEGIES:
             raise HwpruneError(f"unknown --finetune '{self.finetune}' (known: {', '.join(FINETUNE_STRATEGIES)})")
+        if self.importance not in IMPORTANCE_CRITERIA:
+            raise HwpruneError(f"unknown --importance '{self.importance}' (known: {', '.join(IMPORTANCE_CRITERIA)})")
         if self.finetune in ("swd", "agp") and self.importance == "taylor":
             raise HwpruneError(f"--finetune '{self.finetune}' ranks channels as it trains; use --importance 'l1', "
                                f"'l2' or 'bn-scale'")

@@ -120,6 +120,44 @@ def test_prune_with_the_users_metric_and_loop_needs_no_dataset(env, tmp_path):
     again = hwprune.apply_plan(make_net(), res.plan, torch.zeros(1, 1, 16, 16))   # the object, not only its file
     assert {n: p.shape for n, p in again.state_dict().items()} == {n: p.shape for n, p in res.model.state_dict().items()}
     assert torch.allclose(rebuilt(X), res.model(X), atol=1e-5)
+    # a plain mapping of kept channels works too, and a group it leaves out stays dense
+    shapes = {n: p.shape for n, p in res.model.state_dict().items()}
+    plain = hwprune.apply_plan(make_net(), dict(res.plan), torch.zeros(1, 1, 16, 16))
+    assert {n: p.shape for n, p in plain.state_dict().items()} == shapes
+    first, *rest = res.plan
+    partial = hwprune.apply_plan(make_net(), {first: res.plan[first]}, torch.zeros(1, 1, 16, 16))
+    assert sum(p.numel() for p in partial.parameters()) >= sum(p.numel() for p in res.model.parameters())
+
+
+@pytest.mark.parametrize("plan, words", [
+    (42, "not int"),
+    ({"no-such-group": [0]}, "'no-such-group' is not a prunable group"),
+    ({"0": [0, 0]}, "distinct channel indices"),
+    ({"0": [999]}, "keeps channel 999, but it has 32"),
+])
+def test_a_bad_plain_plan_is_one_sentence(plan, words):
+    with pytest.raises(hwprune.HwpruneError, match=words):
+        hwprune.apply_plan(make_net(), plan, torch.zeros(1, 1, 16, 16))
+
+
+def test_an_unknown_keyword_or_a_bad_log_is_one_sentence_and_log_none_is_silence(env, tmp_path, capsys):
+    from hwprune.api import pretrain as api_pretrain
+
+    with pytest.raises(hwprune.HwpruneError, match=r"hwprune.profile\(\) has no option 'calibration_sample'; "
+                                                  r"did you mean calibration_samples\?"):
+        hwprune.profile(make_net(), torch.zeros(1, 1, 16, 16), device=env["device"], lut=str(tmp_path / "l.parquet"),
+                        calibration_sample=0)
+    with pytest.raises(hwprune.HwpruneError, match=r"hwprune.time_model\(\) has no option 'foo'"):
+        hwprune.time_model("x.onnx", env["device"], foo=1)
+    with pytest.raises(hwprune.HwpruneError, match=r"hwprune.pretrain\(\) has no option 'epoch'; did you mean epochs"):
+        api_pretrain("resnet20", epoch=1, out=str(tmp_path / "m.pt"))
+    with pytest.raises(hwprune.HwpruneError, match="log= must be a function"):
+        hwprune.profile(make_net(), torch.zeros(1, 1, 16, 16), device=env["device"], lut=env["lut"], log=1)
+    hwprune.profile(make_net(), torch.zeros(1, 1, 16, 16), device=env["device"], lut=env["lut"],
+                    calibration_samples=0, log=None)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(hwprune.HwpruneError, match="unknown --importance 'l3'|unknown importance='l3'"):
+        _prune(env, importance="l3")
 
 
 def test_prune_without_a_run_folder_writes_nothing(env, tmp_path, monkeypatch):
