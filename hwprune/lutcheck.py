@@ -192,7 +192,9 @@ def format_check_table(r: dict[str, Any]) -> str:
     for row in r["rows"]:
         lines.append(f"{row['sample']:>10} {row['predicted_ms']:13.4f} {row['measured_ms']:12.4f} {row['error_pct']:+8.2f}")
     cal = r.get("in_process_calibration")
-    how = (f"calibrated in this process on {cal['n']} models" if cal else "the LUT's stored calibration")
+    with_dense = bool(cal) and cal.get("dense_measured_ms") is not None
+    how = (f"calibrated in this process on {cal['n']} models ({cal['n'] - with_dense} sub-networks"
+           f"{' and the dense one' if with_dense else ''})" if cal else "the LUT's stored calibration")
     lines.append(f"{r['model']} on {r['device']} ({r['statistic']}), {r['samples']} sub-networks, {how}: "
                  + _figures_text(r) + f"; predictor {r['predictor_calls_per_s']:.0f} calls/s")
     if cal:

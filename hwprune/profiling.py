@@ -137,9 +137,9 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     rows = _Rows(lut, path, key, cfg, allow_other_device, show_progress)
     rows.structure, rows.calibration = (old or None), old.get("calibration")
 
-    staircases = None
+    staircases, stair_signatures = None, set()
     if cfg.auto_widths:
-        staircases = _staircases(wg, units, groups, rows, path.with_name(f"{path.name}.steps-{_journal_id(key, cfg)}"),
+        staircases, stair_signatures = _staircases(wg, units, groups, rows, path.with_name(f"{path.name}.steps-{_journal_id(key, cfg)}"),
                                  local_fp, staircase_processes,
                                  staircases_of(old) if old.get("structure_sha") == structure_sha(model) else None, log)
     space = SearchSpace([g.name for g in groups], [g.channels for g in groups], cfg.width_multiple,
@@ -188,7 +188,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         rows.calibration = _calibrate(lut, structure, calib_items, rows, cfg, show_progress, log)
     rows.save()
     wall_s = time.perf_counter() - t_start
-    result = ProfileResult(str(path), key, len(groups), len(units), len(todo), rows.measured_now,
+    result = ProfileResult(str(path), key, len(groups), len(units), len(set(todo) | stair_signatures), rows.measured_now,
                            rows.calibration or {}, wall_s, rows.timed_s,
                            wall_s / rows.timed_s if rows.timed_s > 0 else float("nan"), rows.resumed, rows.errors)
     lut.meta["models"][key].setdefault("profile_runs", []).append(
@@ -264,17 +264,18 @@ def _candidate_item(wg, units, cand: Candidate) -> tuple[str, bytes, dict[str, A
 
 
 def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work: Path, local_fp: str | None,
-                processes: int, old: list[Staircase] | None, log) -> list[Staircase]:
+                processes: int, old: list[Staircase] | None, log) -> tuple[list[Staircase], set[str]]:
     """Each group's latency staircase and its allowed widths: measured in this process where the
     LUT lacks a point and once more in each of ``processes - 1`` fresh ones, or the profile's
     earlier ones (``old``) when they are of these groups and as many processes; re-measured, a step
-    that came and went would re-grid every table."""
+    that came and went would re-grid every table. Also returns the staircases' signatures."""
     points = list(staircase_candidates(wg, units, [g.step for g in groups]))
+    signatures = {p.candidate.signature for p in points}
     widths = [sorted({p.width for p in points if p.group == gi}) or [g.channels] for gi, g in enumerate(groups)]
     if old is not None and [(s.group, s.dense, s.widths) for s in old] == \
             [(g.name, g.channels, w) for g, w in zip(groups, widths)] and min(s.processes for s in old) >= processes:
         log(f"width steps: as measured before, {sum(len(s.allowed) for s in old)} allowed widths over {len(old)} groups")
-        return old
+        return old, signatures
     cfg, lut = rows.cfg, rows.lut
     todo: dict[str, Candidate] = {}
     for p in points:
@@ -294,7 +295,7 @@ def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work:
     steps = sum(len(s.allowed) for s in out)
     log(f"width steps measured: {steps} allowed widths over {len(out)} groups (e.g. {out[-1].group}: "
         f"{', '.join(map(str, out[-1].allowed))})")
-    return out
+    return out, signatures
 
 
 def _staircase_process(wg, units, cands: Sequence[Candidate], cfg: DeviceConfig, work: Path, desc: str,
@@ -418,11 +419,13 @@ class _Rows:
         started_unix = time.time()
         current: list[str | None] = [None]
         last_save = [time.monotonic()]
+        # the journal also replays rows an earlier run already saved into the LUT: they are not counted
+        wanted = {key for key, _, _ in items}
 
         def on_record(rec: dict[str, Any]) -> None:
             if rec.get("type") == "session" and rec.get("started_unix_s", 0) >= started_unix:
                 current[0] = rec["session"]
-            if self._take(rec, current[0]):
+            if self._take(rec, current[0], rec.get("key") in wanted):
                 bar.update(1)
             if time.monotonic() - last_save[0] > 30:
                 self.save()
@@ -438,8 +441,9 @@ class _Rows:
                                f"first: {self.errors[0]}")
         shutil.rmtree(work, ignore_errors=True)
 
-    def _take(self, rec: dict[str, Any], current_session: str | None) -> bool:
-        """File one journal record; True when it was an item's (timed or failed)."""
+    def _take(self, rec: dict[str, Any], current_session: str | None, wanted: bool = True) -> bool:
+        """File one journal record; True when it was a ``wanted`` item's (timed or failed), which
+        the counts of rows measured now and resumed include."""
         lut, kind = self.lut, rec.get("type")
         if kind == "session":
             self.sessions[rec["session"]] = rec
@@ -451,13 +455,15 @@ class _Rows:
             return False
         if kind == "error":
             self.errors.append(f"{rec['key']}: {rec['error']}")
-            return True
+            return wanted
         session = self.sessions.get(rec.get("session"))
         if session is None:
             return False
         # Filed under the LUT's device: the session's own, except with --allow-other-device,
         # where rows under this device's fingerprint would be invisible to the LUT's lookups.
         self.pending.append(_lut_row(rec, rec.get("meta", {}), session, self.cfg, lut.meta["fingerprint"]))
+        if not wanted:
+            return False
         if rec["session"] == current_session:
             self.timed_s += rec["timing"]["total_s"]
             self.measured_now += 1

@@ -79,6 +79,7 @@ def files(tmp_path_factory):
         (d / name).write_text(DEVICE.replace("max_seconds: 0.01\n", "max_seconds: 0.01\n" + extra))
     (d / "maxnan.yaml").write_text(DEVICE.replace("max_seconds: 0.01", "max_seconds: .nan"))
     (d / "noname.yaml").write_text(DEVICE.replace("name: bad-input-cpu", 'name: ""'))
+    (d / "twice.yaml").write_text(DEVICE + "threads: 2\n")
     (d / "models.py").write_text(MODELS)
     (d / "exits.py").write_text("import sys\nsys.exit(0)\n")
     (d / "weights.txt").write_text("these are not weights\n")
@@ -197,6 +198,27 @@ def _rows(d):
          {}, ["--num-classes must be"]),
         ("calibration-samples-negative", ["profile", "-d", dev, "-m", model, "--calibration-samples", "-3",
                                           "--lut", str(d / "L.parquet")], {}, ["--calibration-samples must be"]),
+        ("staircase-processes-zero", ["profile", "-d", dev, "-m", model, "--staircase-processes", "0",
+                                      "--lut", str(d / "L.parquet")], {}, ["--staircase-processes must be"]),
+        ("config-key-twice", ["time", str(d / "bad_run.onnx"), "-d", str(d / "twice.yaml")], {},
+         ["key 'threads' is given twice", "line"]),
+        # pretrain's numbers, before the data load (the data folder does not exist) and before any NaN loss
+        ("pretrain-seed-negative", ["pretrain", "-m", model, "--data", f"fashion-mnist:{d / 'no-data-here'}",
+                                    "--out", str(d / "m.pt"), "--seed", "-1"], {}, ["--seed must be an integer"]),
+        ("pretrain-lr-nan", ["pretrain", "-m", model, "--data", f"fashion-mnist:{d / 'no-data-here'}",
+                             "--out", str(d / "m.pt"), "--lr", "nan"], {}, ["--lr must be a finite number > 0"]),
+        ("pretrain-batch-size-zero", ["pretrain", "-m", model, "--data", f"fashion-mnist:{d / 'no-data-here'}",
+                                      "--out", str(d / "m.pt"), "--batch-size", "0"], {}, ["--batch-size must be"]),
+        # regress: a time limit the sampler can plan within; outputs that would overwrite each other
+        ("regress-max-seconds-inf", ["regress", "-d", dev, "--model", str(d / "bad_run.onnx"), "--against",
+                                     str(d / "bad_run.onnx"), "--max-seconds", "inf"], {},
+         ["--max-seconds must be a positive, finite number"]),
+        ("regress-one-file-two-outputs", ["regress", "-d", dev, "--model", str(d / "bad_run.onnx"), "--against",
+                                          str(d / "bad_run.onnx"), "--json", str(d / "o.out"), "--markdown",
+                                          str(d / "o.out")], {}, ["--markdown and --json name the same file"]),
+        ("regress-output-over-its-model", ["regress", "-d", dev, "--model", str(d / "bad_run.onnx"), "--against",
+                                           str(d / "bad_run.onnx"), "--json", str(d / "bad_run.onnx")], {},
+         ["--json would overwrite the --model file"]),
     ]
 
 
@@ -204,10 +226,10 @@ def _listing(d) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")}
 
 
-@pytest.mark.parametrize("row", range(44))
+@pytest.mark.parametrize("row", range(52))
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(files, row, monkeypatch):
     rows = _rows(files)
-    assert len(rows) == 44, "the parametrize range must cover every row"
+    assert len(rows) == 52, "the parametrize range must cover every row"
     name, argv, env, fragments = rows[row]
     for k, v in env.items():
         monkeypatch.setenv(k, v)
