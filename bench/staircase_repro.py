@@ -150,13 +150,15 @@ def main() -> None:
         held = [held_out(sets[k], runs[j], points, names, dense)
                 for k in range(len(sets)) for j in range(len(runs)) if j // per != k]
         results[rule] = {"summary": summary([agreement(a, b) for a, b in itertools.combinations(sets, 2)]),
-                         "held_out": summary(held),
+                         "held_out": summary(held), "held_out_each": held,
                          "allowed_total": [sum(len(s.allowed) for s in st) for st in sets],
                          "allowed": [[s.allowed for s in st] for st in sets]}
     out = {
         "model": args.model, "device": args.device, "processes": args.processes, "signatures": len(cands),
         "process_wall_s": walls, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() - sum(walls))),
         "rules": results, "groups": names,
+        # each process's staircase sums per group (its own level), so other rules can be scored offline
+        "process_ms": [[s.ms for s in st] for st in single],
     }
     Path(args.json).write_text(json.dumps(out, indent=1))
     for rule, r in results.items():

@@ -77,6 +77,10 @@ def time_cmd(onnx_path: str, device: str, json_path: str | None, processes: int)
         t = st["timing"]
         click.echo(f"  machine state probe {st['probe_us']:.0f} us, {st['share']:.0%} of the samples: n={t['n']} "
                    f"p50={t['p50_ms']:.4f} ms p90={t['p90_ms']:.4f} ms")
+    rest = 1 - sum(st["share"] for st in result.get("by_machine_state") or [])
+    if result.get("by_machine_state") and rest >= 0.005:
+        click.echo(f"  the other {rest:.0%} of the samples are in no state: their bursts straddled a change of "
+                   f"state, or a state too short to judge")
     if processes > 1:
         a = result["across_processes"]
         click.echo(f"{processes} processes: {a['statistic']} " + " / ".join(f"{v:.4f}" for v in a["values_ms"])
@@ -111,7 +115,7 @@ def _model_options(f):
 @click.option("--calibration-samples", type=int, default=10, show_default=True,
               help="Random whole sub-networks measured to calibrate the LUT's predictions.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights and calibration samples.")
-@click.option("--staircase-processes", type=int, default=2, show_default=True,
+@click.option("--staircase-processes", type=int, default=2, show_default=True,  # widthsteps.PROCESSES; imports no torch
               help="With channel_multiple auto: processes the width staircase is measured in (this one and "
               "fresh ones); a width step is kept only where every one of them sees it.")
 @click.option("--allow-other-device", is_flag=True, help="Extend a LUT that was measured on another device.")
@@ -133,7 +137,9 @@ def profile_cmd(device, model, input_shape, num_classes, weights, lut_path, fmt,
                         log=lambda m: click.echo(m, err=True)).profile_result
     cal = r.calibration
     click.echo(f"LUT {r.lut_path}: model {r.model_key}, {r.groups} groups, {r.units} units, "
-               f"{r.signatures_total} signatures ({r.signatures_measured} measured now, {r.resumed_rows} resumed)")
+               f"{r.signatures_total} signatures ({r.signatures_measured} measured now, {r.resumed_rows} resumed"
+               + (f"; {r.other_process_timings} staircase points timed again in fresh processes"
+                  if r.other_process_timings else "") + ")")
     if r.timed_s > 0:
         click.echo(f"profiling cost: wall {r.wall_s:.1f} s, inside timed runs {r.timed_s:.1f} s, "
                    f"overhead ratio {r.overhead_ratio:.2f}")

@@ -63,7 +63,11 @@ def _run_bundle_process(work: Path, results: Path, on_record: Callable[[dict[str
         try:
             for line in proc.stdout:
                 if line.startswith(ROW_PREFIX):
-                    on_record(json.loads(line[len(ROW_PREFIX):]))
+                    try:
+                        record = json.loads(line[len(ROW_PREFIX):])
+                    except json.JSONDecodeError:
+                        continue  # a line cut off as the process died: its exit status says what happened
+                    on_record(record)
         finally:
             if proc.poll() is None:  # on_record raised, or we were interrupted: the journal resumes
                 proc.kill()
@@ -71,7 +75,9 @@ def _run_bundle_process(work: Path, results: Path, on_record: Callable[[dict[str
         if proc.returncode != 0:
             err.seek(0)
             last = (err.read().strip().splitlines() or ["no message"])[-1]
-            raise HwpruneError(f"the measuring process failed (exit code {proc.returncode}): {last}")
+            how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+                   else f"exit code {proc.returncode}")
+            raise HwpruneError(f"the measuring process failed ({how}): {last}")
 
 
 def statistic_ms(timing: dict[str, Any], statistic: str) -> float:

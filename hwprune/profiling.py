@@ -53,6 +53,8 @@ class ProfileResult:
     overhead_ratio: float
     resumed_rows: int = 0
     errors: list[str] = field(default_factory=list)
+    # staircase points timed again in fresh processes (not LUT rows: the LUT keeps the profile's own)
+    other_process_timings: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -190,7 +192,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     wall_s = time.perf_counter() - t_start
     result = ProfileResult(str(path), key, len(groups), len(units), len(set(todo) | stair_signatures), rows.measured_now,
                            rows.calibration or {}, wall_s, rows.timed_s,
-                           wall_s / rows.timed_s if rows.timed_s > 0 else float("nan"), rows.resumed, rows.errors)
+                           wall_s / rows.timed_s if rows.timed_s > 0 else float("nan"), rows.resumed, rows.errors,
+                           rows.other_process_timings)
     lut.meta["models"][key].setdefault("profile_runs", []).append(
         {k: v for k, v in result.to_dict().items() if k not in ("calibration", "errors")})
     rows.save()
@@ -276,18 +279,27 @@ def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work:
             [(g.name, g.channels, w) for g, w in zip(groups, widths)] and min(s.processes for s in old) >= processes:
         log(f"width steps: as measured before, {sum(len(s.allowed) for s in old)} allowed widths over {len(old)} groups")
         return old, signatures
+    if old is not None:
+        log(f"the LUT's width steps were measured in {min(s.processes for s in old)} process(es); measuring them in "
+            f"{processes}: the allowed widths, and with them the unit tables' grid, may change")
     cfg, lut = rows.cfg, rows.lut
     todo: dict[str, Candidate] = {}
     for p in points:
         todo.setdefault(p.candidate.signature, p.candidate)
     items = {c.signature: c for c in _missing(lut, cfg, local_fp, todo)}
-    log(f"channel_multiple auto: measuring the latency staircase of {len(groups)} groups "
-        f"({len(todo)} distinct signatures) in {processes} process(es)")
+    log(f"channel_multiple auto: the latency staircase of {len(groups)} groups, {len(todo)} distinct signatures "
+        f"({len(items)} to measure in this process" + (f", all of them in {processes - 1} fresh one(s)"
+                                                      if processes > 1 else "") + ")")
     if items:
         rows.measure([_candidate_item(wg, units, c) for c in items.values()], work, "staircases")
-    others = [_staircase_process(wg, units, list(todo.values()), cfg, work.with_name(f"{work.name}.p{i + 2}"),
-                                 f"staircases, process {i + 2}/{processes}", rows.show_progress)
-              for i in range(processes - 1)]
+    others = []
+    for i in range(processes - 1):
+        lat, noise, timed_s = _staircase_process(wg, units, list(todo.values()), cfg,
+                                                 work.with_name(f"{work.name}.p{i + 2}"),
+                                                 f"staircases, process {i + 2}/{processes}", rows.show_progress)
+        others.append((lat, noise))
+        rows.timed_s += timed_s
+        rows.other_process_timings += len(lat)
     fp = lut.meta["fingerprint"]
     out = measure_staircases(points, [g.name for g in groups], [g.channels for g in groups],
                              lut.latency_ms(fp, cfg.precision, cfg.batch_size, cfg.statistic),
@@ -299,9 +311,9 @@ def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work:
 
 
 def _staircase_process(wg, units, cands: Sequence[Candidate], cfg: DeviceConfig, work: Path, desc: str,
-                       show_progress: bool) -> tuple[dict[str, float], dict[str, float]]:
-    """The staircase's signatures timed in a fresh process (through the journal ``work``, resumed
-    if it is there): their latency and noise on that process's own level, as the LUT computes them."""
+                       show_progress: bool) -> tuple[dict[str, float], dict[str, float], float]:
+    """The staircase's signatures timed in one fresh process: their latency and noise on that
+    process's own level, as the LUT computes them, and the seconds spent inside timed runs."""
     found = LatencyLUT()
     rows: list[dict[str, Any]] = []
     sessions: dict[str, dict[str, Any]] = {}
@@ -317,8 +329,9 @@ def _staircase_process(wg, units, cands: Sequence[Candidate], cfg: DeviceConfig,
             rows.append(_lut_row(rec, rec.get("meta", {}), sessions[rec["session"]], cfg, "this"))
             bar.update(1)
 
-    if work.exists():
-        shutil.rmtree(work / "onnx", ignore_errors=True)
+    # Not resumed: rows of an interrupted pass came from another interpreter, at its own speed level,
+    # and one pass is what the rule compares with the profile's own (about a minute for resnet20).
+    shutil.rmtree(work, ignore_errors=True)
     try:
         time_items([_candidate_item(wg, units, c) for c in cands], cfg, work, on_record, fresh_process=True)
     finally:
@@ -327,7 +340,7 @@ def _staircase_process(wg, units, cands: Sequence[Candidate], cfg: DeviceConfig,
         raise HwpruneError(f"{len(errors)} staircase point(s) failed to run on {cfg.name}; first: {errors[0]}")
     found.add_rows(rows)
     out = (found.latency_ms("this", cfg.precision, cfg.batch_size, cfg.statistic),
-           found.noise_ms("this", cfg.precision, cfg.batch_size))
+           found.noise_ms("this", cfg.precision, cfg.batch_size), sum(float(r["timed_s"] or 0.0) for r in rows))
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -390,6 +403,7 @@ class _Rows:
         self.errors: list[str] = []
         self.pending: list[dict[str, Any]] = []
         self.timed_s, self.resumed, self.measured_now = 0.0, 0, 0
+        self.other_process_timings = 0
 
     def overhead_ms(self) -> float:
         return _overhead(self.sessions, self.cfg, self.lut, self.key)

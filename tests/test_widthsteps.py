@@ -185,7 +185,8 @@ def test_the_staircases_are_measured_in_this_process_and_a_fresh_one(auto_lut):
     m = LatencyLUT.load(auto_lut["lut"]).model(model_key(auto_lut["spec"].name, (1, 1, 8, 8)))
     for s in staircases_of(m):
         assert s.processes == 2 and all(len(p) == len(s.widths) for p in s.process_ms)
-    assert any("in 2 process(es)" in line for line in auto_lut["said"])
+    assert any("all of them in 1 fresh one(s)" in line for line in auto_lut["said"])
+    assert auto_lut["result"].other_process_timings > 0   # said in profile's summary, not lost
 
 
 def test_a_second_auto_profile_measures_nothing(auto_lut):
@@ -206,8 +207,27 @@ def test_a_one_process_staircase_is_measured_again_when_more_processes_are_asked
     said: list[str] = []
     profile(auto_lut["spec"], auto_lut["device"], str(lut), calibration_samples=0, show_progress=False,
             log=said.append)
-    assert any("in 2 process(es)" in line for line in said)
+    assert any("all of them in 1 fresh one(s)" in line for line in said)
+    assert any("measured in 1 process(es); measuring them in 2" in line for line in said)  # the grid may change
     assert {s.processes for s in staircases_of(LatencyLUT.load(lut).model(key))} == {2}
+
+
+def test_a_profile_interrupted_after_its_staircases_keeps_them(auto_lut, tmp_path, monkeypatch):
+    import hwprune.profiling as profiling
+
+    def interrupted(*args, **kw):   # the calibration, after the staircases and the tables
+        raise KeyboardInterrupt
+
+    lut = tmp_path / "cut.parquet"
+    monkeypatch.setattr(profiling, "_calibrate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        profile(auto_lut["spec"], auto_lut["device"], str(lut), calibration_samples=3, show_progress=False,
+                log=lambda m: None)
+    monkeypatch.undo()
+    said: list[str] = []
+    profile(auto_lut["spec"], auto_lut["device"], str(lut), calibration_samples=3, show_progress=False,
+            log=said.append)
+    assert any(line.startswith("width steps: as measured before") for line in said)
 
 
 def test_staircase_processes_is_checked(auto_lut, tmp_path):
