@@ -495,12 +495,21 @@ def lut_check(model: nn.Module | str, example_input: torch.Tensor | None = None,
                  allow_other_device=allow_other_device, json_path=json_path, show_progress=show_progress)
 
 
+def _pretrain_fields() -> dict[str, Any]:
+    import inspect
+
+    from hwprune.pretrain import pretrain as train_dense
+
+    return {p.name: p.default for p in inspect.signature(train_dense).parameters.values()}
+
+
+@api_errors(options=_pretrain_fields)
 def pretrain(model: str, data: str = "fashion-mnist", **kw: Any):
     """Train a dense model from scratch (see :func:`hwprune.pretrain.pretrain`)."""
     from hwprune.errors import check_call
     from hwprune.pretrain import pretrain as train_dense
 
-    check_call(train_dense, (model, data), kw, "pretrain")
+    check_call(train_dense, (model, data), kw, "hwprune.api.pretrain")
     return train_dense(model, data, **kw)
 
 

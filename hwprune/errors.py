@@ -125,6 +125,17 @@ def _silent(_message: str) -> None:
     return None
 
 
+def _public_name(f: Callable[..., Any], name: str | None) -> str:
+    """``hwprune.profile`` for what the package exports, else where it lives (``hwprune.api.lut_check``);
+    ``name`` as given when it is dotted (a wrapper's own name for the function it passes on to)."""
+    import hwprune
+
+    if name and "." in name:
+        return name
+    name = name or f.__name__
+    return f"hwprune.{name}" if name in getattr(hwprune, "_EXPORTS", {}) else f"{f.__module__}.{name}"
+
+
 def check_call(f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], name: str | None = None) -> None:
     """A call of the public function ``f`` that Python would refuse (an unknown keyword, a missing
     argument) as one sentence naming ``hwprune.<name>`` and, for a misspelt keyword, the near one."""
@@ -134,7 +145,7 @@ def check_call(f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
     try:
         sig.bind(*args, **kwargs)
     except TypeError as err:
-        where = f"hwprune.{name or f.__name__}()"
+        where = f"{_public_name(f, name)}()"
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
         if unknown is None:
             raise HwpruneError(f"{where}: {err}") from None

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class Plan(Mapping):
     dense: dict[str, int]
     kept: dict[str, list[int]]
     extra: dict[str, Any] = field(default_factory=dict)
+    # made of kept indices alone (Plan.of_kept): the dense widths are the model's, when applied
+    dense_from_model: bool = field(default=False, compare=False)
 
     @property
     def widths(self) -> dict[str, int]:
@@ -93,6 +96,8 @@ class Plan(Mapping):
             return plan, "the plan"
         if isinstance(plan, (str, os.PathLike)):
             return cls.load(plan), str(plan)
+        if isinstance(plan, Mapping) and "format" in plan and "groups" in plan:
+            return cls.from_dict(dict(plan), "the plan"), "the plan"   # a plan.json read with json.load
         if isinstance(plan, Mapping):
             return cls.of_kept(plan), "the plan"
         raise HwpruneError(f"a plan is a run's result.plan, a mapping group -> kept channel indices or a plan.json "
@@ -101,16 +106,18 @@ class Plan(Mapping):
     @classmethod
     def of_kept(cls, kept: Mapping[Any, Any]) -> Plan:
         """A plan of kept channel indices alone: no dense widths (the model's, when applied)."""
+        if not kept:
+            raise HwpruneError("the plan names no group: give group -> kept channel indices")
         out = {}
         for name, idx in kept.items():
             ok = isinstance(name, str) and isinstance(idx, (list, tuple)) and len(idx) >= 1 \
-                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx) \
+                and all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in idx) \
                 and len(set(idx)) == len(idx)
             if not ok:
                 raise HwpruneError(f"the plan's group {name!r} needs a list of distinct channel indices (>= 0, at "
                                    f"least one), got {idx!r}")
-            out[name] = sorted(idx)
-        return cls("a mapping of kept channels", [], None, "given", {}, out)
+            out[name] = sorted(int(i) for i in idx)
+        return cls("a mapping of kept channels", [], None, "given", {}, out, dense_from_model=True)
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
@@ -134,7 +141,7 @@ class Plan(Mapping):
         from hwprune.groups import find_groups, prune_to_widths
 
         groups = {g.name: g.channels for g in find_groups(model, example_input)}
-        if not self.dense:  # kept indices alone: they name some of the model's groups, the others stay dense
+        if self.dense_from_model:  # kept indices alone: they name some of the model's groups, the others stay dense
             return self._with_dense(groups, where, this).apply(model, example_input, where, this)
         if groups != self.dense:
             diff = sorted(set(groups) ^ set(self.dense)) or sorted(n for n in groups if groups[n] != self.dense[n])

@@ -31,6 +31,7 @@ import platform
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -60,6 +61,20 @@ class PretrainResult:
         return self.rank == 0
 
 
+def _check_settings(epochs: Any, out: str, lr: Any, batch_size: Any, seed: Any, threads: Any) -> None:
+    """Every setting, before the dataset loads and long before a NaN loss or hours of training would say it."""
+    check_integer(epochs, "--epochs", 1)
+    check_integer(batch_size, "--batch-size", 1)
+    check_integer(seed, "--seed", 0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise HwpruneError(f"--lr must be a finite number > 0, got {lr!r}")
+    if os.path.isdir(out):
+        raise HwpruneError(f"--out {out} is a directory; give a file path such as {os.path.join(out, 'model.pt')}")
+    check_writable(out, "--out")
+    if threads is not None:
+        check_integer(threads, "--threads", 1)
+
+
 def pretrain(model: str, data: str = "fashion-mnist", *, epochs: int = 30, out: str, lr: float = 0.1,
              batch_size: int = 128, seed: int = 0, threads: int | None = None, progress: bool = True,
              log: Callable[[str], None] | None = print) -> PretrainResult:
@@ -87,19 +102,8 @@ def pretrain(model: str, data: str = "fashion-mnist", *, epochs: int = 30, out: 
     from hwprune.data import load_dataset, train_val_split
     from hwprune.models import create_model
 
-    if epochs < 1:
-        raise HwpruneError(f"epochs must be at least 1, got {epochs}")
-    # every number is checked before the dataset loads and long before a NaN loss would say it
-    check_integer(batch_size, "--batch-size", 1)
-    check_integer(seed, "--seed", 0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise HwpruneError(f"--lr must be a finite number > 0, got {lr!r}")
+    _check_settings(epochs, out, lr, batch_size, seed, threads)
     out_dir = os.path.dirname(os.path.abspath(out))
-    if os.path.isdir(out):
-        raise HwpruneError(f"--out {out} is a directory; give a file path such as {os.path.join(out, 'model.pt')}")
-    check_writable(out, "--out")  # before hours of training
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise HwpruneError(f"--threads must be at least 1, got {threads}")
     if threads:
         torch.set_num_threads(int(threads))
     train_full = load_dataset(data, "train")

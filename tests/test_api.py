@@ -124,9 +124,17 @@ def test_prune_with_the_users_metric_and_loop_needs_no_dataset(env, tmp_path):
     shapes = {n: p.shape for n, p in res.model.state_dict().items()}
     plain = hwprune.apply_plan(make_net(), dict(res.plan), torch.zeros(1, 1, 16, 16))
     assert {n: p.shape for n, p in plain.state_dict().items()} == shapes
-    first, *rest = res.plan
+    from hwprune.groups import find_groups
+
+    dense_widths = {g.name: g.channels for g in find_groups(make_net(), torch.zeros(1, 1, 16, 16))}
+    first = next(n for n in res.plan if len(res.plan[n]) < dense_widths[n])   # a group the run did cut
     partial = hwprune.apply_plan(make_net(), {first: res.plan[first]}, torch.zeros(1, 1, 16, 16))
-    assert sum(p.numel() for p in partial.parameters()) >= sum(p.numel() for p in res.model.parameters())
+    widths = {g.name: g.channels for g in find_groups(partial, torch.zeros(1, 1, 16, 16))}
+    assert widths == {**dense_widths, first: len(res.plan[first])}
+    # a plan.json read with json.load is a plan, not a mapping of kept channels
+    loaded = hwprune.apply_plan(make_net(), json.loads((tmp_path / "run" / "plan.json").read_text()),
+                                torch.zeros(1, 1, 16, 16))
+    assert {n: p.shape for n, p in loaded.state_dict().items()} == shapes
 
 
 @pytest.mark.parametrize("plan, words", [
@@ -134,6 +142,7 @@ def test_prune_with_the_users_metric_and_loop_needs_no_dataset(env, tmp_path):
     ({"no-such-group": [0]}, "'no-such-group' is not a prunable group"),
     ({"0": [0, 0]}, "distinct channel indices"),
     ({"0": [999]}, "keeps channel 999, but it has 32"),
+    ({}, "names no group"),
 ])
 def test_a_bad_plain_plan_is_one_sentence(plan, words):
     with pytest.raises(hwprune.HwpruneError, match=words):
@@ -149,7 +158,7 @@ def test_an_unknown_keyword_or_a_bad_log_is_one_sentence_and_log_none_is_silence
                         calibration_sample=0)
     with pytest.raises(hwprune.HwpruneError, match=r"hwprune.time_model\(\) has no option 'foo'"):
         hwprune.time_model("x.onnx", env["device"], foo=1)
-    with pytest.raises(hwprune.HwpruneError, match=r"hwprune.pretrain\(\) has no option 'epoch'; did you mean epochs"):
+    with pytest.raises(hwprune.HwpruneError, match=r"hwprune.api.pretrain\(\) has no option 'epoch'; did you mean epochs"):
         api_pretrain("resnet20", epoch=1, out=str(tmp_path / "m.pt"))
     with pytest.raises(hwprune.HwpruneError, match="log= must be a function"):
         hwprune.profile(make_net(), torch.zeros(1, 1, 16, 16), device=env["device"], lut=env["lut"], log=1)
