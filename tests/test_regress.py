@@ -611,6 +611,30 @@ def test_corrupt_baseline(setup, fake, content, words):
                                 *_outputs(setup["root"])), setup["root"], str(bad), *words)
 
 
+@pytest.mark.parametrize("field, value, words", [
+    ("statistic", "p75", ["'statistic' must be one of p50, p90, p99, mean", "'p75'"]),
+    ("model", 5, ["'model' must be the ONNX file's name"]),
+])
+def test_a_baseline_with_a_bad_field(setup, fake, field, value, words):
+    fake(candidate=(1.0, 0.02))
+    data = json.loads(Path(setup["baseline"]).read_text())
+    data[field] = value
+    bad = setup["root"] / "bad-field.json"
+    bad.write_text(json.dumps(data))
+    _assert_one_line_error(_run("-d", setup["device"], "-m", setup["model"], "--baseline", str(bad),
+                                *_outputs(setup["root"])), setup["root"], "corrupt baseline", *words)
+
+
+def test_a_tolerance_within_the_session_spread_warns(setup, fake):
+    fake(candidate=(1.0, 0.02), baseline=(1.0, 0.02))
+    r = _run("-d", setup["device"], "-m", setup["model"], "--against", setup["model"], "--tolerance", "1%",
+             "--json", str(setup["root"] / "r.json"))
+    assert "warning: --tolerance 1.0% is within the 2%" in r.stderr
+    assert any("within the 2%" in w for w in json.loads((setup["root"] / "r.json").read_text())["warnings"])
+    r = _run("-d", setup["device"], "-m", setup["model"], "--against", setup["model"], "--tolerance", "5%")
+    assert "within the 2%" not in r.stderr
+
+
 def test_baseline_for_another_device(setup, fake):
     fake(candidate=(1.0, 0.02))
     data = json.loads(Path(setup["baseline"]).read_text())

@@ -119,6 +119,22 @@ def write_baseline(opts: RegressOptions, statistics: Sequence[str] = (),
             "command": command_line(opts)}
 
 
+def _drift_reference(baseline: dict[str, Any], warnings: list[str]) -> tuple[bytes | None, dict[str, Any] | None]:
+    """The drift reference graph to time beside the model and the baseline's timing of it; (None,
+    None), with a warning, when the baseline holds none or another hwprune's."""
+    drift_name, drift_blob = reference_graph()
+    stored = baseline.get("reference")
+    if stored is None:
+        warnings.append(NO_REFERENCE_WARNING)
+        return None, None
+    if stored["onnx_sha256"] != _sha256(drift_blob):
+        warnings.append(f"the baseline's drift reference ({stored.get('model')}, sha256 "
+                        f"{stored['onnx_sha256'][:12]}) is not this hwprune's {drift_name}: the comparison is "
+                        "raw, exposed to process-level drift; re-write the baseline with --write-baseline")
+        return None, None
+    return drift_blob, stored["timing"]
+
+
 def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, statistics: list[str], mode: str,
                    log: Callable[[str], None]) -> dict[str, Any]:
     baseline = None
@@ -144,20 +160,7 @@ def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, st
         warnings.append(f"--tolerance {tolerance:.1%} is within the {SESSION_SPREAD:.0%} by which two runtime "
                         f"sessions of one unchanged model can differ (docs/BENCHMARKS.md: median 0.7%, p90 2.0%), "
                         f"which no number of samples removes: an unchanged model may read as regressed")
-    drift_blob, base_ref = None, None
-    if baseline is not None:
-        drift_name, drift_blob = reference_graph()
-        stored = baseline.get("reference")
-        if stored is None:
-            warnings.append(NO_REFERENCE_WARNING)
-            drift_blob = None
-        elif stored["onnx_sha256"] != _sha256(drift_blob):
-            warnings.append(f"the baseline's drift reference ({stored.get('model')}, sha256 "
-                            f"{stored['onnx_sha256'][:12]}) is not this hwprune's {drift_name}: the comparison is "
-                            "raw, exposed to process-level drift; re-write the baseline with --write-baseline")
-            drift_blob = None
-        else:
-            base_ref = stored["timing"]
+    drift_blob, base_ref = _drift_reference(baseline, warnings) if baseline is not None else (None, None)
 
     now_env = _local_environment(cfg)
     env_info = None
