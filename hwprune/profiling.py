@@ -143,7 +143,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     if cfg.auto_widths:
         staircases, stair_signatures = _staircases(wg, units, groups, rows, path.with_name(f"{path.name}.steps-{_journal_id(key, cfg)}"),
                                  local_fp, staircase_processes,
-                                 staircases_of(old) if old.get("structure_sha") == structure_sha(model) else None, log)
+                                 staircases_of(old, as_searched=False)
+                                 if old.get("structure_sha") == structure_sha(model) else None, log)
     space = SearchSpace([g.name for g in groups], [g.channels for g in groups], cfg.width_multiple,
                         [s.allowed for s in staircases] if staircases is not None else None,
                         steps=[g.step for g in groups])
@@ -163,7 +164,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         "weights": spec.weights, "ratios": list(ratios) if ratios else None, "channel_multiple": cfg.channel_multiple,
         "groups": [{"name": g.name, "channels": g.channels, "grid": grid, "members": list(g.members),
                     **({"step": g.step} if g.step > 1 else {}),
-                    **({"allowed": s.allowed} if s is not None else {})}
+                    # the widths a search may choose: the steps its tables were profiled at
+                    **({"allowed": [w for w in s.allowed if w in grid]} if s is not None else {})}
                    for g, grid, s in zip(groups, grids, staircases or [None] * len(groups))],
         "unprunable": [dataclasses.asdict(u) for u in unprunable],
         "units": [{"name": u.name, "label": u.label, "groups": list(u.groups), "table": t}
@@ -195,7 +197,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
                            wall_s / rows.timed_s if rows.timed_s > 0 else float("nan"), rows.resumed, rows.errors,
                            rows.other_process_timings)
     lut.meta["models"][key].setdefault("profile_runs", []).append(
-        {k: v for k, v in result.to_dict().items() if k not in ("calibration", "errors")})
+        {k: (None if isinstance(v, float) and v != v else v)   # NaN (nothing timed) is not JSON
+         for k, v in result.to_dict().items() if k not in ("calibration", "errors")})
     rows.save()
     return result
 
@@ -415,7 +418,9 @@ class _Rows:
         # Rows are merged in batches: one DataFrame concat per row would dominate profiling.
         lut.add_rows(self.pending)
         self.pending.clear()
-        lut.meta.update({"format": lut.meta.get("format", 1), "device": self.cfg.name,
+        # The LUT keeps the device it was first measured on: extending it from another config
+        # (--allow-other-device) does not rename it, as its rows keep that device's fingerprint.
+        lut.meta.update({"format": lut.meta.get("format", 1), "device": lut.meta.get("device") or self.cfg.name,
                          "statistic": self.cfg.statistic})
         if self.structure is not None:
             runs = lut.meta["models"].get(self.key, {}).get("profile_runs", [])  # the history survives re-saves

@@ -206,9 +206,13 @@ def allowed_widths(widths: Sequence[int], ms: Sequence[float], noise_ms: Sequenc
                 hi = mid
         step = hi
         kept = _walk(series, step)
-    cheapest = max(_cheapest(m, n) for m, n in series)
-    last = kept[-1]
-    if cheapest < last and _cheaper(series, cheapest, last, 0.0):
+    # The floor is the processes' mean staircase's: one process's odd reading must not raise it
+    # (a pytorchcv mobilenet's 128-channel groups kept only 112 and 128 when the cheapest width
+    # of each process alone had to be cheaper in all of them).
+    mean = [sum(m[i] for m, _ in series) / len(series) for i in range(len(widths))]
+    noise = [max(n[i] for _, n in series) for i in range(len(widths))]
+    cheapest, last = _cheapest(mean, noise), kept[-1]
+    if cheapest < last and _cheaper([(mean, noise)], cheapest, last, 0.0):
         kept.append(cheapest)
     return sorted(int(widths[i]) for i in kept), float(step)
 
@@ -253,10 +257,20 @@ def search_space(groups: Sequence[Any], cfg: Any, predictor: Any | None) -> Any:
     return SearchSpace(names, dense, 1, predictor.allowed, steps=steps)
 
 
-def staircases_of(structure: Mapping[str, Any]) -> list[Staircase] | None:
-    """The staircases a LUT's model entry keeps (None when it was profiled on a fixed multiple)."""
+def staircases_of(structure: Mapping[str, Any], as_searched: bool = True) -> list[Staircase] | None:
+    """The staircases a LUT's model entry keeps (None when it was profiled on a fixed multiple);
+    ``as_searched``: each one's allowed widths those its unit tables were profiled at, which a
+    coarser grid (``--grid``, or a unit after a concatenation) may have thinned."""
     found = structure.get("staircases")
-    return [Staircase.from_dict(s) for s in found] if found else None
+    if not found:
+        return None
+    out = [Staircase.from_dict(s) for s in found]
+    groups = structure.get("groups") or []
+    if as_searched and len(groups) == len(out):
+        for s, g in zip(out, groups):
+            if g.get("allowed"):
+                s.allowed = [int(w) for w in g["allowed"]]
+    return out
 
 
 def report_section(staircases: Sequence[Staircase] | None, channel_multiple: int | str,

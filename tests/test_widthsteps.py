@@ -65,6 +65,14 @@ def test_a_step_only_one_process_saw_is_not_allowed():
     assert allowed == [2, 3, 4]
 
 
+def test_one_process_odd_reading_does_not_raise_the_floor():
+    widths = [1, 2, 3, 4]
+    first = [0.4, 0.7, 0.9, 1.0]
+    odd = [0.45, 0.75, 0.2, 1.0]   # one suspect reading at width 3 in the other process
+    allowed, _ = allowed_widths(widths, first, [0.0] * 4, others=[(odd, [0.0] * 4)])
+    assert allowed[0] == 1 and 4 in allowed   # the mean's cheapest width is the floor
+
+
 def test_a_process_at_another_speed_level_keeps_the_steps_of_the_same_shape():
     from hwprune.candidates import Candidate
     from hwprune.widthsteps import StairPoint, measure_staircases
@@ -228,6 +236,30 @@ def test_a_profile_interrupted_after_its_staircases_keeps_them(auto_lut, tmp_pat
     profile(auto_lut["spec"], auto_lut["device"], str(lut), calibration_samples=3, show_progress=False,
             log=said.append)
     assert any(line.startswith("width steps: as measured before") for line in said)
+
+
+def test_a_coarser_grid_leaves_the_search_only_widths_its_tables_were_profiled_at(auto_lut, tmp_path):
+    lut = tmp_path / "coarse.parquet"
+    profile(auto_lut["spec"], auto_lut["device"], str(lut), ratios=(0.5, 1.0), calibration_samples=0,
+            show_progress=False, log=lambda m: None)
+    key = model_key(auto_lut["spec"].name, (1, 1, 8, 8))
+    table = LatencyLUT.load(lut)
+    m = table.model(key)
+    for g, allowed, s in zip(m["groups"], table.predictor(key).allowed, staircases_of(m)):
+        assert set(allowed) <= set(g["grid"]) and allowed[-1] == g["channels"]
+        assert s.allowed == allowed   # what lut show and the report say is what the search may choose
+
+
+def test_extending_a_lut_from_another_device_config_keeps_its_device(auto_lut, tmp_path):
+    import shutil
+
+    lut = tmp_path / "ext.parquet"
+    shutil.copy(auto_lut["lut"], lut)
+    other = tmp_path / "other.yaml"
+    other.write_text(DEVICE_YAML.replace("name: test-auto", "name: test-auto-2t").replace("threads: 1", "threads: 2"))
+    profile(auto_lut["spec"], str(other), str(lut), calibration_samples=0, show_progress=False,
+            allow_other_device=True, log=lambda m: None)
+    assert LatencyLUT.load(lut).meta["device"] == "test-auto"   # its rows keep that device's fingerprint
 
 
 def test_staircase_processes_is_checked(auto_lut, tmp_path):
