@@ -16,7 +16,24 @@ from profilers.errors import ProfilerError
 
 
 class _Group(click.Group):
-    """A click group that turns library errors into one line and exit code 2."""
+    """A click group that turns library errors, and click's own usage errors, into one line and exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as err:  # click prints usage, a hint and the error on three lines
+            where = err.ctx.command_path if err.ctx is not None else "hwprune"
+            click.echo(f"error: {err.format_message()} (see {where} --help)", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
         from hwprune.errors import cli_spelling

@@ -105,6 +105,12 @@ class LatencyLUT:
         missing = [c for c in COLUMNS if c not in rows.columns]
         if missing:
             raise HwpruneError(f"{path}: corrupt LUT: missing column(s) {', '.join(missing)}")
+        for col in ("batch", "n", *STAT_COLUMNS.values(), "overhead_ms", "ci_low_ms", "ci_high_ms", "reference_ms"):
+            # a CSV edited by hand can hold text where every reader needs a number
+            bad = rows[col].notna() & pd.to_numeric(rows[col], errors="coerce").isna()
+            if bad.any():
+                raise HwpruneError(f"{path}: corrupt LUT: column {col} holds {rows[col][bad].iloc[0]!r} (not a number) "
+                                   f"in row {int(bad.to_numpy().nonzero()[0][0]) + 1}")
         if not isinstance(meta, dict) or not isinstance(meta.get("models", {}), dict):
             raise HwpruneError(f"{path}: corrupt LUT: its hwprune metadata is not a JSON object with 'models'")
         if meta.get("format") != LUT_FORMAT:

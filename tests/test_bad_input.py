@@ -103,6 +103,14 @@ def files(tmp_path_factory):
 
     profile(ModelSpec(f"{d / 'models.py'}:net", (1, 8, 8), 10), str(d / "device.yaml"), str(d / "net.parquet"),
             calibration_samples=0, show_progress=False, log=lambda m: None)
+    csv = d / "text_cell.csv"
+    LatencyLUT.load(d / "net.parquet").save(csv)
+    import pandas as pd
+
+    frame = pd.read_csv(csv)
+    frame["p50_ms"] = frame["p50_ms"].astype(object)
+    frame.loc[0, "p50_ms"] = "abc"   # a CSV edited by hand
+    frame.to_csv(csv, index=False)
     return d
 
 
@@ -200,6 +208,12 @@ def _rows(d):
                                           "--lut", str(d / "L.parquet")], {}, ["--calibration-samples must be"]),
         ("staircase-processes-zero", ["profile", "-d", dev, "-m", model, "--staircase-processes", "0",
                                       "--lut", str(d / "L.parquet")], {}, ["--staircase-processes must be"]),
+        # click's own usage errors are one line too, not usage, a hint and the error
+        ("click-not-an-integer", ["profile", "-d", dev, "-m", model, "--staircase-processes", "abc",
+                                  "--lut", str(d / "L.parquet")], {},
+         ["Invalid value for '--staircase-processes'", "profile --help)"]),
+        ("lut-csv-text-cell", ["lut", "show", "--lut", str(d / "text_cell.csv")], {},
+         ["column p50_ms holds 'abc' (not a number) in row 1"]),
         ("config-key-twice", ["time", str(d / "bad_run.onnx"), "-d", str(d / "twice.yaml")], {},
          ["key 'threads' is given twice", "line"]),
         # pretrain's numbers, before the data load (the data folder does not exist) and before any NaN loss
@@ -226,10 +240,10 @@ def _listing(d) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")}
 
 
-@pytest.mark.parametrize("row", range(52))
+@pytest.mark.parametrize("row", range(54))
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(files, row, monkeypatch):
     rows = _rows(files)
-    assert len(rows) == 52, "the parametrize range must cover every row"
+    assert len(rows) == 54, "the parametrize range must cover every row"
     name, argv, env, fragments = rows[row]
     for k, v in env.items():
         monkeypatch.setenv(k, v)
