@@ -430,8 +430,10 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
             return best
         r, rm, result, models = searched
         rounds.append(r)
-        if best is not None and not rm.accepted:
-            return best  # a loosened round that does not fit: the certified architecture stands
+        if best is not None and not rm.accepted:  # a loosened round that does not fit: the certified one stands
+            log(f"round {r.round}: the looser limit's best candidates have no room under the budget as measured "
+                f"(upper bound {_ms(r.upper_bound_ms)} against {_ms(r.budget_ms)}); keeping the certified architecture")
+            return best
         last = rnd == opts.certify_rounds - 1 or (lut_limit_ms is not None and lut_limit_ms <= floor_ms * (1 + 1e-9))
         if rm.accepted or last:
             outcome = _recover_and_measure(job, s, cert, r, result, models[rm.index], rounds)
@@ -444,8 +446,12 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
                     return best
                 log(f"round {r.round}: certified after recovery, using {use:.1%} of the budget; searching again with a looser "
                     f"LUT limit")
-            elif best is not None or last:
-                return best or outcome
+            elif best is not None:
+                log(f"round {r.round}: after recovery its upper bound {_ms(r.final.upper_bound_ms)} exceeds the budget "
+                    f"{_ms(r.final.budget_ms)}; keeping the certified architecture of an earlier round")
+                return best
+            elif last:
+                return outcome
             else:
                 # Measured again, the same widths came out over budget: the first measurement was
                 # lucky. That measurement stands; search again below the budget.
@@ -455,6 +461,10 @@ def _search_and_certify(job: _Job, s: SearchSetup, cert: Certifier) -> _Outcome:
         # (tighter after a miss, looser after a round with budget to spare).
         lut_limit_ms = next_lut_limit(measured_points(rounds), lut_limit_ms, (1 - cert.cfg.rel_ci) * 0.995, floor_ms)
     raise AssertionError("unreachable: the last round always returns")
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.4f} ms" if value is not None else "n/a"
 
 
 def _measured_round(job: _Job, s: SearchSetup, cert: Certifier, rnd: int, lut_limit_ms: float | None,

@@ -868,3 +868,45 @@ def test_a_grouped_convolution_prunes_in_multiples_of_its_groups_and_a_concatena
     assert "Left at full width" in (out / "report.md").read_text()
     sess = ort.InferenceSession(str(out / "pruned.onnx"))  # the pruned ONNX runs
     assert sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 1, 8, 8), np.float32)})[0].shape == (1, 10)
+
+
+def _fake_round(n, upper_ms, certified=None):
+    from types import SimpleNamespace as NS
+
+    final = None if certified is None else NS(certified=certified, upper_bound_ms=upper_ms, budget_ms=1.0)
+    return NS(round=n, upper_bound_ms=upper_ms, budget_ms=1.0, final=final)
+
+
+@pytest.mark.parametrize("second, said", [
+    ("over after recovery", "round 2: after recovery its upper bound 1.0500 ms exceeds the budget 1.0000 ms; keeping"),
+    ("no room", "round 2: the looser limit's best candidates have no room under the budget as measured"),
+])
+def test_a_looser_round_that_is_not_kept_says_why(monkeypatch, second, said):
+    """Round 1 certifies with budget to spare; the looser round 2 is not kept, and the log says why."""
+    from types import SimpleNamespace as NS
+
+    import hwprune.pruning as pruning
+
+    rounds = iter([_fake_round(1, 0.8), _fake_round(2, 1.05 if second == "no room" else 0.97)])
+    outcomes = []
+
+    def measured_round(job, s, cert, rnd, limit, tried, beat=None):
+        r = next(rounds)
+        return r, NS(accepted=not (rnd == 1 and second == "no room"), index=0), NS(score=0.3 + rnd), [None]
+
+    def recover(job, s, cert, r, result, model, rounds_so_far):
+        r.final = NS(certified=r.round == 1, upper_bound_ms=0.8 if r.round == 1 else 1.05, budget_ms=1.0)
+        outcomes.append(NS(result=result, round=r.round))
+        return outcomes[-1]
+
+    monkeypatch.setattr(pruning, "_measured_round", measured_round)
+    monkeypatch.setattr(pruning, "_recover_and_measure", recover)
+    monkeypatch.setattr(pruning, "next_lut_limit", lambda *a: 1.2)
+    monkeypatch.setattr(pruning, "measured_points", lambda rounds: [])
+    log: list[str] = []
+    job = NS(opts=NS(certify_rounds=2, speedup=None, latency_ms=1.0), log=log.append)
+    s = NS(floor_ms=0.1, predict=lambda widths: 2.0)
+    cert = NS(budget=NS(given=True), cfg=NS(rel_ci=0.02))
+    kept = pruning._search_and_certify(job, s, cert)
+    assert kept.round == 1
+    assert any(line.startswith(said) for line in log), log
