@@ -141,21 +141,16 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
 
     staircases, stair_signatures = None, set()
     if cfg.auto_widths:
-        staircases, stair_signatures = _staircases(wg, units, groups, rows, path.with_name(f"{path.name}.steps-{_journal_id(key, cfg)}"),
-                                 local_fp, staircase_processes,
-                                 staircases_of(old, as_searched=False)
-                                 if old.get("structure_sha") == structure_sha(model) else None, log)
+        measured = staircases_of(old, as_searched=False) if old.get("structure_sha") == structure_sha(model) else None
+        staircases, stair_signatures = _staircases(wg, units, groups, rows,
+                                                   path.with_name(f"{path.name}.steps-{_journal_id(key, cfg)}"),
+                                                   local_fp, staircase_processes, measured, log)
     space = SearchSpace([g.name for g in groups], [g.channels for g in groups], cfg.width_multiple,
                         [s.allowed for s in staircases] if staircases is not None else None,
                         steps=[g.step for g in groups])
     grids = _table_grids(groups, units, cfg, ratios, space, log)
 
-    # The model's structure: which signature each unit has at each grid point.
-    unit_tables: list[dict[str, str]] = [dict() for _ in units]
-    todo: dict[str, Candidate] = {}
-    for cand in enumerate_candidates(wg, units, grids):
-        unit_tables[cand.unit][",".join(map(str, cand.point))] = cand.signature
-        todo.setdefault(cand.signature, cand)
+    unit_tables, todo = _unit_tables(wg, units, grids)
     missing = _missing(lut, cfg, local_fp, todo)
 
     structure = {
@@ -201,6 +196,17 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
          for k, v in result.to_dict().items() if k not in ("calibration", "errors")})
     rows.save()
     return result
+
+
+def _unit_tables(wg, units, grids: Sequence[Sequence[int]]) -> tuple[list[dict[str, str]], dict[str, Candidate]]:
+    """The model's structure: which signature each unit has at each grid point, and each distinct
+    signature's candidate (measured once however many units share it)."""
+    unit_tables: list[dict[str, str]] = [dict() for _ in units]
+    todo: dict[str, Candidate] = {}
+    for cand in enumerate_candidates(wg, units, grids):
+        unit_tables[cand.unit][",".join(map(str, cand.point))] = cand.signature
+        todo.setdefault(cand.signature, cand)
+    return unit_tables, todo
 
 
 def _model_and_entry(spec: ModelSpec, cfg: DeviceConfig, lut: LatencyLUT, path: Path,
