@@ -132,11 +132,14 @@ def main() -> None:
     cands = list({p.candidate.signature: p.candidate for p in points}.values())
     names, dense = [g.name for g in groups], [g.channels for g in groups]
     print(f"{args.model}: {len(groups)} groups, {len(cands)} staircase signatures, {args.processes} processes")
+    from hwprune.profiling import _candidate_item
+
+    items = [_candidate_item(wg, units, c) for c in cands]  # exported once, timed in every process
     runs, walls = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.processes):
             t0 = time.perf_counter()
-            runs.append(_staircase_process(wg, units, cands, cfg, Path(tmp) / f"p{i}", f"process {i + 1}", True))
+            runs.append(_staircase_process(items, cfg, Path(tmp) / f"p{i}", f"process {i + 1}", True)[:2])
             walls.append(time.perf_counter() - t0)
     single = [measure_staircases(points, names, dense, *r) for r in runs]
     pairs = [(runs[i], runs[i + 1]) for i in range(0, len(runs), 2)]

@@ -282,29 +282,28 @@ def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work:
     earlier ones (``old``) when they are of these groups and as many processes; re-measured, a step
     that came and went would re-grid every table. Also returns the staircases' signatures."""
     points = list(staircase_candidates(wg, units, [g.step for g in groups]))
-    signatures = {p.candidate.signature for p in points}
+    todo: dict[str, Candidate] = {}
+    for p in points:
+        todo.setdefault(p.candidate.signature, p.candidate)
     widths = [sorted({p.width for p in points if p.group == gi}) or [g.channels] for gi, g in enumerate(groups)]
     if old is not None and [(s.group, s.dense, s.widths) for s in old] == \
             [(g.name, g.channels, w) for g, w in zip(groups, widths)] and min(s.processes for s in old) >= processes:
         log(f"width steps: as measured before, {sum(len(s.allowed) for s in old)} allowed widths over {len(old)} groups")
-        return old, signatures
+        return old, set(todo)
     if old is not None:
         log(f"the LUT's width steps were measured in {min(s.processes for s in old)} process(es); measuring them in "
             f"{processes}: the allowed widths, and with them the unit tables' grid, may change")
     cfg, lut = rows.cfg, rows.lut
-    todo: dict[str, Candidate] = {}
-    for p in points:
-        todo.setdefault(p.candidate.signature, p.candidate)
     items = {c.signature: c for c in _missing(lut, cfg, local_fp, todo)}
+    exported = [_candidate_item(wg, units, c) for c in todo.values()]  # once, for every process
     log(f"channel_multiple auto: the latency staircase of {len(groups)} groups, {len(todo)} distinct signatures "
         f"({len(items)} to measure in this process" + (f", all of them in {processes - 1} fresh one(s)"
                                                       if processes > 1 else "") + ")")
     if items:
-        rows.measure([_candidate_item(wg, units, c) for c in items.values()], work, "staircases")
+        rows.measure([item for item in exported if item[0] in items], work, "staircases")
     others = []
     for i in range(processes - 1):
-        lat, noise, timed_s = _staircase_process(wg, units, list(todo.values()), cfg,
-                                                 work.with_name(f"{work.name}.p{i + 2}"),
+        lat, noise, timed_s = _staircase_process(exported, cfg, work.with_name(f"{work.name}.p{i + 2}"),
                                                  f"staircases, process {i + 2}/{processes}", rows.show_progress)
         others.append((lat, noise))
         rows.timed_s += timed_s
@@ -316,10 +315,10 @@ def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work:
     steps = sum(len(s.allowed) for s in out)
     log(f"width steps measured: {steps} allowed widths over {len(out)} groups (e.g. {out[-1].group}: "
         f"{', '.join(map(str, out[-1].allowed))})")
-    return out, signatures
+    return out, set(todo)
 
 
-def _staircase_process(wg, units, cands: Sequence[Candidate], cfg: DeviceConfig, work: Path, desc: str,
+def _staircase_process(items: Sequence[tuple[str, bytes, dict[str, Any]]], cfg: DeviceConfig, work: Path, desc: str,
                        show_progress: bool) -> tuple[dict[str, float], dict[str, float], float]:
     """The staircase's signatures timed in one fresh process: their latency and noise on that
     process's own level, as the LUT computes them, and the seconds spent inside timed runs."""
@@ -327,7 +326,7 @@ def _staircase_process(wg, units, cands: Sequence[Candidate], cfg: DeviceConfig,
     rows: list[dict[str, Any]] = []
     sessions: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
-    bar = progress_bar(len(cands), desc, show_progress)
+    bar = progress_bar(len(items), desc, show_progress)
 
     def on_record(rec: dict[str, Any]) -> None:
         if rec.get("type") == "session":
@@ -342,7 +341,7 @@ def _staircase_process(wg, units, cands: Sequence[Candidate], cfg: DeviceConfig,
     # and one pass is what the rule compares with the profile's own (about a minute for resnet20).
     shutil.rmtree(work, ignore_errors=True)
     try:
-        time_items([_candidate_item(wg, units, c) for c in cands], cfg, work, on_record, fresh_process=True)
+        time_items(items, cfg, work, on_record, fresh_process=True)
     finally:
         bar.close()
     if errors:
