@@ -15,12 +15,38 @@ import click
 from profilers.errors import ProfilerError
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job's timeout, ``kill``, a closing terminal) taken the way Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated(signum)
+
+
+def _take_termination_as_interrupt() -> None:
+    """Python's default SIGTERM ends the process without unwinding, so no ``finally`` runs: a
+    fresh measuring process (the staircase's, ``--processes``') is left running on the device
+    and a journal's last write is not flushed. Raised as an interrupt, it gets Ctrl-C's clean-up
+    and message instead."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a host that set its own handler keeps it
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 class _Group(click.Group):
     """A click group that turns library errors, and click's own usage errors, into one line and exit code 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
+        _take_termination_as_interrupt()
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as err:  # click prints usage, a hint and the error on three lines
@@ -44,11 +70,12 @@ class _Group(click.Group):
         except ProfilerError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             resumes = {"profile": "; run the same command again to resume (no row measured so far is lost)",
                        "pretrain": "; run the same command again to resume from the last epoch"}
-            click.echo("interrupted" + resumes.get(ctx.invoked_subcommand or "", ""), err=True)
-            ctx.exit(130)
+            what = "terminated" if isinstance(err, _Terminated) else "interrupted"
+            click.echo(what + resumes.get(ctx.invoked_subcommand or "", ""), err=True)
+            ctx.exit(128 + err.signum if isinstance(err, _Terminated) else 130)  # the shell's 128 + signal
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -175,3 +175,48 @@ def test_prune_require_certified_exits_1_on_an_uncertified_run(monkeypatch, tmp_
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == code, res.output
     assert ("warning: not certified" in res.stderr) == (not certified)
+
+
+TERMINATED_CHILD = r"""
+import subprocess, sys, time
+from pathlib import Path
+from hwprune.cli import cli
+
+@cli.command("hold")
+def hold():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # not the test's pipe
+    try:
+        Path(sys.argv[1]).write_text(str(child.pid))
+        time.sleep(300)
+    finally:   # what a fresh measuring process's owner does; Python's default SIGTERM skips it
+        child.kill()
+        child.wait()
+
+cli(["hold"], prog_name="hwprune")
+"""
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_child_running(tmp_path):
+    import signal
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    proc = subprocess.Popen([sys.executable, "-c", TERMINATED_CHILD, str(pid_file)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "no start"
+        time.sleep(0.05)
+    child_pid = int(pid_file.read_text())
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert err.strip().splitlines() == ["terminated"]
+        with pytest.raises(ProcessLookupError):  # killed and reaped by the finally block
+            os.kill(child_pid, 0)
+    finally:
+        try:
+            os.kill(child_pid, signal.SIGKILL)  # without the fix, the orphan is still running
+        except ProcessLookupError:
+            pass
