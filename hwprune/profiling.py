@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -141,7 +141,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
 
     staircases, stair_signatures = None, set()
     if cfg.auto_widths:
-        measured = staircases_of(old, as_searched=False) if old.get("structure_sha") == structure_sha(model) else None
+        measured = _old_staircases(old, model, cfg, log)
         staircases, stair_signatures = _staircases(wg, units, groups, rows,
                                                    path.with_name(f"{path.name}.steps-{_journal_id(key, cfg)}"),
                                                    local_fp, staircase_processes, measured, log)
@@ -165,7 +165,8 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
         "unprunable": [dataclasses.asdict(u) for u in unprunable],
         "units": [{"name": u.name, "label": u.label, "groups": list(u.groups), "table": t}
                   for u, t in zip(units, unit_tables)],
-        **({"staircases": [s.to_dict() for s in staircases]} if staircases is not None else {}),
+        **({"staircases": [s.to_dict() for s in staircases], "staircase_statistic": cfg.statistic}
+           if staircases is not None else {}),
     }
     rows.structure = structure
     if old.get("units") != structure["units"] or old.get("groups") != structure["groups"]:
@@ -273,6 +274,20 @@ def _candidate_item(wg, units, cand: Candidate) -> tuple[str, bytes, dict[str, A
     for g, w in zip(u.groups, cand.point):
         widths[g] = w
     return cand.signature, wg.instantiate(u.nodes, widths), wg.describe(u.nodes, widths)
+
+
+def _old_staircases(old: Mapping[str, Any], model, cfg: DeviceConfig, log) -> list[Staircase] | None:
+    """The staircases this model's entry keeps, if they are of this model and of the statistic the
+    device config now asks for (a step in p50 need not be one in p99)."""
+    if old.get("structure_sha") != structure_sha(model):
+        return None
+    found = staircases_of(old, as_searched=False)
+    statistic = old.get("staircase_statistic", "p50")  # LUTs before it was kept: the default statistic
+    if found is not None and statistic != cfg.statistic:
+        log(f"the LUT's width steps were measured on {statistic} and {cfg.name} now uses {cfg.statistic}: measuring "
+            f"them again (the allowed widths, and with them the unit tables' grid, may change)")
+        return None
+    return found
 
 
 def _staircases(wg, units, groups: Sequence[PrunableGroup], rows: "_Rows", work: Path, local_fp: str | None,

@@ -220,6 +220,24 @@ def test_a_one_process_staircase_is_measured_again_when_more_processes_are_asked
     assert {s.processes for s in staircases_of(LatencyLUT.load(lut).model(key))} == {2}
 
 
+def test_staircases_of_another_statistic_are_measured_again(auto_lut, tmp_path):
+    import shutil
+
+    lut = tmp_path / "p90.parquet"
+    shutil.copy(auto_lut["lut"], lut)
+    p90 = tmp_path / "p90.yaml"   # the same device, its budget now judged on p90
+    p90.write_text(DEVICE_YAML.replace("statistic: p50", "statistic: p90"))
+    said: list[str] = []
+    profile(auto_lut["spec"], str(p90), str(lut), calibration_samples=0, show_progress=False, log=said.append)
+    assert any("measured on p50 and test-auto now uses p90: measuring them again" in line for line in said)
+    assert not any(line.startswith("width steps: as measured before") for line in said)
+    m = LatencyLUT.load(lut).model(model_key(auto_lut["spec"].name, (1, 1, 8, 8)))
+    assert m["staircase_statistic"] == "p90"
+    said.clear()
+    profile(auto_lut["spec"], str(p90), str(lut), calibration_samples=0, show_progress=False, log=said.append)
+    assert any(line.startswith("width steps: as measured before") for line in said)
+
+
 def test_a_profile_interrupted_after_its_staircases_keeps_them(auto_lut, tmp_path, monkeypatch):
     import hwprune.profiling as profiling
 
