@@ -125,7 +125,7 @@ def profile(spec: ModelSpec, device: str | DeviceConfig, lut_path: str, *, ratio
     check_integer(staircase_processes, "--staircase-processes", 1)
     cfg = device if isinstance(device, DeviceConfig) else load_device_config(device)
     path = Path(lut_path)
-    lut, local_fp = _open_lut(path, cfg, fmt, allow_other_device)
+    lut, local_fp = _open_lut(path, cfg, fmt, allow_other_device, log)
 
     torch.manual_seed(seed)
     model, x, key, old = _model_and_entry(spec, cfg, lut, path, replace)
@@ -239,7 +239,8 @@ def _calibration_items(model: nn.Module, x: torch.Tensor, groups: Sequence[Pruna
     return items
 
 
-def _open_lut(path: Path, cfg: DeviceConfig, fmt: str | None, allow_other_device: bool) -> tuple[LatencyLUT, str | None]:
+def _open_lut(path: Path, cfg: DeviceConfig, fmt: str | None, allow_other_device: bool,
+              log=print) -> tuple[LatencyLUT, str | None]:
     """The LUT at ``path`` (new if absent) and this machine's fingerprint (None when the device is
     remote), after the checks that must come before minutes of export."""
     if fmt is not None and path.suffix != f".{fmt}":
@@ -258,6 +259,11 @@ def _open_lut(path: Path, cfg: DeviceConfig, fmt: str | None, allow_other_device
     check_backend(cfg)  # a missing runtime or GPU is said now
     local_fp = fingerprint(collect_manifest(cfg))
     lut.check_device(local_fp, allow_other_device, str(path))
+    theirs = lut.meta.get("fingerprint")
+    if theirs and theirs != local_fp:  # allowed: the rows measured now are filed under the LUT's device
+        log(f"warning: {path.name} was measured on '{lut.meta.get('device')}' (fingerprint {theirs}), this is "
+            f"'{cfg.name}' ({local_fp}); the rows measured now are filed under the LUT's device, so its tables mix "
+            "two devices' timings: profile into a new LUT unless both are the same hardware and settings")
     return lut, local_fp
 
 

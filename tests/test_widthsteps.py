@@ -275,9 +275,13 @@ def test_extending_a_lut_from_another_device_config_keeps_its_device(auto_lut, t
     shutil.copy(auto_lut["lut"], lut)
     other = tmp_path / "other.yaml"
     other.write_text(DEVICE_YAML.replace("name: test-auto", "name: test-auto-2t").replace("threads: 1", "threads: 2"))
+    said: list[str] = []
     profile(auto_lut["spec"], str(other), str(lut), calibration_samples=0, show_progress=False,
-            allow_other_device=True, log=lambda m: None)
+            allow_other_device=True, log=said.append)
     assert LatencyLUT.load(lut).meta["device"] == "test-auto"   # its rows keep that device's fingerprint
+    # allowed, but the user is told the tables now mix two devices' timings
+    assert any(line.startswith("warning: ext.parquet was measured on 'test-auto'") and "mix two devices" in line
+               for line in said)
 
 
 def test_staircase_processes_is_checked(auto_lut, tmp_path):
