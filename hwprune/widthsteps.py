@@ -145,8 +145,7 @@ def measure_staircases(points: Sequence[StairPoint], group_names: Sequence[str],
         widths = runs[0][g][0]
         series = [runs[0][g][1]] + [_on_level(runs[0][g][1][0], run[g][1]) for run in runs[1:]]
         allowed, step = allowed_widths(widths, *series[0], max_steps, others=series[1:])
-        mean = [sum(s[0][i] for s in series) / len(series) for i in range(len(widths))]
-        noise = [max(s[1][i] for s in series) for i in range(len(widths))]
+        mean, noise = _mean_series(series)
         out.append(Staircase(name, int(d), widths, mean, noise, allowed, step,
                              [list(s[0]) for s in series] if others else []))
     return out
@@ -209,12 +208,18 @@ def allowed_widths(widths: Sequence[int], ms: Sequence[float], noise_ms: Sequenc
     # The floor is the processes' mean staircase's: one process's odd reading must not raise it
     # (a pytorchcv mobilenet's 128-channel groups kept only 112 and 128 when the cheapest width
     # of each process alone had to be cheaper in all of them).
-    mean = [sum(m[i] for m, _ in series) / len(series) for i in range(len(widths))]
-    noise = [max(n[i] for _, n in series) for i in range(len(widths))]
+    mean, noise = _mean_series(series)
     cheapest, last = _cheapest(mean, noise), kept[-1]
     if cheapest < last and _cheaper([(mean, noise)], cheapest, last, 0.0):
         kept.append(cheapest)
     return sorted(int(widths[i]) for i in kept), float(step)
+
+
+def _mean_series(series: Sequence[Series]) -> Series:
+    """The processes' mean staircase, with the widest of their noise figures at each width."""
+    n = len(series[0][0])
+    return ([sum(m[i] for m, _ in series) / len(series) for i in range(n)],
+            [max(noise[i] for _, noise in series) for i in range(n)])
 
 
 def _cheaper(series: Sequence[Series], i: int, j: int, min_step: float) -> bool:
