@@ -57,9 +57,9 @@ def main() -> None:
     pools: list[list[dict]] = []
     original = pruning.top_candidates
 
-    def recording(result, k, space, tried):  # the bench's window on each round's search
+    def recording(result, *args, **kw):  # the bench's window on each round's search
         pools.append([dict(e) for e in result.history])
-        return original(result, k, space, tried)
+        return original(result, *args, **kw)
 
     pruning.top_candidates = recording
     train_full = load_dataset("fashion-mnist", "train")

@@ -566,19 +566,36 @@ def next_lut_limit(points: list[tuple[float, float]], limit_ms: float, target: f
     return max(new, floor_ms)
 
 
-def top_candidates(result, k: int, space, tried: set) -> list[tuple[dict[str, int], float]]:
-    """Up to ``k`` feasible architectures of a search, best proxy score first, none in ``tried``.
+def top_candidates(result, k: int, space, tried: set, predict_ms: Callable[[dict[str, int]], float | None] | None = None,
+                   ladder_to: float = 1.0, beat_score: float | None = None) -> list[tuple[dict[str, int], float]]:
+    """Up to ``k`` feasible architectures of a search, none in ``tried``; the search's own answer first.
 
-    The search's own answer always comes first; ties keep evaluation order.
+    The others are the best-scoring ones, or, with ``predict_ms`` (the LUT) and ``ladder_to`` < 1,
+    a latency ladder under the answer: candidate ``i`` is the best-scoring architecture predicted
+    at most ``1 - i·(1 - ladder_to)/(k - 1)`` of the answer's latency. The best few of a search
+    all sit at its limit and miss the budget together when the LUT is a few percent optimistic
+    there; a ladder down to ``ladder_to`` (the share of the budget a certificate must use) keeps
+    one candidate in the band a round can be kept in, instead of a second round. A rung with no
+    architecture under it takes the best remaining one; after the answer they come best score
+    first, the order they are measured and kept in. ``beat_score``: a looser round's
+    candidates must score above the certified architecture's, or they could not be kept.
+    Ties keep evaluation order.
     """
     out = [(dict(result.widths), result.score)]
     seen = {space.key(result.widths)}
-    ranked = sorted((e for e in result.history if e.get("feasible")), key=lambda e: -e["score"])
-    for e in ranked:
-        if len(out) >= k:
+    ranked = [e for e in sorted((e for e in result.history if e.get("feasible")), key=lambda e: -e["score"])
+              if space.key(e["widths"]) not in tried and (beat_score is None or e["score"] > beat_score)]
+    top_ms = predict_ms(result.widths) if predict_ms is not None and k > 1 and ladder_to < 1 else None
+    for i in range(1, k):
+        fresh = [e for e in ranked if space.key(e["widths"]) not in seen]
+        if not fresh:
             break
-        key = space.key(e["widths"])
-        if key not in seen and key not in tried:
-            seen.add(key)
-            out.append((dict(e["widths"]), e["score"]))
-    return out
+        under = None
+        if top_ms is not None:
+            rung_ms = top_ms * (1 - i * (1 - ladder_to) / (k - 1))
+            under = next((e for e in fresh if (predict_ms(e["widths"]) or 0.0) <= rung_ms), None)
+        e = under or fresh[0]
+        seen.add(space.key(e["widths"]))
+        out.append((dict(e["widths"]), e["score"]))
+    # measured in this order, the first with room kept: the best-scoring one that fits
+    return out[:1] + sorted(out[1:], key=lambda c: -c[1])

@@ -330,8 +330,9 @@ def _agent_options(ctx, param, values):
 @click.option("--certify-rounds", type=int, default=5, show_default=True,
               help="Searches allowed to meet the budget as measured on the device.")
 @click.option("--measure-top", type=int, default=3, show_default=True,
-              help="Per round, measure this many of the search's best feasible architectures on the device "
-                   "and keep the best-scoring one that fits.")
+              help="Per round, measure this many of the search's feasible architectures on the device (its "
+                   "answer, then the best ones on a latency ladder down to 95% of it) and keep the best-scoring "
+                   "one that fits.")
 @click.option("--calibration-samples", type=int, default=8, show_default=True,
               help="Sub-networks measured beside the dense model at the start to refit the LUT's ms scale in "
                    "this process (the smallest architecture among them); 0 keeps the LUT's stored calibration.")

@@ -478,7 +478,11 @@ def _measured_round(job: _Job, s: SearchSetup, cert: Certifier, rnd: int, lut_li
     opts, cfg, x = job.opts, cert.cfg, job.x
     result = s.search(rnd, lut_limit_ms, seed=opts.seed, max_evaluations=opts.max_evaluations,
                       show_progress=opts.show_progress, log=job.log)
-    cands = top_candidates(result, opts.measure_top, s.space, tried)
+    # With a measured budget the candidates are a ladder from the limit down to USE_BUDGET of it:
+    # one of them then usually lands in the band a certificate is kept in when the LUT is off.
+    ladder_to = USE_BUDGET if cert.budget.given and lut_limit_ms is not None else 1.0
+    cands = top_candidates(result, opts.measure_top, s.space, tried, s.predict, ladder_to,
+                           beat.score if beat is not None else None)
     if beat is not None and (s.space.key(result.widths) == s.space.key(beat.widths)
                              or max(score for _, score in cands) <= beat.score):
         return None

@@ -253,6 +253,32 @@ def test_top_candidates_are_the_best_feasible_new_architectures_the_search_s_own
     assert top_candidates(res, 1, space, set()) == [({"a": 5, "b": 7}, 0.8)]
 
 
+def test_with_a_lut_the_candidates_are_a_latency_ladder_down_to_the_budget_share_a_certificate_needs():
+    space = SearchSpace(["a"], [100], 1)
+    # score rises with width, latency (ms) is the width: the best few all sit at the limit
+    hist = [{"widths": {"a": w}, "score": w / 100, "feasible": w <= 100} for w in (100, 99, 98, 97, 96, 95, 94, 90)]
+    res = SearchResult("x", {"a": 100}, 1.0, {}, True, len(hist), 0.0, hist)
+    ms = lambda w: float(w["a"])  # noqa: E731
+    assert [w["a"] for w, _ in top_candidates(res, 3, space, set())] == [100, 99, 98]   # no LUT: by score
+    got = top_candidates(res, 3, space, set(), ms, ladder_to=0.95)
+    assert [w["a"] for w, _ in got] == [100, 97, 95]   # the best at most 97.5% and 95% of the answer's ms
+    assert [s for _, s in got] == [1.0, 0.97, 0.95]
+    assert [w["a"] for w, _ in top_candidates(res, 2, space, set(), ms, 0.95)] == [100, 95]
+    assert [w["a"] for w, _ in top_candidates(res, 3, space, set(), ms, 1.0)] == [100, 99, 98]  # no ladder
+    # a rung with nothing new under it takes the best remaining architecture
+    got = top_candidates(res, 3, space, {space.key({"a": w}) for w in (97, 96, 95, 94, 90)}, ms, 0.95)
+    assert [w["a"] for w, _ in got] == [100, 99, 98]
+
+
+def test_a_looser_rounds_candidates_all_score_above_the_certified_architecture():
+    space = SearchSpace(["a"], [100], 1)
+    hist = [{"widths": {"a": w}, "score": w / 100, "feasible": True} for w in (100, 99, 90, 80)]
+    res = SearchResult("x", {"a": 100}, 1.0, {}, True, len(hist), 0.0, hist)
+    got = top_candidates(res, 3, space, set(), lambda w: float(w["a"]), 0.95, beat_score=0.85)
+    # the 97.5% rung takes 90, the 95% rung nothing new under it: the best remaining, 99, measured before 90
+    assert [w["a"] for w, _ in got] == [100, 99, 90]   # 0.80 could never be kept: not measured
+
+
 def test_a_round_under_the_budget_but_without_room_says_why_it_was_not_kept():
     from hwprune.report import _round_text
 
