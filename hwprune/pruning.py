@@ -2,7 +2,7 @@
 
 The pipeline (:func:`run`): measure the dense model on the device; let an agent pick per-group
 widths under the budget functions (LUT latency first) with the task's objective; measure the
-search's best few architectures beside the dense model (:mod:`hwprune.certify`); recover the one
+search's answer and a latency ladder under it beside the dense model (:mod:`hwprune.certify`); recover the one
 that fits (:mod:`hwprune.task`); measure it again and certify that the 95% upper confidence bound
 of the measured statistic is within the budget — if a measurement misses, tighten the LUT limit
 by measured/predicted and search again; then write the run folder (:mod:`hwprune.rundir`).
@@ -469,7 +469,7 @@ def _ms(value: float | None) -> str:
 
 def _measured_round(job: _Job, s: SearchSetup, cert: Certifier, rnd: int, lut_limit_ms: float | None,
                     tried: set, beat: SearchResult | None = None) -> tuple[Round, Any, Any, list[nn.Module]] | None:
-    """One round: search under ``lut_limit_ms``, measure its best few beside the dense model, keep one.
+    """One round: search under ``lut_limit_ms``, measure its candidates beside the dense model, keep one.
 
     ``beat`` is the certified search result a looser round must improve on. The run keeps the
     certified architecture with the best proxy score: when no candidate of the round scores above
