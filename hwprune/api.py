@@ -368,6 +368,7 @@ def _time_in_processes(onnx_path: str, cfg, processes: int) -> dict[str, Any]:
     from hwprune.processes import measure_in_processes, spread, state_spreads
     from profilers.environment import collect_manifest
     from profilers.remote import check_reachable
+    from profilers.runners import runner_class
     from profilers.stats import summarize
 
     blob = _read_onnx(onnx_path)
@@ -375,7 +376,7 @@ def _time_in_processes(onnx_path: str, cfg, processes: int) -> dict[str, Any]:
     runs = measure_in_processes([("model", blob)], cfg, processes)
     samples = [s for r in runs for s in r["model"]["samples_ms"]]
     pooled = summarize(samples, cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci).to_dict()
-    return {"device": cfg.name, "model": onnx_path, "timed_scope": "session.run", "timing": pooled,
+    return {"device": cfg.name, "model": onnx_path, "timed_scope": runner_class(cfg).timed_scope, "timing": pooled,
             "processes": processes,
             "across_processes": {**spread(runs, "model", cfg.statistic).to_dict(),
                                  "per_process": [{k: v for k, v in r["model"].items()

@@ -9,18 +9,23 @@ from profilers.runner import BaseRunner
 from profilers.stats import TimingStats
 
 
-def make_runner(model: str | bytes, config: DeviceConfig, name: str | None = None) -> BaseRunner:
-    """The runner for ``config.backend``; heavy backends are imported only here, lazily."""
+def runner_class(config: DeviceConfig) -> type[BaseRunner]:
+    """The runner class of ``config.backend``; its module imports the runtime itself only when a runner is made."""
     if config.backend == "onnxruntime":
         from profilers.onnxrt import OrtRunner
-        return OrtRunner(model, config, name=name)
+        return OrtRunner
     if config.backend == "tensorrt":
         from profilers.tensorrt import TrtRunner
-        return TrtRunner(model, config, name=name)
+        return TrtRunner
     if config.backend == "torch-cuda":
         from profilers.torch_cuda import TorchCudaRunner  # imports torch only when activated
-        return TorchCudaRunner(model, config, name=name)
+        return TorchCudaRunner
     raise ValueError(f"unknown backend '{config.backend}'")  # config validation prevents this
+
+
+def make_runner(model: str | bytes, config: DeviceConfig, name: str | None = None) -> BaseRunner:
+    """The runner for ``config.backend``; heavy backends are imported only here, lazily."""
+    return runner_class(config)(model, config, name=name)
 
 
 def check_backend(config: DeviceConfig) -> None:

@@ -67,6 +67,10 @@ def test_hwprune_time_across_processes(files, tmp_path):
     assert r["processes"] == 3 and len(a["values_ms"]) == 3 and len(a["per_process"]) == 3
     # the pooled timing holds every process's samples
     assert r["timing"]["n"] == sum(p["n"] for p in a["per_process"])
+    # what was timed is said as a single-process run says it (it named session.run for every backend)
+    from profilers.onnxrt import OrtRunner
+
+    assert r["timed_scope"] == OrtRunner.timed_scope
 
 
 def test_the_median_process_interval_is_order_statistics_with_their_exact_coverage():
