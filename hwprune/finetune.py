@@ -253,7 +253,7 @@ class SelectiveWeightDecay:
     def _record(self, model: nn.Module, example_input: torch.Tensor) -> None:
         tp = _tp()
         dg = _build_graph(model, example_input)
-        clf = classifier_layer(model)
+        clf = classifier_layer(model, example_input)
         bn_types = (nn.modules.batchnorm._BatchNorm,)
         score_types = bn_types if self.criterion == "bn-scale" else (
             nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
@@ -445,6 +445,8 @@ class _AGPHooks(TrainHooks):
         prune_to_widths(model, x, {}, keep=keep_by_importance(model, x, todo, self.criterion),
                         inplace=True, kept_out=kept_now)
         for name, idx in kept_now.items():
+            if name not in self.kept:  # a group the run leaves at full width: prune_to_widths lists every group
+                continue
             # Indices are relative to the current (already pruned) model; map them back to the dense numbering.
             self.kept[name] = [self.kept[name][i] for i in idx]
             self.current[name] = len(idx)

@@ -53,8 +53,28 @@ def _tp():
     return tp
 
 
-def classifier_layer(model: nn.Module) -> nn.Module | None:
-    """The layer whose outputs are the class scores: the last Linear, else the last conv."""
+def classifier_layer(model: nn.Module, example_input: torch.Tensor | None = None) -> nn.Module | None:
+    """The layer whose outputs are the class scores, kept at full width.
+
+    With ``example_input``, found by running the model once: the Linear or conv layer whose output
+    tensor is the model's (first) output, else the last Linear that ran, else the last conv that
+    ran. The order layers are declared in says nothing (a classifier declared before a Linear
+    squeeze-excitation block, or an unused auxiliary head declared after it, took its place and
+    left a real group out of the search). Without an input, or if the pass fails: the last
+    declared Linear, else the last declared conv.
+    """
+    layer_types = (nn.Linear, nn.modules.conv._ConvNd)
+    if example_input is not None:
+        ran = _layers_run(model, example_input, layer_types)
+        if ran is not None:
+            layers, outputs = ran
+            made = {id(out): m for m, out in layers}
+            for out in outputs:
+                if id(out) in made:
+                    return made[id(out)]
+            linear = [m for m, _ in layers if isinstance(m, nn.Linear)]
+            if linear or layers:
+                return (linear or [m for m, _ in layers])[-1]
     last_linear = last_conv = None
     for m in model.modules():
         if isinstance(m, nn.Linear):
@@ -62,6 +82,37 @@ def classifier_layer(model: nn.Module) -> nn.Module | None:
         elif isinstance(m, nn.modules.conv._ConvNd):
             last_conv = m
     return last_linear or last_conv
+
+
+def _layers_run(model: nn.Module, example_input: torch.Tensor, types: tuple[type, ...]):
+    """The ``types`` layers in the order one forward pass runs them, each with its output, and
+    the model's output tensors in order (a tuple's items, a dict's values); None if the pass fails."""
+    layers: list[tuple[nn.Module, Any]] = []
+    hooks = [m.register_forward_hook(lambda mod, _in, out: layers.append((mod, out)))
+             for m in model.modules() if isinstance(m, types)]
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(example_input)
+    except Exception:  # the dependency graph's tracing says what is wrong with the model, in one line
+        return None
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return layers, _tensors_in(out)
+
+
+def _tensors_in(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in _tensors_in(item)]
+    return []
 
 
 def _build_graph(model: nn.Module, example_input: torch.Tensor):
@@ -98,6 +149,7 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable:
     A group that reaches a grouped (not depthwise) convolution is cut in multiples of its
     groups (``step``, see ``_grouped_conv_step``). A group whose channels are tied
     (``_tied_channels``), that reaches a grouped convolution through a concatenation or split,
+    whose channels a depthwise convolution takes from a concatenation (``_depthwise_over_concat``),
     or that reaches a layer the tracer could not map, is left out wherever groups are listed
     (search, importance, cuts, recovery): cutting it gives fewer channels than asked or breaks
     a layer, which the pruner does not guarantee. ``unprunable``, when given, receives an
@@ -121,7 +173,8 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable:
             if n is not None and n not in members and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
                 members.append(n)
         step, reason = _grouped_conv_step(g, names)
-        reason = _opaque_in(g, dg) or reason or _tied_channels(dg, root, handler, names[id(root)])
+        reason = (_opaque_in(g, dg) or reason or _depthwise_over_concat(g, names)
+                  or _tied_channels(dg, root, handler, names[id(root)]))
         if reason is None and step > 1 and _out_channels(root) <= step:
             reason = f"its {_out_channels(root)} channels are one block of its grouped convolutions; kept at full width"
         if reason is not None:
@@ -155,7 +208,7 @@ def find_groups(model: nn.Module, example_input: torch.Tensor, ignored: Sequence
     receives those groups and why.
     """
     model = model.eval()
-    clf = classifier_layer(model)
+    clf = classifier_layer(model, example_input)
     ignored_layers = list(ignored or []) + ([clf] if clf is not None else [])
     dg = _build_graph(model, example_input)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
@@ -187,6 +240,30 @@ def _opaque_in(group, dg) -> str | None:
             name, why = opaque[item.dep.target.module]
             return f"it reaches {name}, which Torch-Pruning cannot trace ({why}); kept at full width"
     return None
+
+
+def _is_depthwise(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.modules.conv._ConvNd) and mod.groups > 1 and mod.groups == mod.in_channels
+
+
+def _depthwise_over_concat(group, names: dict[int, str]) -> str | None:
+    """Why ``group`` cannot be cut: a depthwise convolution couples its input channels to its
+    output channels, so after ``torch.cat`` of several layers' outputs their channels form one
+    group. Cut by importance, one of those layers can lose every channel (a conv of 0 outputs,
+    which no runtime builds); no width keeps each one at least one channel. Kept at full width."""
+    dw = next((item.dep.target.module for item in group if _is_depthwise(item.dep.target.module)), None)
+    if dw is None:
+        return None
+    size = len(group[0].idxs)
+    parts = [item for item in group if not _is_depthwise(item.dep.target.module)
+             and isinstance(item.dep.target.module, (nn.modules.conv._ConvNd, nn.Linear))
+             and getattr(item.dep.handler, "__name__", "") == "prune_out_channels"
+             and len(item.root_idxs or []) < size]
+    if not parts:
+        return None
+    return (f"{names.get(id(dw), type(dw).__name__)} is a depthwise convolution over a concatenation (of "
+            f"{', '.join(names.get(id(i.dep.target.module), '?') for i in parts)}): a cut could leave one of "
+            "them no channel; kept at full width")
 
 
 def _grouped_conv_step(group, names: dict[int, str]) -> tuple[int, str | None]:
@@ -386,7 +463,7 @@ def _scored_groups(model: nn.Module, example_input: torch.Tensor, criterion: str
                    only: Collection[str] | None = None) -> dict[str, tuple[torch.Tensor, int]]:
     model = model.eval()
     dg = _build_graph(model, example_input)
-    clf = classifier_layer(model)
+    clf = classifier_layer(model, example_input)
     imp = _importance(criterion)
     scores = {}
     for name, _, _, g, _, step in _iter_groups(model, dg, [clf] if clf is not None else []):
@@ -443,7 +520,7 @@ def prune_to_widths(model: nn.Module, example_input: torch.Tensor, widths: Mappi
         model = copy.deepcopy(model)
     model = model.eval()
     dg = _build_graph(model, example_input)
-    clf = classifier_layer(model)
+    clf = classifier_layer(model, example_input)
     imp = _importance(criterion) if keep is None or set(widths) - set(keep) else None
     known = set()
     requested = set(widths) | set(keep or {})

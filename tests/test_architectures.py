@@ -426,10 +426,11 @@ class _DictSeg(nn.Module):
         return {"logits": self.fc(h.mean((2, 3))), "mask": self.seg(h)}
 
 
-@pytest.mark.parametrize("net, head", [(_TwoHeads, "cls"), (_DictSeg, "seg")])
+@pytest.mark.parametrize("net, head", [(_TwoHeads, "box"), (_DictSeg, "seg")])
 def test_every_layer_that_feeds_a_model_output_keeps_its_channels(net, head):
-    # Only the last Linear is known as the classifier; the other head (cls before box, a conv
-    # mask beside the logits) would lose output channels and change what the model returns.
+    # Only the layer that makes the first output is known as the classifier; the other head (box
+    # beside cls, a conv mask beside the logits) would lose output channels and change what the
+    # model returns.
     model, x = net().eval(), torch.zeros(1, 3, 16, 16)
     unprunable = []
     groups = find_groups(model, x, unprunable=unprunable)
@@ -467,3 +468,34 @@ def test_a_shuffle_that_holds_only_when_both_halves_are_cut_keeps_them_dense():
     assert [g.name for g in groups] == ["c"]
     assert {u.name for u in unprunable if "alone breaks the forward pass" in u.reason} == {"a", "b"}
     build_width_graph(model, x, groups)   # every group's narrower copy exports
+
+
+class _CatThenDepthwise(nn.Module):
+    """Two branches concatenated, then a depthwise conv (an Inception block before a MobileNet one);
+    ``dense_style``: ``cat([a, conv(a)])`` as DenseNet does, with a BatchNorm before the depthwise."""
+
+    def __init__(self, dense_style: bool = False):
+        super().__init__()
+        self.dense_style = dense_style
+        self.b1, self.b2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8 if dense_style else 3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.dw, self.pw, self.fc = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 24, 1), nn.Linear(24, 10)
+
+    def forward(self, x):
+        a = self.b1(x)
+        h = torch.cat([a, self.b2(a if self.dense_style else x)], 1)
+        return self.fc(torch.relu(self.pw(self.dw(torch.relu(self.bn(h))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("dense_style", [False, True])
+def test_a_depthwise_conv_over_a_concatenation_stays_dense_and_every_cut_of_the_rest_runs(dense_style):
+    # Its channels are the branches' together: cut by importance, a branch could keep no channel
+    # (profile crashed in the width graph, prune built a conv of 0 outputs).
+    model, x = _CatThenDepthwise(dense_style).eval(), torch.zeros(1, 3, 16, 16)
+    unprunable = []
+    groups = find_groups(model, x, unprunable=unprunable)
+    assert [g.name for g in groups] == ["pw"]
+    reason = next(u.reason for u in unprunable if u.name == "dw")
+    assert "depthwise convolution over a concatenation (of b1, b2)" in reason
+    for w in (1, 5, 12, 24):
+        assert prune_to_widths(model, x, {"pw": w})(x).shape == (1, 10)

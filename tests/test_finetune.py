@@ -295,3 +295,42 @@ def test_recover_rejects_bad_input_before_training(dense):
         recover("agp", dense, X, TARGET, epochs=1, agp_steps=0, **fast())
     with pytest.raises(HwpruneError, match="kd_weight"):
         recover("standard", dense, X, TARGET, epochs=1, teacher=dense, kd_weight=1.5, **fast())
+
+
+class _FcFirst(nn.Module):
+    """The classifier declared first, then a Linear squeeze-excitation pair (a nu10 model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(24, 2)
+        self.c1 = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU())
+        self.se1, self.se2 = nn.Linear(24, 6), nn.Linear(6, 24)
+        self.aux = nn.Linear(24, 3)   # declared last, never run
+
+    def forward(self, x):
+        x = self.c2(self.c1(x))
+        s = torch.sigmoid(self.se2(torch.relu(self.se1(x.mean((2, 3))))))
+        return self.fc((x * s[:, :, None, None]).mean((2, 3)))
+
+
+def test_the_classifier_is_the_layer_that_makes_the_output_not_the_last_one_declared():
+    from hwprune.groups import classifier_layer
+
+    m, x = _FcFirst(), torch.zeros(1, 3, 16, 16)
+    m.train()
+    assert classifier_layer(m, x) is m.fc
+    assert m.training and m.c1[1].training   # the pass that found it left the modes as they were
+    groups = {g.name: g.channels for g in find_groups(m, x)}
+    # the 24-channel c2/se2 group is searched (it vanished when se2 was taken for the classifier)
+    assert groups == {"c1.0": 16, "se1": 6, "se2": 24}
+
+
+def test_agp_leaves_alone_a_group_the_run_does_not_cut():
+    from hwprune.finetune import _AGPHooks
+
+    m, x = _FcFirst(), torch.zeros(1, 3, 16, 16)
+    # the hooks know one group; prune_to_widths reports every group's kept channels (KeyError before)
+    hooks = _AGPHooks(x, {"c1.0": 16}, {"c1.0": 8}, 1, 0.5, 1, "l1", lambda _m: None)
+    assert hooks.prune(m, {"c1.0": 8})
+    assert len(hooks.kept["c1.0"]) == 8 and set(hooks.kept) == {"c1.0"}
