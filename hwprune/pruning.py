@@ -243,7 +243,7 @@ def run(opts: PruneOptions, spec, task: Task, *, lut: LatencyLUT | str | None = 
         torch.manual_seed(opts.seed)
         dense = spec.build()
         x = spec.example_input(cfg.batch_size)
-        check_input_shape(dense, x)
+        task.check_output(check_input_shape(dense, x))
         ranks = Ranks.start()
         unprunable: list[UnprunableGroup] = []
         groups = find_groups(dense, x, unprunable=unprunable)

@@ -126,6 +126,18 @@ class Task:
         raise HwpruneError(f"{what} says the model takes {have} inputs (C x H x W) but the {self.data_spec or 'given'} images are {want}, "
                            f"and the built-in data is not resized: use a model input of {want} or data of {have}")
 
+    def check_output(self, out: Any) -> None:
+        """With a dataset the built-in proxy, recipe and test accuracy read the model's output as
+        class scores: one (batch, classes) tensor. Any other output is refused before the dense
+        model is measured, not as a traceback minutes into the search."""
+        if self.data is None or (isinstance(out, torch.Tensor) and out.dim() == 2):
+            return
+        kind = (f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
+                else f"a {type(out).__name__}")
+        raise HwpruneError(f"the model returns {kind}, but --data scores and trains it on class scores, one "
+                           "(batch, classes) tensor: return the logits (from Python, score_fn= and finetune_fn= "
+                           "without data= take any output)")
+
     def objective(self, dense: nn.Module, x: torch.Tensor, *, criterion: str, val_samples: int,
                   train_steps: int) -> PrunedScore:
         """The search objective; one thread, as the agents keep their own small networks on one.

@@ -369,3 +369,24 @@ def test_a_forward_with_keyword_only_arguments_exports_and_prunes():
     res = hwprune.prune(KwOnly().eval(), torch.zeros(1, 16), device="x86-cpu-ort", max_params="60%",
                         score_fn=lambda m: 0.5, agent="uniform", max_evaluations=3)
     assert res.model(torch.zeros(2, 16)).shape == (2, 4) and res.plan.widths["l1"] < 32
+
+
+class _TupleOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc, self.aux = nn.Linear(8, 10), nn.Linear(8, 2)
+
+    def forward(self, x):
+        z = self.body(x)
+        return self.fc(z), self.aux(z)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs `make data`")
+def test_data_with_a_model_that_returns_no_logits_tensor_is_one_sentence_before_any_measuring(env, tmp_path):
+    said: list[str] = []
+    with pytest.raises(HwpruneError, match=r"^the model returns a tuple, but data= scores and trains it on class "
+                                           r"scores, one \(batch, classes\) tensor: return the logits"):
+        hwprune.prune(_TupleOut().eval(), torch.zeros(1, 1, 28, 28), device=env["device"], max_params="50%",
+                      data="fashion-mnist", agent="uniform", max_evaluations=2, out=str(tmp_path / "run"), log=said.append)
+    assert not (tmp_path / "run").exists() and not any("dense" in m for m in said)
