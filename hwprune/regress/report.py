@@ -92,12 +92,13 @@ def states_line(c: dict[str, Any]) -> str:
     st = c["machine_states"]
     then = "/".join(f"{p:.0f}" for p in st["baseline_probe_us"])
     now = "/".join(f"{p:.0f}" for p in st["candidate_probe_us"])
-    head = f"machine states by probe time: baseline {then} µs, now {now} µs"
+    head = (f"machine states by probe time: baseline {then or 'none with enough samples'}"
+            + (" µs" if then else "") + f", now {now or 'none with enough samples'}" + (" µs" if now else ""))
     if not st["compared"]:
         return head + {"no state in common": "; none in common, so nothing is decided",
                        "too few samples in any state": "; too few samples now in any one state to decide",
-                       "pooled: steady at other probe levels": "; each side steady at its own level, so compared "
-                                                               "pooled"}.get(st.get("how"), "; compared pooled")
+                       "steady at other probe levels": "; each side steady at its own level, so nothing is "
+                                                       "decided"}.get(st.get("how"), "; compared pooled")
     each = ", ".join(f"{s['probe_us']:.0f} µs {s['verdict']} ({_pct(s['ratio'])}, n {s['n_baseline']}/{s['n_candidate']})"
                      for s in st["compared"])
     return f"{head}; compared in {each}; the figures are the {c['state_probe_us']:.0f} µs state's"
