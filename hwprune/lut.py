@@ -80,8 +80,11 @@ class LatencyLUT:
         if not path.is_file():
             raise HwpruneError(f"LUT not found: {path}")
         try:
+            # Read through a handle: pandas and pyarrow expand a leading "~" in a path and our
+            # writers do not, so '~/l.parquet' was written under ./~ and read from $HOME.
             if path.suffix == ".csv":
-                rows = pd.read_csv(path)
+                with open(path, "rb") as f:
+                    rows = pd.read_csv(f)
                 if "samples_ms" in rows:
                     rows["samples_ms"] = rows["samples_ms"].map(lambda s: json.loads(s) if isinstance(s, str) else [])
                 mp = _meta_path(path)
@@ -91,7 +94,8 @@ class LatencyLUT:
             else:
                 import pyarrow.parquet as pq
 
-                table = pq.read_table(path)
+                with open(path, "rb") as f:
+                    table = pq.read_table(f)
                 raw = (table.schema.metadata or {}).get(META_KEY)
                 if raw is None:
                     raise HwpruneError(f"{path}: not an hwprune LUT (no hwprune metadata)")

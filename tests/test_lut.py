@@ -200,6 +200,19 @@ def test_save_load_round_trip_keeps_rows_and_metadata(tmp_path, name, files):
     assert back.latency_ms("fp-1", "fp32", 1, "p50") == {"s1": 0.5, "s2": 0.75, "s3": 2.0}
 
 
+@pytest.mark.parametrize("name", ["lut.parquet", "lut.csv"])
+def test_a_path_that_starts_with_a_tilde_is_read_where_it_was_written(tmp_path, monkeypatch, name):
+    # pandas and pyarrow expand "~", our writers (like open()) do not: the LUT written under ./~
+    # was read from $HOME and called corrupt (nu10)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "~").mkdir()
+    lut = _lut_with_rows()
+    lut.save(f"~/{name}")
+    assert (tmp_path / "~" / name).is_file()
+    _assert_same_rows(lut.rows, LatencyLUT.load(f"~/{name}").rows)
+
+
 def test_save_of_an_empty_lut_round_trips(tmp_path):
     LatencyLUT(meta=_meta()).save(tmp_path / "empty.parquet")
     back = LatencyLUT.load(tmp_path / "empty.parquet")
