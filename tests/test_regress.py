@@ -859,3 +859,19 @@ def test_the_text_output_says_why_a_verdict_is_inconclusive():
               "device": "dev", "tolerance": 0.05, "verdict": "inconclusive", "command": "hwprune regress ..."}
     text = format_text(result)
     assert f"p50: inconclusive: {c.reason}" in text
+
+
+def test_write_baseline_refuses_comparison_reports_writes_json_and_says_what_it_replaces(setup):
+    root = setup["root"]
+    r = _run("-d", setup["device"], "-m", setup["model"], "--write-baseline", str(root / "b.json"),
+             "--junit", str(root / "out" / "l.xml"))
+    # before the timing, and nothing written (it measured, then ignored the flag)
+    _assert_one_line_error(r, root, "--junit reports a comparison and --write-baseline compares nothing")
+    assert not (root / "b.json").exists()
+    r = _run("-d", setup["device"], "-m", setup["other"], "--write-baseline", setup["baseline"],
+             "--json", str(root / "w.json"))
+    assert r.exit_code == 0, r.output
+    assert f"replacing the baseline in {setup['baseline']} (of model.onnx, p50 on " in r.output
+    written = json.loads((root / "w.json").read_text())
+    assert written["verdict"] == "written" and written["path"] == setup["baseline"]
+    assert json.loads(Path(setup["baseline"]).read_text())["model"] == "other.onnx"

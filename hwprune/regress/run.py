@@ -86,6 +86,9 @@ def write_baseline(opts: RegressOptions, statistics: Sequence[str] = (),
 
     if not opts.model:
         raise HwpruneError("--write-baseline needs --model (the ONNX file to time)")
+    if opts.junit or opts.markdown:  # before the minute of timing: they would not be written
+        raise HwpruneError(f"{'--junit' if opts.junit else '--markdown'} reports a comparison and --write-baseline "
+                           "compares nothing; --json takes its result")
     cfg = load_device_config(opts.device)
     check_reachable(cfg)
     blob = _read_model(opts.model)
@@ -111,12 +114,31 @@ def write_baseline(opts: RegressOptions, statistics: Sequence[str] = (),
     rel = os.path.relpath(Path(opts.model).resolve(), out.resolve().parent)
     baseline = make_baseline(blob, rel, cfg.name, statistics[0] if statistics else cfg.statistic, timing, env,
                              reference=ref_timing)
+    _say_replaced(out, log)
     atomic_write_json(out, baseline)
-    return {"kind": "write-baseline", "verdict": "written", "exit_code": 0, "path": str(out), "device": cfg.name,
-            "model": opts.model, "timing": {k: v for k, v in timing.items() if k != "samples_ms"},
-            "reference": {"model": ref_name,
-                          "timing": {k: v for k, v in ref_timing.items() if k != "samples_ms"}},
-            "command": command_line(opts)}
+    result = {"kind": "write-baseline", "verdict": "written", "exit_code": 0, "path": str(out), "device": cfg.name,
+              "model": opts.model, "timing": {k: v for k, v in timing.items() if k != "samples_ms"},
+              "reference": {"model": ref_name,
+                            "timing": {k: v for k, v in ref_timing.items() if k != "samples_ms"}},
+              "command": command_line(opts)}
+    if opts.json:
+        atomic_write_json(opts.json, result)
+    return result
+
+
+def _say_replaced(out: Path, log: Callable[[str], None]) -> None:
+    """A baseline written over another is said: in CI, --write-baseline where --baseline was
+    meant would otherwise replace the reference without a word."""
+    if not out.is_file():
+        return
+    try:
+        import json
+
+        old = json.loads(out.read_text())
+        what = f" (of {old['model']}, {old['statistic']} on {old['device']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        what = ""
+    log(f"replacing the baseline in {out}{what}")
 
 
 def _drift_reference(baseline: dict[str, Any], warnings: list[str]) -> tuple[bytes | None, dict[str, Any] | None]:
