@@ -190,7 +190,7 @@ def param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def _user_recovery(finetune_fn: FinetuneFn, dense: nn.Module, pruned: nn.Module,
                    kept: dict[str, list[int]]) -> Recovered:
     """``finetune_fn(pruned, teacher)``, checked: it must return a module of the same architecture."""
-    shapes = param_shapes(pruned)
+    shapes, dtypes = param_shapes(pruned), {p.dtype for p in pruned.parameters()}  # before: it may change them in place
     started = time.perf_counter()
     with user_code("finetune_fn", finetune_fn):
         model = finetune_fn(pruned, frozen_copy(dense))
@@ -199,6 +199,12 @@ def _user_recovery(finetune_fn: FinetuneFn, dense: nn.Module, pruned: nn.Module,
                            "(return the model it was given, trained)")
     if not isinstance(model, nn.Module):
         raise HwpruneError(f"finetune_fn returned {type(model).__name__}, not a torch.nn.Module")
+    model = _unwrapped(model)
+    other = {p.dtype for p in model.parameters()} - dtypes
+    if other:
+        raise HwpruneError(f"finetune_fn returned a model in {', '.join(sorted(str(d) for d in other))}; the "
+                           "model it was given is exported and measured in float32: return it in float32 "
+                           "(model.float()), e.g. after training with autocast")
     after = param_shapes(model)
     if after != shapes:
         changed = sorted(k for k in set(shapes) | set(after) if shapes.get(k) != after.get(k))
@@ -206,6 +212,19 @@ def _user_recovery(finetune_fn: FinetuneFn, dense: nn.Module, pruned: nn.Module,
                            f"{changed[0]}); it must train the model it is given, not reshape it")
     return Recovered(model.eval(), kept, {"strategy": "finetune_fn", "function": _name(finetune_fn),
                                           "seconds": time.perf_counter() - started, "history": []})
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The module a training loop's wrapper holds: ``DataParallel``/``DistributedDataParallel``'s
+    ``.module``, ``torch.compile``'s ``_orig_mod`` (returning the wrapper is a natural slip, and
+    its parameter names differ from the model's)."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _builtin_recovery(data: Datasets, dense: nn.Module, pruned: nn.Module, kept: dict[str, list[int]],

@@ -194,6 +194,8 @@ def test_without_finetune_fn_or_data_the_cut_ships_unrecovered(env):
     ({"score_fn": lambda m: "0.5"}, "score_fn must return a number, got str '0.5'"),   # float() would take it
     ({"finetune_fn": lambda m, t: None}, "finetune_fn returned None"),
     ({"finetune_fn": lambda m, t: make_net()}, "finetune_fn changed the pruned architecture"),
+    ({"finetune_fn": lambda m, t: m.double()}, "finetune_fn returned a model in torch.float64; the model it was "
+                                                "given is exported and measured in float32: return it in float32"),
     ({"score_fn": None}, "pass score_fn="),
     ({"speedup": float("nan")}, "speedup= must be a number"),
     ({"latency_ms": -1.0, "speedup": None}, "latency_ms= must be a positive"),
@@ -390,3 +392,20 @@ def test_data_with_a_model_that_returns_no_logits_tensor_is_one_sentence_before_
         hwprune.prune(_TupleOut().eval(), torch.zeros(1, 1, 28, 28), device=env["device"], max_params="50%",
                       data="fashion-mnist", agent="uniform", max_evaluations=2, out=str(tmp_path / "run"), log=said.append)
     assert not (tmp_path / "run").exists() and not any("dense" in m for m in said)
+
+
+def test_a_finetune_fn_that_returns_its_wrapper_gives_the_wrapped_model(env):
+    # DataParallel's .module, torch.compile's _orig_mod: the architecture is the same (nu10)
+    got = _prune(env, finetune_fn=lambda m, t: nn.DataParallel(light_finetune(m, t)))
+    assert not isinstance(got.model, nn.DataParallel) and got.model(X).shape == (8, 4)
+
+    class Compiled(nn.Module):   # what torch.compile returns holds the module as _orig_mod
+        def __init__(self, m):
+            super().__init__()
+            self._orig_mod = m
+
+        def forward(self, x):
+            return self._orig_mod(x)
+
+    got = _prune(env, finetune_fn=lambda m, t: Compiled(m))
+    assert not isinstance(got.model, Compiled)
