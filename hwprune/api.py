@@ -48,6 +48,9 @@ def model_spec(model: nn.Module | str, example_input: torch.Tensor | None = None
         raise HwpruneError(f"--num-classes must be an integer of at least 1, got {num_classes!r}")
     if example_input is not None:
         check_example_input(example_input)
+        if input_shape is not None and tuple(input_shape) != tuple(example_input.shape[1:]):
+            raise HwpruneError(f"example_input is shaped {tuple(example_input.shape)} but input_shape= says "
+                               f"{tuple(input_shape)} (C, H, W without the batch): give one of them, or the same shape")
     if isinstance(model, nn.Module):
         if example_input is None:
             if input_shape is None:

@@ -72,7 +72,8 @@ class _Group(click.Group):
             ctx.exit(2)
         except KeyboardInterrupt as err:
             resumes = {"profile": "; run the same command again to resume (no row measured so far is lost)",
-                       "pretrain": "; run the same command again to resume from the last epoch"}
+                       "pretrain": "; run the same command again to resume from the last epoch",
+                       "prune": "; no run folder was written, and a rerun starts over (the LUT it read is kept)"}
             what = "terminated" if isinstance(err, _Terminated) else "interrupted"
             click.echo(what + resumes.get(ctx.invoked_subcommand or "", ""), err=True)
             ctx.exit(128 + err.signum if isinstance(err, _Terminated) else 130)  # the shell's 128 + signal

@@ -117,4 +117,7 @@ def check_input_shape(model: nn.Module, example_input: torch.Tensor) -> torch.Te
             return model.eval()(example_input)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise HwpruneError(f"the model rejects input shape {tuple(example_input.shape)}: {first}") from None
+        # a (C, H, W) tensor given as the example: its first dimension was taken as the batch
+        hint = ("; the first dimension of an example input is the batch: torch.zeros(1, C, H, W)"
+                if example_input.dim() == 3 else "")
+        raise HwpruneError(f"the model rejects input shape {tuple(example_input.shape)}: {first}{hint}") from None

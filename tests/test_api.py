@@ -409,3 +409,13 @@ def test_a_finetune_fn_that_returns_its_wrapper_gives_the_wrapped_model(env):
 
     got = _prune(env, finetune_fn=lambda m, t: Compiled(m))
     assert not isinstance(got.model, Compiled)
+
+
+def test_an_example_input_without_a_batch_or_beside_another_input_shape_is_one_sentence(env):
+    with pytest.raises(HwpruneError, match=r"the first dimension of an example input is the batch: "
+                                           r"torch.zeros\(1, C, H, W\)$"):
+        hwprune.prune(make_net(), torch.zeros(1, 16, 16), device=env["device"], max_params="50%", score_fn=agreement)
+    # it was silently ignored: the example's shape was profiled (nu10)
+    with pytest.raises(HwpruneError, match=r"^example_input is shaped \(1, 1, 16, 16\) but input_shape= says "
+                                           r"\(1, 8, 8\)"):
+        _prune(env, input_shape=(1, 8, 8))
