@@ -304,6 +304,13 @@ def apply_plan(model: nn.Module | str, plan: str | Plan | Mapping[str, Sequence[
         if weights:
             load_weights(pruned, weights)
         return pruned.eval()
+    if example_input is None and (input_shape is None or num_classes is None):
+        # what the plan was made for, unless told otherwise (the checks in apply_to_spec then agree)
+        loaded, _ = Plan.given(plan)
+        if input_shape is None and len(loaded.input_shape) == 4:
+            input_shape = tuple(int(d) for d in loaded.input_shape[1:])
+        if num_classes is None and loaded.num_classes is not None:
+            num_classes = int(loaded.num_classes)
     spec = model_spec(model, example_input, input_shape=input_shape, num_classes=num_classes, weights=dense_weights)
     return apply_to_spec(spec, plan, weights)
 

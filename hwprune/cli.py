@@ -385,8 +385,8 @@ def prune_cmd(lut_path, input_shape, quiet, require_certified, **kw):
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="plan.json of a run.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="pruned.pt of the run (pruned weights).")
 @click.option("--dense-weights", type=click.Path(dir_okay=False), help="Dense checkpoint to prune (instead of --weights).")
-@click.option("--input-shape", default="1,28,28", show_default=True, help="Input C,H,W.")
-@click.option("--num-classes", type=int, default=10, show_default=True)
+@click.option("--input-shape", help="Input C,H,W.  [default: the plan's]")
+@click.option("--num-classes", type=int, help="Classes of the model.  [default: the plan's]")
 @click.option("--onnx", "onnx_out", type=click.Path(dir_okay=False), help="Export the pruned model here.")
 def apply_plan_cmd(model, plan_path, weights, dense_weights, input_shape, num_classes, onnx_out):
     """Rebuild a pruned model from plan.json (no unpickling) and optionally export it."""
@@ -394,13 +394,18 @@ def apply_plan_cmd(model, plan_path, weights, dense_weights, input_shape, num_cl
     from hwprune.groups import count_params
     from hwprune.models.spec import parse_input_shape
 
-    shape = parse_input_shape(input_shape)
+    shape = parse_input_shape(input_shape) if input_shape else None
     if onnx_out:
         from profilers.fileio import check_writable
 
         check_writable(onnx_out, "--onnx")
     pruned = hwprune.apply_plan(model, plan_path, weights=weights, input_shape=shape, num_classes=num_classes,
                                 dense_weights=dense_weights)
+    if shape is None:  # the plan's, as apply_plan took it (a plan of an older format: the zoo's default)
+        from hwprune.plan import Plan
+
+        stored = Plan.given(plan_path)[0].input_shape
+        shape = tuple(stored[1:]) if len(stored) == 4 else (1, 28, 28)
     click.echo(f"{model} pruned by {plan_path}: {count_params(pruned):,} parameters")
     if not weights and not dense_weights:
         click.echo("warning: no --weights: the pruned model is randomly initialised, not the run's "

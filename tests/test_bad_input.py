@@ -164,8 +164,8 @@ def _rows(d):
         ("plan-for-another-input-shape", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_cifar.json"),
                                           "--input-shape", "1,28,28"], {}, ["input shape (3, 32, 32)",
                                                                            "--input-shape 3,32,32"]),
-        ("plan-for-another-class-count", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_100.json")], {},
-         ["100 classes", "--num-classes 100"]),
+        ("plan-for-another-class-count", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_100.json"),
+                                          "--num-classes", "10"], {}, ["100 classes", "--num-classes 100"]),
         ("lut-of-another-class-count", ["lut", "check", "-d", dev, "-m", model, "--input-shape", "1,8,8",
                                         "--num-classes", "3", "--lut", str(d / "net.parquet")], {},
          ["another variant of the model"]),
@@ -285,3 +285,24 @@ def test_negative_seeds_conflicting_weights_and_a_unitless_budget_are_one_senten
         regress(opts)
     with pytest.raises(HwpruneError, match=r"^give weights= \(the run's pruned.pt\) or dense_weights="):
         hwprune.apply_plan("resnet20", str(tmp_path / "plan.json"), weights="a.pt", dense_weights="b.pt")
+
+
+def test_apply_plan_takes_the_input_shape_and_class_count_the_plan_was_made_for(tmp_path):
+    # it defaulted to 1,28,28 and 10 classes, then said the plan needs --input-shape 3,32,32 (nu10)
+    import torch
+
+    from hwprune.groups import find_groups
+    from hwprune.models import create_model
+
+    groups = find_groups(create_model("resnet20", in_channels=3, num_classes=100), torch.zeros(1, 3, 32, 32))
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": 1, "model": "resnet20", "input_shape": [1, 3, 32, 32], "num_classes": 100,
+                                "groups": {g.name: {"dense": g.channels, "kept": list(range(g.channels // 2))}
+                                           for g in groups}}))
+    res = CliRunner().invoke(cli, ["apply-plan", "-m", "resnet20", "--plan", str(plan), "--onnx", str(tmp_path / "p.onnx")])
+    assert res.exit_code == 0, res.output
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "p.onnx")).graph
+    dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(graph.input[0])[1:] == [3, 32, 32] and dims(graph.output[0])[1:] == [100]
