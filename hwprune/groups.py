@@ -173,8 +173,10 @@ def _iter_groups(model: nn.Module, dg, ignored: Sequence[nn.Module], unprunable:
             if n is not None and n not in members and isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear)):
                 members.append(n)
         step, reason = _grouped_conv_step(g, names)
-        reason = (_opaque_in(g, dg) or reason or _depthwise_over_concat(g, names)
-                  or _tied_channels(dg, root, handler, names[id(root)]))
+        # Tied channels first: of the two reasons a ghost module has, it is the one that says
+        # why a requested width cannot be had at all.
+        reason = (_opaque_in(g, dg) or reason or _tied_channels(dg, root, handler, names[id(root)])
+                  or _depthwise_over_concat(g, names))
         if reason is None and step > 1 and _out_channels(root) <= step:
             reason = f"its {_out_channels(root)} channels are one block of its grouped convolutions; kept at full width"
         if reason is not None:
