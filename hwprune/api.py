@@ -359,12 +359,23 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None, proces
         stats = runner.measure(probe=probe_us)   # each sample's machine state (profilers.machine_state)
         extra = {k: v.to_dict() for k, v in runner.extra_timings().items()}
     timing = stats.to_dict()
+    inputs = [{"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype)} for i in getattr(runner, "inputs", [])]
     result = {"device": cfg.name, "model": onnx_path, "timed_scope": runner.timed_scope,
               "timing": timing, "by_machine_state": state_timings(timing, cfg), "extra_timings": extra,
-              "environment": collect_manifest(cfg)}
+              "inputs": inputs, "warnings": _batch_warnings(inputs, cfg), "environment": collect_manifest(cfg)}
     if json_path:
         atomic_write_json(json_path, result)
     return result
+
+
+def _batch_warnings(inputs: list[dict[str, Any]], cfg) -> list[str]:
+    """An ONNX file exported with a fixed batch is timed at that batch, whatever the device config says."""
+    fixed = sorted({i["shape"][0] for i in inputs if i["shape"]} - {cfg.batch_size})
+    if not fixed:
+        return []
+    return [f"the model's input batch is fixed at {', '.join(map(str, fixed))} and {cfg.name} says batch_size "
+            f"{cfg.batch_size}: it was timed at the model's batch (export with a dynamic batch axis to time it at "
+            "the device's)"]
 
 
 def _read_onnx(onnx_path: str) -> bytes:

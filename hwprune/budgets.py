@@ -227,7 +227,11 @@ def load_callable(spec: str) -> Callable[..., Any]:
     except HwpruneError:
         raise
     except Exception as err:
-        raise HwpruneError(f"cannot import budget module '{mod_name}': {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        # the console script does not put the working folder on sys.path: name the file instead
+        hint = (f" (a file in this folder: --budget {mod_name}.py:...)"
+                if isinstance(err, ModuleNotFoundError) and Path(f"{mod_name}.py").is_file() else "")
+        raise HwpruneError(f"cannot import budget module '{mod_name}': "
+                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}{hint}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise HwpruneError(f"'{mod_name}' has no callable '{fn_name}'")

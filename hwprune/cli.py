@@ -111,6 +111,8 @@ def time_cmd(onnx_path: str, device: str, json_path: str | None, processes: int)
     from hwprune import api
 
     result = api.time_model(onnx_path, device, json_path=json_path, processes=processes)
+    for w in result.get("warnings") or []:
+        click.echo(f"warning: {w}", err=True)
     s = result["timing"]
     # pooled over processes, the samples' interval says nothing of how far the processes differ
     within = f" (within-process noise only: {processes} processes pooled)" if processes > 1 else ""

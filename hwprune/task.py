@@ -277,4 +277,6 @@ def input_batches(batches: Iterable[Any] | None) -> list[torch.Tensor] | None:
         if not isinstance(t, torch.Tensor):
             raise HwpruneError(f"bn_data must yield input tensors (or (input, target) pairs), got {type(t).__name__}")
         out.append(t)
+    if not out:  # an exhausted iterator or an empty loader: BatchNorm would not be re-estimated, silently
+        raise HwpruneError("bn_data holds no batch (an empty list, or an iterator already used up)")
     return out

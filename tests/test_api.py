@@ -211,6 +211,7 @@ def test_without_finetune_fn_or_data_the_cut_ships_unrecovered(env):
     ({"agent": "nope"}, "unknown agent 'nope'"),
     ({"agent_options": {"nonsense": 1}}, "agent 'uniform'"),
     ({"bn_data": 5}, "bn_data must be an iterable"),
+    ({"bn_data": []}, "bn_data holds no batch"),   # accepted, and BatchNorm silently not re-estimated (nu10)
     ({"importance": "taylor"}, "taylor"),
     ({"num_classes": 2.5}, "num_classes= must be an integer"),
     ({"name": "a@b"}, "name must be a non-empty string"),

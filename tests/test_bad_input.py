@@ -306,3 +306,19 @@ def test_apply_plan_takes_the_input_shape_and_class_count_the_plan_was_made_for(
     graph = onnx.load(str(tmp_path / "p.onnx")).graph
     dims = lambda v: [d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
     assert dims(graph.input[0])[1:] == [3, 32, 32] and dims(graph.output[0])[1:] == [100]
+
+
+def test_a_budget_module_in_the_working_folder_is_named_by_its_file(tmp_path, monkeypatch):
+    import sys
+
+    from hwprune.budgets import load_callable
+    from hwprune.errors import HwpruneError
+
+    (tmp_path / "mybud.py").write_text("def total(widths):\n    return sum(widths.values())\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    # the console script does not put the working folder on sys.path (nu10)
+    with pytest.raises(HwpruneError, match=r"cannot import budget module 'mybud': .*\(a file in this folder: "
+                                           r"--budget mybud.py:\.\.\.\)$"):
+        load_callable("mybud:total")
+    assert load_callable("mybud.py:total")({"a": 2, "b": 3}) == 5

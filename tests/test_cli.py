@@ -98,6 +98,22 @@ def test_time_prints_p50_and_writes_json(tiny_onnx, fast_device, tmp_path):
     assert printed == pytest.approx(data["timing"]["p50_ms"], abs=1e-4)
 
 
+def test_time_says_when_the_models_fixed_batch_is_not_the_devices(fast_device, tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8, 8, 8])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "b4", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "b4.onnx"))
+    result = CliRunner().invoke(cli, ["time", str(tmp_path / "b4.onnx"), "--device", fast_device,
+                                      "--json", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.output
+    # it was timed at batch 4 and nothing said so; the JSON said batch_size 1 (nu10)
+    assert "warning: the model's input batch is fixed at 4 and fast-cpu says batch_size 1" in result.stderr
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["inputs"] == [{"name": "x", "shape": [4, 8, 8, 8], "dtype": "float32"}] and data["warnings"]
+
+
 def _assert_one_line_error(result, *words):
     assert result.exit_code == 2, result.output
     err = result.stderr

@@ -875,3 +875,16 @@ def test_write_baseline_refuses_comparison_reports_writes_json_and_says_what_it_
     written = json.loads((root / "w.json").read_text())
     assert written["verdict"] == "written" and written["path"] == setup["baseline"]
     assert json.loads(Path(setup["baseline"]).read_text())["model"] == "other.onnx"
+
+
+def test_a_baseline_of_another_device_name_is_refused_unless_the_environment_change_is_allowed(setup):
+    root = setup["root"]
+    data = json.loads(Path(setup["baseline"]).read_text())
+    data["device"] = "renamed-config"   # same machine, same fingerprint, the config renamed (nu10)
+    other = root / "baseline-renamed.json"
+    other.write_text(json.dumps(data))
+    _assert_one_line_error(_run("-d", setup["device"], "--baseline", str(other), "--max-seconds", "1"), root,
+                           "measured on device 'renamed-config'", "--allow-env-change if it is")
+    r = _run("-d", setup["device"], "--baseline", str(other), "--max-seconds", "1", "--allow-env-change")
+    assert r.exit_code in (0, 1, 3), r.output
+    assert "warning: the baseline was measured on device 'renamed-config'" in r.output

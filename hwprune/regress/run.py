@@ -157,19 +157,33 @@ def _drift_reference(baseline: dict[str, Any], warnings: list[str]) -> tuple[byt
     return drift_blob, stored["timing"]
 
 
+def _stored_baseline(opts: RegressOptions, cfg: DeviceConfig, statistics: list[str],
+                     warnings: list[str]) -> tuple[dict[str, Any], str, list[str]]:
+    """``--baseline``'s record, the model file it names (unless ``--model``) and the statistics to check."""
+    baseline = load_baseline(opts.baseline)
+    if baseline["device"] != cfg.name:
+        # the name of a config, not the machine: a renamed config of the same device is allowed as
+        # a changed fingerprint is, and the fingerprint check still says what differs
+        if not opts.allow_env_change:
+            raise HwpruneError(f"{opts.baseline}: baseline was measured on device '{baseline['device']}', not "
+                               f"'{cfg.name}'; compare against a baseline from the same device, or pass "
+                               "--allow-env-change if it is")
+        warnings.append(f"the baseline was measured on device '{baseline['device']}' and this is '{cfg.name}' "
+                        "(--allow-env-change)")
+    model_path = opts.model or str(Path(opts.baseline).parent / str(baseline.get("model") or ""))
+    if not opts.model and not baseline.get("model"):
+        raise HwpruneError(f"{opts.baseline}: names no model file; give --model")
+    statistics = statistics or [baseline.get("statistic") if baseline.get("statistic") in STATISTICS
+                                else cfg.statistic]
+    return baseline, model_path, statistics
+
+
 def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, statistics: list[str], mode: str,
                    log: Callable[[str], None]) -> dict[str, Any]:
     baseline = None
+    warnings: list[str] = []
     if mode == "baseline":
-        baseline = load_baseline(opts.baseline)
-        if baseline["device"] != cfg.name:
-            raise HwpruneError(f"{opts.baseline}: baseline was measured on device '{baseline['device']}', not "
-                               f"'{cfg.name}'; compare against a baseline from the same device")
-        model_path = opts.model or str(Path(opts.baseline).parent / str(baseline.get("model") or ""))
-        if not opts.model and not baseline.get("model"):
-            raise HwpruneError(f"{opts.baseline}: names no model file; give --model")
-        statistics = statistics or [baseline.get("statistic") if baseline.get("statistic") in STATISTICS
-                                    else cfg.statistic]
+        baseline, model_path, statistics = _stored_baseline(opts, cfg, statistics, warnings)
     else:
         if not opts.model:
             raise HwpruneError("--against needs --model (the ONNX file to check)")
@@ -177,7 +191,6 @@ def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, st
         statistics = statistics or [cfg.statistic]
     blob = _read_model(model_path)
     ref_blob = _read_model(opts.against, "--against model") if mode == "against" else None
-    warnings: list[str] = []
     if tolerance < SESSION_SPREAD:
         warnings.append(f"--tolerance {tolerance:.1%} is within the {SESSION_SPREAD:.0%} by which two runtime "
                         f"sessions of one unchanged model can differ (docs/BENCHMARKS.md: median 0.7%, p90 2.0%), "
