@@ -40,11 +40,11 @@ def run_cell(arm: str, tree: str, agent: str, fraction: float, seed: int, args) 
            "--lut", args.lut, "--out", str(out), "--speedup", f"{1 / fraction:.6g}", "--agent", agent,
            "--max-evaluations", str(args.max_evaluations), "--finetune-epochs", str(args.finetune_epochs),
            "--finetune", args.finetune, "--lr", repr(args.lr), "--seed", str(seed), "--overwrite", "-q"]
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tree))
     cell = {"arm": arm, "agent": agent, "fraction": fraction, "seed": seed, "wall_s": time.perf_counter() - t0,
-            "command": "hwprune " + " ".join(cmd[1:]),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "command": "hwprune " + " ".join(cmd[1:]), "started": started}
     if proc.returncode:
         return {**cell, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
     report = json.loads((out / "report.json").read_text())
