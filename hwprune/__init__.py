@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "profile": "hwprune.api", "prune": "hwprune.api", "apply_plan": "hwprune.api", "time_model": "hwprune.api",
     "PruneResult": "hwprune.pruning", "PruneOptions": "hwprune.pruning", "Certificate": "hwprune.certify",
-    "Plan": "hwprune.plan", "LatencyLUT": "hwprune.lut", "ModelSpec": "hwprune.models.spec",
+    "Plan": "hwprune.plan", "TimingResult": "hwprune.timing", "LatencyLUT": "hwprune.lut", "ModelSpec": "hwprune.models.spec",
 }
 __all__ = ["HwpruneError", "__version__", *_EXPORTS]
 

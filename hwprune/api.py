@@ -29,9 +29,11 @@ from hwprune.lut import LatencyLUT
 from hwprune.models.spec import ModelSpec, ModuleSpec, check_example_input
 from hwprune.plan import Plan
 from hwprune.pruning import PruneOptions, PruneResult, command_line, default_weights
+from hwprune.timing import TimingResult
 from hwprune.widthsteps import PROCESSES
 from profilers.config import load_device_config
 from profilers.fileio import atomic_write_json, check_writable
+from profilers.stats import TimingStats
 
 _quiet = lambda _m: None  # noqa: E731  (the library is silent unless given a log)
 
@@ -316,8 +318,9 @@ def apply_plan(model: nn.Module | str, plan: str | Plan | Mapping[str, Sequence[
 
 
 @api_errors(flags={"json": "json_path"})
-def time_model(onnx_path: str, device: str, json_path: str | None = None, processes: int = 1) -> dict[str, Any]:
-    """Time one ONNX file on a device config; returns the device name, timing and environment.
+def time_model(onnx_path: str, device: str, json_path: str | None = None, processes: int = 1) -> TimingResult:
+    """Time one ONNX file on a device config: a :class:`~hwprune.timing.TimingResult` (the device,
+    the timing and its interval, the environment; also a mapping of the ``--json`` form).
 
     With ``processes`` > 1 the model is timed in that many fresh processes one after another
     (:mod:`hwprune.processes`): ``timing`` pools every process's samples and
@@ -328,7 +331,7 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None, proces
     Example:
         >>> from hwprune import api
         >>> r = api.time_model("model.onnx", "x86-cpu-ort")  # doctest: +SKIP
-        >>> r["timing"]["p50_ms"]  # doctest: +SKIP
+        >>> r.p50_ms, r.ci_ms, r.timing.n  # doctest: +SKIP
     """
     from hwprune.processes import check_processes
     from hwprune.states import state_timings
@@ -340,15 +343,10 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None, proces
     check_processes(processes)
     if json_path:
         check_writable(json_path, "--json")
-    if processes > 1:
-        result = _time_in_processes(onnx_path, cfg, processes)
+    if processes > 1 or cfg.remote is not None:
+        result = _time_in_processes(onnx_path, cfg, processes) if processes > 1 else _time_remote(onnx_path, cfg)
         if json_path:
-            atomic_write_json(json_path, result)
-        return result
-    if cfg.remote is not None:
-        result = _time_remote(onnx_path, cfg)
-        if json_path:
-            atomic_write_json(json_path, result)
+            atomic_write_json(json_path, result.to_dict())
         return result
     model = onnx_path
     if cfg.backend == "torch-cuda":  # it loads torch.export programs: convert the ONNX here
@@ -357,14 +355,12 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None, proces
         model = for_device(_read_onnx(onnx_path), cfg.backend)
     with make_runner(model, cfg, name=onnx_path) as runner:
         stats = runner.measure(probe=probe_us)   # each sample's machine state (profilers.machine_state)
-        extra = {k: v.to_dict() for k, v in runner.extra_timings().items()}
-    timing = stats.to_dict()
+        extra = dict(runner.extra_timings())
     inputs = [{"name": i.name, "shape": list(i.shape), "dtype": str(i.dtype)} for i in getattr(runner, "inputs", [])]
-    result = {"device": cfg.name, "model": onnx_path, "timed_scope": runner.timed_scope,
-              "timing": timing, "by_machine_state": state_timings(timing, cfg), "extra_timings": extra,
-              "inputs": inputs, "warnings": _batch_warnings(inputs, cfg), "environment": collect_manifest(cfg)}
+    result = TimingResult(cfg.name, onnx_path, stats, runner.timed_scope, state_timings(stats.to_dict(), cfg), extra,
+                          inputs, _batch_warnings(inputs, cfg), collect_manifest(cfg))
     if json_path:
-        atomic_write_json(json_path, result)
+        atomic_write_json(json_path, result.to_dict())
     return result
 
 
@@ -384,7 +380,7 @@ def _read_onnx(onnx_path: str) -> bytes:
     return read_model_file(onnx_path, "ONNX file")
 
 
-def _time_in_processes(onnx_path: str, cfg, processes: int) -> dict[str, Any]:
+def _time_in_processes(onnx_path: str, cfg, processes: int) -> TimingResult:
     """``hwprune time --processes N``: the model in N fresh processes, each process's figures and the spread."""
     from hwprune.processes import measure_in_processes, spread, state_spreads
     from profilers.environment import collect_manifest
@@ -396,17 +392,17 @@ def _time_in_processes(onnx_path: str, cfg, processes: int) -> dict[str, Any]:
     check_reachable(cfg)
     runs = measure_in_processes([("model", blob)], cfg, processes)
     samples = [s for r in runs for s in r["model"]["samples_ms"]]
-    pooled = summarize(samples, cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci).to_dict()
-    return {"device": cfg.name, "model": onnx_path, "timed_scope": runner_class(cfg).timed_scope, "timing": pooled,
-            "processes": processes,
-            "across_processes": {**spread(runs, "model", cfg.statistic).to_dict(),
-                                 "per_process": [{k: v for k, v in r["model"].items()
-                                                  if k not in ("samples_ms", "sample_states")} for r in runs],
-                                 "by_machine_state": [s.to_dict() for s in state_spreads(runs, "model", cfg)]},
-            "extra_timings": {}, "environment": collect_manifest(cfg) if cfg.remote is None else {}}
+    pooled = summarize(samples, cfg.statistic, cfg.confidence, cfg.cv_threshold, cfg.rel_ci)
+    across = {**spread(runs, "model", cfg.statistic).to_dict(),
+              "per_process": [{k: v for k, v in r["model"].items() if k not in ("samples_ms", "sample_states")}
+                              for r in runs],
+              "by_machine_state": [s.to_dict() for s in state_spreads(runs, "model", cfg)]}
+    return TimingResult(cfg.name, onnx_path, pooled, runner_class(cfg).timed_scope,
+                        environment=collect_manifest(cfg) if cfg.remote is None else {},
+                        processes=processes, across_processes=across)
 
 
-def _time_remote(onnx_path: str, cfg) -> dict[str, Any]:
+def _time_remote(onnx_path: str, cfg) -> TimingResult:
     """Time one ONNX file on a remote device through a bundle (as ``profile`` does), with that
     device's own environment manifest."""
     import shutil
@@ -436,9 +432,10 @@ def _time_remote(onnx_path: str, cfg) -> dict[str, Any]:
         raise HwpruneError(f"{cfg.name} returned no timing for {onnx_path}")
     from hwprune.states import state_timings
 
-    return {"device": cfg.name, "model": onnx_path, "timed_scope": row.get("timed_scope"),
-            "timing": row["timing"], "by_machine_state": state_timings(row["timing"], cfg),
-            "extra_timings": row.get("extra", {}), "environment": session.get("environment", {})}
+    return TimingResult(cfg.name, onnx_path, TimingStats.from_dict(row["timing"]), row.get("timed_scope"),
+                        state_timings(row["timing"], cfg),
+                        {k: TimingStats.from_dict(v) for k, v in row.get("extra", {}).items()},
+                        environment=session.get("environment", {}))
 
 
 def _lut_path(lut: str | LatencyLUT) -> str:

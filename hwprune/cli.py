@@ -111,25 +111,25 @@ def time_cmd(onnx_path: str, device: str, json_path: str | None, processes: int)
     from hwprune import api
 
     result = api.time_model(onnx_path, device, json_path=json_path, processes=processes)
-    for w in result.get("warnings") or []:
+    for w in result.warnings:
         click.echo(f"warning: {w}", err=True)
-    s = result["timing"]
+    s = result.timing
     # pooled over processes, the samples' interval says nothing of how far the processes differ
     within = f" (within-process noise only: {processes} processes pooled)" if processes > 1 else ""
-    click.echo(f"{onnx_path} on {result['device']}: n={s['n']} p50={s['p50_ms']:.4f} ms "
-               f"p90={s['p90_ms']:.4f} ms p99={s['p99_ms']:.4f} ms mean={s['mean_ms']:.4f} ms "
-               f"{s['statistic']} {int(s['confidence'] * 100)}% CI [{s['ci_low_ms']:.4f}, {s['ci_high_ms']:.4f}]"
-               f"{within} cv={s['cv']:.3f}{'' if s['stable'] else ' UNSTABLE'}")
-    for st in result.get("by_machine_state") or []:
+    click.echo(f"{onnx_path} on {result.device}: n={s.n} p50={s.p50_ms:.4f} ms "
+               f"p90={s.p90_ms:.4f} ms p99={s.p99_ms:.4f} ms mean={s.mean_ms:.4f} ms "
+               f"{s.statistic} {int(s.confidence * 100)}% CI [{s.ci_low_ms:.4f}, {s.ci_high_ms:.4f}]"
+               f"{within} cv={s.cv:.3f}{'' if s.stable else ' UNSTABLE'}")
+    for st in result.by_machine_state:
         t = st["timing"]
         click.echo(f"  machine state probe {st['probe_us']:.0f} us, {st['share']:.0%} of the samples: n={t['n']} "
                    f"p50={t['p50_ms']:.4f} ms p90={t['p90_ms']:.4f} ms")
-    rest = 1 - sum(st["share"] for st in result.get("by_machine_state") or [])
-    if result.get("by_machine_state") and rest >= 0.005:
+    rest = 1 - sum(st["share"] for st in result.by_machine_state)
+    if result.by_machine_state and rest >= 0.005:
         click.echo(f"  the other {rest:.0%} of the samples are in no state: their bursts straddled a change of "
                    f"state, or a state too short to judge")
     if processes > 1:
-        a = result["across_processes"]
+        a = result.across_processes
         click.echo(f"{processes} processes: {a['statistic']} " + " / ".join(f"{v:.4f}" for v in a["values_ms"])
                    + f" ms; median {a['median_ms']:.4f} ms ({a['median_ci_confidence'] * 100:.4g}% CI of the median process "
                    f"[{a['median_ci_low_ms']:.4f}, {a['median_ci_high_ms']:.4f}]), spread (max - min) / median "

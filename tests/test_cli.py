@@ -98,6 +98,18 @@ def test_time_prints_p50_and_writes_json(tiny_onnx, fast_device, tmp_path):
     assert printed == pytest.approx(data["timing"]["p50_ms"], abs=1e-4)
 
 
+def test_time_model_returns_a_typed_result_that_reads_as_its_json(tiny_onnx, fast_device, tmp_path):
+    import hwprune
+
+    r = hwprune.time_model(tiny_onnx, fast_device, json_path=str(tmp_path / "t.json"))
+    assert isinstance(r, hwprune.TimingResult) and r.device == "fast-cpu" and r.timing.n >= 20
+    assert r.p50_ms == r.timing.p50_ms > 0 and r.ci_ms[0] <= r.timing.value() <= r.ci_ms[1]
+    data = json.loads((tmp_path / "t.json").read_text())
+    # the mapping is the JSON's shape, so code written against r["timing"]["p50_ms"] still reads
+    assert r["timing"]["p50_ms"] == data["timing"]["p50_ms"] == r.p50_ms and set(r) == set(data)
+    assert "processes" not in r and r.get("warnings") == [] and r.across_processes is None
+
+
 def test_time_says_when_the_models_fixed_batch_is_not_the_devices(fast_device, tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8, 8, 8])
