@@ -149,6 +149,10 @@ def _unmatched(pooled: Comparison, seen: dict[str, Any]) -> Comparison:
               f"{now} µs, and a small model's speed relative to the drift reference moves with that state; "
               f"across them the test would read {pooled.verdict!r} ({pooled.reason}); measure again until the "
               "baseline's state recurs, or write a new baseline")
+    return _across_states(pooled, seen, reason)
+
+
+def _across_states(pooled: Comparison, seen: dict[str, Any], reason: str) -> Comparison:
     # Twice the samples so far: the machine switches states seconds apart, so more time may meet it.
     return replace(pooled, verdict="inconclusive", reason=reason, samples_to_decide=2 * pooled.n_candidate,
                    machine_states=seen)
@@ -164,8 +168,7 @@ def _other_level(pooled: Comparison, seen: dict[str, Any]) -> Comparison:
               f"change of state (or of host) that moves a small model's ratio to the drift reference; across it "
               f"the test would read {pooled.verdict!r} ({pooled.reason}); measure again until the baseline's state "
               "recurs, or write a new baseline in this one")
-    return replace(pooled, verdict="inconclusive", reason=reason, samples_to_decide=2 * pooled.n_candidate,
-                   machine_states=seen)
+    return _across_states(pooled, seen, reason)
 
 
 def _too_thin(pooled: Comparison, seen: dict[str, Any], candidate: Timing) -> Comparison:
