@@ -342,7 +342,7 @@ def time_model(onnx_path: str, device: str, json_path: str | None = None, proces
     cfg = load_device_config(device)
     check_processes(processes)
     if json_path:
-        check_writable(json_path, "--json")
+        check_writable(json_path, "--json", "json")
     if processes > 1 or cfg.remote is not None:
         result = _time_in_processes(onnx_path, cfg, processes) if processes > 1 else _time_remote(onnx_path, cfg)
         if json_path:
@@ -507,7 +507,7 @@ def lut_check(model: nn.Module | str, example_input: torch.Tensor | None = None,
     from hwprune.lutcheck import lut_check as check
 
     if json_path:
-        check_writable(json_path, "--json")
+        check_writable(json_path, "--json", "json")
     spec = model_spec(model, example_input, name=name, input_shape=input_shape, num_classes=num_classes,
                       weights=weights)
     return check(spec, device, _lut_path(lut), samples=samples, seed=seed, calibration_samples=calibration_samples,

@@ -400,7 +400,7 @@ def apply_plan_cmd(model, plan_path, weights, dense_weights, input_shape, num_cl
     if onnx_out:
         from profilers.fileio import check_writable
 
-        check_writable(onnx_out, "--onnx")
+        check_writable(onnx_out, "--onnx", "onnx")
     pruned = hwprune.apply_plan(model, plan_path, weights=weights, input_shape=shape, num_classes=num_classes,
                                 dense_weights=dense_weights)
     if shape is None:  # the plan's, as apply_plan took it (a plan of an older format: the zoo's default)

@@ -70,7 +70,7 @@ def _check_settings(epochs: Any, out: str, lr: Any, batch_size: Any, seed: Any, 
         raise HwpruneError(f"--lr must be a finite number > 0, got {lr!r}")
     if os.path.isdir(out):
         raise HwpruneError(f"--out {out} is a directory; give a file path such as {os.path.join(out, 'model.pt')}")
-    check_writable(out, "--out")
+    check_writable(out, "--out", "torch")
     if threads is not None:
         check_integer(threads, "--threads", 1)
 

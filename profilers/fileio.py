@@ -41,11 +41,44 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None], dur
         raise
 
 
-def check_writable(path: str | os.PathLike[str], flag: str) -> None:
+# What an output of each kind looks like in its first bytes, to tell a file it may replace (an
+# earlier output of the same command) from one a mistyped path would destroy (the LUT just read,
+# the model just timed, a checkpoint).
+_KINDS: dict[str, tuple[str, Callable[[bytes], bool]]] = {
+    "json": ("a JSON file", lambda head: head.lstrip()[:1] in (b"{", b"[")),
+    "onnx": ("an ONNX model", lambda head: head[:1] == b"\x08"),   # ModelProto field 1, ir_version
+    "xml": ("an XML file", lambda head: head.lstrip()[:1] == b"<"),
+    "torch": ("a PyTorch checkpoint", lambda head: head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"),
+    "text": ("a text file", lambda head: b"\0" not in head and _utf8(head)),
+}
+_HEAD_BYTES = 512
+
+
+def _utf8(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:   # a character cut at the end of the head is still text
+        return err.start >= len(head) - 3
+    return True
+
+
+def _looks_like(head: bytes) -> str:
+    """What an existing file seems to be, for the message that refuses to replace it."""
+    if head[:4] == b"PAR1":
+        return "a Parquet file (a LUT?)"
+    for kind in ("json", "torch", "onnx", "xml", "text"):
+        if _KINDS[kind][1](head):
+            return _KINDS[kind][0]
+    return "a binary file"
+
+
+def check_writable(path: str | os.PathLike[str], flag: str, kind: str | None = None) -> None:
     """Refuse, before any work, an output file whose folder cannot be made or written.
 
     ``flag`` names the option in the message (``--json``). A missing folder is fine when its
-    nearest existing ancestor is a writable folder (it will be made).
+    nearest existing ancestor is a writable folder (it will be made). With ``kind`` (a key of
+    ``_KINDS``), an existing non-empty file is replaced only if it is of that kind: ``--json
+    lut.parquet`` or ``--onnx weights.pt`` would destroy an input.
     """
     p = Path(path)
     try:
@@ -54,6 +87,12 @@ def check_writable(path: str | os.PathLike[str], flag: str) -> None:
         folder = p.resolve().parent
         while not folder.exists():
             folder = folder.parent
+        if kind is not None and p.is_file():
+            with open(p, "rb") as f:
+                head = f.read(_HEAD_BYTES)
+            if head and not _KINDS[kind][1](head):
+                raise ProfilerError(f"{flag} {path} already holds {_looks_like(head)}, not {_KINDS[kind][0]} as {flag} "
+                                    "writes; refusing to overwrite it (give another path, or remove the file)")
     except OSError as err:  # e.g. a path under a folder this user cannot enter
         raise ProfilerError(f"{flag} {path}: {err.strerror or err}") from None
     check_folder_writable(folder, f"{flag} {path}")

@@ -136,6 +136,20 @@ def _rows(d):
          {}, ["--out /proc/run: cannot write in /proc"]),
         ("apply-plan-onnx-unwritable", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_all.json"),
                                         "--onnx", str(d / "a_file" / "x.onnx")], {}, ["--onnx", "is a file"]),
+        # an output path naming an input or another kind of file: a typo must not destroy it (nu11)
+        ("time-json-over-its-model", ["time", str(d / "bad_run.onnx"), "-d", dev, "--json", str(d / "bad_run.onnx")],
+         {}, ["--json", "already holds an ONNX model, not a JSON file", "refusing to overwrite"]),
+        ("lut-check-json-over-the-lut", ["lut", "check", "-d", dev, "-m", model, "--input-shape", "1,8,8", "--lut",
+                                         str(d / "net.parquet"), "--json", str(d / "net.parquet")],
+         {}, ["--json", "already holds a Parquet file (a LUT?)"]),
+        ("apply-plan-onnx-over-the-plan", ["apply-plan", "-m", "resnet20", "--plan", str(d / "plan_all.json"),
+                                           "--onnx", str(d / "plan_all.json")], {}, ["--onnx", "a JSON file"]),
+        ("write-baseline-over-a-model", ["regress", "-d", dev, "--model", str(d / "bad_run.onnx"), "--write-baseline",
+                                         str(d / "net.parquet")], {}, ["--write-baseline", "a Parquet file"]),
+        ("write-baseline-over-a-plan", ["regress", "-d", dev, "--model", str(d / "bad_run.onnx"), "--write-baseline",
+                                        str(d / "plan_all.json")], {}, ["a JSON file that is not a baseline"]),
+        ("pretrain-out-over-a-lut", ["pretrain", "-m", "resnet20", "--out", str(d / "net.parquet"), "--epochs", "1"],
+         {}, ["--out", "a Parquet file"]),
         # the user's code failing
         ("factory-raises", ["profile", "-d", dev, "-m", f"{d / 'models.py'}:boom", "--lut", str(d / "L.parquet")],
          {}, ["your factory `boom in", "models.py` raised RuntimeError: boom"]),
@@ -240,10 +254,10 @@ def _listing(d) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")}
 
 
-@pytest.mark.parametrize("row", range(54))
+@pytest.mark.parametrize("row", range(60))
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(files, row, monkeypatch):
     rows = _rows(files)
-    assert len(rows) == 54, "the parametrize range must cover every row"
+    assert len(rows) == 60, "the parametrize range must cover every row"
     name, argv, env, fragments = rows[row]
     for k, v in env.items():
         monkeypatch.setenv(k, v)

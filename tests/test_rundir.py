@@ -115,3 +115,21 @@ def test_a_run_killed_between_the_swaps_two_renames_gets_its_old_run_back(tmp_pa
     _write(tmp_path / "run", "new")  # the next run into run/ puts the old one back, then replaces it
     assert json.loads((tmp_path / "run" / "baseline.json").read_text()) == {"tag": "new"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "run"]
+
+
+@pytest.mark.parametrize("kind, earlier", [("json", b'  {"a": 1}'), ("onnx", b"\x08\x08\x12\x07pytorch"),
+                                            ("xml", b"<?xml version"), ("torch", b"PK\x03\x04rest"),
+                                            ("text", b"| a | b |\n")])
+def test_an_output_replaces_an_earlier_one_of_its_kind_and_refuses_another(tmp_path, kind, earlier):
+    # a typo'd output path must not destroy the LUT, model or checkpoint it names (nu11)
+    from profilers.errors import ProfilerError
+    from profilers.fileio import check_writable
+
+    (tmp_path / "same").write_bytes(earlier)
+    (tmp_path / "empty").write_bytes(b"")
+    check_writable(tmp_path / "same", "--out", kind)
+    check_writable(tmp_path / "empty", "--out", kind)
+    check_writable(tmp_path / "new", "--out", kind)
+    (tmp_path / "lut").write_bytes(b"PAR1\x15\x04\x00binary")
+    with pytest.raises(ProfilerError, match=r"--out .*lut already holds a Parquet file \(a LUT\?\), not .* refusing"):
+        check_writable(tmp_path / "lut", "--out", kind)

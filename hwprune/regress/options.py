@@ -73,18 +73,41 @@ def _check_statistics(statistics: Sequence[str]) -> list[str]:
 def _check_outputs(opts: RegressOptions) -> None:
     import os
 
+    outputs = [(flag, path, kind) for flag, path, kind in (
+        ("--junit", opts.junit, "xml"), ("--markdown", opts.markdown, "text"), ("--json", opts.json, "json"),
+        ("--write-baseline", opts.write_baseline, "json")) if path]
     written: dict[str, str] = {}
-    for flag, path in (("--junit", opts.junit), ("--markdown", opts.markdown), ("--json", opts.json),
-                       ("--write-baseline", opts.write_baseline)):
-        if path:
-            check_writable(path, flag)
-            same = written.setdefault(os.path.realpath(path), flag)
-            if same != flag:  # the second write would replace the first without a word
-                raise HwpruneError(f"{same} and {flag} name the same file {path}: give each output its own")
+    for flag, path, _ in outputs:
+        same = written.setdefault(os.path.realpath(path), flag)
+        if same != flag:  # the second write would replace the first without a word
+            raise HwpruneError(f"{same} and {flag} name the same file {path}: give each output its own")
+    # an input named as an output first: that message names the input, the kind check would not
     for flag, path in (("--model", opts.model), ("--against", opts.against), ("--baseline", opts.baseline),
                        ("--lut", opts.lut)):
         if path and os.path.realpath(path) in written:
             raise HwpruneError(f"{written[os.path.realpath(path)]} would overwrite the {flag} file {path}")
+    for flag, path, kind in outputs:
+        check_writable(path, flag, kind)
+    if opts.write_baseline:
+        _check_replaces_a_baseline(opts.write_baseline)
+
+
+def _check_replaces_a_baseline(path: str) -> None:
+    """--write-baseline over an existing JSON file that is not a baseline (a plan.json, a report) is refused."""
+    import json
+    import os
+
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        data = None
+    # any format's baseline: the model's hash and its timing
+    if not (isinstance(data, dict) and "onnx_sha256" in data and "timing" in data):
+        raise HwpruneError(f"--write-baseline {path} already holds a JSON file that is not a baseline; refusing to "
+                           "overwrite it (give another path, or remove the file)")
 
 
 def command_line(opts: RegressOptions) -> str:
