@@ -130,7 +130,13 @@ class Task:
         """With a dataset the built-in proxy, recipe and test accuracy read the model's output as
         class scores: one (batch, classes) tensor. Any other output is refused before the dense
         model is measured, not as a traceback minutes into the search."""
-        if self.data is None or (isinstance(out, torch.Tensor) and out.dim() == 2):
+        if self.data is None:
+            return
+        if isinstance(out, torch.Tensor) and out.dim() == 2:
+            if out.shape[1] < self.data.num_classes:   # the labels would index past the scores
+                raise HwpruneError(f"the model gives {out.shape[1]} class scores, but {self.data.name} has "
+                                   f"{self.data.num_classes} classes: build it with {self.data.num_classes} outputs "
+                                   "(a file factory is passed num_classes= when it takes it)")
             return
         kind = (f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor)
                 else f"a {type(out).__name__}")

@@ -420,3 +420,17 @@ def test_an_example_input_without_a_batch_or_beside_another_input_shape_is_one_s
     with pytest.raises(HwpruneError, match=r"^example_input is shaped \(1, 1, 16, 16\) but input_shape= says "
                                            r"\(1, 8, 8\)"):
         _prune(env, input_shape=(1, 8, 8))
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs `make data`")
+def test_data_with_fewer_class_scores_than_classes_is_one_sentence_before_any_measuring(env, tmp_path):
+    # 7 scores for 10 classes ran the whole search, then the recipe's loss died on "Target 8 is
+    # out of bounds" (nu11)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 7)).eval()
+    said: list[str] = []
+    with pytest.raises(HwpruneError, match=r"^the model gives 7 class scores, but fashion-mnist has 10 classes: "
+                                           r"build it with 10 outputs"):
+        hwprune.prune(model, torch.zeros(1, 1, 28, 28), device=env["device"], max_params="50%",
+                      data="fashion-mnist", agent="uniform", max_evaluations=2, out=str(tmp_path / "run"), log=said.append)
+    assert not (tmp_path / "run").exists() and not any("dense" in m for m in said)
