@@ -251,6 +251,8 @@ def run(opts: PruneOptions, spec, task: Task, *, lut: LatencyLUT | str | None = 
                    unprunable)
         for u in unprunable:
             job.log(f"warning: group {u.name} ({u.channels} channels) is left at full width: {u.reason}")
+        if ranks.is_main:
+            task.check_trained(dense, job.log)
         try:
             if not ranks.is_main:
                 return _follow(job, num_classes)

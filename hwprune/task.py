@@ -33,6 +33,12 @@ ScoreFn = Callable[[nn.Module], float]
 FinetuneFn = Callable[[nn.Module, nn.Module], nn.Module]
 
 
+# A dense model at most this many times chance on CHECK_SAMPLES validation images is called
+# untrained: an untrained net scores about chance, 1/classes, give or take a few points.
+UNTRAINED_FACTOR = 2.0
+CHECK_SAMPLES = 1000
+
+
 @dataclass
 class Datasets:
     """The built-in recipe's data: train (minus the held-out val split), val and test, and its name."""
@@ -143,6 +149,21 @@ class Task:
         raise HwpruneError(f"the model returns {kind}, but --data scores and trains it on class scores, one "
                            "(batch, classes) tensor: return the logits (from Python, score_fn= and finetune_fn= "
                            "without data= take any output)")
+
+    def check_trained(self, dense: nn.Module, log: Callable[[str], None]) -> None:
+        """With a dataset, a dense model that scores about chance on it is said before the search:
+        pruning an untrained model (a file factory without --weights) gives a run of 10%
+        accuracies that looks like a result."""
+        if self.data is None or self.score_fn is not None:
+            return
+        from hwprune.train import evaluate
+
+        val = self.data.val.subset(range(min(CHECK_SAMPLES, len(self.data.val))))
+        accuracy, classes = evaluate(dense, val), self.data.num_classes
+        if accuracy <= UNTRAINED_FACTOR / classes:
+            log(f"warning: the dense model scores {accuracy:.1%} on {len(val)} validation images of {self.data.name}, "
+                f"about chance for {classes} classes: it looks untrained (give its weights with --weights / weights=, "
+                "or train it with `hwprune pretrain`)")
 
     def objective(self, dense: nn.Module, x: torch.Tensor, *, criterion: str, val_samples: int,
                   train_steps: int) -> PrunedScore:

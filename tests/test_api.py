@@ -7,6 +7,7 @@ Bad input raises :class:`hwprune.HwpruneError` with one sentence.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -434,3 +435,23 @@ def test_data_with_fewer_class_scores_than_classes_is_one_sentence_before_any_me
         hwprune.prune(model, torch.zeros(1, 1, 28, 28), device=env["device"], max_params="50%",
                       data="fashion-mnist", agent="uniform", max_evaluations=2, out=str(tmp_path / "run"), log=said.append)
     assert not (tmp_path / "run").exists() and not any("dense" in m for m in said)
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs `make data`")
+def test_an_untrained_dense_model_is_said_before_the_search():
+    # a file factory without --weights pruned a random network to "10.00%" without a word (nu11)
+    from hwprune.task import Task
+
+    task, said = Task(data_spec="fashion-mnist"), []
+    untrained = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    torch.nn.init.zeros_(untrained[-1].weight)   # every image scores one class: chance
+    task.check_trained(untrained.eval(), said.append)
+    assert len(said) == 1 and re.match(r"warning: the dense model scores \d+\.\d% on 1000 validation images of "
+                                       r"fashion-mnist, about chance for 10 classes: it looks untrained", said[0])
+    from hwprune.models.spec import ModelSpec   # the committed resnet20 checkpoint scores ~92%
+    from hwprune.pruning import default_weights
+
+    trained = ModelSpec("resnet20", weights=default_weights("resnet20", "fashion-mnist")).build()
+    said.clear()
+    task.check_trained(trained.eval(), said.append)
+    assert said == []
