@@ -112,11 +112,43 @@ def make_baseline(onnx_bytes: bytes, model_name: str, device: str, statistic: st
 
     out = {"format": BASELINE_FORMAT, "model": model_name, "onnx_sha256": _sha256(onnx_bytes), "device": device,
            "statistic": statistic, "timing": timing, "environment": environment or {},
-           "fingerprint": fingerprint(environment) if environment else None, "created_unix_s": time.time()}
+           "fingerprint": fingerprint(environment) if environment else None, "created_unix_s": time.time(),
+           "inputs": onnx_inputs(onnx_bytes)}
     if reference is not None:
         name, blob = reference_graph()
         out["reference"] = {"model": name, "onnx_sha256": _sha256(blob), "timing": reference}
     return out
+
+
+def onnx_inputs(onnx_bytes: bytes) -> list[dict[str, Any]] | None:
+    """An ONNX model's graph inputs (initializers aside): name, shape (a symbolic dimension by its
+    name) and element type; None when the bytes do not parse as ONNX."""
+    import onnx
+
+    try:
+        graph = onnx.ModelProto.FromString(onnx_bytes).graph
+    except Exception:   # protobuf's DecodeError, or bytes that are not a model at all
+        return None
+    weights = {t.name for t in graph.initializer}
+    out = []
+    for v in graph.input:
+        if v.name in weights:
+            continue
+        dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        out.append({"name": v.name, "shape": dims,
+                    "dtype": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()})
+    return out
+
+
+def input_difference(then: list[dict[str, Any]] | None, now: list[dict[str, Any]] | None) -> str | None:
+    """How two models' inputs differ, in words (None: alike, or one side unknown)."""
+    if not then or not now or then == now:
+        return None
+
+    def words(inputs: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))} {i['dtype']}" for i in inputs)
+
+    return f"{words(now)} now, {words(then)} then"
 
 
 def _check_samples(p: Path, timing: Any, where: str) -> None:

@@ -718,7 +718,7 @@ def test_end_to_end_on_onnxruntime(setup):
     assert base["fingerprint"] == fingerprint(collect_manifest(setup["cfg"]))
     assert base["timing"]["n"] == len(base["timing"]["samples_ms"]) >= 30
     assert set(base) == {"format", "model", "onnx_sha256", "device", "statistic", "timing", "environment",
-                         "fingerprint", "created_unix_s", "reference"}  # the keys hwprune prune writes
+                         "fingerprint", "created_unix_s", "reference", "inputs"}  # the keys hwprune prune writes
     # the drift reference was timed beside the model, and is the graph regress times now
     name, blob = rg.reference_graph()
     assert base["reference"]["model"] == name and base["reference"]["onnx_sha256"] == rg._sha256(blob)
@@ -888,3 +888,21 @@ def test_a_baseline_of_another_device_name_is_refused_unless_the_environment_cha
     r = _run("-d", setup["device"], "--baseline", str(other), "--max-seconds", "1", "--allow-env-change")
     assert r.exit_code in (0, 1, 3), r.output
     assert "warning: the baseline was measured on device 'renamed-config'" in r.output
+
+
+def test_a_model_with_other_inputs_is_said_and_an_identical_against_is_an_a_a_check(setup, fake):
+    # a mistyped --model (another input shape) read IMPROVED with only "model differs" to go on;
+    # under --against that line was printed for every pair, where it means nothing (nu11)
+    fake(candidate=(1.0, 0.02), baseline=(1.0, 0.02), reference=(0.3, 0.006))
+    r = _run("-d", setup["device"], "-m", setup["other"], "--against", setup["model"], "--max-seconds", "1")
+    assert "warning: the model's inputs differ from the --against model's (x 1x16x8x8 float now, x 1x8x8x8 " \
+           "float then): this compares two different workloads" in r.output, r.output
+    assert "model differs" not in r.output
+    r = _run("-d", setup["device"], "-m", setup["model"], "--against", setup["model"], "--max-seconds", "1")
+    assert "an A/A check" in r.output and "inputs differ" not in r.output, r.output
+    # a stored baseline written now records its model's inputs, and a model with others is said
+    b = setup["root"] / "with-inputs.json"
+    assert _run("-d", setup["device"], "-m", setup["model"], "--write-baseline", str(b)).exit_code == 0
+    assert json.loads(b.read_text())["inputs"] == [{"name": "x", "shape": [1, 8, 8, 8], "dtype": "float"}]
+    r = _run("-d", setup["device"], "--baseline", str(b), "-m", setup["other"], "--max-seconds", "1")
+    assert "inputs differ from the baseline's (x 1x16x8x8 float now, x 1x8x8x8 float then)" in r.output, r.output

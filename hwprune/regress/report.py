@@ -69,8 +69,11 @@ def format_text(result: dict[str, Any]) -> str:
             lines.append(f"warning: {w}")
         for d in result["environment"]["differences"]:
             lines.append(f"environment: {d}")
-        if result.get("model_changed"):
+        # against a stored baseline a changed model is news; --against compares two models by design
+        if result.get("model_changed") and result["mode"] != "against":
             lines.append(f"model differs from the baseline's (sha256 {result['model_sha256'][:12]})")
+        elif result["mode"] == "against" and not result.get("model_changed"):
+            lines.append("note: --model and --against are byte for byte the same model (an A/A check)")
         if result.get("processes"):
             lines.append(f"{len(result['processes'])} fresh processes (the table is the first's): "
                          + ", ".join(f"{p['verdict']} ({_pct(p['comparisons'][0]['ratio'])})"
@@ -157,7 +160,7 @@ def to_markdown(result: dict[str, Any]) -> str:
                 out.append(f"- {c['statistic']}: {c['reason']}")
             if c.get("machine_states"):
                 out.append(f"- {c['statistic']}: {states_line(c)}")
-        if result.get("model_changed"):
+        if result.get("model_changed") and result.get("mode") != "against":
             out.append(f"- the model differs from the baseline's (sha256 `{result['model_sha256'][:12]}` vs "
                        f"`{str(result['baseline'].get('onnx_sha256'))[:12]}`)")
     env = result.get("environment") or {}

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from hwprune.baseline import (BASELINE_REFERENCE_KEY, BASELINE_SAMPLES, _sha256, load_baseline, make_baseline,
-                              reference_graph)
+from hwprune.baseline import (BASELINE_REFERENCE_KEY, BASELINE_SAMPLES, _sha256, input_difference, load_baseline,
+                              make_baseline, onnx_inputs, reference_graph)
 from hwprune.errors import HwpruneError, check_integer
 from hwprune.processes import check_processes
 from hwprune.regress.compare import MIN_RESAMPLES, NORMALISED, RAW, STATISTICS, VERDICT_EXIT, overall_verdict
@@ -196,6 +196,11 @@ def _regress_model(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, st
                         f"sessions of one unchanged model can differ (docs/BENCHMARKS.md: median 0.7%, p90 2.0%), "
                         f"which no number of samples removes: an unchanged model may read as regressed")
     drift_blob, base_ref = _drift_reference(baseline, warnings) if baseline is not None else (None, None)
+    changed_inputs = input_difference(baseline.get("inputs") if baseline is not None else onnx_inputs(ref_blob),
+                                      onnx_inputs(blob))
+    if changed_inputs:   # a change of resolution is a fair question; a mistyped --model is not
+        warnings.append(f"the model's inputs differ from the {'baseline' if baseline is not None else '--against model'}"
+                        f"'s ({changed_inputs}): this compares two different workloads")
 
     now_env = _local_environment(cfg)
     env_info = None
