@@ -906,3 +906,27 @@ def test_a_model_with_other_inputs_is_said_and_an_identical_against_is_an_a_a_ch
     assert json.loads(b.read_text())["inputs"] == [{"name": "x", "shape": [1, 8, 8, 8], "dtype": "float"}]
     r = _run("-d", setup["device"], "--baseline", str(b), "-m", setup["other"], "--max-seconds", "1")
     assert "inputs differ from the baseline's (x 1x16x8x8 float now, x 1x8x8x8 float then)" in r.output, r.output
+
+
+def test_a_lut_profiled_through_the_api_is_checked_with_the_file_model_that_builds_it(profiled_lut, tmp_path):
+    # the API keys a profile by class name, which nothing can rebuild: regress --lut said "unknown
+    # model 'Net-…'" and --model tiny.py:net "no model in the LUT", where lut check and prune find it (nu11)
+    import importlib.util
+
+    import torch
+
+    import hwprune
+
+    spec = importlib.util.spec_from_file_location("tiny_for_api", profiled_lut["root"] / "tiny.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lut = tmp_path / "api.parquet"
+    hwprune.profile(mod.net().eval(), torch.zeros(1, 1, 8, 8), device=profiled_lut["device"], lut=str(lut),
+                    grid=(0.5, 1.0), calibration_samples=0)
+    r = _run("-d", profiled_lut["device"], "--lut", str(lut), "--sample", "2")
+    _assert_one_line_error(r, tmp_path, "was profiled from a Python module, which the LUT cannot rebuild: give "
+                                        "--model as a file.py:factory")
+    r = _run("-d", profiled_lut["device"], "--lut", str(lut), "--sample", "2", "--model", profiled_lut["model"],
+             "--tolerance", "50%")
+    assert r.exit_code in (0, 1, 3) and "Traceback" not in r.output, r.output
+    assert "median" in r.output

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, first_line
 from hwprune.regress.compare import VERDICT_EXIT
 from hwprune.regress.environment import _environment_check, _local_environment
 from hwprune.regress.options import RegressOptions
@@ -78,11 +78,11 @@ def regress_lut(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, stati
     now_env = _local_environment(cfg)
     env_info = _environment_check(lut.meta.get("environment"), lut_fp, now_env, f"the LUT {opts.lut}",
                                   opts.allow_env_change) if now_env else None
-    key, structure = _pick_model(opts, cfg, lut)
+    key, structure, build = _pick_model(opts, cfg, lut)
     statistic = statistics[0] if statistics else lut.meta.get("statistic", cfg.statistic)
     where = _unit_points(structure)
     picked = _pick_rows(opts, cfg, lut, lut_fp, key, where)
-    items = _rebuild_candidates(opts, cfg, key, structure, picked, where, log)
+    items = _rebuild_candidates(opts, cfg, key, structure, build, picked, where, log)
     timed = _time_candidates(items, cfg, now_env)
     if env_info is None:
         env_info = _environment_check(lut.meta.get("environment"), lut_fp, timed.environment, f"the LUT {opts.lut}",
@@ -101,12 +101,17 @@ def regress_lut(opts: RegressOptions, cfg: DeviceConfig, tolerance: float, stati
     }
 
 
-def _pick_model(opts: RegressOptions, cfg: DeviceConfig, lut) -> tuple[str, dict[str, Any]]:
-    """The LUT's one model to check (``opts.model``, or the only one) and its recorded structure, which
-    must have been profiled at the device config's batch and precision."""
+def _pick_model(opts: RegressOptions, cfg: DeviceConfig, lut) -> tuple[str, dict[str, Any], str]:
+    """The LUT's one model to check (``opts.model``, or the only one), its recorded structure, which
+    must have been profiled at the device config's batch and precision, and the model to rebuild
+    its candidates from: the recorded one, or ``--model`` when it builds the same layers (a LUT
+    profiled through the Python API records a class name, which nothing can build)."""
     models = lut.meta.get("models") or {}
+    build = None
     if opts.model:
         keys = [k for k, s in models.items() if opts.model in (k, s.get("model"))]
+        if not keys:
+            keys, build = _same_layers(opts, models), opts.model
     else:
         keys = list(models)
     if len(keys) != 1:
@@ -119,7 +124,28 @@ def _pick_model(opts: RegressOptions, cfg: DeviceConfig, lut) -> tuple[str, dict
         raise HwpruneError(f"{opts.lut}: {key} was profiled at batch {structure.get('batch')} "
                            f"{structure.get('precision')}, the device config says batch {cfg.batch_size} "
                            f"{cfg.precision}")
-    return key, structure
+    return key, structure, build or structure["model"]
+
+
+def _same_layers(opts: RegressOptions, models: dict[str, dict[str, Any]]) -> list[str]:
+    """The profiles that ``--model`` builds exactly (the same layers at the same input shape), as
+    ``LatencyLUT.key_for`` finds them for ``lut check`` and ``prune``; none when it does not build."""
+    from hwprune.lut import structure_sha
+    from hwprune.models.spec import ModelSpec
+
+    found, shas = [], {}
+    for k, s in models.items():
+        shape = tuple(s.get("input_shape") or ())[1:]
+        if len(shape) != 3 or not s.get("structure_sha"):
+            continue
+        if shape not in shas:
+            try:
+                shas[shape] = structure_sha(ModelSpec(opts.model, shape, opts.num_classes).build())
+            except HwpruneError:
+                shas[shape] = None
+        if shas[shape] == s["structure_sha"]:
+            found.append(k)
+    return found
 
 
 def _unit_points(structure: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -144,11 +170,11 @@ def _pick_rows(opts: RegressOptions, cfg: DeviceConfig, lut, lut_fp: str, key: s
     return rows.sample(n=min(opts.sample, len(rows)), random_state=opts.seed)
 
 
-def _rebuild_candidates(opts: RegressOptions, cfg: DeviceConfig, key: str, structure: dict[str, Any], picked,
-                        where: dict[str, tuple[int, tuple[int, ...]]],
+def _rebuild_candidates(opts: RegressOptions, cfg: DeviceConfig, key: str, structure: dict[str, Any], build: str,
+                        picked, where: dict[str, tuple[int, tuple[int, ...]]],
                         log: Callable[[str], None]) -> list[tuple[str, bytes, dict]]:
-    """The picked rows' candidates, rebuilt from the zoo model as ``hwprune profile`` built them, as
-    ``time_items`` items; each must still have its recorded signature."""
+    """The picked rows' candidates, rebuilt from ``build`` (a zoo or file model) as ``hwprune
+    profile`` built them, as ``time_items`` items; each must still have its recorded signature."""
     import torch
 
     from hwprune.candidates import build_width_graph
@@ -157,8 +183,14 @@ def _rebuild_candidates(opts: RegressOptions, cfg: DeviceConfig, key: str, struc
 
     torch.manual_seed(opts.seed)
     c, h, w = structure["input_shape"][1:]
-    spec = ModelSpec(structure["model"], (c, h, w), opts.num_classes, structure.get("weights"))
-    model = spec.build()
+    spec = ModelSpec(build, (c, h, w), opts.num_classes, structure.get("weights"))
+    try:
+        model = spec.build()
+    except HwpruneError as err:
+        if build != structure["model"] or ":" in build:
+            raise
+        raise HwpruneError(f"{opts.lut}: {key} was profiled from a Python module, which the LUT cannot rebuild: give "
+                           f"--model as a file.py:factory that builds it ({first_line(err)})") from None
     x = spec.example_input(cfg.batch_size)
     log(f"rebuilding {len(picked)} LUT candidates of {key} ...")
     wg = build_width_graph(model, x, find_groups(model, x))
