@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Collection, Mapping, Sequence
 
@@ -118,11 +119,30 @@ def _tensors_in(out: Any) -> list[torch.Tensor]:
 def _build_graph(model: nn.Module, example_input: torch.Tensor):
     """Torch-Pruning's dependency graph; layers its tracer cannot map are opaque (``hwprune.tracing``)."""
     try:
-        with _out_of_place(model):
+        with _out_of_place(model), _each_warning_once():
             return build_graph(model, example_input)
     except Exception as err:  # tracing errors come in many types
         raise HwpruneError(f"cannot trace the model's dependency graph at input shape "
                            f"{tuple(example_input.shape)}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
+_WARNED: set[str] = set()
+
+
+@contextlib.contextmanager
+def _each_warning_once():
+    """Torch-Pruning's warnings (a bare ``nn.Parameter``: "Unwrapped parameters detected") once a
+    process. The graph is built for every width probe and candidate, and Python's own once-per-line
+    rule restarts whenever anything changes the warning filters (the ONNX export does): one model
+    printed the same three lines about 20 times."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        text = str(w.message)
+        if text not in _WARNED:
+            _WARNED.add(text)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 @contextlib.contextmanager

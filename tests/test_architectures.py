@@ -499,3 +499,32 @@ def test_a_depthwise_conv_over_a_concatenation_stays_dense_and_every_cut_of_the_
     assert "depthwise convolution over a concatenation (of b1, b2)" in reason
     for w in (1, 5, 12, 24):
         assert prune_to_widths(model, x, {"pw": w})(x).shape == (1, 10)
+
+
+class _BareParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.gamma = nn.Parameter(torch.ones(1, 8, 1, 1))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc((self.conv(x) * self.gamma).mean((2, 3)))
+
+
+def test_torch_prunings_warnings_are_said_once_a_process():
+    # "Unwrapped parameters detected" came some 20 times in one profile-and-prune run (nu11)
+    import warnings
+
+    from hwprune import groups as groups_module
+    from hwprune.export import export_onnx
+
+    model, x = _BareParameter().eval(), torch.zeros(1, 3, 8, 8)
+    groups_module._WARNED.clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            find_groups(model, x)
+            export_onnx(model, x)   # changes the warning filters, which restarts Python's own once-rule
+    unwrapped = [w for w in seen if "Unwrapped parameters" in str(w.message)]
+    assert len(unwrapped) == 1, [str(w.message)[:60] for w in seen]
