@@ -302,6 +302,11 @@ def apply_plan(model: nn.Module | str, plan: str | Plan | Mapping[str, Sequence[
     if isinstance(model, nn.Module):
         spec = model_spec(model, example_input, input_shape=input_shape)
         loaded, where = Plan.given(plan)
+        made_for = tuple(loaded.input_shape[1:]) if loaded.input_shape else None
+        if made_for and made_for != tuple(spec.input_shape):   # as the CLI and a named model refuse it
+            raise HwpruneError(f"{where} was made for input shape {made_for}, not the example input's "
+                               f"{tuple(spec.input_shape)}: give an example input of shape (1, "
+                               + ", ".join(map(str, made_for)) + ")")
         pruned = loaded.apply(spec.build(), spec.example_input(1), where)
         if weights:
             load_weights(pruned, weights)

@@ -136,6 +136,10 @@ def test_prune_with_the_users_metric_and_loop_needs_no_dataset(env, tmp_path):
     loaded = hwprune.apply_plan(make_net(), json.loads((tmp_path / "run" / "plan.json").read_text()),
                                 torch.zeros(1, 1, 16, 16))
     assert {n: p.shape for n, p in loaded.state_dict().items()} == shapes
+    # the CLI refused another input shape, the API took it (nu11)
+    with pytest.raises(hwprune.HwpruneError, match=r"was made for input shape \(1, 16, 16\), not the example "
+                                                   r"input's \(1, 20, 20\): give an example input of shape"):
+        hwprune.apply_plan(make_net(), res.plan, torch.zeros(1, 1, 20, 20))
 
 
 @pytest.mark.parametrize("plan, words", [
