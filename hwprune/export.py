@@ -31,13 +31,29 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor) -> bytes:
         with warnings.catch_warnings(), torch.no_grad(), _no_attention_fastpath(), _ir_dump_dropped():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example_input,), buf, dynamo=False, do_constant_folding=True,
-                              opset_version=OPSET, input_names=["input"], output_names=["output"])
+                              opset_version=OPSET, input_names=["input"],
+                              output_names=_output_names(model, example_input))
     except Exception as err:
         msg = " ".join(str(err).split())
         op = re.search(r"(aten::\w+|operator '[^']+'|op '[^']+')", msg)
         where = f" (at {op.group(1)})" if op else ""
         raise HwpruneError(f"ONNX export failed{where}: {msg[:300]}") from None
     return buf.getvalue()
+
+
+def _output_names(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """The ONNX outputs' names: ``output`` for one tensor, a dict's keys, ``output_0``, ``output_1``
+    ... for a tuple or list of tensors (the exporter numbers the unnamed ones: '27'). A nested
+    output keeps the exporter's names past the first."""
+    try:
+        out = model(example_input)
+    except Exception:   # the export itself reports it, naming the op
+        return ["output"]
+    if isinstance(out, dict) and out and all(isinstance(v, torch.Tensor) for v in out.values()):
+        return [str(k) for k in out]
+    if isinstance(out, (tuple, list)) and len(out) > 1 and all(isinstance(v, torch.Tensor) for v in out):
+        return [f"output_{i}" for i in range(len(out))]
+    return ["output"]
 
 
 @contextlib.contextmanager

@@ -528,3 +528,32 @@ def test_torch_prunings_warnings_are_said_once_a_process():
             export_onnx(model, x)   # changes the warning filters, which restarts Python's own once-rule
     unwrapped = [w for w in seen if "Unwrapped parameters" in str(w.message)]
     assert len(unwrapped) == 1, [str(w.message)[:60] for w in seen]
+
+
+class _DictHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.logits, self.boxes = nn.Linear(8, 10), nn.Linear(8, 4)
+
+    def forward(self, x):
+        z = self.body(x)
+        return {"logits": self.logits(z), "boxes": self.boxes(z)}
+
+
+class _TupleHeads(_DictHeads):
+    def forward(self, x):
+        return tuple(super().forward(x).values())
+
+
+def test_exported_outputs_are_named_after_the_models_outputs():
+    # a dict's outputs came out as ['output', '27'] (nu11)
+    import onnx
+
+    from hwprune.export import export_onnx
+
+    x = torch.zeros(1, 3, 8, 8)
+    names = lambda m: [o.name for o in onnx.load_from_string(export_onnx(m.eval(), x)).graph.output]  # noqa: E731
+    assert names(_DictHeads()) == ["logits", "boxes"]
+    assert names(_TupleHeads()) == ["output_0", "output_1"]
+    assert names(nn.Sequential(nn.Conv2d(3, 4, 1))) == ["output"]
