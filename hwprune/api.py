@@ -410,8 +410,7 @@ def _time_in_processes(onnx_path: str, cfg, processes: int) -> TimingResult:
 def _time_remote(onnx_path: str, cfg) -> TimingResult:
     """Time one ONNX file on a remote device through a bundle (as ``profile`` does), with that
     device's own environment manifest."""
-    import shutil
-    import tempfile
+    from profilers.scratch import scratch
     from pathlib import Path
 
     from hwprune.measure import time_items
@@ -427,11 +426,8 @@ def _time_remote(onnx_path: str, cfg) -> TimingResult:
             raise HwpruneError(f"{onnx_path} failed on {cfg.name}: {rec['error']}")
         records.setdefault(rec.get("type"), rec)
 
-    work = Path(tempfile.mkdtemp(prefix="hwprune-time-"))
-    try:
+    with scratch("time") as work:
         time_items([(key, blob, {})], cfg, work, on_record)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     row, session = records.get("row"), records.get("session", {})
     if row is None:
         raise HwpruneError(f"{cfg.name} returned no timing for {onnx_path}")

@@ -103,8 +103,7 @@ def measure_many(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, desc: st
     instead of biasing whichever model was being timed at that moment. A remote device
     times them one after the other through a bundle.
     """
-    import shutil
-    import tempfile
+    from profilers.scratch import scratch
 
     from hwprune.errors import HwpruneError
 
@@ -138,16 +137,15 @@ def measure_many(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, desc: st
         elif rec.get("type") == "error":
             raise HwpruneError(f"model {rec['key']} failed on {cfg.name}: {rec['error']}")
 
-    work = Path(tempfile.mkdtemp(prefix="hwprune-measure-"))
     try:
-        if with_reference:
-            from profilers.runners import REFERENCE_ONNX
+        with scratch("measure") as work:
+            if with_reference:
+                from profilers.runners import REFERENCE_ONNX
 
-            items = list(items) + device_items([(REFERENCE_KEY, REFERENCE_ONNX.read_bytes())], cfg)
-        time_items([(k, b, {}) for k, b in items], cfg, work, on_record)
+                items = list(items) + device_items([(REFERENCE_KEY, REFERENCE_ONNX.read_bytes())], cfg)
+            time_items([(k, b, {}) for k, b in items], cfg, work, on_record)
     finally:
         bar.close()
-        shutil.rmtree(work, ignore_errors=True)
     return out
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from hwprune.errors import HwpruneError, check_integer
 from profilers.config import DeviceConfig
+from profilers.scratch import scratch
 
 Timing = dict[str, Any]
 MeasureProcesses = Callable[[Sequence[tuple[str, bytes]], DeviceConfig, int], list[dict[str, Timing]]]
@@ -129,8 +129,7 @@ def measure_in_processes(items: Sequence[tuple[str, bytes]], cfg: DeviceConfig, 
             if progress:
                 progress(i + 1)
         return runs
-    with tempfile.TemporaryDirectory(prefix="hwprune-processes-") as tmp:
-        work = Path(tmp)
+    with scratch("processes") as work:
         device = work / "device.json"
         device.write_text(json.dumps(cfg.to_dict()))
         from hwprune.measure import device_items

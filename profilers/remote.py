@@ -31,7 +31,6 @@ import posixpath
 import shlex
 import subprocess
 import tarfile
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any, Callable
 from profilers.bundle import MANIFEST_NAME, RESULTS_NAME, ResultsFile, read_bundle
 from profilers.config import DeviceConfig, RemoteConfig
 from profilers.errors import RemoteError
+from profilers.scratch import scratch
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def profile_remote(bundle_dir: str | os.PathLike[str], config: DeviceConfig,
     ssh = _Ssh(config.remote)
     deadline = time.monotonic() + timeout_s if timeout_s is not None else None
     received: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="hwprune-upload-") as tmp, ResultsFile(results_path) as results:
+    with scratch("upload") as tmp, ResultsFile(results_path) as results:
         archive = os.path.join(tmp, "bundle.tar.gz")
         digest = pack_bundle(bundle_dir, config, archive)
         seen_keys, seen_sessions = results.keys(), results.sessions()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -215,8 +214,7 @@ def _time_candidates(items: list[tuple[str, bytes, dict]], cfg: DeviceConfig,
                      environment: dict[str, Any] | None) -> _TimedCandidates:
     """Time ``items`` through a profiling bundle in a temporary folder; a failed candidate raises.
     ``environment`` is kept unless None, when the session's takes its place."""
-    import shutil
-    import tempfile
+    from profilers.scratch import scratch
 
     from hwprune.measure import time_items
 
@@ -230,12 +228,9 @@ def _time_candidates(items: list[tuple[str, bytes, dict]], cfg: DeviceConfig,
         elif rec.get("type") == "error":
             raise HwpruneError(f"LUT candidate {rec['key']} failed on {cfg.name}: {rec['error']}")
 
-    work = Path(tempfile.mkdtemp(prefix="hwprune-regress-lut-"))
     timed.started = time.perf_counter()
-    try:
+    with scratch("regress-lut") as work:
         time_items(items, cfg, work, on_record)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return timed
 
 

@@ -13,7 +13,6 @@ import json
 import shlex
 import subprocess
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,6 +20,7 @@ from typing import Any, Callable, Sequence
 from hwprune.errors import HwpruneError
 from hwprune.regress.compare import VERDICT_EXIT
 from hwprune.regress.options import RegressOptions, command_line
+from profilers.scratch import scratch
 
 EXIT_BAD_INPUT = 2
 
@@ -52,7 +52,7 @@ def regress_in_processes(opts: RegressOptions, log: Callable[[str], None] = lamb
     run = run or (lambda argv: subprocess.run([sys.executable, "-m", "hwprune.cli", *argv], capture_output=True,
                                               text=True))
     results = []
-    with tempfile.TemporaryDirectory(prefix="hwprune-regress-") as tmp:
+    with scratch("regress-processes") as tmp:
         for i in range(opts.processes):
             path = str(Path(tmp) / f"p{i}.json")
             proc = run(child_args(opts, path))

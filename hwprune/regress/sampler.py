@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -124,10 +123,8 @@ class BundleSampler:
         self.environment: dict[str, Any] | None = None
 
     def take(self, min_samples: int, max_seconds: float, first: bool = False) -> None:
-        import shutil
-        import tempfile
-
         from hwprune.measure import time_items
+        from profilers.scratch import scratch
 
         n = len(self.items)
         cfg = self.cfg.replace(min_repeats=max(self.cfg.min_repeats, min_samples),
@@ -135,8 +132,6 @@ class BundleSampler:
         if not first:
             # rel_ci just under its ceiling: any interval "converges", so the count decides
             cfg = cfg.replace(min_repeats=min_samples, rel_ci=0.999, min_seconds=0.0)
-        work = Path(tempfile.mkdtemp(prefix="hwprune-regress-"))
-
         def on_record(rec: dict[str, Any]) -> None:
             if rec.get("type") == "session":
                 self.environment = rec.get("environment")
@@ -145,10 +140,8 @@ class BundleSampler:
             elif rec.get("type") == "error":
                 raise HwpruneError(f"model {rec['key']} failed on {cfg.name}: {rec['error']}")
 
-        try:
+        with scratch("regress") as work:
             time_items([(k, b, {}) for k, b in self.items], cfg, work, on_record)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     def close(self) -> None:
         pass
