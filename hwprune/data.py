@@ -346,9 +346,11 @@ def _cifar_class_names(directory: str) -> tuple[str, ...]:
 def _load_imagefolder(root: str, split: str) -> ImageDataset:
     """DIR/<split>/<class>/*.png: every image is resized to the first train image's size.
 
-    Images are grayscale (1 channel) when every image of the split is 1/L/LA, else RGB.
-    Everything is decoded into memory as uint8, so this suits small folders.
-    The class list comes from the train folder so both splits share label numbers.
+    Images are grayscale (1 channel) when every train image is 1/L/LA, else RGB, and the test
+    split takes the train split's mode (a model has one input channel count). Everything is
+    decoded into memory as uint8, so this suits small folders. The class list comes from the
+    train folder (hidden folders such as .ipynb_checkpoints aside), so both splits share label
+    numbers; each class needs train images, and there must be two classes at least.
     """
     try:
         from PIL import Image
@@ -358,11 +360,13 @@ def _load_imagefolder(root: str, split: str) -> ImageDataset:
         raise HwpruneError(f"image folder not found: {root}")
     split_dir = _imagefolder_split_dir(root, split)
     train_dir = _imagefolder_split_dir(root, "train")
-    class_names = tuple(sorted(d for d in os.listdir(train_dir)
-                               if os.path.isdir(os.path.join(train_dir, d))))
+    class_names = tuple(_class_folders(train_dir))
     if not class_names:
         raise HwpruneError(f"image folder {train_dir} has no class subfolders")
-    split_classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    if len(class_names) < 2:
+        raise HwpruneError(f"image folder {train_dir} has one class folder ({class_names[0]!r}): a classifier "
+                           "needs two classes at least")
+    split_classes = _class_folders(split_dir)
     unknown = [c for c in split_classes if c not in class_names]
     if unknown:
         raise HwpruneError(f"image folder {split_dir} has class {unknown[0]!r} that {train_dir} lacks")
@@ -380,11 +384,15 @@ def _load_imagefolder(root: str, split: str) -> ImageDataset:
     if not files:
         raise HwpruneError(f"image folder {split_dir} has no images ({', '.join(_IMAGE_SUFFIXES)})")
     reference = files if split_dir == train_dir else files_of(train_dir) or files
+    empty = sorted(set(class_names) - {class_names[label] for _, label in reference})
+    if empty:   # it would be a class the model is never shown, scored on the test set
+        raise HwpruneError(f"image folder {train_dir}: class folder {empty[0]!r} has no images "
+                           f"({', '.join(_IMAGE_SUFFIXES)})")
     with _open_image(Image, reference[0][0]) as first:
         width, height = first.size
     # Image.open reads only the header, so this first pass to pick the mode is cheap.
     modes = set()
-    for path, _ in files:
+    for path, _ in reference:
         with _open_image(Image, path) as img:
             modes.add(img.mode)
     gray = modes <= {"1", "L", "LA"}
@@ -404,6 +412,12 @@ def _load_imagefolder(root: str, split: str) -> ImageDataset:
     return ImageDataset(torch.from_numpy(np.stack(arrays)),
                         torch.tensor([label for _, label in files], dtype=torch.int64),
                         mean, std, class_names, f"imagefolder-{split}")
+
+
+def _class_folders(directory: str) -> list[str]:
+    """The class folders of a split, sorted; hidden ones (.ipynb_checkpoints, .DS_Store) are not classes."""
+    return sorted(d for d in os.listdir(directory)
+                  if not d.startswith(".") and os.path.isdir(os.path.join(directory, d)))
 
 
 def _imagefolder_split_dir(root: str, split: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 
 import numpy as np
 import pytest
@@ -191,6 +192,48 @@ def test_imagefolder(tmp_path):
     assert train.labels.tolist() == [0, 0, 1, 1]
     with pytest.raises(HwpruneError, match="train/"):
         load_dataset(f"imagefolder:{tmp_path / 'val'}", "train")
+
+
+def _folder(root, layout: dict[str, dict[str, tuple[int, str]]]) -> None:
+    """layout: split -> class -> (images, PIL mode)."""
+    image_module = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(3)
+    for split, classes in layout.items():
+        for cls, (n, mode) in classes.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                shape = (6, 6) if mode == "L" else (6, 6, 3)
+                image_module.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8), mode).save(
+                    root / split / cls / f"{i}.png")
+
+
+def test_imagefolder_test_split_takes_the_train_splits_colour_mode(tmp_path):
+    # RGB train and grayscale test trained a 3-channel model, then died on the test set with a
+    # traceback after the whole search and fine-tuning (nu12)
+    _folder(tmp_path, {"train": {"a": (2, "RGB"), "b": (2, "RGB")}, "test": {"a": (1, "L"), "b": (1, "L")}})
+    train, test = (load_dataset(f"imagefolder:{tmp_path}", s) for s in ("train", "test"))
+    assert train.in_channels == test.in_channels == 3
+
+
+@pytest.mark.parametrize("layout, words", [
+    ({"train": {"a": (2, "L"), "b": (0, "L")}, "test": {"a": (1, "L"), "b": (1, "L")}},
+     "class folder 'b' has no images"),
+    ({"train": {"a": (2, "L")}, "test": {"a": (1, "L")}}, "one class folder ('a'): a classifier needs two"),
+])
+def test_imagefolder_refuses_an_empty_class_and_a_single_one(tmp_path, layout, words):
+    _folder(tmp_path, layout)
+    for split in ("train", "test"):
+        with pytest.raises(HwpruneError, match=re.escape(words)):
+            load_dataset(f"imagefolder:{tmp_path}", split)
+
+
+def test_imagefolder_hidden_folders_are_not_classes(tmp_path):
+    # an empty .ipynb_checkpoints became a fourth class of a 3-class model (nu12)
+    _folder(tmp_path, {"train": {"a": (1, "L"), "b": (1, "L")}, "test": {"a": (1, "L"), "b": (1, "L")}})
+    (tmp_path / "train" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "test" / ".ipynb_checkpoints").mkdir()
+    assert load_dataset(f"imagefolder:{tmp_path}", "train").class_names == ("a", "b")
+    assert load_dataset(f"imagefolder:{tmp_path}", "test").num_classes == 2
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason=f"{FASHION_MNIST_DIR} not installed")
