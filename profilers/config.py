@@ -227,6 +227,10 @@ def _check_values(cfg: DeviceConfig, source: str) -> None:
         raise bad("backend", f"must be one of {', '.join(BACKENDS)}, got '{cfg.backend}'")
     if cfg.precision not in PRECISIONS:
         raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
+    if cfg.backend == "onnxruntime" and cfg.precision != "fp32":
+        # onnxruntime runs the graph as exported: fp32 timings filed as fp16 would be a wrong LUT
+        raise bad("precision", f"{cfg.precision} is not applied by backend onnxruntime, which times the ONNX model "
+                               "as exported (fp32): use precision fp32, or backend tensorrt or torch-cuda")
     if cfg.backend == "torch-cuda" and cfg.precision not in TORCH_CUDA_PRECISIONS:
         raise bad("precision", f"must be one of {', '.join(TORCH_CUDA_PRECISIONS)} for backend torch-cuda, "
                                f"got '{cfg.precision}'")

@@ -79,6 +79,7 @@ def _error(path) -> str:
     ("providers: []\n", "providers"),
     ("providers: [1, 2]\n", "providers"),
     ("precision: fp8\n", "precision"),
+    ("precision: fp16\n", "precision"),   # onnxruntime: fp32 timings were filed as fp16 (nu12)
     ("statistic: median\n", "statistic"),
     ("graph_optimization: max\n", "graph_optimization"),
     ("threads: 0\n", "threads"),
@@ -203,3 +204,8 @@ def test_configs_folder_can_be_overridden(tmp_path, monkeypatch):
     monkeypatch.setenv("HWPRUNE_DEVICE_CONFIGS", str(tmp_path))
     assert shipped_configs() == ["lab-box"]
     assert load_device_config("lab-box").description == "a lab machine"
+
+
+def test_onnxruntime_refuses_a_precision_it_does_not_apply(tmp_path):
+    msg = _error(_write(tmp_path, "name: dev\nprecision: int8\n"))
+    assert "int8 is not applied by backend onnxruntime" in msg and "backend tensorrt or torch-cuda" in msg

@@ -277,10 +277,11 @@ def test_hung_or_failing_nvidia_smi_is_bounded(tmp_path, monkeypatch):
 
 
 def test_manifest_follows_the_config():
-    cfg = from_dict({"name": "custom", "threads": 3, "batch_size": 4, "precision": "fp16",
+    # (onnxruntime times the graph as exported: fp32 is its one precision)
+    cfg = from_dict({"name": "custom", "threads": 3, "batch_size": 4, "precision": "fp32",
                      "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
     m = collect_manifest(cfg)
-    assert (m["device"], m["threads"], m["batch_size"], m["precision"]) == ("custom", 3, 4, "fp16")
+    assert (m["device"], m["threads"], m["batch_size"], m["precision"]) == ("custom", 3, 4, "fp32")
     assert m["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     import onnxruntime as ort
     assert m["providers_effective"] == [p for p in m["providers"] if p in ort.get_available_providers()]
