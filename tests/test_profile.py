@@ -449,3 +449,15 @@ def test_a_profile_of_another_variant_under_the_same_name_is_refused_unless_repl
     res = CliRunner().invoke(cli, _profile_args(env, path) + ["--num-classes", "5", "--replace", "-q"])
     assert res.exit_code == 0, res.output
     assert LatencyLUT.load(path).model(r.model_key)["structure_sha"] != LatencyLUT.load(src).model(r.model_key)["structure_sha"]
+
+
+def test_a_channel_multiple_no_group_can_step_down_to_is_said(tmp_path):
+    # channel_multiple: 1000 on 16-32-channel groups profiled the dense model alone without a
+    # word; prune then called the budget unreachable (nu12)
+    (tmp_path / "tiny.py").write_text(TINY_MODEL)
+    (tmp_path / "wide.yaml").write_text(DEVICE_YAML.replace("channel_multiple: 2", "channel_multiple: 1000"))
+    said: list[str] = []
+    profile(ModelSpec(f"{tmp_path / 'tiny.py'}:net", (1, 8, 8)), str(tmp_path / "wide.yaml"),
+            str(tmp_path / "lut.parquet"), calibration_samples=0, show_progress=False, log=said.append)
+    assert any(m.startswith("warning: channel_multiple 1000 leaves no group a width below its dense one")
+               and "nothing can be pruned" in m for m in said), said
