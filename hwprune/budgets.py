@@ -16,6 +16,7 @@ import abc
 import importlib
 import importlib.util
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -206,32 +207,41 @@ class CallableBudget(BudgetFunction):
         return float(v)
 
 
+def _module_from_file(path: Path):
+    if not path.is_file():
+        raise HwpruneError(f"budget file not found: {path}")
+    s = importlib.util.spec_from_file_location(f"hwprune_user_budget_{path.stem}", path)
+    module = importlib.util.module_from_spec(s)
+    from hwprune.models.registry import put_folder_on_path
+
+    put_folder_on_path(str(path))
+    s.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 def load_callable(spec: str) -> Callable[..., Any]:
-    """``pkg.module:function`` or ``path/to/file.py:function``."""
+    """``pkg.module:function`` (importable, or a ``pkg/module.py`` under the working folder, as
+    ``python -m`` would find it) or ``path/to/file.py:function``."""
     if ":" not in spec:
         raise HwpruneError(f"--budget must be module:function or file.py:function, got '{spec}'")
     mod_name, fn_name = spec.rsplit(":", 1)
+    # the console script does not put the working folder on sys.path, where `python -m` would
+    local = Path(mod_name.replace(".", os.sep) + ".py")
     try:
         if mod_name.endswith(".py"):
-            path = Path(mod_name)
-            if not path.is_file():
-                raise HwpruneError(f"budget file not found: {path}")
-            s = importlib.util.spec_from_file_location(f"hwprune_user_budget_{path.stem}", path)
-            module = importlib.util.module_from_spec(s)
-            from hwprune.models.registry import put_folder_on_path
-
-            put_folder_on_path(str(path))
-            s.loader.exec_module(module)  # type: ignore[union-attr]
+            module = _module_from_file(Path(mod_name))
         else:
-            module = importlib.import_module(mod_name)
+            try:
+                module = importlib.import_module(mod_name)
+            except ModuleNotFoundError:
+                if not local.is_file():
+                    raise
+                module = _module_from_file(local)
     except HwpruneError:
         raise
     except Exception as err:
-        # the console script does not put the working folder on sys.path: name the file instead
-        hint = (f" (a file in this folder: --budget {mod_name}.py:...)"
-                if isinstance(err, ModuleNotFoundError) and Path(f"{mod_name}.py").is_file() else "")
         raise HwpruneError(f"cannot import budget module '{mod_name}': "
-                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}{hint}") from None
+                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise HwpruneError(f"'{mod_name}' has no callable '{fn_name}'")

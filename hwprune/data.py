@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -124,7 +125,7 @@ def load_dataset(spec: str, split: str) -> ImageDataset:
     Args:
         spec: ``fashion-mnist`` (from /usr/share/datasets/fashion-mnist), ``fashion-mnist:DIR``,
             ``cifar10:DIR`` (the binary version: data_batch_1..5.bin, test_batch.bin, in DIR
-            or DIR/cifar-10-batches-bin), or ``imagefolder:DIR`` (DIR/train and DIR/test or
+            or DIR/cifar-10-batches-bin; or the python version, DIR/cifar-10-batches-py), or ``imagefolder:DIR`` (DIR/train and DIR/test or
             DIR/val, one subfolder per class; needs Pillow).
         split: "train" or "test".
 
@@ -306,6 +307,9 @@ def _load_cifar10(directory: str, split: str) -> ImageDataset:
     nested = os.path.join(directory, "cifar-10-batches-bin")
     if os.path.isdir(nested):  # the directory the official tarball unpacks to
         directory = nested
+    python = os.path.join(directory, "cifar-10-batches-py")
+    if not os.path.isdir(nested) and (os.path.isdir(python) or os.path.isfile(os.path.join(directory, "data_batch_1"))):
+        return _load_cifar10_python(python if os.path.isdir(python) else directory, split)
     if not os.path.isdir(directory):
         raise HwpruneError(f"CIFAR-10 not found: no directory {directory}; download the binary "
                            "version from https://www.cs.toronto.edu/~kriz/cifar.html")
@@ -329,6 +333,45 @@ def _load_cifar10(directory: str, split: str) -> ImageDataset:
     return ImageDataset(torch.from_numpy(np.concatenate(images)),
                         torch.from_numpy(np.concatenate(labels)),
                         CIFAR10_MEAN, CIFAR10_STD, class_names, f"cifar10-{split}")
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """The CIFAR-10 python batches are pickles of numpy arrays and lists; a pickle can name any
+    callable, so only what those files hold is let through (a dataset must not run code)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}   # protocol 2's bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def _load_cifar10_python(directory: str, split: str) -> ImageDataset:
+    """The python version (``cifar-10-batches-py``, what torchvision downloads): pickled dicts
+    with ``data`` (N x 3072 uint8, channel-major) and ``labels``."""
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            raise HwpruneError(f"CIFAR-10 not found: {path} is missing (python version: data_batch_1..5, test_batch)")
+        try:
+            with open(path, "rb") as f:
+                batch = _ArraysOnly(f, encoding="bytes").load()
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            batch_labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+            raise HwpruneError(f"corrupt CIFAR-10 file {path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        if len(batch_labels) != len(data):
+            raise HwpruneError(f"corrupt CIFAR-10 file {path}: {len(data)} images but {len(batch_labels)} labels")
+        _check_labels(batch_labels, 10, path)
+        images.append(data)
+        labels.append(batch_labels)
+    return ImageDataset(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)),
+                        CIFAR10_MEAN, CIFAR10_STD, _cifar_class_names(directory), f"cifar10-{split}")
 
 
 def _cifar_class_names(directory: str) -> tuple[str, ...]:

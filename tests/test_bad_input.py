@@ -322,17 +322,21 @@ def test_apply_plan_takes_the_input_shape_and_class_count_the_plan_was_made_for(
     assert dims(graph.input[0])[1:] == [3, 32, 32] and dims(graph.output[0])[1:] == [100]
 
 
-def test_a_budget_module_in_the_working_folder_is_named_by_its_file(tmp_path, monkeypatch):
+def test_a_budget_module_in_the_working_folder_is_found_as_the_readme_writes_it(tmp_path, monkeypatch):
     import sys
 
     from hwprune.budgets import load_callable
     from hwprune.errors import HwpruneError
 
     (tmp_path / "mybud.py").write_text("def total(widths):\n    return sum(widths.values())\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "bud.py").write_text("def one(widths):\n    return 1\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
-    # the console script does not put the working folder on sys.path (nu10)
-    with pytest.raises(HwpruneError, match=r"cannot import budget module 'mybud': .*\(a file in this folder: "
-                                           r"--budget mybud.py:\.\.\.\)$"):
-        load_callable("mybud:total")
+    # the console script does not put the working folder on sys.path: README's
+    # --budget module:function=LIMIT failed for a module beside the user (nu10, nu12)
+    assert load_callable("mybud:total")({"a": 2, "b": 3}) == 5
     assert load_callable("mybud.py:total")({"a": 2, "b": 3}) == 5
+    assert load_callable("pkg.bud:one")({}) == 1
+    with pytest.raises(HwpruneError, match=r"cannot import budget module 'nosuch': No module named 'nosuch'$"):
+        load_callable("nosuch:total")

@@ -94,6 +94,34 @@ def test_cifar10_corrupt_and_missing(tmp_path):
         load_dataset(f"cifar10:{tmp_path}", "train")
 
 
+def test_cifar10_python_version_as_torchvision_downloads_it(tmp_path):
+    # cifar-10-batches-py was "not found: data_batch_1.bin is missing" (nu12)
+    import pickle
+
+    rng = np.random.default_rng(4)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, size=(2, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, size=2)], b"batch_label": b"x"}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    test = load_dataset(f"cifar10:{tmp_path}", "test")
+    raw = pickle.loads((root / "test_batch").read_bytes())
+    assert (len(load_dataset(f"cifar10:{tmp_path}", "train")), len(test), test.in_channels) == (10, 2, 3)
+    assert test.labels.tolist() == raw[b"labels"]
+    x, _ = test[1]
+    red = raw[b"data"][1, :1024].reshape(32, 32) / 255.0
+    np.testing.assert_allclose(x[0].numpy(), (red - CIFAR10_MEAN[0]) / CIFAR10_STD[0], atol=1e-5)
+
+    class Boom:   # a pickle that would run code on load is refused, not run
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (root / "test_batch").write_bytes(pickle.dumps({b"data": Boom(), b"labels": []}))
+    with pytest.raises(HwpruneError, match="corrupt CIFAR-10 file .*test_batch: .* is not allowed"):
+        load_dataset(f"cifar10:{tmp_path}", "test")
+
+
 def test_split_is_deterministic_and_disjoint(tmp_path):
     _make_fashion(tmp_path, n_train=50)
     ds = load_dataset(f"fashion-mnist:{tmp_path}", "train")
