@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,31 @@ def write_plots(report: dict[str, Any], out: Path) -> list[str]:
 
 
 def _count_budget_text(b: dict[str, Any], key: str, label: str, unit: str = "") -> str:
-    """``, params <= 40827 (15% of dense)``: the resolved limit, and the percentage it came from."""
+    """``, params <= 40827 (15% of dense)``: the resolved limit (a count: whole, rounded down, as
+    15% of a count need not be), and the percentage it came from."""
     if not b.get(key):
         return ""
     given = (b.get("as_given") or {}).get(key)
-    return f", {label} <= {b[key]:g}{unit}" + (f" ({given} of dense)" if isinstance(given, str) else "")
+    return f", {label} <= {math.floor(b[key]):,}{unit}" + (f" ({given} of dense)" if isinstance(given, str) else "")
+
+
+def _limits_checked(report: dict[str, Any]) -> list[str]:
+    """``params 21,699 <= 26,227``: each count and user budget against its limit, for the
+    certificate line (a latency certificate said nothing of a --max-params it also met)."""
+    b, p = report["budget"], report["pruned"]
+    values = p.get("budget_values") or {}
+
+    def check(label: str, value: float, limit: float, unit: str = "") -> str:
+        return f"{label} {value:,.0f}{unit} {'<=' if value <= limit else '> (over)'} {math.floor(limit):,}{unit}"
+
+    out = [check(label, p[field], b[key]) for key, field, label in
+           (("max_params", "params", "params"), ("max_macs", "macs", "MACs")) if b.get(key) and field in p]
+    if b.get("max_memory_bytes") and "peak_activation_bytes" in values:
+        out.append(check("peak activation memory", values["peak_activation_bytes"], b["max_memory_bytes"], " bytes"))
+    user_values = [v for k, v in values.items() if k.startswith("user:")]   # in the order they were given
+    for u, v in zip(b.get("user") or [], user_values):
+        out.append(f"{u['function']} {v:g} {'<=' if v <= u['limit'] else '> (over)'} {u['limit']:g}")
+    return out
 
 
 def certificate_text(report: dict[str, Any]) -> tuple[str, str]:
@@ -80,11 +101,8 @@ def certificate_text(report: dict[str, Any]) -> tuple[str, str]:
             u = across["utilisation"]
             detail += (f"; in {across['n']} fresh processes {u['min']:.0%}–{u['max']:.0%} of the budget"
                        + ("" if across["certified"] else ", over it in at least one"))
-        return ("yes" if report["certified"] else "NO"), detail
-    b, p = report["budget"], report["pruned"]
-    counts = [f"{label} {p[field]:,} <= {b[key]:,.0f}" for key, field, label in
-              (("max_params", "params", "params"), ("max_macs", "macs", "MACs")) if b.get(key) and field in p]
-    return "n/a (no latency budget)", bound + "".join(f"; {c}" for c in counts)
+        return ("yes" if report["certified"] else "NO"), detail + "".join(f"; {c}" for c in _limits_checked(report))
+    return "n/a (no latency budget)", bound + "".join(f"; {c}" for c in _limits_checked(report))
 
 
 def write_markdown(report: dict[str, Any]) -> str:

@@ -133,3 +133,19 @@ def test_an_output_replaces_an_earlier_one_of_its_kind_and_refuses_another(tmp_p
     (tmp_path / "lut").write_bytes(b"PAR1\x15\x04\x00binary")
     with pytest.raises(ProfilerError, match=r"--out .*lut already holds a Parquet file \(a LUT\?\), not .* refusing"):
         check_writable(tmp_path / "lut", "--out", kind)
+
+
+def test_the_certificate_line_checks_every_limit_beside_the_latency_one():
+    # --speedup 2 --max-params 20% said nothing of the params; --max-memory nothing at all (nu12)
+    from hwprune.report import certificate_text, write_markdown
+
+    r = json.loads(json.dumps(REPORT))
+    r["budget"].update(max_params=26227.8, max_memory_bytes=40000.0, as_given={"max_params": "20%"},
+                       user=[{"function": "bud.py:total", "limit": 150.0}])
+    r["pruned"].update(params=21699, budget_values={"params": 21699.0, "peak_activation_bytes": 32768.0,
+                                                    "user:total": 144.0})
+    verdict, detail = certificate_text(r)
+    assert verdict == "yes"
+    assert detail.endswith("; params 21,699 <= 26,227; peak activation memory 32,768 bytes <= 40,000 bytes; "
+                           "bud.py:total 144 <= 150")
+    assert "params <= 26,227 (20% of dense)" in write_markdown(r)
