@@ -149,6 +149,11 @@ class SearchSetup:
                                        progress=lambda info: bar.update(1))
         finally:
             bar.close()
+        extra, ckpt = result.extra or {}, getattr(self.agent, "checkpoint", None)
+        if extra.get("resumed"):   # else a rerun that evaluates nothing reads as a broken search
+            log(f"search round {rnd + 1}: resumed from the checkpoint {ckpt}")
+        elif extra.get("checkpoint_note"):
+            log(f"warning: {ckpt}: {extra['checkpoint_note']}")
         self.seconds += result.seconds
         self.evaluations += result.evaluations
         return result

@@ -910,3 +910,17 @@ def test_a_looser_round_that_is_not_kept_says_why(monkeypatch, second, said):
     kept = pruning._search_and_certify(job, s, cert)
     assert kept.round == 1
     assert any(line.startswith(said) for line in log), log
+
+
+def test_a_resumed_rl_search_says_so(env, tmp_path):
+    # rerun with the same checkpoint: 0 proxy evaluations and no word of why (nu12)
+    ckpt = tmp_path / "rl.ckpt"
+    # a count budget: a latency limit moves with each process's calibration, and a checkpoint of
+    # another limit is (rightly) not resumed, which the log says too
+    args = ("--max-params", "900", "--agent", "rl", "--agent-option", f"checkpoint={ckpt}", "--finetune-epochs", "0")
+    first = _invoke(_prune_args(env, tmp_path / "a", *args))
+    _ok(first)
+    assert ckpt.is_file() and "resumed from the checkpoint" not in first.output
+    again = _invoke(_prune_args(env, tmp_path / "b", *args))
+    _ok(again)
+    assert f"search round 1: resumed from the checkpoint {ckpt}" in again.output, again.output
