@@ -356,3 +356,16 @@ def test_bad_options_are_one_line_errors(monkeypatch):
     monkeypatch.setattr(bo_mod, "_botorch_available", lambda: False)
     with pytest.raises(HwpruneError, match="pip install botorch"):
         create_agent("bo")
+
+
+def test_an_rl_and_a_bo_checkpoint_at_one_path_say_whose_they_are(tmp_path):
+    # a bo run handed the rl agent's checkpoint said "'utf-8' codec can't decode byte 0x80" (nu12)
+    ckpt = tmp_path / "agent.ckpt"
+    torch.save({"learner": {}}, ckpt)
+    with pytest.raises(HwpruneError, match="is not a bo checkpoint \\(it is a PyTorch file, such as the rl agent's\\)"):
+        search(make_problem(0.4)[0], max_evaluations=3, checkpoint=str(ckpt))
+    ckpt.unlink()
+    search(make_problem(0.4)[0], max_evaluations=3, checkpoint=str(ckpt))
+    with pytest.raises(HwpruneError, match="is not an rl checkpoint \\(it is a JSON file, such as the bo agent's\\)"):
+        create_agent("rl", checkpoint=str(ckpt), episodes_per_update=4).search(make_problem(0.4)[0], seed=0,
+                                                                               max_evaluations=5)

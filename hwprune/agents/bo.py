@@ -731,6 +731,11 @@ class _Checkpoint:
             try:
                 data = json.loads(self.path.read_text())
             except (OSError, ValueError) as err:
+                with open(self.path, "rb") as f:
+                    head = f.read(4)
+                if head.startswith(b"PK"):   # a torch.save zip: the rl agent's checkpoint
+                    raise HwpruneError(f"{self.path} is not a bo checkpoint (it is a PyTorch file, such as the rl "
+                                       "agent's): give each agent its own checkpoint path") from None
                 raise HwpruneError(f"bo checkpoint {self.path} is unreadable: {err}") from None
             if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
                 raise HwpruneError(f"{self.path} is not a bo checkpoint; remove it or choose another path")

@@ -523,6 +523,11 @@ class _Run:
         try:
             data = torch.load(path, weights_only=True)
         except Exception as err:  # a truncated or foreign file: refuse rather than silently discard work
+            with open(path, "rb") as f:
+                head = f.read(64).lstrip()
+            if head.startswith(b"{"):   # the bo agent's checkpoints are JSON
+                raise HwpruneError(f"agent rl: {path} is not an rl checkpoint (it is a JSON file, such as the bo "
+                                   "agent's): give each agent its own checkpoint path") from None
             why = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise HwpruneError(f"agent rl: cannot read checkpoint {path}: {why}") from None
         if not isinstance(data, dict) or data.get("fingerprint") != self.fingerprint():
