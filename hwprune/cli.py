@@ -183,8 +183,13 @@ def profile_cmd(device, model, input_shape, num_classes, weights, lut_path, fmt,
                         allow_other_device=allow_other_device, replace=replace, show_progress=not quiet,
                         log=lambda m: click.echo(m, err=True)).profile_result
     cal = r.calibration
+    # every signature is one of three: measured now, resumed from the journal of an interrupted run
+    # (rows it had not saved into the LUT yet), or in the LUT already
+    before = r.signatures_total - r.signatures_measured - r.resumed_rows
     click.echo(f"LUT {r.lut_path}: model {r.model_key}, {r.groups} groups, {r.units} units, "
-               f"{r.signatures_total} signatures ({r.signatures_measured} measured now, {r.resumed_rows} resumed"
+               f"{r.signatures_total} signatures ({r.signatures_measured} measured now"
+               + (f", {r.resumed_rows} resumed from an interrupted run's journal" if r.resumed_rows else "")
+               + (f", {before} in the LUT already" if before > 0 else "")
                + (f"; {r.other_process_timings} staircase points timed again in fresh processes"
                   if r.other_process_timings else "") + ")")
     if r.timed_s > 0:

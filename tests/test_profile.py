@@ -380,7 +380,7 @@ def test_cli_allow_other_device_extends_that_devices_lut(env, other_device_lut):
     # the model already in it: nothing to measure
     result = CliRunner().invoke(cli, [*_profile_args(env, other_device_lut), "--allow-other-device", "-q"])
     assert result.exit_code == 0, result.output
-    assert "(0 measured now" in result.stdout
+    assert "(0 measured now" in result.stdout and " in the LUT already)" in result.stdout
     # a new model: its rows join the LUT's device, so its grid is complete and it predicts
     result = CliRunner().invoke(cli, [*_profile_args(env, other_device_lut, env["gray"]), "--grid", "0.5,1",
                                       "--calibration-samples", "3", "--allow-other-device", "-q"])
