@@ -7,7 +7,8 @@ says an identical upload is complete), runs ``python -m profilers run`` there ov
 and reads the ``HWPRUNE-ROW`` lines as they come, appending each new row to a local
 results file (flushed and fsynced). The device keeps its own results file beside the
 bundle and re-emits it on every run, so when the connection drops (ssh exits 255) a retry
-measures only what is missing and loses nothing.
+measures only what is missing and loses nothing. The device's file continues the local one:
+a call whose local results file is empty starts the device's afresh.
 
 Host keys are always checked (``StrictHostKeyChecking=yes``, ``BatchMode=yes``): add the
 device to ``known_hosts`` (``ssh-keyscan``) or name a file in ``remote.known_hosts``.
@@ -326,7 +327,11 @@ def profile_remote(bundle_dir: str | os.PathLike[str], config: DeviceConfig,
             try:
                 target = _ensure_uploaded(ssh, archive, digest)
                 q = shlex.quote(target)
-                command = (f"cd {q} && PYTHONPATH={q}${{PYTHONPATH:+:$PYTHONPATH}} exec {config.remote.python} "
+                # The device's results file resumes the local one: with nothing here yet (a new
+                # `time` or `regress`, a profile whose journal was removed) it is started afresh,
+                # else an identical bundle would get an earlier command's samples back.
+                fresh = f"rm -f bundle/{RESULTS_NAME} && " if not seen_keys and not seen_sessions else ""
+                command = (f"cd {q} && {fresh}PYTHONPATH={q}${{PYTHONPATH:+:$PYTHONPATH}} exec {config.remote.python} "
                            f"-m profilers run bundle --device device.json --results bundle/{RESULTS_NAME}")
                 with _Stream(ssh.ssh(command), deadline) as stream:
                     for record in stream.records():

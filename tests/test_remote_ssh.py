@@ -226,8 +226,9 @@ def test_remote_profiler_error_is_quoted(sshd, tmp_path):
     profile_remote(tmp_path / "bundle", cfg, tmp_path / "local.jsonl", timeout_s=120)
     (path,) = target.glob("*/bundle/results.jsonl")
     path.write_text("garbage\n")
+    # resumed from the same local results (a new local file would start the device's afresh)
     with pytest.raises(RemoteError, match=r"exit 2\): error: .*results.jsonl:1: not a JSON record"):
-        profile_remote(tmp_path / "bundle", cfg, tmp_path / "local2.jsonl", timeout_s=60)
+        profile_remote(tmp_path / "bundle", cfg, tmp_path / "local.jsonl", timeout_s=60)
 
 
 def test_unknown_host_key_is_refused(sshd, bundle, tmp_path):
@@ -261,6 +262,10 @@ def test_time_honours_the_remote_section(sshd, tmp_path):
     assert r["device"] == "ssh-test" and r["timing"]["n"] >= 2 and r["environment"]
     assert any(p.name == "results.jsonl" for p in (tmp_path / "remote").rglob("*"))  # it ran over there
     assert json.loads((tmp_path / "t.json").read_text())["timing"]["n"] == r["timing"]["n"]
+    # timed again, it is measured again: the device's results file of the identical bundle gave
+    # the first call's samples back to every later one, and to each of --processes N (nu13)
+    again = time_model(str(model), str(cfg_path))
+    assert again.timing.samples_ms != r.timing.samples_ms
 
     bad = _config(sshd, tmp_path / "remote2", host="127.0.0.1", port=_free_port(), retries=0)
     bad_path = tmp_path / "bad.json"
