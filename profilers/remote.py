@@ -87,6 +87,11 @@ class _Ssh:
 
     def __init__(self, remote: RemoteConfig):
         self.r = remote
+        # ssh says "Permission denied (publickey)" for a key file that is not there, the line a
+        # wrong key gives: name the missing file instead
+        for field, path in (("identity_file", remote.identity_file), ("known_hosts", remote.known_hosts)):
+            if path and not os.path.isfile(os.path.expanduser(path)):
+                raise RemoteError(f"remote.{field} {path} does not exist (device {remote.host})")
 
     def options(self) -> list[str]:
         r = self.r

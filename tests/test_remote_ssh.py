@@ -289,3 +289,11 @@ def test_profile_to_an_unreachable_host_fails_at_once_and_leaves_nothing(sshd, t
                 show_progress=False, log=lambda m: None)
     assert time.monotonic() - t0 < 15  # one quick probe, not three retries after the export
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json", "m.py"]
+
+
+def test_a_missing_key_file_is_named_not_taken_for_a_wrong_key(sshd, bundle, tmp_path):
+    # it read "Permission denied (publickey,keyboard-interactive)", as a wrong key does (nu13)
+    cfg = _config(sshd, tmp_path / "remote", identity_file=str(tmp_path / "nokey"))
+    with pytest.raises(RemoteError, match=r"remote.identity_file .*nokey does not exist \(device 127.0.0.1\)"):
+        profile_remote(bundle, cfg, tmp_path / "local.jsonl", timeout_s=60)
+    assert not (tmp_path / "remote").exists()
