@@ -6,7 +6,7 @@ No labels, no accuracy, no hwprune recipe: the concatenation couples the decoder
 producers, which the dependency graph prunes together.
 
     python examples/denoiser.py            # full setting (minutes here)
-    python examples/denoiser.py --fast     # seconds (what the test suite runs)
+    python examples/denoiser.py --fast     # about a minute (what the test suite runs)
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="x86-cpu-ort", help="device config name or YAML path")
     ap.add_argument("--out", default="runs/example-denoiser")
     ap.add_argument("--speedup", type=float, default=1.5)
-    ap.add_argument("--fast", action="store_true", help="tiny data and search: a smoke run in seconds")
+    ap.add_argument("--fast", action="store_true",
+                    help="tiny data and search: a smoke run of about a minute (its accuracies are near chance)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)

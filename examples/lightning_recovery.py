@@ -7,7 +7,7 @@ pruned model is wrapped in a ``LightningModule`` that distils from the dense tea
 exports and certifies it. Needs the extra: ``pip install 'hwprune[lightning]'``.
 
     python examples/lightning_recovery.py           # full setting (minutes here)
-    python examples/lightning_recovery.py --fast    # seconds (what the test suite runs)
+    python examples/lightning_recovery.py --fast    # about a minute (what the test suite runs)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ PyTorch loop (with distillation from the dense model, which hwprune passes as ``
 hwprune measures the device, searches the widths, prunes physically and certifies the latency.
 
     python examples/own_training_loop.py                       # full setting (about 10 min here)
-    python examples/own_training_loop.py --fast                # seconds (what the test suite runs)
+    python examples/own_training_loop.py --fast                # about a minute (what the test suite runs)
     python examples/own_training_loop.py --data-dir DIR        # Fashion-MNIST IDX files elsewhere
 """
 
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None, *, finetune=None, name: str = "own_train
     ap.add_argument("--device", default="x86-cpu-ort", help="device config name or YAML path")
     ap.add_argument("--out", default=default_out)
     ap.add_argument("--speedup", type=float, default=1.5)
-    ap.add_argument("--fast", action="store_true", help="tiny data and search: a smoke run in seconds")
+    ap.add_argument("--fast", action="store_true",
+                    help="tiny data and search: a smoke run of about a minute (its accuracies are near chance)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -99,6 +99,11 @@ def devices_cmd(as_json: bool) -> None:
         click.echo(f"{c.name:24s} {c.backend:12s} {c.precision:5s} threads={c.threads:<3d} {c.description}")
 
 
+def _clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in ``...`` where it was cut (a table column)."""
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 @cli.command("time")
 @click.argument("onnx_path", type=click.Path(dir_okay=False))
 @click.option("--device", "-d", required=True, help="Shipped device name or path to a device YAML.")
@@ -244,7 +249,7 @@ def lut_show_cmd(lut_path, key):
                f"{r.signatures} measured signatures; model {r.model_key}, statistic {r.statistic}")
     click.echo(f"{'layer (unit)':48s} {'ops':34s} {'channels':>10s} {'ms':>9s}")
     for u in r.units:
-        click.echo(f"{u['unit'][:48]:48s} {u['ops'][:34]:34s} {'x'.join(map(str, u['widths'])) or '-':>10s} "
+        click.echo(f"{_clip(u['unit'], 48):48s} {_clip(u['ops'], 34):34s} {'x'.join(map(str, u['widths'])) or '-':>10s} "
                    f"{u['latency_ms']:9.4f}")
     click.echo(f"{'sum + per-call overhead':48s} {'':34s} {'':>10s} {r.raw_ms:9.4f}")
     click.echo(f"{'calibrated prediction (dense model)':48s} {'':34s} {'':>10s} {r.predicted_ms:9.4f}")
@@ -314,7 +319,7 @@ def _agent_options(ctx, param, values):
               help="Peak activation memory budget: bytes, or a percentage of the dense model.")
 @click.option("--budget", multiple=True, callback=_budget_pair,
               help="User budget function module:function=LIMIT (called with the widths dict); repeatable.")
-@click.option("--agent", default=None, help="Search agent (default: rl when available, else knapsack).")
+@click.option("--agent", default=None, help="Search agent (default: rl).")
 @click.option("--agent-option", "agent_options", multiple=True, callback=_agent_options,
               help="Agent setting KEY=VALUE (e.g. patience=30); repeatable.")
 @click.option("--max-evaluations", type=int, default=100, show_default=True, help="Accuracy-proxy evaluations per search.")
@@ -461,7 +466,7 @@ def pretrain_cmd(model, data, epochs, out, lr, batch_size, seed, threads, quiet)
 @cli.command("regress")
 @click.option("--device", "-d", required=True, help="Shipped device name (see `hwprune devices`) or a YAML path.")
 @click.option("--model", "-m", default=None, help="ONNX file to check (default: the baseline's model); "
-              "with --lut, the zoo model the LUT was profiled from.")
+              "with --lut, the LUT's model to check (a name it holds, or file.py:factory building the same layers).")
 @click.option("--baseline", type=click.Path(dir_okay=False), help="baseline.json to compare with (from prune or "
               "--write-baseline).")
 @click.option("--against", type=click.Path(dir_okay=False), help="Reference ONNX timed interleaved with --model now.")

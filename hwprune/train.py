@@ -567,8 +567,10 @@ def _train(model: nn.Module, train_ds: ImageDataset, dist_ctx: DistContext, *, e
         val_ds=val_ds, checkpoint_path=checkpoint_path, progress=progress, raise_on_nan=raise_on_nan,
         hooks=hooks, resume_path=resume_path, fingerprint=fingerprint, mean=mean, std=std, val_order=val_order)
     state = _start_state(ctx, seed, result)
-    say(f"training {plan.n} images for {epochs} epochs: {plan.steps_per_epoch} steps of {plan.local_batch * world} "
-        f"(x{world} ranks), peak lr {plan.peak_lr:g}, cosine to 0" + (", distilling" if teacher is not None else ""))
+    batch = (f"{plan.local_batch * world} images ({plan.local_batch} on each of {world} ranks)" if world > 1
+             else f"{plan.local_batch} images")
+    say(f"training {plan.n} images for {epochs} epochs: {plan.steps_per_epoch} steps of {batch}, "
+        f"peak lr {plan.peak_lr:g}, cosine to 0" + (", distilling" if teacher is not None else ""))
     for epoch in range(state.first_epoch, epochs + 1):
         epoch_start = time.perf_counter()
         totals = _run_epoch(ctx, state, epoch)

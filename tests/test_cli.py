@@ -248,3 +248,11 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_child_running(tmp_path):
             os.kill(child_pid, signal.SIGKILL)  # without the fix, the orphan is still running
         except ProcessLookupError:
             pass
+
+
+def test_a_table_column_says_where_it_was_cut():
+    # lut show printed "Conv+Relu+GlobalAveragePool+Flatte" as if that were the name (nu13)
+    from hwprune.cli import _clip
+
+    assert _clip("Conv+Relu+GlobalAveragePool+Flatten+Gemm", 34) == "Conv+Relu+GlobalAveragePool+Fla..."
+    assert _clip("Conv+Relu", 34) == "Conv+Relu"
