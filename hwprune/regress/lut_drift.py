@@ -110,7 +110,7 @@ def _pick_model(opts: RegressOptions, cfg: DeviceConfig, lut) -> tuple[str, dict
     if opts.model:
         keys = [k for k, s in models.items() if opts.model in (k, s.get("model"))]
         if not keys:
-            keys, build = _same_layers(opts, models), opts.model
+            keys, build = _same_layers(opts, lut), opts.model
     else:
         keys = list(models)
     if len(keys) != 1:
@@ -126,25 +126,24 @@ def _pick_model(opts: RegressOptions, cfg: DeviceConfig, lut) -> tuple[str, dict
     return key, structure, build or structure["model"]
 
 
-def _same_layers(opts: RegressOptions, models: dict[str, dict[str, Any]]) -> list[str]:
-    """The profiles that ``--model`` builds exactly (the same layers at the same input shape), as
-    ``LatencyLUT.key_for`` finds them for ``lut check`` and ``prune``; none when it does not build."""
-    from hwprune.lut import structure_sha
+def _same_layers(opts: RegressOptions, lut) -> list[str]:
+    """The profiles that ``--model`` builds exactly, found as ``lut check`` and ``prune`` find them
+    (``LatencyLUT.key_for``: the same layers at the same input shape); none when it does not build."""
+    from hwprune.lut import model_key
     from hwprune.models.spec import ModelSpec
 
-    found, shas = [], {}
-    for k, s in models.items():
-        shape = tuple(s.get("input_shape") or ())[1:]
-        if len(shape) != 3 or not s.get("structure_sha"):
+    found = set()
+    for shape in {tuple(s.get("input_shape") or ()) for s in lut.meta["models"].values()}:
+        if len(shape) != 4:
             continue
-        if shape not in shas:
-            try:
-                shas[shape] = structure_sha(ModelSpec(opts.model, shape, opts.num_classes).build())
-            except HwpruneError:
-                shas[shape] = None
-        if shas[shape] == s["structure_sha"]:
-            found.append(k)
-    return found
+        try:
+            model = ModelSpec(opts.model, shape[1:], opts.num_classes).build()
+        except HwpruneError:
+            continue
+        key = lut.key_for(model_key(opts.model, shape), model)
+        if key in lut.meta["models"]:
+            found.add(key)
+    return sorted(found)
 
 
 def _unit_points(structure: dict[str, Any]) -> dict[str, tuple[int, tuple[int, ...]]]:
