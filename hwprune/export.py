@@ -9,6 +9,7 @@ import re
 import sys
 import tempfile
 import warnings
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -27,33 +28,55 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor) -> bytes:
     """
     model = _positional(model.eval())
     buf = io.BytesIO()
+    # the output's structure as the exporter's own trace produced it: no extra forward pass
+    seen: list[Any] = []
+    hook = model.register_forward_hook(lambda _m, _i, out: seen.append(out) if not seen else None)
     try:
         with warnings.catch_warnings(), torch.no_grad(), _no_attention_fastpath(), _ir_dump_dropped():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example_input,), buf, dynamo=False, do_constant_folding=True,
-                              opset_version=OPSET, input_names=["input"],
-                              output_names=_output_names(model, example_input))
+                              opset_version=OPSET, input_names=["input"], output_names=["output"])
     except Exception as err:
         msg = " ".join(str(err).split())
         op = re.search(r"(aten::\w+|operator '[^']+'|op '[^']+')", msg)
         where = f" (at {op.group(1)})" if op else ""
         raise HwpruneError(f"ONNX export failed{where}: {msg[:300]}") from None
-    return buf.getvalue()
+    finally:
+        hook.remove()
+    names = _output_names(seen[0]) if seen else None
+    return _renamed_outputs(buf.getvalue(), names) if names else buf.getvalue()
 
 
-def _output_names(model: nn.Module, example_input: torch.Tensor) -> list[str]:
-    """The ONNX outputs' names: ``output`` for one tensor, a dict's keys, ``output_0``, ``output_1``
-    ... for a tuple or list of tensors (the exporter numbers the unnamed ones: '27'). A nested
-    output keeps the exporter's names past the first."""
-    try:
-        out = model(example_input)
-    except Exception:   # the export itself reports it, naming the op
-        return ["output"]
-    if isinstance(out, dict) and out and all(isinstance(v, torch.Tensor) for v in out.values()):
+def _output_names(out: Any) -> list[str] | None:
+    """The ONNX outputs' names for a model output of several tensors: a dict's keys, ``output_0``,
+    ``output_1`` ... for a tuple or list (the exporter numbers all but the first: '27'). None for
+    one tensor (named ``output`` at export) or a nested structure (the exporter's names stay)."""
+    if isinstance(out, dict) and len(out) > 1 and all(isinstance(v, torch.Tensor) for v in out.values()):
         return [str(k) for k in out]
     if isinstance(out, (tuple, list)) and len(out) > 1 and all(isinstance(v, torch.Tensor) for v in out):
         return [f"output_{i}" for i in range(len(out))]
-    return ["output"]
+    return None
+
+
+def _renamed_outputs(onnx_bytes: bytes, names: list[str]) -> bytes:
+    """The graph with its outputs renamed to ``names`` (and every node edge that carried them)."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(onnx_bytes)
+    graph = model.graph
+    if len(graph.output) != len(names):
+        return onnx_bytes
+    rename = {o.name: n for o, n in zip(graph.output, names) if o.name != n}
+    taken = ({v.name for v in graph.input} | {t.name for t in graph.initializer}
+             | {v for node in graph.node for v in node.output}) - set(rename)
+    if taken & set(rename.values()) or len(set(names)) != len(names):   # a key that names another edge
+        return onnx_bytes
+    for o in graph.output:
+        o.name = rename.get(o.name, o.name)
+    for node in graph.node:
+        node.output[:] = [rename.get(v, v) for v in node.output]
+        node.input[:] = [rename.get(v, v) for v in node.input]
+    return model.SerializeToString()
 
 
 @contextlib.contextmanager
