@@ -385,8 +385,7 @@ def _table_grids(groups: Sequence[PrunableGroup], units, cfg: DeviceConfig, rati
         fine = [space.choices(gi) if not ratios else
                 sorted({space.snap(gi, r * g.channels) for r in ratios} | {space.choices(gi)[0], g.channels})
                 for gi, g in enumerate(groups)]
-    fixed = [g.name for g, widths in zip(groups, fine) if len(widths) < 2]
-    if space.allowed is None and len(fixed) == len(groups):
+    if space.allowed is None and all(len(widths) < 2 for widths in fine):
         log(f"warning: channel_multiple {cfg.width_multiple} leaves no group a width below its dense one (the groups "
             f"have {min(g.channels for g in groups)}-{max(g.channels for g in groups)} channels): the LUT holds "
             "the dense model alone and nothing can be pruned; lower channel_multiple in the device config")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from profilers.stats import TimingStats
@@ -62,12 +63,16 @@ class TimingResult(Mapping):
             d["across_processes"] = self.across_processes
         return d
 
-    # the read-only mapping of the JSON form
+    # the read-only mapping of the JSON form, built once (it copies every sample)
+    @cached_property
+    def _json(self) -> dict[str, Any]:
+        return self.to_dict()
+
     def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
+        return self._json[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
+        return iter(self._json)
 
     def __len__(self) -> int:
-        return len(self.to_dict())
+        return len(self._json)
